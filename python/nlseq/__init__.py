@@ -1,0 +1,11 @@
+"""nlseq: kernels for nonlinear sequence models (ParaRNN, softplus attention, analog crossbars).
+
+Every op takes ``backend="auto" | "cuda" | "triton" | "cpp" | "reference"``; see
+``nlseq.backends()`` for what can run here and README.md for the environment variables.
+"""
+from .registry import backends
+from .ops.scan import linear_recurrence
+
+__version__ = "0.1.0"
+
+__all__ = ["backends", "linear_recurrence", "__version__"]

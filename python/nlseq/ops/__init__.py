@@ -1,0 +1,1 @@
+"""Public ops: validation, defaults, docstrings and the torch.library autograd boundary."""
