@@ -1,0 +1,1 @@
+"""nn.Modules built on nlseq ops, with torch.nn.GRU/LSTM-style signatures (STYLE.md §7)."""
