@@ -9,3 +9,6 @@ from .ops.scan import linear_recurrence
 __version__ = "0.1.0"
 
 __all__ = ["backends", "linear_recurrence", "__version__"]
+from .ops.softplus_attention import softplus_attention  # noqa: E402
+
+__all__ += ["softplus_attention"]

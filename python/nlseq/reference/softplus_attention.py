@@ -1,0 +1,287 @@
+"""PyTorch reference of softplus attention, LSSA and LSSAR (SPEC.md §2): the definition of correct.
+
+Definitions, per query row i of one (batch, head) or one packed sequence, with N_i the number of
+keys row i may see (see ``visible``):
+
+    q̂_i = q_i / max(‖q_i‖₂, EPS),  k̂_j = k_j / max(‖k_j‖₂, EPS)     (qk_norm=True; else q̂ = q, k̂ = k)
+    s_ij = ln D · ln N_i · q̂_i·k̂_j            (no 1/√D; c_i = ln D · ln N_i = 0 when N_i <= 1)
+    w_ij = softplus(s_ij) on visible j, 0 elsewhere;   L_i = Σ_j w_ij
+    LSSA:   P_ij = w_ij / L_i
+    LSSAR:  base_ij = N_i w_ij / L_i − O_i  (O_i = 0 if N_i <= 3 else 1),  M_i = max_j base_ij
+            P_ij = ReLU(base_ij)^p / Σ_j ReLU(base_ij)^p  =  (ReLU(base_ij)/M_i)^p / R_i,
+            R_i = Σ_j (ReLU(base_ij)/M_i)^p  (the overflow-safe form: every term is <= 1)
+    o_i = Σ_j P_ij v_j
+
+All-zero rows: a row with no visible key (N_i = 0), or an LSSAR row whose largest base
+M_i <= ZERO_ROW_TOL, gives o_i = 0 and zero gradients. SPEC.md §2 says all-zero rows give 0; the
+paper's code divides by (Σ + 1e-8) instead, which also shrinks rows whose Σ_j ReLU(base)^p is
+merely small (below ~1e-6, e.g. p = 15 with M_i < 0.4). We normalise exactly (the ratio is
+scale-free) and only call a row zero when its largest base is within ZERO_ROW_TOL of 0, where the
+float32 row sum L_i can no longer resolve the sign of N_i w_ij / L_i − 1 (identical keys give
+base = 0 exactly in real arithmetic and ±1e-6 in float32).
+
+Functions:
+- ``softplus_attention_naive``: forms the full [Tq, Tk] matrix in the accumulation dtype; with
+  float64 inputs it is the test oracle (differentiable through autograd).
+- ``softplus_attention_fwd`` / ``softplus_attention_bwd``: the ``reference`` backend. Queries are
+  processed in chunks of ``chunk`` rows against all keys (memory O(chunk·Tk) per (batch, head)
+  instead of O(Tq·Tk)), and the backward recomputes each chunk with the explicit gradient
+  formulas the kernels use (no autograd graph is kept).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = 1e-12  # norm clamp of the QK-norm (as torch.nn.functional.normalize)
+ZERO_ROW_TOL = 1e-4  # an LSSAR row whose largest base N·a − O is <= this is an all-zero row
+CHUNK = 256  # query rows per chunk of the chunked reference
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def softplus(x: Tensor) -> Tensor:
+    """log(1 + e^x), accurate for every x (relative error ~1 ulp also for x << 0)."""
+    return torch.clamp_min(x, 0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def visible(Tq: int, Tk: int, causal: bool, kv_offset: int, device, rows: Optional[slice] = None):
+    """(mask [Tq', Tk] bool, N [Tq'] int64) for query rows ``rows`` (default all) of one sequence.
+
+    Causal: row i sees keys j <= i + kv_offset (and j < Tk), so N_i = min(i + 1 + kv_offset, Tk).
+    Non-causal: every key, N_i = Tk.
+    """
+    i = torch.arange(Tq, device=device)
+    if rows is not None:
+        i = i[rows]
+    j = torch.arange(Tk, device=device)
+    if causal:
+        mask = j[None, :] <= (i[:, None] + kv_offset)
+        n = torch.clamp(i + 1 + kv_offset, max=Tk)
+    else:
+        mask = torch.ones(i.numel(), Tk, dtype=torch.bool, device=device)
+        n = torch.full_like(i, Tk)
+    return mask, n
+
+
+def length_scale(n: Tensor, D: int, dtype) -> Tensor:
+    """c_i = ln D · ln N_i (0 where N_i <= 1)."""
+    return math.log(D) * torch.log(torch.clamp_min(n, 1).to(dtype))
+
+
+def reweight_offset(n: Tensor, dtype) -> Tensor:
+    """O_i = 0 for N_i <= 3 (the first three positions), else 1."""
+    return (n > 3).to(dtype)
+
+
+def normalize(x: Tensor) -> Tensor:
+    return F.normalize(x, dim=-1, eps=EPS)
+
+
+def _split(x: Tensor, cu: Tensor) -> list[Tensor]:
+    bounds = cu.tolist()
+    return [x[:, :, bounds[z]:bounds[z + 1]] for z in range(len(bounds) - 1)]
+
+
+# ------------------------------------------------------------------------------------ naive oracle
+def _naive_dense(q, k, v, causal, reweight_p, qk_norm, kv_offset):
+    B, H, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    G = H // Hkv
+    k = k.repeat_interleave(G, dim=1)
+    v = v.repeat_interleave(G, dim=1)
+    if qk_norm:
+        q, k = normalize(q), normalize(k)
+    mask, n = visible(Tq, Tk, causal, kv_offset, q.device)
+    c = length_scale(n, D, q.dtype)
+    s = c[:, None] * (q @ k.transpose(-1, -2))
+    w = torch.where(mask, softplus(s), torch.zeros((), dtype=s.dtype, device=s.device))
+    L = w.sum(-1, keepdim=True)
+    a = w / torch.where(L > 0, L, torch.ones_like(L))
+    if reweight_p is None:
+        P = a
+    else:
+        nf = n.to(a.dtype)[:, None]
+        base = torch.where(mask, nf * a - reweight_offset(n, a.dtype)[:, None], torch.zeros_like(a))
+        zero = (base.amax(-1, keepdim=True) <= ZERO_ROW_TOL) | (L <= 0)
+        r = torch.relu(base) ** reweight_p  # direct power: fine in float64 (N^15 << 1e308)
+        R = r.sum(-1, keepdim=True)
+        P = torch.where(zero, torch.zeros_like(r), r / torch.where(zero, torch.ones_like(R), R))
+    return P @ v
+
+
+def softplus_attention_naive(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, reweight_p: Optional[float] = None,
+    qk_norm: bool = True, kv_offset: int = 0, cu_seqlens_q: Optional[Tensor] = None,
+    cu_seqlens_k: Optional[Tensor] = None,
+) -> Tensor:
+    """SPEC.md §2 written out with the full [Tq, Tk] matrix, in the accumulation dtype.
+
+    q [B, H, Tq, D], k/v [B, Hkv, Tk, D]; with cu_seqlens_* (B = 1) each packed sequence is
+    attended separately. Forms (N a)^p directly, so use float64 for large p (the oracle).
+    """
+    dtype = q.dtype
+    acc = acc_dtype(dtype)
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
+    if cu_seqlens_q is None:
+        return _naive_dense(q, k, v, causal, reweight_p, qk_norm, kv_offset).to(dtype)
+    outs = [
+        _naive_dense(qs, ks, vs, causal, reweight_p, qk_norm, kv_offset)
+        for qs, ks, vs in zip(_split(q, cu_seqlens_q), _split(k, cu_seqlens_k), _split(v, cu_seqlens_k))
+    ]
+    return torch.cat(outs, dim=2).to(dtype)
+
+
+# --------------------------------------------------------------- chunked reference backend
+def _row_weights(qc, k, rows, Tq, causal, reweight_p, kv_offset, stats=None):
+    """Recompute one chunk of rows. qc [B, Hkv, G, C, D] (already normalised), k [B, Hkv, 1, Tk, D].
+
+    Returns s, w, P, mask, n, c and the row statistics (L, M, R) [B, Hkv, G, C]; when ``stats``
+    is given (the backward) L, M, R are taken from it instead of being recomputed.
+    """
+    D, Tk = qc.shape[-1], k.shape[-2]
+    mask, n = visible(Tq, Tk, causal, kv_offset, qc.device, rows)
+    c = length_scale(n, D, qc.dtype)
+    s = (qc @ k.transpose(-1, -2)) * c[:, None]  # [B, Hkv, G, C, Tk]
+    zero_t = torch.zeros((), dtype=s.dtype, device=s.device)
+    w = torch.where(mask, softplus(s), zero_t)
+    if stats is None:
+        L = w.sum(-1)
+    else:
+        L = stats[0]
+    Lsafe = torch.where(L > 0, L, torch.ones_like(L))
+    if reweight_p is None:
+        P = w / Lsafe[..., None] * (L > 0)[..., None]
+        M = R = torch.zeros_like(L)
+        return s, w, P, mask, n, c, (L, M, R)
+    nf = n.to(s.dtype)
+    O = reweight_offset(n, s.dtype)
+    if stats is None:  # M from the row max of s: softplus is monotonic (SPEC.md §2)
+        m = torch.where(mask, s, torch.full((), -math.inf, dtype=s.dtype, device=s.device)).amax(-1)
+        M = nf * softplus(m) / Lsafe - O
+        M = torch.where((M > ZERO_ROW_TOL) & (L > 0), M, torch.zeros_like(M))
+    else:
+        M = stats[1]
+    Msafe = torch.where(M > 0, M, torch.ones_like(M))
+    base = nf[:, None] * w / Lsafe[..., None] - O[:, None]
+    t = torch.where(mask & (M > 0)[..., None], torch.relu(base) / Msafe[..., None], zero_t)
+    r = t ** reweight_p
+    R = r.sum(-1) if stats is None else stats[2]
+    Rsafe = torch.where(R > 0, R, torch.ones_like(R))
+    P = r / Rsafe[..., None]
+    return s, w, P, mask, n, c, (L, M, R)
+
+
+def _prepare(q, k, v, qk_norm):
+    acc = acc_dtype(q.dtype)
+    B, H, Tq, D = q.shape
+    Hkv = k.shape[1]
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
+    if qk_norm:
+        q, k = normalize(q), normalize(k)
+    return q.view(B, Hkv, H // Hkv, Tq, D), k[:, :, None], v[:, :, None]
+
+
+def _fwd_dense(q, k, v, causal, reweight_p, qk_norm, kv_offset, chunk):
+    B, H, Tq, D = q.shape
+    Hkv = k.shape[1]
+    qg, kg, vg = _prepare(q, k, v, qk_norm)
+    o = torch.empty(B, H, Tq, D, dtype=q.dtype, device=q.device)
+    stats = torch.empty(3, B, H, Tq, dtype=acc_dtype(q.dtype), device=q.device)
+    for start in range(0, Tq, chunk):
+        rows = slice(start, min(start + chunk, Tq))
+        _, _, P, _, _, _, st = _row_weights(qg[:, :, :, rows], kg, rows, Tq, causal, reweight_p, kv_offset)
+        o[:, :, rows] = (P @ vg).view(B, H, -1, D).to(q.dtype)
+        stats[:, :, :, rows] = torch.stack(st).view(3, B, H, -1)
+    return o, stats
+
+
+def _bwd_dense(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, chunk):
+    """Gradients w.r.t. q̂, k̂ (float32/float64, before the QK-norm backward) and v."""
+    B, H, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    G = H // Hkv
+    acc = acc_dtype(q.dtype)
+    qg, kg, vg = _prepare(q, k, v, qk_norm)
+    dog = do.to(acc).view(B, Hkv, G, Tq, D)
+    delta = (do.to(acc) * o.to(acc)).sum(-1).view(B, Hkv, G, Tq)  # Δ_i = do_i·o_i = Σ_j P_ij dP_ij
+    st = stats.to(acc).view(3, B, Hkv, G, Tq)
+    dq = torch.empty(B, Hkv, G, Tq, D, dtype=acc, device=q.device)
+    dk = torch.zeros(B, Hkv, Tk, D, dtype=acc, device=q.device)
+    dv = torch.zeros(B, Hkv, Tk, D, dtype=acc, device=q.device)
+    for start in range(0, Tq, chunk):
+        rows = slice(start, min(start + chunk, Tq))
+        qc, doc, dl = qg[:, :, :, rows], dog[:, :, :, rows], delta[..., rows]
+        s, w, P, mask, n, c, (L, M, R) = _row_weights(
+            qc, kg, rows, Tq, causal, reweight_p, kv_offset, stats=st[..., rows]
+        )
+        dv += (P.transpose(-1, -2) @ doc).sum(2)
+        dP = doc @ vg.transpose(-1, -2)  # [B, Hkv, G, C, Tk]
+        Lsafe = torch.where(L > 0, L, torch.ones_like(L))[..., None]
+        if reweight_p is None:  # P = w / L
+            dw = (dP - dl[..., None]) / Lsafe * (L > 0)[..., None]
+        else:  # P = t^p / R, t = ReLU(base)/M, base = N w / L − O
+            Msafe = torch.where(M > 0, M, torch.ones_like(M))[..., None]
+            Rsafe = torch.where(R > 0, R, torch.ones_like(R))[..., None]
+            nf = n.to(acc)[:, None]
+            base = nf * w / Lsafe - reweight_offset(n, acc)[:, None]
+            t = torch.where(mask & (base > 0) & (M > 0)[..., None], base / Msafe, torch.zeros_like(base))
+            dbase = (dP - dl[..., None]) * reweight_p * t ** (reweight_p - 1) / (Msafe * Rsafe)
+            dbase = torch.where(t > 0, dbase, torch.zeros_like(dbase))
+            gamma = (dbase * w).sum(-1, keepdim=True) / Lsafe  # Γ_i = Σ_j dbase_ij w_ij / L_i
+            dw = nf / Lsafe * (dbase - gamma)
+        ds = torch.where(mask, dw * torch.sigmoid(s), torch.zeros_like(dw)) * c[:, None]  # includes c_i
+        dq[:, :, :, rows] = ds @ kg
+        dk += (ds.transpose(-1, -2) @ qc).sum(2)
+    return dq.view(B, H, Tq, D), dk, dv
+
+
+def norm_backward(x: Tensor, dxhat: Tensor) -> Tensor:
+    """Gradient through x̂ = x / max(‖x‖, EPS): (dx̂ − x̂ (x̂·dx̂)) / ‖x‖, or dx̂ / EPS when clamped."""
+    acc = dxhat.dtype
+    x = x.to(acc)
+    nrm = x.norm(dim=-1, keepdim=True)
+    clamped = nrm <= EPS
+    inv = 1.0 / torch.clamp_min(nrm, EPS)
+    xh = x * inv
+    proj = torch.where(clamped, torch.zeros_like(nrm), (xh * dxhat).sum(-1, keepdim=True))
+    return (dxhat - xh * proj) * inv
+
+
+def softplus_attention_fwd(q, k, v, causal, reweight_p, qk_norm, kv_offset, cu_seqlens_q, cu_seqlens_k,
+                           chunk: int = CHUNK):
+    """Chunked forward: (o [B, H, Tq, D] in q's dtype, stats [3, B, H, Tq] = (L, M, R)).
+
+    stats are in the accumulation dtype (float32; float64 for float64 inputs); M = R = 0 for LSSA.
+    """
+    if cu_seqlens_q is None:
+        return _fwd_dense(q, k, v, causal, reweight_p, qk_norm, kv_offset, chunk)
+    parts = [
+        _fwd_dense(qs, ks, vs, causal, reweight_p, qk_norm, kv_offset, chunk)
+        for qs, ks, vs in zip(_split(q, cu_seqlens_q), _split(k, cu_seqlens_k), _split(v, cu_seqlens_k))
+    ]
+    return torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=3)
+
+
+def softplus_attention_bwd(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, cu_seqlens_q,
+                           cu_seqlens_k, chunk: int = CHUNK):
+    """Chunked backward: (dq̂ [B, H, Tq, D], dk̂ [B, Hkv, Tk, D], dv [B, Hkv, Tk, D]), accumulation dtype.
+
+    dq̂ and dk̂ are gradients w.r.t. the normalised q̂, k̂ (w.r.t. q, k when qk_norm=False);
+    ``norm_backward`` finishes them.
+    """
+    if cu_seqlens_q is None:
+        return _bwd_dense(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, chunk)
+    bq, bk = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    parts = []
+    for z in range(len(bq) - 1):
+        rq, rk = slice(bq[z], bq[z + 1]), slice(bk[z], bk[z + 1])
+        parts.append(_bwd_dense(q[:, :, rq], k[:, :, rk], v[:, :, rk], o[:, :, rq], do[:, :, rq],
+                                stats[:, :, :, rq], causal, reweight_p, qk_norm, kv_offset, chunk))
+    return tuple(torch.cat([p[i] for p in parts], dim=2) for i in range(3))
