@@ -1,0 +1,86 @@
+// Torch-free math of softplus attention (SPEC.md §2), shared by the CPU and CUDA kernels.
+//
+// Row i sees N_i keys; c_i = ln D · ln N_i; s_ij = c_i q̂_i·k̂_j; w_ij = softplus(s_ij);
+// L_i = Σ_j w_ij. LSSA weights w/L. LSSAR weights ReLU(N_i w/L − O_i)^p renormalised, computed as
+// (ReLU(base)/M_i)^p with M_i the row's largest base (from the row max of s: softplus is
+// monotonic), so no term exceeds 1 and (N a)^p is never formed.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "common.h"
+
+namespace nlseq {
+namespace softplus_attention {
+
+// An LSSAR row whose largest base N_i·max_j a_ij − O_i is <= this is an all-zero row (o_i = 0):
+// float32 row sums cannot resolve the sign of a base this close to 0 (identical keys give 0).
+constexpr double kZeroRowTol = 1e-4;
+
+// log(1 + e^x), accurate for every x (log1p keeps the relative error small for x << 0).
+template <typename T> NLSEQ_HD T softplus(T x) {
+  return (x > T(0) ? x : T(0)) + std::log1p(std::exp(-std::fabs(x)));
+}
+
+template <typename T> NLSEQ_HD T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+// Number of keys local query row i may see: causal rows see keys j <= i + kv_offset (j < len_k).
+NLSEQ_HD int64_t visible_count(int64_t i, int64_t len_k, bool causal, int64_t kv_offset) {
+  if (!causal) return len_k;
+  const int64_t n = i + 1 + kv_offset;
+  return n < len_k ? n : len_k;
+}
+
+// c_i = ln D · ln N_i (0 for N_i <= 1).
+template <typename T> NLSEQ_HD T length_scale(T log_d, int64_t n) {
+  return n > 1 ? log_d * std::log(static_cast<T>(n)) : T(0);
+}
+
+// O_i: 0 for the first three positions (N_i <= 3), else 1.
+template <typename T> NLSEQ_HD T reweight_offset(int64_t n) { return n > 3 ? T(1) : T(0); }
+
+// M_i, the row's largest LSSAR base N_i softplus(m_i) / L_i − O_i from the row max m_i of s;
+// 0 marks an all-zero row (no visible key, or M_i <= kZeroRowTol).
+template <typename T> NLSEQ_HD T lssar_base_max(T row_max_s, T L, int64_t n) {
+  if (!(L > T(0))) return T(0);
+  const T M = static_cast<T>(n) * softplus(row_max_s) / L - reweight_offset<T>(n);
+  return M > static_cast<T>(kZeroRowTol) ? M : T(0);
+}
+
+// t^p for t >= 0 (0 for t <= 0): the re-weighted term with t = ReLU(base) / M_i in [0, 1].
+template <typename T> NLSEQ_HD T pow_ratio(T t, T p) { return t > T(0) ? std::exp(p * std::log(t)) : T(0); }
+
+// One score's weight P_ij and gradient ds_ij·c_i in the backward, from the row statistics.
+//   LSSA:  P = w / L,                    ds = σ(s) (dP − Δ) / L
+//   LSSAR: t = ReLU(N w / L − O) / M,    P = t^p / R,
+//          dbase = (dP − Δ) p t^(p−1) / (M R),   ds = σ(s) (N / L) (dbase − Γ)
+// with Δ_i = do_i·o_i and Γ_i = Σ_j dbase_ij w_ij / L_i (a pass of its own, see lssar_dbase).
+template <typename T> struct Row {
+  T c, n, offset, L, M, R, delta, gamma;  // c_i, N_i, O_i, L_i, M_i, R_i, Δ_i, Γ_i
+};
+
+template <typename T> NLSEQ_HD T lssar_dbase(const Row<T>& r, T w, T dP, T p) {
+  if (!(r.M > T(0))) return T(0);
+  const T base = r.n * w / r.L - r.offset;
+  if (!(base > T(0))) return T(0);
+  const T t = base / r.M;
+  return (dP - r.delta) * p * pow_ratio(t, p - T(1)) / (r.M * r.R);
+}
+
+template <typename T> NLSEQ_HD void score_backward(const Row<T>& r, T s, T dP, T p, T& P, T& ds) {
+  const T w = softplus(s);
+  if (p <= T(0)) {
+    if (!(r.L > T(0))) { P = T(0); ds = T(0); return; }
+    P = w / r.L;
+    ds = r.c * sigmoid(s) * (dP - r.delta) / r.L;
+    return;
+  }
+  if (!(r.M > T(0))) { P = T(0); ds = T(0); return; }
+  const T base = r.n * w / r.L - r.offset;
+  const T t = base > T(0) ? base / r.M : T(0);
+  P = pow_ratio(t, p) / r.R;
+  ds = r.c * sigmoid(s) * (r.n / r.L) * (lssar_dbase(r, w, dP, p) - r.gamma);
+}
+
+}  // namespace softplus_attention
+}  // namespace nlseq
