@@ -1,0 +1,387 @@
+"""Triton kernels of softplus attention, LSSA and LSSAR (SPEC.md §2), FlashAttention style.
+
+Never forms the [Tq, Tk] matrix: each program owns a tile of BM query rows (forward, dq) or BN
+keys (dk, dv) and streams the other side in tiles; the backward recomputes the scores.
+
+    s_ij = c_i rq_i rk_j (q_i·k_j)      c_i = ln D · ln N_i, rq/rk = reciprocal QK norms
+    LSSA   one pass, no running max (|s| <= c_i is bounded): acc += softplus(s) v, L += softplus(s)
+    LSSAR  two passes: (row max of s, L), then t = ReLU(N w / L − O) / M with M the row's largest
+           base (from the max), acc += t^p v, R += t^p: every term is <= 1, nothing overflows.
+
+The raw q·k product runs on the tensor cores in the input dtype (fp32 inputs use IEEE fp32 dots,
+not TF32); the QK-norm and the length scale are applied to the fp32 scores, so low-precision
+inputs are not rounded again after normalisation. Head dims are padded to the next power of two
+(BD >= 16) with masks, so any D works (32..256 are the tuned range). Under TRITON_INTERPRET=1
+there is a single small config and no libdevice (tl.exp/tl.log only).
+
+Launchers: ``softplus_attention_fwd`` and ``softplus_attention_bwd`` follow the contract of
+python/nlseq/ops/softplus_attention.py.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..registry import triton_interpret
+from ..reference.softplus_attention import ZERO_ROW_TOL
+
+
+def _configs():
+    if triton_interpret():
+        return [triton.Config({"BM": 16, "BN": 16}, num_warps=1, num_stages=1)]
+    # Hopper (H100/H200) and Ampere (A100): 128x64 tiles with 8 warps lead at D = 128; the
+    # smaller ones win at D = 256 (shared memory) and for short sequences.
+    return [
+        triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
+        for BM, BN, w, s in [
+            (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
+            (64, 32, 4, 2), (128, 32, 4, 3), (64, 128, 4, 2), (32, 64, 4, 2),
+        ]
+    ]
+
+
+def _bwd_configs():
+    if triton_interpret():
+        return [triton.Config({"BM": 16, "BN": 16}, num_warps=1, num_stages=1)]
+    return [
+        triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
+        for BM, BN, w, s in [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)]
+    ]
+
+
+@triton.jit
+def _log1p(u):
+    # log(1 + u) for u in (0, 1], to ~1 ulp: log(t)·u/(t − 1) with t = 1 + u (exact when t == 1).
+    t = 1.0 + u
+    return tl.where(t == 1.0, u, tl.log(t) * (u / (t - 1.0)))
+
+
+@triton.jit
+def _softplus(x):
+    return tl.maximum(x, 0.0) + _log1p(tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _pow(t, p):
+    # t^p for t > 0 (0 for t <= 0)
+    return tl.where(t > 0.0, tl.exp2(p * tl.log2(tl.where(t > 0.0, t, 1.0))), 0.0)
+
+
+@triton.jit
+def _sequence(i_z, cu_q, cu_k, Tq, Tk, IS_VARLEN: tl.constexpr):
+    """(batch index, first query row, query count, first key row, key count) of sequence i_z."""
+    if IS_VARLEN:
+        q0 = tl.load(cu_q + i_z).to(tl.int64)
+        nq = tl.load(cu_q + i_z + 1).to(tl.int64) - q0
+        k0 = tl.load(cu_k + i_z).to(tl.int64)
+        nk = tl.load(cu_k + i_z + 1).to(tl.int64) - k0
+        b = i_z * 0
+    else:
+        q0 = i_z * 0
+        nq = Tq + q0
+        k0 = q0
+        nk = Tk + q0
+        b = i_z
+    return b, q0, nq, k0, nk
+
+
+@triton.jit
+def _visible(o_m, nk, kv_offset, CAUSAL: tl.constexpr):
+    """N_i for local query rows o_m: min(i + 1 + kv_offset, nk) when causal, else nk."""
+    if CAUSAL:
+        return tl.minimum(o_m + 1 + kv_offset, nk)
+    return o_m * 0 + nk
+
+
+@triton.autotune(configs=_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"])
+@triton.jit
+def _fwd_kernel(
+    q, k, v, rq, rk, o, stats, cu_q, cu_k,
+    Tq, Tk, H, G, D, plane, kv_offset, log_d, p, zero_tol,
+    CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+):
+    i_m, i_zh = tl.program_id(0), tl.program_id(1)
+    i_z, i_h = i_zh // H, i_zh % H
+    i_g = i_h // G
+    Hkv = H // G
+    b, q0, nq, k0, nk = _sequence(i_z, cu_q, cu_k, Tq, Tk, IS_VARLEN)
+    if i_m * BM >= nq:
+        return
+    row0 = (b * H + i_h).to(tl.int64) * Tq + q0  # flat row of (b, h, local 0)
+    krow0 = (b * Hkv + i_g).to(tl.int64) * Tk + k0
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_m = o_m < nq
+    m_d = o_d < D
+    p_q = q + (row0 + o_m[:, None]) * D + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+    b_rq = tl.load(rq + row0 + o_m, mask=m_m, other=0.0)  # [BM]
+    n_i = _visible(o_m, nk, kv_offset, CAUSAL)  # [BM]
+    c_i = log_d * tl.log(tl.maximum(n_i, 1).to(tl.float32))
+    b_cq = c_i * b_rq  # [BM]
+    kv_end = tl.max(tl.where(m_m, n_i, 0), 0)
+
+    b_L = tl.zeros([BM], dtype=tl.float32)
+    b_acc = tl.zeros([BM, BD], dtype=tl.float32)
+    if REWEIGHT:
+        b_mx = tl.full([BM], float("-inf"), dtype=tl.float32)
+        for start_n in range(0, kv_end, BN):
+            o_n = start_n + tl.arange(0, BN)
+            m_n = o_n < nk
+            b_k = tl.load(k + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+            b_rk = tl.load(rk + krow0 + o_n, mask=m_n, other=0.0)
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_cq[:, None] * b_rk[None, :]  # [BM, BN]
+            m_vis = o_n[None, :] < n_i[:, None]
+            b_L += tl.sum(tl.where(m_vis, _softplus(b_s), 0.0), 1)
+            b_mx = tl.maximum(b_mx, tl.max(tl.where(m_vis, b_s, float("-inf")), 1))
+        nf = n_i.to(tl.float32)
+        off = tl.where(n_i > 3, 1.0, 0.0)
+        L_safe = tl.where(b_L > 0, b_L, 1.0)
+        b_M = nf * _softplus(tl.where(b_L > 0, b_mx, 0.0)) / L_safe - off
+        b_M = tl.where((b_L > 0) & (b_M > zero_tol), b_M, 0.0)
+        inv_M = tl.where(b_M > 0, 1.0 / tl.where(b_M > 0, b_M, 1.0), 0.0)
+        b_R = tl.zeros([BM], dtype=tl.float32)
+    for start_n in range(0, kv_end, BN):
+        o_n = start_n + tl.arange(0, BN)
+        m_n = o_n < nk
+        m_kd = m_n[:, None] & m_d[None, :]
+        b_k = tl.load(k + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
+        b_v = tl.load(v + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
+        b_rk = tl.load(rk + krow0 + o_n, mask=m_n, other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_cq[:, None] * b_rk[None, :]  # [BM, BN]
+        m_vis = o_n[None, :] < n_i[:, None]
+        b_w = tl.where(m_vis, _softplus(b_s), 0.0)  # [BM, BN]
+        if REWEIGHT:
+            base = nf[:, None] * b_w / L_safe[:, None] - off[:, None]
+            b_w = tl.where(m_vis, _pow(base * inv_M[:, None], p), 0.0)
+            b_R += tl.sum(b_w, 1)
+        else:
+            b_L += tl.sum(b_w, 1)
+        b_acc += tl.dot(b_w.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+    if REWEIGHT:
+        inv = tl.where((b_M > 0) & (b_R > 0), 1.0 / tl.where(b_R > 0, b_R, 1.0), 0.0)
+    else:
+        inv = tl.where(b_L > 0, 1.0 / tl.where(b_L > 0, b_L, 1.0), 0.0)
+    b_o = b_acc * inv[:, None]
+    tl.store(o + (row0 + o_m[:, None]) * D + o_d[None, :], b_o.to(o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    tl.store(stats + row0 + o_m, b_L, mask=m_m)
+    if REWEIGHT:
+        tl.store(stats + plane + row0 + o_m, b_M, mask=m_m)
+        tl.store(stats + 2 * plane + row0 + o_m, b_R, mask=m_m)
+    else:
+        tl.store(stats + plane + row0 + o_m, b_L * 0.0, mask=m_m)
+        tl.store(stats + 2 * plane + row0 + o_m, b_L * 0.0, mask=m_m)
+
+
+@triton.jit
+def _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, delta, gamma, c_i, p, REWEIGHT: tl.constexpr):
+    """(P, ds·c, dbase·w) of one tile from its scores s and dP = do·v (see score_backward in
+    csrc/include/nlseq/softplus_attention.h for the formulas)."""
+    b_w = tl.where(m_vis, _softplus(b_s), 0.0)
+    sig = tl.sigmoid(b_s)
+    inv_L = tl.where(L > 0, 1.0 / tl.where(L > 0, L, 1.0), 0.0)
+    if REWEIGHT:
+        inv_M = tl.where(M > 0, 1.0 / tl.where(M > 0, M, 1.0), 0.0)
+        inv_R = tl.where(R > 0, 1.0 / tl.where(R > 0, R, 1.0), 0.0)
+        base = nf[:, None] * b_w * inv_L[:, None] - off[:, None]
+        t = tl.where(m_vis, base * inv_M[:, None], 0.0)
+        b_P = _pow(t, p) * inv_R[:, None]
+        dbase = tl.where(t > 0, (b_dP - delta[:, None]) * p * _pow(t, p - 1.0) * (inv_M * inv_R)[:, None], 0.0)
+        ds = sig * (nf * inv_L)[:, None] * (dbase - gamma[:, None])
+        gw = dbase * b_w
+    else:
+        b_P = b_w * inv_L[:, None]
+        ds = sig * (b_dP - delta[:, None]) * inv_L[:, None]
+        gw = b_P * 0.0
+    ds = tl.where(m_vis, ds * c_i[:, None], 0.0)
+    return b_P, ds, gw
+
+
+@triton.autotune(configs=_bwd_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"])
+@triton.jit
+def _bwd_dq_kernel(
+    q, k, v, rq, rk, do, stats, delta, gamma, dq, cu_q, cu_k,
+    Tq, Tk, H, G, D, plane, kv_offset, log_d, p,
+    CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+):
+    i_m, i_zh = tl.program_id(0), tl.program_id(1)
+    i_z, i_h = i_zh // H, i_zh % H
+    i_g = i_h // G
+    Hkv = H // G
+    b, q0, nq, k0, nk = _sequence(i_z, cu_q, cu_k, Tq, Tk, IS_VARLEN)
+    if i_m * BM >= nq:
+        return
+    row0 = (b * H + i_h).to(tl.int64) * Tq + q0
+    krow0 = (b * Hkv + i_g).to(tl.int64) * Tk + k0
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_m = o_m < nq
+    m_d = o_d < D
+    m_qd = m_m[:, None] & m_d[None, :]
+    b_q = tl.load(q + (row0 + o_m[:, None]) * D + o_d[None, :], mask=m_qd, other=0.0)  # [BM, BD]
+    b_do = tl.load(do + (row0 + o_m[:, None]) * D + o_d[None, :], mask=m_qd, other=0.0)  # [BM, BD]
+    b_rq = tl.load(rq + row0 + o_m, mask=m_m, other=0.0)
+    L = tl.load(stats + row0 + o_m, mask=m_m, other=0.0)
+    M = tl.load(stats + plane + row0 + o_m, mask=m_m, other=0.0)
+    R = tl.load(stats + 2 * plane + row0 + o_m, mask=m_m, other=0.0)
+    b_delta = tl.load(delta + row0 + o_m, mask=m_m, other=0.0)
+    n_i = _visible(o_m, nk, kv_offset, CAUSAL)
+    nf = n_i.to(tl.float32)
+    off = tl.where(n_i > 3, 1.0, 0.0)
+    c_i = log_d * tl.log(tl.maximum(n_i, 1).to(tl.float32))
+    b_cq = c_i * b_rq
+    kv_end = tl.max(tl.where(m_m, n_i, 0), 0)
+    b_gamma = tl.zeros([BM], dtype=tl.float32)
+    if REWEIGHT:  # Γ_i = Σ_j dbase_ij w_ij / L_i: a pass of its own
+        for start_n in range(0, kv_end, BN):
+            o_n = start_n + tl.arange(0, BN)
+            m_n = o_n < nk
+            m_kd = m_n[:, None] & m_d[None, :]
+            b_k = tl.load(k + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)
+            b_v = tl.load(v + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)
+            b_rk = tl.load(rk + krow0 + o_n, mask=m_n, other=0.0)
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_cq[:, None] * b_rk[None, :]
+            b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
+            m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
+            _, _, gw = _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, b_delta, b_gamma, c_i, p, REWEIGHT)
+            b_gamma += tl.sum(gw, 1)
+        b_gamma = tl.where(L > 0, b_gamma / tl.where(L > 0, L, 1.0), 0.0)
+        tl.store(gamma + row0 + o_m, b_gamma, mask=m_m)
+    b_dq = tl.zeros([BM, BD], dtype=tl.float32)
+    for start_n in range(0, kv_end, BN):
+        o_n = start_n + tl.arange(0, BN)
+        m_n = o_n < nk
+        m_kd = m_n[:, None] & m_d[None, :]
+        b_k = tl.load(k + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
+        b_v = tl.load(v + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
+        b_rk = tl.load(rk + krow0 + o_n, mask=m_n, other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_cq[:, None] * b_rk[None, :]  # [BM, BN]
+        b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)  # [BM, BN]
+        m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
+        _, ds, _ = _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, b_delta, b_gamma, c_i, p, REWEIGHT)
+        b_dq += tl.dot((ds * b_rk[None, :]).to(b_k.dtype), b_k, input_precision=DOT_PREC)  # dq̂ = Σ ds c rk k
+    tl.store(dq + (row0 + o_m[:, None]) * D + o_d[None, :], b_dq, mask=m_qd)
+
+
+@triton.autotune(configs=_bwd_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"])
+@triton.jit
+def _bwd_dkdv_kernel(
+    q, k, v, rq, rk, do, stats, delta, gamma, dk, dv, cu_q, cu_k,
+    Tq, Tk, H, G, D, plane, kv_offset, log_d, p,
+    CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+):
+    i_n, i_zg = tl.program_id(0), tl.program_id(1)
+    Hkv = H // G
+    i_z, i_g = i_zg // Hkv, i_zg % Hkv
+    b, q0, nq, k0, nk = _sequence(i_z, cu_q, cu_k, Tq, Tk, IS_VARLEN)
+    if i_n * BN >= nk:
+        return
+    krow0 = (b * Hkv + i_g).to(tl.int64) * Tk + k0
+    o_n = i_n * BN + tl.arange(0, BN)
+    o_d = tl.arange(0, BD)
+    m_n = o_n < nk
+    m_d = o_d < D
+    m_kd = m_n[:, None] & m_d[None, :]
+    b_k = tl.load(k + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
+    b_v = tl.load(v + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
+    b_rk = tl.load(rk + krow0 + o_n, mask=m_n, other=0.0)
+    b_dk = tl.zeros([BN, BD], dtype=tl.float32)
+    b_dv = tl.zeros([BN, BD], dtype=tl.float32)
+    # the first query row that sees key i_n·BN: i + kv_offset >= i_n·BN
+    if CAUSAL:
+        m_lo = (tl.maximum(i_n * BN - kv_offset, 0) // BM) * BM
+    else:
+        m_lo = 0
+    for i_hh in range(0, G):
+        i_h = i_g * G + i_hh
+        row0 = (b * H + i_h).to(tl.int64) * Tq + q0
+        for start_m in range(m_lo, nq, BM):
+            o_m = start_m + tl.arange(0, BM)
+            m_m = o_m < nq
+            m_qd = m_m[:, None] & m_d[None, :]
+            b_q = tl.load(q + (row0 + o_m[:, None]) * D + o_d[None, :], mask=m_qd, other=0.0)  # [BM, BD]
+            b_do = tl.load(do + (row0 + o_m[:, None]) * D + o_d[None, :], mask=m_qd, other=0.0)  # [BM, BD]
+            b_rq = tl.load(rq + row0 + o_m, mask=m_m, other=0.0)
+            L = tl.load(stats + row0 + o_m, mask=m_m, other=0.0)
+            M = tl.load(stats + plane + row0 + o_m, mask=m_m, other=0.0)
+            R = tl.load(stats + 2 * plane + row0 + o_m, mask=m_m, other=0.0)
+            b_delta = tl.load(delta + row0 + o_m, mask=m_m, other=0.0)
+            b_gamma = tl.load(gamma + row0 + o_m, mask=m_m, other=0.0)
+            n_i = _visible(o_m, nk, kv_offset, CAUSAL)
+            nf = n_i.to(tl.float32)
+            off = tl.where(n_i > 3, 1.0, 0.0)
+            c_i = log_d * tl.log(tl.maximum(n_i, 1).to(tl.float32))
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * (c_i * b_rq)[:, None] * b_rk[None, :]
+            b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)  # [BM, BN]
+            m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
+            b_P, ds, _ = _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, b_delta, b_gamma, c_i, p, REWEIGHT)
+            b_P = tl.where(m_vis, b_P, 0.0)
+            b_dv += tl.dot(tl.trans(b_P.to(b_do.dtype)), b_do, input_precision=DOT_PREC)  # dv += Pᵀ do
+            b_dk += tl.dot(tl.trans((ds * b_rq[:, None]).to(b_q.dtype)), b_q, input_precision=DOT_PREC)  # dk̂
+    tl.store(dk + (krow0 + o_n[:, None]) * D + o_d[None, :], b_dk, mask=m_kd)
+    tl.store(dv + (krow0 + o_n[:, None]) * D + o_d[None, :], b_dv, mask=m_kd)
+
+
+def _common(q, k, cu_q, cu_k):
+    B, H, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    varlen = cu_q is not None
+    if varlen:
+        S = cu_q.numel() - 1
+        max_q = int((cu_q[1:] - cu_q[:-1]).max().item())
+        max_k = int((cu_k[1:] - cu_k[:-1]).max().item())
+    else:
+        S, max_q, max_k = B, Tq, Tk
+    BD = max(16, triton.next_power_of_2(D))
+    dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
+    return dict(
+        B=B, H=H, Tq=Tq, D=D, Hkv=Hkv, Tk=Tk, S=S, max_q=max_q, max_k=max_k, BD=BD, varlen=varlen,
+        cu_q=cu_q if varlen else dummy, cu_k=cu_k if varlen else dummy,
+        prec="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+
+
+def softplus_attention_fwd(q, k, v, rq, rk, causal, p, kv_offset, cu_q, cu_k):
+    """o [B, H, Tq, D] (q's dtype) and stats [3, B, H, Tq] float32 = (L, M, R)."""
+    c = _common(q, k, cu_q, cu_k)
+    o = torch.empty_like(q)
+    stats = torch.empty(3, c["B"], c["H"], c["Tq"], dtype=torch.float32, device=q.device)
+    if c["max_q"] == 0:
+        return o, stats
+    grid = lambda META: (triton.cdiv(c["max_q"], META["BM"]), c["S"] * c["H"])  # noqa: E731
+    _fwd_kernel[grid](
+        q, k, v, rq.contiguous(), rk.contiguous(), o, stats, c["cu_q"], c["cu_k"],
+        c["Tq"], c["Tk"], c["H"], c["H"] // c["Hkv"], c["D"], c["B"] * c["H"] * c["Tq"], kv_offset,
+        math.log(c["D"]), float(p), ZERO_ROW_TOL,
+        CAUSAL=causal, REWEIGHT=p > 0, IS_VARLEN=c["varlen"], DOT_PREC=c["prec"], BD=c["BD"],
+    )
+    return o, stats
+
+
+def softplus_attention_bwd(q, k, v, rq, rk, o, do, stats, causal, p, kv_offset, cu_q, cu_k):
+    """(dq̂ [B, H, Tq, D], dk̂ [B, Hkv, Tk, D], dv [B, Hkv, Tk, D]) in float32."""
+    c = _common(q, k, cu_q, cu_k)
+    stats = stats.to(torch.float32).contiguous()
+    delta = (do.float() * o.float()).sum(-1).contiguous()  # Δ_i = do_i·o_i  [B, H, Tq]
+    gamma = torch.zeros_like(delta)  # Γ_i (LSSAR), written by the dq kernel
+    dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    dk = torch.empty(k.shape, dtype=torch.float32, device=q.device)
+    dv = torch.empty(v.shape, dtype=torch.float32, device=q.device)
+    rq, rk = rq.contiguous(), rk.contiguous()
+    args = (c["Tq"], c["Tk"], c["H"], c["H"] // c["Hkv"], c["D"], c["B"] * c["H"] * c["Tq"], kv_offset,
+            math.log(c["D"]), float(p))
+    meta = dict(CAUSAL=causal, REWEIGHT=p > 0, IS_VARLEN=c["varlen"], DOT_PREC=c["prec"], BD=c["BD"])
+    if c["max_q"] > 0:
+        grid_q = lambda META: (triton.cdiv(c["max_q"], META["BM"]), c["S"] * c["H"])  # noqa: E731
+        _bwd_dq_kernel[grid_q](q, k, v, rq, rk, do, stats, delta, gamma, dq, c["cu_q"], c["cu_k"], *args, **meta)
+    if c["max_k"] > 0:
+        grid_k = lambda META: (triton.cdiv(c["max_k"], META["BN"]), c["S"] * c["Hkv"])  # noqa: E731
+        _bwd_dkdv_kernel[grid_k](q, k, v, rq, rk, do, stats, delta, gamma, dk, dv, c["cu_q"], c["cu_k"],
+                                 *args, **meta)
+    return dq, dk, dv
