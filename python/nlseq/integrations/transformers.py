@@ -1,0 +1,133 @@
+"""Hugging Face transformers integration: ``attn_implementation="lssa"`` / ``"lssar"`` (SPEC.md §2).
+
+    import nlseq.integrations.transformers as nlseq_hf
+    nlseq_hf.register()                 # LSSAR exponent p: config.lssar_p if set, else 15
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="lssa")
+
+``register`` adds two attention functions to transformers' ``AttentionInterface`` and, under the
+same names, a mask function to ``AttentionMaskInterface``: without one, transformers builds no
+mask at all for an unknown implementation, and causal masking (and padding) would be dropped.
+The mask function is transformers' own ``sdpa_mask``: it returns None when the pattern is plain
+causal (no padding), and a boolean [B, 1, Tq, Tk] mask otherwise.
+
+How the attention function maps transformers' arguments onto ``nlseq.softplus_attention``:
+- mask None (plain causal): the queries are the last Tq of the Tk keys (bottom-right, as
+  transformers' KV cache lays them out), so kv_offset = Tk − Tq, the cache length: decoding one
+  token sees every cached key. The one exception mirrors transformers' sdpa integration: a
+  prefill into an empty static cache (Tq > 1, Tk > Tq, no mask) attends to the first Tq keys only.
+- boolean mask (padding, packed sequences, sliding windows...): a dense PyTorch path in which
+  N_i is the number of keys row i may see (SPEC.md §2: only the real keys count). Correct for any
+  mask, O(Tq·Tk) memory; the fused kernels serve the unpadded case.
+- ``scaling`` is ignored (LSSA has no 1/√D: it QK-normalises and scales by ln D · ln N_i), and
+  ``dropout`` > 0 raises (attention dropout is not part of LSSA; set attn_pdrop / attention_dropout
+  to 0). ``is_causal`` (or module.is_causal) selects causal vs bidirectional.
+
+transformers is imported only when ``register`` runs; importing nlseq never imports it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..ops.softplus_attention import softplus_attention
+from ..reference import softplus_attention as _ref
+
+NAMES = ("lssa", "lssar")
+DEFAULT_P = 15.0
+CONFIG_ATTR = "lssar_p"  # model config attribute read by "lssar" for its exponent p
+
+_default_p = DEFAULT_P
+_backend = "auto"
+
+
+def _masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: Optional[float]) -> Tensor:
+    """SPEC.md §2 under an arbitrary boolean mask [B, 1 or H, Tq, Tk] (True = visible); N_i = Σ_j mask_ij.
+
+    Dense and differentiable through autograd, in float32 (float64 for float64 inputs).
+    """
+    dtype = q.dtype
+    acc = _ref.acc_dtype(dtype)
+    B, H, Tq, D = q.shape
+    G = H // k.shape[1]
+    k = k.repeat_interleave(G, dim=1)
+    v = v.repeat_interleave(G, dim=1)
+    qh, kh = _ref.normalize(q.to(acc)), _ref.normalize(k.to(acc))
+    mask = mask.to(torch.bool).expand(B, H, Tq, k.shape[2])
+    n = mask.sum(-1)  # [B, H, Tq]
+    c = _ref.length_scale(n, D, acc)
+    s = c[..., None] * (qh @ kh.transpose(-1, -2))
+    zero = torch.zeros((), dtype=acc, device=q.device)
+    w = torch.where(mask, _ref.softplus(s), zero)
+    L = w.sum(-1, keepdim=True)
+    Lsafe = torch.where(L > 0, L, torch.ones_like(L))
+    if p is None:
+        P = w / Lsafe
+    else:
+        nf = n.to(acc)[..., None]
+        base = torch.where(mask, nf * w / Lsafe - _ref.reweight_offset(n, acc)[..., None], zero)
+        M = base.amax(-1, keepdim=True)
+        live = (M > _ref.ZERO_ROW_TOL) & (L > 0)
+        Msafe = torch.where(live, M, torch.ones_like(M))
+        r = torch.where(live, torch.relu(base) / Msafe, zero) ** p  # overflow-safe: every term <= 1
+        R = r.sum(-1, keepdim=True)
+        P = r / torch.where(R > 0, R, torch.ones_like(R))
+    return (P @ v.to(acc)).to(dtype)
+
+
+def _attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Optional[Tensor], *,
+               reweight: bool, dropout: float = 0.0, scaling: Optional[float] = None,
+               is_causal: Optional[bool] = None, **kwargs):
+    if dropout and dropout > 0:
+        raise ValueError(
+            f"nlseq {'lssar' if reweight else 'lssa'} attention: attention dropout {dropout} is not supported; "
+            "set the model's attention dropout (attn_pdrop / attention_dropout) to 0"
+        )
+    p = None
+    if reweight:
+        config = getattr(module, "config", None)
+        p = float(getattr(config, CONFIG_ATTR, None) or _default_p)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    Tq, Tk = query.shape[2], key.shape[2]
+    if attention_mask is not None:
+        if attention_mask.dtype != torch.bool:  # an additive float mask: 0 = visible, finfo.min = masked
+            attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+        out = _masked_attention(query, key, value, attention_mask, p)
+    else:
+        kv_offset = Tk - Tq
+        if causal and Tq > 1 and Tk > Tq:  # prefill into an empty static cache (see module docstring)
+            key, value, kv_offset = key[:, :, :Tq], value[:, :, :Tq], 0
+        out = softplus_attention(query, key, value, causal=bool(causal), reweight_p=p, kv_offset=max(kv_offset, 0),
+                                 backend=_backend)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def lssa_attention_forward(module, query, key, value, attention_mask, **kwargs):
+    """transformers attention function for LSSA: query [B, H, Tq, D], key/value [B, Hkv, Tk, D]."""
+    return _attention(module, query, key, value, attention_mask, reweight=False, **kwargs)
+
+
+def lssar_attention_forward(module, query, key, value, attention_mask, **kwargs):
+    """transformers attention function for LSSAR (p from config.lssar_p, else register's p)."""
+    return _attention(module, query, key, value, attention_mask, reweight=True, **kwargs)
+
+
+def register(p: float = DEFAULT_P, backend: str = "auto") -> None:
+    """Register "lssa" and "lssar" with transformers' AttentionInterface and AttentionMaskInterface.
+
+    ``p`` is the LSSAR exponent used when the model config has no ``lssar_p``; ``backend`` is
+    passed to nlseq.softplus_attention. Calling it again updates both.
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
+        raise ValueError(f"nlseq.integrations.transformers.register: p must be a finite number > 0, got {p!r}")
+    global _default_p, _backend
+    _default_p, _backend = float(p), backend
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register("lssa", lssa_attention_forward)
+    AttentionInterface.register("lssar", lssar_attention_forward)
+    for name in NAMES:
+        AttentionMaskInterface.register(name, sdpa_mask)
