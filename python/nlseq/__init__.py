@@ -12,3 +12,4 @@ __all__ = ["backends", "linear_recurrence", "__version__"]
 from .ops.softplus_attention import softplus_attention  # noqa: E402
 
 __all__ += ["softplus_attention"]
+from . import nn  # noqa: E402,F401  (nlseq.nn.SoftplusAttention)

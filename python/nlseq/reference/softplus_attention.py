@@ -84,6 +84,14 @@ def normalize(x: Tensor) -> Tensor:
     return F.normalize(x, dim=-1, eps=EPS)
 
 
+def _rowmax(x: Tensor, keepdim: bool = False) -> Tensor:
+    """Max over the last dim; −inf for an empty row (a sequence without keys)."""
+    if x.shape[-1] == 0:
+        shape = x.shape[:-1] + ((1,) if keepdim else ())
+        return torch.full(shape, -math.inf, dtype=x.dtype, device=x.device)
+    return x.amax(-1, keepdim=keepdim)
+
+
 def _split(x: Tensor, cu: Tensor) -> list[Tensor]:
     bounds = cu.tolist()
     return [x[:, :, bounds[z]:bounds[z + 1]] for z in range(len(bounds) - 1)]
@@ -109,7 +117,7 @@ def _naive_dense(q, k, v, causal, reweight_p, qk_norm, kv_offset):
     else:
         nf = n.to(a.dtype)[:, None]
         base = torch.where(mask, nf * a - reweight_offset(n, a.dtype)[:, None], torch.zeros_like(a))
-        zero = (base.amax(-1, keepdim=True) <= ZERO_ROW_TOL) | (L <= 0)
+        zero = (_rowmax(base, keepdim=True) <= ZERO_ROW_TOL) | (L <= 0)
         r = torch.relu(base) ** reweight_p  # direct power: fine in float64 (N^15 << 1e308)
         R = r.sum(-1, keepdim=True)
         P = torch.where(zero, torch.zeros_like(r), r / torch.where(zero, torch.ones_like(R), R))
@@ -163,7 +171,7 @@ def _row_weights(qc, k, rows, Tq, causal, reweight_p, kv_offset, stats=None):
     nf = n.to(s.dtype)
     O = reweight_offset(n, s.dtype)
     if stats is None:  # M from the row max of s: softplus is monotonic (SPEC.md §2)
-        m = torch.where(mask, s, torch.full((), -math.inf, dtype=s.dtype, device=s.device)).amax(-1)
+        m = _rowmax(torch.where(mask, s, torch.full((), -math.inf, dtype=s.dtype, device=s.device)))
         M = nf * softplus(m) / Lsafe - O
         M = torch.where((M > ZERO_ROW_TOL) & (L > 0), M, torch.zeros_like(M))
     else:
