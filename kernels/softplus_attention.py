@@ -56,7 +56,7 @@ def _bwd_configs():
 def _log1p(u):
     # log(1 + u) for u in (0, 1], to ~1 ulp: log(t)·u/(t − 1) with t = 1 + u (exact when t == 1).
     t = 1.0 + u
-    return tl.where(t == 1.0, u, tl.log(t) * (u / (t - 1.0)))
+    return tl.where(t == 1.0, u, tl.log(t) * (u / tl.where(t == 1.0, 1.0, t - 1.0)))
 
 
 @triton.jit
@@ -347,8 +347,18 @@ def _common(q, k, cu_q, cu_k):
     )
 
 
+def _interpreter_dtype(*xs):
+    """The interpreter computes bfloat16 arithmetic wrongly: there, bf16 inputs run in float32."""
+    if triton_interpret() and xs[0].dtype == torch.bfloat16:
+        return tuple(x.float() for x in xs)
+    return xs
+
+
 def softplus_attention_fwd(q, k, v, rq, rk, causal, p, kv_offset, cu_q, cu_k):
     """o [B, H, Tq, D] (q's dtype) and stats [3, B, H, Tq] float32 = (L, M, R)."""
+    if triton_interpret() and q.dtype == torch.bfloat16:
+        o, stats = softplus_attention_fwd(*_interpreter_dtype(q, k, v), rq, rk, causal, p, kv_offset, cu_q, cu_k)
+        return o.to(q.dtype), stats
     c = _common(q, k, cu_q, cu_k)
     o = torch.empty_like(q)
     stats = torch.empty(3, c["B"], c["H"], c["Tq"], dtype=torch.float32, device=q.device)
@@ -366,6 +376,7 @@ def softplus_attention_fwd(q, k, v, rq, rk, causal, p, kv_offset, cu_q, cu_k):
 
 def softplus_attention_bwd(q, k, v, rq, rk, o, do, stats, causal, p, kv_offset, cu_q, cu_k):
     """(dq̂ [B, H, Tq, D], dk̂ [B, Hkv, Tk, D], dv [B, Hkv, Tk, D]) in float32."""
+    q, k, v, o, do = _interpreter_dtype(q, k, v, o, do)
     c = _common(q, k, cu_q, cu_k)
     stats = stats.to(torch.float32).contiguous()
     delta = (do.float() * o.float()).sum(-1).contiguous()  # Δ_i = do_i·o_i  [B, H, Tq]

@@ -212,9 +212,21 @@ def test_fp32_where_the_naive_power_overflows():
         a = softplus(s) / softplus(s).sum()
         base = T * a - 1
         assert torch.isinf(torch.relu(base) ** 15).any()
-    o = nlseq.softplus_attention(q, k, v, reweight_p=15.0)
     o64, *_ = oracle(q, k, v, reweight_p=15.0)
-    assert_close_to_oracle(o, o64, **F32, what="o")
+    for backend in ("cpp", "reference"):
+        if not nlseq.backends()[backend]:
+            continue
+        o = nlseq.softplus_attention(q, k, v, reweight_p=15.0, backend=backend)
+        assert torch.isfinite(o).all()
+        # p = 15 amplifies the float32 rounding of base = N a − 1 fifteenfold (and more where base
+        # is small), so compare with FlashAttention's rule: at most twice the error of the plain
+        # PyTorch float32 evaluation (the chunked reference) plus a little.
+        plain = (softplus_attention_naive(q.detach(), k.detach(), v.detach(), reweight_p=15.0).double() - o64).abs()
+        finite = torch.isfinite(plain)
+        assert not finite.all(), "the plain float32 evaluation should overflow on the last row"
+        err = (o.double() - o64).abs()
+        bound = 2 * plain[finite].max().item() + 1e-5
+        assert err.max().item() <= bound, f"{backend}: error {err.max().item():.2e} > {bound:.2e}"
 
 
 @pytest.mark.parametrize("backend", ALL)
