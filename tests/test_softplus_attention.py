@@ -337,3 +337,13 @@ def test_module_cache_matches_full_sequence():
 def test_import_does_not_import_transformers():
     code = "import sys, nlseq, nlseq.nn; assert 'transformers' not in sys.modules, 'transformers imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env={**__import__("os").environ})
+
+
+def test_cuda_backend_routing_rules():
+    """The cuda backend serves decoding only; every other call says why (and auto then picks triton)."""
+    from nlseq.ops import softplus_attention as ops
+
+    assert "Tq <= 16" in ops._cuda_serves(17, True, False)
+    assert "qk_norm" in ops._cuda_serves(4, False, False)
+    assert "cu_seqlens" in ops._cuda_serves(4, True, True)
+    assert ops._cuda_serves(16, True, False) in ("", f"nlseq._C has no CUDA kernel for {ops.DECODE_OP}")

@@ -166,7 +166,10 @@ _softplus_attention_op.register_autograd(_backward, setup_context=_setup_context
 
 # ---------------------------------------------------------------- public function
 def _decode_op_available() -> bool:
+    """True when nlseq._C registers the CUDA decoding op (csrc/cuda/softplus_attention_decode.cu)."""
     _registry._extension()
+    if not hasattr(torch.ops.nlseq_ext, DECODE_OP.split("::")[1]):  # schema not defined in this build
+        return False
     return torch._C._dispatch_has_kernel_for_dispatch_key(DECODE_OP, "CUDA")
 
 
