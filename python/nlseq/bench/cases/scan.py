@@ -42,14 +42,14 @@ TOL_NOTE = {
 GPU_SIZES = [(16, 4096, 512), (4, 16384, 1024), (64, 2048, 1024), (2, 65536, 256)]  # SPEC §1.4
 
 
-def _diag_inputs(B, T, N, dtype, device):
+def diag_inputs(B, T, N, dtype, device):
     g = torch.Generator().manual_seed(0)
     A = torch.rand(B, T, N, generator=g) * 0.49 + 0.5
     b = torch.randn(B, T, N, generator=g)
     return {"A": A.to(device=device, dtype=dtype), "b": b.to(device=device, dtype=dtype)}
 
 
-def _block_inputs(B, T, N, K, dtype, device):
+def block_inputs(B, T, N, K, dtype, device):
     g = torch.Generator().manual_seed(0)
     A = (torch.rand(B, T, N, K, K, generator=g) * 2 - 1) * (0.9 / K)
     b = torch.randn(B, T, N, K, generator=g)
@@ -123,11 +123,11 @@ def _case(name, device, dtype, B, T, N, K=None, *, impls, baseline, note=""):
     s = torch.tensor([], dtype=dtype).element_size()
     if K is None:
         shape = {"B": B, "T": T, "N": N}
-        inputs = functools.partial(_diag_inputs, B, T, N, dtype, device)
+        inputs = functools.partial(diag_inputs, B, T, N, dtype, device)
         a, v = 1, 1  # elements of A and of b/h per (t, channel)
     else:
         shape = {"B": B, "T": T, "N": N, "K": K}
-        inputs = functools.partial(_block_inputs, B, T, N, K, dtype, device)
+        inputs = functools.partial(block_inputs, B, T, N, K, dtype, device)
         a, v = K * K, K
     btn = B * T * N * s
     fwd = (a + 2 * v) * btn  # read A, b; write h
