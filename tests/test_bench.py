@@ -181,7 +181,8 @@ def test_cli_quick_scan_writes_json_and_png(tmp_path, capsys):
         assert r["case"] == "diagonal" and r["id"] in doc["cases"]
     pngs = list(tmp_path.glob("nlseq-bench-*.png"))
     assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "scan/diagonal/B4xT1024xN256/bf16/cpu" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(r["id"] in out for r in rows)  # the table names every case it ran
 
 
 def test_bad_options_exit_2(capsys):

@@ -159,7 +159,7 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
               baseline="loop", note="goal: cpp >= 5x faster than the sequential loop (fwd)"),
         _case("block", device, f32, 2, 4096, 128, K=2, impls=_impls(device, loop=True, time_reference=not quick),
               baseline="loop"),
-        _case("diagonal", device, bf16, *((4, 1024, 256) if quick else big),
+        _case("diagonal", device, bf16, *((2, 1024, 256) if quick else big),
               impls=_impls(device), baseline="reference"),
         # Triton interpreter: correctness only, tiny (T prime, past one block of 16 channels).
         _case("diagonal-tiny", device, f32, 2, 37, 19, impls=_impls_triton_check(), baseline=None),
