@@ -210,17 +210,19 @@ def plot(doc: dict, path: Path) -> bool:
     nrows = math.ceil(n / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.6 * nrows), squeeze=False)
     modes = [("fwd", "fwd"), ("bwd", "bwd"), ("fwdbwd", "fwd+bwd")]
+    colors = {"fwd": "tab:blue", "bwd": "tab:orange", "fwdbwd": "tab:green"}
+    width = 0.8 / len(modes)
     for ax, (cid, rows) in zip(axes.flat, by_case.items()):
-        width = 0.8 / len(modes)
-        for k, (mode, label) in enumerate(modes):
-            xs = [i + (k - 1) * width for i in range(len(rows))]
-            ys = [r["ms"].get(mode, float("nan")) for r in rows]
-            bars = ax.bar(xs, ys, width, label=label)
-            for bar, r in zip(bars, rows):
+        labelled = set()
+        for i, r in enumerate(rows):
+            present = [(m, label) for m, label in modes if m in r["ms"]]
+            for j, (mode, label) in enumerate(present):  # the bars of one impl, centred on its tick
+                x = i + (j - (len(present) - 1) / 2) * width
+                ax.bar(x, r["ms"][mode], width, color=colors[mode], label=None if mode in labelled else label)
+                labelled.add(mode)
                 gb = r["GBps"].get(mode)
-                if gb is not None and bar.get_height() == bar.get_height():
-                    ax.annotate(f"{gb:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                                ha="center", va="bottom", fontsize=6)
+                if gb is not None:
+                    ax.annotate(f"{gb:.3g}", (x, r["ms"][mode]), ha="center", va="bottom", fontsize=6)
         times = [v for r in rows for v in r["ms"].values() if v > 0]
         if times:  # log-scale bars need a floor below the shortest bar
             ax.set_ylim(bottom=10 ** math.floor(math.log10(min(times)) - 0.3))
