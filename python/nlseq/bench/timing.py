@@ -28,7 +28,7 @@ class Budget:
 
     @staticmethod
     def for_run(quick: bool) -> "Budget":
-        return Budget(0.25, 3, 10, 40) if quick else Budget(1.0, 7, 25, 200)
+        return Budget(0.25, 3, 10, 40) if quick else Budget(1.0, 5, 25, 200)
 
 
 def _sync(device: torch.device) -> None:
