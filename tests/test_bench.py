@@ -91,6 +91,15 @@ def test_forward_only_and_untimed_impls():
     assert "dx" in rows["checkonly"]["errors"]
 
 
+def test_non_tensor_inputs_pass_through():
+    case = Case(family="fake", name="scale", device="cpu", dtype=torch.float32, shape={"N": 8},
+                inputs=lambda: {"x": torch.arange(8.0), "k": 3}, oracle=lambda x, k: x * k,
+                impls=[Impl("mul", lambda x, k: x * k), Impl("add", lambda x, k: x + k)], grad_inputs=("x",),
+                atol=1e-6, rtol=1e-6)
+    status = {r["impl"]: r["status"] for r in run_case(case, TINY, {})}
+    assert status == {"mul": "PASS", "add": "FAIL"}
+
+
 def test_unavailable_backend_is_skipped_with_reason():
     # the cuda backend cannot take CPU tensors: skipped before anything runs
     rows = run_case(_fake_case([Impl("cuda", _raise, backend="cuda")]), TINY, {})

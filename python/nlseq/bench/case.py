@@ -63,8 +63,11 @@ class Case:
     family, name   e.g. "scan", "diagonal"; ``id`` adds shape, dtype and device.
     device, dtype  where the inputs live and their dtype (the row's dtype).
     shape          named sizes, e.g. {"B": 4, "T": 4096, "N": 256} (reported and printed).
-    inputs         ``() -> dict[str, Tensor]`` on ``device``; called once under a fixed seed.
-    oracle         ``oracle(**inputs64) -> outputs`` in float64 (inputs are float64 copies).
+    inputs         ``() -> dict[str, Tensor | other]`` on ``device``, passed as keyword arguments
+                   to every impl; called once, after ``torch.manual_seed(0)``. Non-tensor values
+                   (flags, sizes) are passed through unchanged.
+    oracle         ``oracle(**inputs64) -> Tensor | tuple[Tensor, ...]`` (floating inputs are
+                   float64 copies; outputs are compared in float64).
     impls          the implementations (peers run in the same process, same inputs).
     grad_inputs    names of the inputs that get gradients; empty = forward-only case.
     oracle_grads   ``(inputs64: dict, grad_outputs64: tuple) -> dict[name, Tensor]``; None =

@@ -81,14 +81,14 @@ class _Prepared:
     def __init__(self, case: Case, needs_backward: bool):
         torch.manual_seed(0)
         inputs = case.inputs()
-        if not isinstance(inputs, dict) or not all(isinstance(v, Tensor) or v is None for v in inputs.values()):
-            raise TypeError(f"{case.id}: inputs() must return a dict of tensors")
+        if not isinstance(inputs, dict):
+            raise TypeError(f"{case.id}: inputs() must return a dict (name -> tensor or other argument)")
         missing = [n for n in case.grad_inputs if n not in inputs]
         if missing:
             raise KeyError(f"{case.id}: grad_inputs {missing} are not among the inputs {list(inputs)}")
         self.inputs = inputs
         self.leaves = [inputs[n] for n in case.grad_inputs] if needs_backward else []
-        inputs64 = {k: (v.detach().to(torch.float64) if v is not None and v.is_floating_point() else v)
+        inputs64 = {k: (v.detach().to(torch.float64) if isinstance(v, Tensor) and v.is_floating_point() else v)
                     for k, v in inputs.items()}
         with torch.no_grad():
             self.out64 = tuple(o.to(torch.float64) for o in _as_tuple(case.oracle(**inputs64)))
