@@ -151,7 +151,10 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
       for (int pass = 0; pass < passes; ++pass) {
         const bool accumulate = pass == passes - 1;
         if (reweight && pass == 1)
-          for (int64_t r = 0; r < t.len; ++r) M[r] = sa::lssar_base_max(m[r], L[r], n[r]);
+          for (int64_t r = 0; r < t.len; ++r) {
+            M[r] = sa::lssar_base_max(m[r], L[r], n[r]);
+            m[r] = sa::lssar_score_floor(L[r], n[r]);  // pass 2: scores at or below give weight 0
+          }
         for (int64_t k0 = 0; k0 < kv_end; k0 += kBlockK) {
           const int64_t bk = std::min(kBlockK, kv_end - k0);
           scores(k0, bk);
@@ -162,13 +165,15 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
             for (int64_t j = 0; j < bk; ++j) {
               if (j >= vis) { Sr[j] = acc(0); continue; }
               const acc sc = c[r] * Sr[j];
-              const acc w = sa::softplus(sc);
+              const acc w = (reweight && pass == 1 && (sc <= m[r] || !(M[r] > acc(0)))) ? acc(0) : sa::softplus(sc);
               if (!reweight) {
                 L[r] += w;
                 Sr[j] = w;
               } else if (pass == 0) {
                 L[r] += w;
                 m[r] = std::max(m[r], sc);
+              } else if (sc <= m[r] || !(M[r] > acc(0))) {
+                Sr[j] = acc(0);  // base <= 0 (or an all-zero row): no softplus, no power
               } else {
                 const acc base = nr * w / L[r] - off;
                 const acc wt = M[r] > acc(0) && base > acc(0) ? sa::pow_ratio(base / M[r], P.p) : acc(0);

@@ -48,7 +48,29 @@ template <typename T> NLSEQ_HD T lssar_base_max(T row_max_s, T L, int64_t n) {
 }
 
 // t^p for t >= 0 (0 for t <= 0): the re-weighted term with t = ReLU(base) / M_i in [0, 1].
-template <typename T> NLSEQ_HD T pow_ratio(T t, T p) { return t > T(0) ? std::exp(p * std::log(t)) : T(0); }
+// Integer p up to 64 (the paper's p = 15, and p − 1 in the backward) by repeated squaring: a few
+// multiplications instead of a log and an exp; other p through exp(p log t).
+template <typename T> NLSEQ_HD T pow_ratio(T t, T p) {
+  if (!(t > T(0))) return T(0);
+  if (p >= T(0) && p <= T(64) && p == static_cast<T>(static_cast<int>(p))) {
+    T r = T(1), b = t;
+    for (int n = static_cast<int>(p); n != 0; n >>= 1) {
+      if (n & 1) r *= b;
+      b *= b;
+    }
+    return r;
+  }
+  return std::exp(p * std::log(t));
+}
+
+// A lower bound on the scores s whose LSSAR base N softplus(s) / L − O can be positive: for
+// O = 1, base > 0 ⇔ softplus(s) > L / N ⇔ s > log(expm1(L / N)); lowered by a relative margin
+// so that rounding never skips a positive base. −inf when O = 0 (every base is positive).
+template <typename T> NLSEQ_HD T lssar_score_floor(T L, int64_t n) {
+  if (n <= 3 || !(L > T(0))) return -INFINITY;
+  const T x = std::log(std::expm1(L / static_cast<T>(n)));
+  return x - T(1e-3) * (std::fabs(x) + T(1));
+}
 
 // One score's weight P_ij and gradient ds_ij·c_i in the backward, from the row statistics.
 //   LSSA:  P = w / L,                    ds = σ(s) (dP − Δ) / L
