@@ -251,15 +251,19 @@ def _bwd_dense(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, ch
 
 
 def norm_backward(x: Tensor, dxhat: Tensor) -> Tensor:
-    """Gradient through x̂ = x / max(‖x‖, EPS): (dx̂ − x̂ (x̂·dx̂)) / ‖x‖, or dx̂ / EPS when clamped."""
+    """Gradient through x̂ = x / max(‖x‖, EPS): (dx̂ − x̂ (x̂·dx̂)) / ‖x‖, or dx̂ / EPS when clamped.
+
+    Works in place on ``dxhat`` (a fresh buffer from a backward launcher) and returns it, so the
+    QK-norm backward adds no [.., T, D] temporaries to the backward's peak memory.
+    """
     acc = dxhat.dtype
     x = x.to(acc)
-    nrm = x.norm(dim=-1, keepdim=True)
-    clamped = nrm <= EPS
+    nrm = torch.linalg.vector_norm(x, dim=-1)
     inv = 1.0 / torch.clamp_min(nrm, EPS)
-    xh = x * inv
-    proj = torch.where(clamped, torch.zeros_like(nrm), (xh * dxhat).sum(-1, keepdim=True))
-    return (dxhat - xh * proj) * inv
+    proj = torch.einsum("...d,...d->...", x, dxhat) * inv  # x̂·dx̂, without an [.., T, D] product
+    proj = torch.where(nrm <= EPS, torch.zeros_like(proj), proj)
+    dxhat.addcmul_(x, (proj * inv)[..., None], value=-1.0)  # dx̂ − x̂ (x̂·dx̂)
+    return dxhat.mul_(inv[..., None])
 
 
 def softplus_attention_fwd(q, k, v, causal, reweight_p, qk_norm, kv_offset, cu_seqlens_q, cu_seqlens_k,

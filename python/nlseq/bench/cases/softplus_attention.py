@@ -191,9 +191,9 @@ def _cpu_cases(quick):
     out = []
     for p in (None, 15.0):
         # Peak extra bytes of one fwd+bwd (model): cpp keeps O(T·D): o, stats, the float32 dq̂, dk̂, dv
-        # and the final gradients, ~8·B·H·N·D·4, plus per-thread tiles of 64x256 scores.
+        # (turned into the gradients in place), ~5·B·H·N·D·4, plus per-thread tiles of 64x256 scores.
         # The reference keeps ~8 float32 [B, H, 256, N] temporaries per chunk of 256 query rows.
-        est = {"cpp": 8 * B * H * N * D * 4 + 2 * 4 * 64 * 256 * 4,
+        est = {"cpp": 5 * B * H * N * D * 4 + 2 * 4 * 64 * 256 * 4,
                "reference": 8 * B * H * 256 * N * 4 + 8 * B * H * N * D * 4}
         impls = [Impl("cpp", functools.partial(_nlseq, "cpp", p=p), backend="cpp"),
                  Impl("reference", functools.partial(_nlseq, "reference", p=p), backend="reference",
