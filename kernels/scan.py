@@ -38,6 +38,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from triton.language.standard import _sum_combine
 
 from nlseq.registry import triton_interpret
 
@@ -49,14 +50,16 @@ _INTERPRET_CHUNK = 256
 
 
 # ---------------------------------------------------------------- autotune configs
+# Meta-parameters: BT time rows and BN channels per tile; DOT_SCAN selects how a tile is scanned
+# along time (below). GPU configs use tl.associative_scan (K = 1) or one step per iteration
+# (K > 1, BT = 1). The interpreter runs associative_scan element by element in Python and pays
+# milliseconds per Triton op, so its single config scans whole tiles with DOT_SCAN instead; the
+# GPU configs' paths are run under the interpreter, on small shapes, in tests/test_scan_triton.py.
 def _diag_configs():
     if _INTERPRET:
-        # BT = 1: the interpreter runs associative_scan element by element in Python, so the
-        # default interpreted path scans one step per iteration (the tile path BT > 1 is tested
-        # on small shapes in tests/test_scan_triton.py by passing explicit meta-parameters).
-        return [triton.Config({"BT": 1, "BN": 64}, num_warps=1, num_stages=1)]
+        return [triton.Config({"BT": 64, "BN": 64, "DOT_SCAN": True}, num_warps=1, num_stages=1)]
     return [
-        triton.Config({"BT": BT, "BN": BN}, num_warps=w, num_stages=s)
+        triton.Config({"BT": BT, "BN": BN, "DOT_SCAN": False}, num_warps=w, num_stages=s)
         for BT, BN, w, s in [
             (32, 64, 4, 3), (64, 64, 4, 2), (64, 64, 8, 3), (32, 128, 4, 3),
             (64, 128, 8, 2), (16, 128, 4, 4), (128, 32, 4, 2), (32, 32, 4, 4),
@@ -66,14 +69,22 @@ def _diag_configs():
 
 def _block_configs():
     if _INTERPRET:
-        return [triton.Config({"BN": 32}, num_warps=1, num_stages=1)]
+        return [triton.Config({"BT": 32, "BN": 16, "DOT_SCAN": True}, num_warps=1, num_stages=1)]
     return [
-        triton.Config({"BN": BN}, num_warps=w, num_stages=s)
+        triton.Config({"BT": 1, "BN": BN, "DOT_SCAN": False}, num_warps=w, num_stages=s)
         for BN, w, s in [(16, 2, 3), (32, 2, 3), (32, 4, 4), (64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3)]
     ]
 
 
 _KEY = ["N", "L", "K", "BWD", "SUMMARY"]
+
+# Sums are written tl.reduce(x, axis, _sum_combine): that is tl.sum without the device-function
+# call, which the interpreter re-patches on every call (milliseconds each); on the GPU both
+# compile to the same reduction. For the same reason the hot loops call no @triton.jit helpers.
+#
+# DOT_SCAN: an inclusive scan of a tile along time by log2(BT) Hillis–Steele steps, where the
+# shift by d rows is a product with the 0/1 matrix S_d[i, j] = (j == i − d) in IEEE fp32 (exact:
+# one nonzero term per row). Rows i < d combine with the identity.
 
 
 # ---------------------------------------------------------------- K = 1: tiles over time
@@ -90,7 +101,7 @@ def _diag_chunk_kernel(
     T, N, L, K: tl.constexpr,
     REV: tl.constexpr, BWD: tl.constexpr, SUMMARY: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_SIN: tl.constexpr, HAS_H0: tl.constexpr,
-    BT: tl.constexpr, BN: tl.constexpr,
+    BT: tl.constexpr, BN: tl.constexpr, DOT_SCAN: tl.constexpr,
 ):
     """One (channel block, chunk, batch) program of the K = 1 scan, A and X [B, T, N].
 
@@ -104,18 +115,29 @@ def _diag_chunk_kernel(
     o_n = i_n * BN + tl.arange(0, BN)
     m_n = o_n < N
     o_r = tl.arange(0, BT)
-    # row r of a tile is one time step later (earlier when REV) than row r - 1
-    if REV:
-        o_x = -o_r[:, None] * N + o_n[None, :]  # [BT, BN]
-        D_PREV = N   # forward A of the previous scan position: one step later in time
-    else:
-        o_x = o_r[:, None] * N + o_n[None, :]  # [BT, BN]
-        D_PREV = -N
     i_b64 = i_b.to(tl.int64)
-    p_A = A + i_b64 * T * N
-    p_X = X + i_b64 * T * N
     q_lo = i_c * L
     q_hi = tl.minimum(q_lo + L, T)
+    # row r of a tile is scan position q0 + r: one time step later (earlier when REV) per row
+    if REV:
+        o_x = -o_r[:, None] * N + o_n[None, :]  # [BT, BN]
+        o_bt = i_b64 * T * N + (T - 1 - q_lo).to(tl.int64) * N
+        D_PREV = N  # from a scan position to the previous one, in elements
+    else:
+        o_x = o_r[:, None] * N + o_n[None, :]  # [BT, BN]
+        o_bt = i_b64 * T * N + q_lo.to(tl.int64) * N
+        D_PREV = -N
+    D_TILE = -D_PREV * BT
+    p_x = X + o_bt + o_x
+    if BWD:
+        p_a = A + o_bt + D_PREV + o_x  # A'_q = A at the previous scan position (Aᵀ = A for K = 1)
+    else:
+        p_a = A + o_bt + o_x
+    if not SUMMARY:
+        p_h = H + o_bt + o_x
+        if BWD:
+            p_f = HF + o_bt - D_PREV + o_x  # forward h at the next scan position
+            p_da = DA + o_bt + o_x
 
     if SUMMARY:
         b_s = tl.zeros([BN], dtype=tl.float32)  # [BN]
@@ -126,55 +148,54 @@ def _diag_chunk_kernel(
         b_s = tl.load(S0 + i_b64 * N + o_n, mask=m_n, other=0.0).to(tl.float32)  # [BN]
     else:
         b_s = tl.zeros([BN], dtype=tl.float32)
-    if BWD and not SUMMARY:
-        p_H = H + i_b64 * T * N
-        p_HF = HF + i_b64 * T * N
-        p_DA = DA + i_b64 * T * N
-        if HAS_H0:
-            b_h0 = tl.load(H0 + i_b64 * N + o_n, mask=m_n, other=0.0).to(tl.float32)  # [BN]
-    elif not SUMMARY:
-        p_H = H + i_b64 * T * N
+    if BWD and HAS_H0 and not SUMMARY:
+        b_h0 = tl.load(H0 + i_b64 * N + o_n, mask=m_n, other=0.0).to(tl.float32)  # [BN]
 
-    # offset of the time of scan position q0 (the tile's first row), carried in int64
-    if REV:
-        o_t0 = (T - 1 - q_lo).to(tl.int64) * N
-        D_TILE = -BT * N
-    else:
-        o_t0 = q_lo.to(tl.int64) * N
-        D_TILE = BT * N
     for q0 in range(q_lo, q_hi, BT):
         o_q = q0 + o_r  # [BT] scan positions
         m = (o_q < q_hi)[:, None] & m_n[None, :]  # [BT, BN]
         if BWD:
-            # A'_q = A at the previous scan position (transpose is a no-op for K = 1); I at q = 0
-            b_a = tl.load(p_A + o_t0 + D_PREV + o_x, mask=m & (o_q > 0)[:, None], other=1.0).to(tl.float32)
+            m_a = m & (o_q > 0)[:, None]
         else:
-            b_a = tl.load(p_A + o_t0 + o_x, mask=m, other=1.0).to(tl.float32)  # [BT, BN]
-        b_x = tl.load(p_X + o_t0 + o_x, mask=m, other=0.0).to(tl.float32)  # [BT, BN]
+            m_a = m
+        b_a = tl.load(p_a, mask=m_a, other=1.0).to(tl.float32)  # [BT, BN]; padding is identity
+        b_x = tl.load(p_x, mask=m, other=0.0).to(tl.float32)  # [BT, BN]
         if BT > 1:
-            b_a, b_x = tl.associative_scan((b_a, b_x), 0, _affine_combine)  # [BT, BN] each
+            if DOT_SCAN:
+                for i_d in tl.static_range(16):
+                    if (1 << i_d) < BT:
+                        b_S = (o_r[None, :] == o_r[:, None] - (1 << i_d)).to(tl.float32)  # [BT, BT]
+                        b_ap = tl.dot(b_S, b_a, input_precision="ieee")  # [BT, BN] a one shift up
+                        b_ap = tl.where((o_r < (1 << i_d))[:, None], 1.0, b_ap)
+                        b_xp = tl.dot(b_S, b_x, input_precision="ieee")  # [BT, BN]
+                        b_x = b_a * b_xp + b_x
+                        b_a = b_a * b_ap
+            else:
+                b_a, b_x = tl.associative_scan((b_a, b_x), 0, _affine_combine)  # [BT, BN] each
         b_h = b_a * b_s[None, :] + b_x  # [BT, BN]; padded rows (a = 1, x = 0) carry the state
-        # the last row is the state after the tile (device-function calls are slow when
-        # interpreted, so the row extraction is written out)
+        # the last row is the state after the tile
         if BT == 1:
-            b_s = tl.sum(b_h, axis=0)  # [BN]
+            b_s = tl.reshape(b_h, [BN])  # [BN]
         else:
-            b_s = tl.sum(tl.where((o_r == BT - 1)[:, None], b_h, 0.0), axis=0)  # [BN]
+            b_s = tl.reduce(tl.where((o_r == BT - 1)[:, None], b_h, 0.0), 0, _sum_combine)  # [BN]
         if SUMMARY:
             if BT == 1:
-                b_p = tl.sum(b_a, axis=0) * b_p
+                b_p = tl.reshape(b_a, [BN]) * b_p
             else:
-                b_p = tl.sum(tl.where((o_r == BT - 1)[:, None], b_a, 0.0), axis=0) * b_p
-        elif BWD:
-            tl.store(p_H + o_t0 + o_x, b_h.to(H.dtype.element_ty), mask=m)  # db = λ
-            # h at the next scan position (one step earlier in forward time); h0 past the end
-            b_f = tl.load(p_HF + o_t0 - D_PREV + o_x, mask=m & (o_q + 1 < T)[:, None], other=0.0).to(tl.float32)
-            if HAS_H0:
-                b_f = tl.where((o_q == T - 1)[:, None], b_h0[None, :], b_f)
-            tl.store(p_DA + o_t0 + o_x, (b_h * b_f).to(DA.dtype.element_ty), mask=m)
+                b_p = tl.reduce(tl.where((o_r == BT - 1)[:, None], b_a, 0.0), 0, _sum_combine) * b_p
         else:
-            tl.store(p_H + o_t0 + o_x, b_h.to(H.dtype.element_ty), mask=m)
-        o_t0 += D_TILE
+            tl.store(p_h, b_h.to(H.dtype.element_ty), mask=m)  # h, or db = λ
+            if BWD:
+                # dA = λ · h at the next scan position (one step earlier in forward time); h0 past the end
+                b_f = tl.load(p_f, mask=m & (o_q + 1 < T)[:, None], other=0.0).to(tl.float32)  # [BT, BN]
+                if HAS_H0:
+                    b_f = tl.where((o_q == T - 1)[:, None], b_h0[None, :], b_f)
+                tl.store(p_da, (b_h * b_f).to(DA.dtype.element_ty), mask=m)
+                p_f += D_TILE
+                p_da += D_TILE
+            p_h += D_TILE
+        p_a += D_TILE
+        p_x += D_TILE
 
     if SUMMARY:
         o_s = (i_b64 * NC + i_c) * N + o_n
@@ -183,16 +204,16 @@ def _diag_chunk_kernel(
     elif q_hi == T:  # the chunk holding the last scan position writes the final output
         if BWD:
             if REV:
-                t_last = 0
+                o_last = i_b64 * T * N
             else:
-                t_last = T - 1
-            b_a = tl.load(p_A + t_last * N + o_n, mask=m_n, other=0.0).to(tl.float32)  # [BN]
+                o_last = i_b64 * T * N + (T - 1) * N
+            b_a = tl.load(A + o_last + o_n, mask=m_n, other=0.0).to(tl.float32)  # [BN]
             tl.store(FIN + i_b64 * N + o_n, (b_a * b_s).to(FIN.dtype.element_ty), mask=m_n)  # dh0
         else:
             tl.store(FIN + i_b64 * N + o_n, b_s.to(FIN.dtype.element_ty), mask=m_n)  # h_last
 
 
-# ---------------------------------------------------------------- K = 2..4: K×K blocks, step by step
+# ---------------------------------------------------------------- K = 2..4: K×K blocks
 @triton.autotune(configs=_block_configs(), key=_KEY)
 @triton.jit
 def _block_chunk_kernel(
@@ -200,99 +221,140 @@ def _block_chunk_kernel(
     T, N, L, K: tl.constexpr,
     REV: tl.constexpr, BWD: tl.constexpr, SUMMARY: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_SIN: tl.constexpr, HAS_H0: tl.constexpr,
-    KP: tl.constexpr, BN: tl.constexpr,
+    KP: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, DOT_SCAN: tl.constexpr,
 ):
     """One (channel block, chunk, batch) program of the K×K block scan; same contract as
-    ``_diag_chunk_kernel`` with A [B, T, N, K, K] and X [B, T, N, K] (BWD reads Aᵀ)."""
+    ``_diag_chunk_kernel`` with A [B, T, N, K, K] and X [B, T, N, K] (BWD reads Aᵀ).
+
+    Tiles are [BT, BN, KP, KP] for A and [BT, BN, KP] for states, KP = K padded to a power of
+    two (padding masked: zero A entries and states). On the GPU BT = 1: one step per iteration,
+    each reading BN·K² contiguous elements; BT > 1 needs DOT_SCAN (the interpreter's config).
+    """
     i_n, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NC = tl.num_programs(1)
+    KK: tl.constexpr = K * K
+    o_r = tl.arange(0, BT)
     o_n = i_n * BN + tl.arange(0, BN)
     o_i = tl.arange(0, KP)
     m_n = o_n < N
     m_i = o_i < K
-    # A[n, i, j] at n·K² + i·K + j; the backward reads the transpose
-    o_an = o_n[:, None, None] * K * K + o_i[None, :, None] * K + o_i[None, None, :]  # [BN, KP, KP]
-    if BWD:
-        o_a = o_n[:, None, None] * K * K + o_i[None, None, :] * K + o_i[None, :, None]
-    else:
-        o_a = o_an
-    m_a = m_n[:, None, None] & m_i[None, :, None] & m_i[None, None, :]  # [BN, KP, KP]
-    o_x = o_n[:, None] * K + o_i[None, :]  # [BN, KP]
-    m_x = m_n[:, None] & m_i[None, :]
-    b_eye = (o_i[:, None] == o_i[None, :]).to(tl.float32)  # [KP, KP]
     i_b64 = i_b.to(tl.int64)
-    p_A = A + i_b64 * T * N * K * K
-    p_X = X + i_b64 * T * N * K
     q_lo = i_c * L
     q_hi = tl.minimum(q_lo + L, T)
     if REV:
+        o_rt = -o_r  # [BT] time offset of each row from the tile's first row
+        o_t = (T - 1 - q_lo).to(tl.int64)
         D_PREV = 1
     else:
+        o_rt = o_r
+        o_t = q_lo.to(tl.int64)
         D_PREV = -1
+    # A[t, n, i, j] at (t·N + n)·K² + i·K + j; the backward reads the transpose
+    o_a4 = (o_rt[:, None, None, None] * N + o_n[None, :, None, None]) * KK  # [BT, BN, 1, 1]
+    o_an = o_a4 + o_i[None, None, :, None] * K + o_i[None, None, None, :]  # [BT, BN, KP, KP]
+    if BWD:
+        o_a = o_a4 + o_i[None, None, None, :] * K + o_i[None, None, :, None]
+    else:
+        o_a = o_an
+    m_a = m_n[:, None, None] & m_i[None, :, None] & m_i[None, None, :]  # [BN, KP, KP]
+    o_x = (o_rt[:, None, None] * N + o_n[None, :, None]) * K + o_i[None, None, :]  # [BT, BN, KP]
+    m_x = m_n[:, None] & m_i[None, :]  # [BN, KP]
+    o_s = o_n[:, None] * K + o_i[None, :]  # [BN, KP] offsets of one state
+    b_eye = (o_i[:, None] == o_i[None, :]).to(tl.float32)  # [KP, KP]
+
+    p_x = X + (i_b64 * T + o_t) * N * K + o_x
+    if BWD:
+        p_a = A + (i_b64 * T + o_t + D_PREV) * N * KK + o_a  # A'_q = Aᵀ at the previous scan position
+    else:
+        p_a = A + (i_b64 * T + o_t) * N * KK + o_a
+    if not SUMMARY:
+        p_h = H + (i_b64 * T + o_t) * N * K + o_x
+        if BWD:
+            p_f = HF + (i_b64 * T + o_t - D_PREV) * N * K + o_x  # forward h at the next scan position
+            p_da = DA + (i_b64 * T + o_t) * N * KK + o_an
+    D_TILE_A = -D_PREV * BT * N * KK
+    D_TILE_X = -D_PREV * BT * N * K
 
     if SUMMARY:
-        b_s = tl.zeros([BN, KP], dtype=tl.float32)
+        b_s = tl.zeros([BN, KP], dtype=tl.float32)  # [BN, KP]
         b_p = tl.zeros([BN, KP, KP], dtype=tl.float32) + b_eye[None, :, :]  # [BN, KP, KP]
     elif HAS_SIN:
-        b_s = tl.load(SIN + (i_b64 * NC + i_c) * N * K + o_x, mask=m_x, other=0.0)  # [BN, KP]
+        b_s = tl.load(SIN + (i_b64 * NC + i_c) * N * K + o_s, mask=m_x, other=0.0)  # [BN, KP]
     elif HAS_S0:
-        b_s = tl.load(S0 + i_b64 * N * K + o_x, mask=m_x, other=0.0).to(tl.float32)
+        b_s = tl.load(S0 + i_b64 * N * K + o_s, mask=m_x, other=0.0).to(tl.float32)
     else:
         b_s = tl.zeros([BN, KP], dtype=tl.float32)
-    if BWD and not SUMMARY:
-        p_H = H + i_b64 * T * N * K
-        p_HF = HF + i_b64 * T * N * K
-        p_DA = DA + i_b64 * T * N * K * K
-        if HAS_H0:
-            b_h0 = tl.load(H0 + i_b64 * N * K + o_x, mask=m_x, other=0.0).to(tl.float32)  # [BN, KP]
-    elif not SUMMARY:
-        p_H = H + i_b64 * T * N * K
+    if BWD and HAS_H0 and not SUMMARY:
+        b_h0 = tl.load(H0 + i_b64 * N * K + o_s, mask=m_x, other=0.0).to(tl.float32)  # [BN, KP]
 
-    # time of scan position q, carried in int64
-    if REV:
-        t = (T - 1 - q_lo).to(tl.int64)
-    else:
-        t = q_lo.to(tl.int64)
-    for q in range(q_lo, q_hi):
-        o_q = q + tl.zeros([KP], dtype=tl.int32)  # [KP] the scan position, as a vector for masks
+    for q0 in range(q_lo, q_hi, BT):
+        o_q = q0 + o_r  # [BT] scan positions
+        m_q = o_q < q_hi
         if BWD:
-            # A'_q = A_{prev}ᵀ, identity at q = 0
-            m_q = (o_q > 0)[None, None, :]
-            b_a = tl.load(p_A + (t + D_PREV) * N * K * K + o_a, mask=m_a & m_q, other=0.0).to(tl.float32)
-            b_a = tl.where(m_q, b_a, b_eye[None, :, :])  # [BN, KP, KP]
+            m_qa = m_q & (o_q > 0)
         else:
-            b_a = tl.load(p_A + t * N * K * K + o_a, mask=m_a, other=0.0).to(tl.float32)  # [BN, KP, KP]
-        b_x = tl.load(p_X + t * N * K + o_x, mask=m_x, other=0.0).to(tl.float32)  # [BN, KP]
-        b_s = tl.sum(b_a * b_s[:, None, :], axis=2) + b_x  # [BN, KP] = a · s + x
+            m_qa = m_q
+        b_a = tl.load(p_a, mask=m_qa[:, None, None, None] & m_a[None, :, :, :], other=0.0).to(tl.float32)
+        b_a = tl.where(m_qa[:, None, None, None], b_a, b_eye[None, None, :, :])  # [BT, BN, KP, KP]
+        m = m_q[:, None, None] & m_x[None, :, :]  # [BT, BN, KP]
+        b_x = tl.load(p_x, mask=m, other=0.0).to(tl.float32)  # [BT, BN, KP]
+        if BT > 1:
+            if DOT_SCAN:
+                for i_d in tl.static_range(16):
+                    if (1 << i_d) < BT:
+                        b_S = (o_r[None, :] == o_r[:, None] - (1 << i_d)).to(tl.float32)  # [BT, BT]
+                        b_ap = tl.reshape(tl.dot(b_S, tl.reshape(b_a, [BT, BN * KP * KP]), input_precision="ieee"), [BT, BN, KP, KP])
+                        b_ap = tl.where((o_r < (1 << i_d))[:, None, None, None], b_eye[None, None, :, :], b_ap)
+                        b_xp = tl.reshape(tl.dot(b_S, tl.reshape(b_x, [BT, BN * KP]), input_precision="ieee"), [BT, BN, KP])
+                        b_x = tl.reduce(b_a * b_xp[:, :, None, :], 3, _sum_combine) + b_x
+                        b_a = tl.reduce(b_a[:, :, :, :, None] * b_ap[:, :, None, :, :], 3, _sum_combine)
+            else:
+                tl.static_assert(False, "the block kernel scans tiles with BT > 1 only with DOT_SCAN")
+        b_h = tl.reduce(b_a * b_s[None, :, None, :], 3, _sum_combine) + b_x  # [BT, BN, KP] = a · s + x
+        if BT == 1:
+            b_s = tl.reshape(b_h, [BN, KP])
+        else:
+            b_s = tl.reduce(tl.where((o_r == BT - 1)[:, None, None], b_h, 0.0), 0, _sum_combine)  # [BN, KP]
         if SUMMARY:
-            b_p = tl.sum(b_a[:, :, :, None] * b_p[:, None, :, :], axis=2)  # [BN, KP, KP] = a · p
-        elif BWD:
-            tl.store(p_H + t * N * K + o_x, b_s.to(H.dtype.element_ty), mask=m_x)  # db = λ
-            # h at the next scan position (one step earlier in forward time); h0 past the end
-            m_f = (o_q + 1 < T)[None, :]
-            b_f = tl.load(p_HF + (t - D_PREV) * N * K + o_x, mask=m_x & m_f, other=0.0).to(tl.float32)
-            if HAS_H0:
-                b_f = tl.where(m_f, b_f, b_h0)  # [BN, KP]
-            b_da = b_s[:, :, None] * b_f[:, None, :]  # [BN, KP, KP]: λ_i h_j
-            tl.store(p_DA + t * N * K * K + o_an, b_da.to(DA.dtype.element_ty), mask=m_a)
+            if BT == 1:
+                b_al = tl.reshape(b_a, [BN, KP, KP])
+            else:
+                b_al = tl.reduce(tl.where((o_r == BT - 1)[:, None, None, None], b_a, 0.0), 0, _sum_combine)
+            b_p = tl.reduce(b_al[:, :, :, None] * b_p[:, None, :, :], 2, _sum_combine)  # [BN, KP, KP] = a · p
         else:
-            tl.store(p_H + t * N * K + o_x, b_s.to(H.dtype.element_ty), mask=m_x)
-        t -= D_PREV
+            tl.store(p_h, b_h.to(H.dtype.element_ty), mask=m)  # h, or db = λ
+            if BWD:
+                # dA = λ h_nextᵀ, h_next = forward h one step earlier in forward time; h0 past the end
+                m_f = (o_q + 1 < T)[:, None, None]
+                b_f = tl.load(p_f, mask=m & m_f, other=0.0).to(tl.float32)  # [BT, BN, KP]
+                if HAS_H0:
+                    b_f = tl.where(m_f, b_f, b_h0[None, :, :])
+                b_da = b_h[:, :, :, None] * b_f[:, :, None, :]  # [BT, BN, KP, KP]: λ_i h_j
+                tl.store(p_da, b_da.to(DA.dtype.element_ty), mask=m_q[:, None, None, None] & m_a[None, :, :, :])
+                p_f += D_TILE_X
+                p_da += D_TILE_A
+            p_h += D_TILE_X
+        p_a += D_TILE_A
+        p_x += D_TILE_X
 
     if SUMMARY:
-        o_s = (i_b64 * NC + i_c) * N
-        tl.store(AS + o_s * K * K + o_an, b_p, mask=m_a)
-        tl.store(XS + o_s * K + o_x, b_s, mask=m_x)
+        o_c = (i_b64 * NC + i_c) * N
+        o_s2 = o_n[:, None, None] * KK + o_i[None, :, None] * K + o_i[None, None, :]  # [BN, KP, KP]
+        tl.store(AS + o_c * KK + o_s2, b_p, mask=m_a)
+        tl.store(XS + o_c * K + o_s, b_s, mask=m_x)
     elif q_hi == T:
         if BWD:
             if REV:
-                t_last = 0
+                o_last = i_b64 * T * N * KK
             else:
-                t_last = T - 1
-            b_a = tl.load(p_A + t_last * N * K * K + o_a, mask=m_a, other=0.0).to(tl.float32)  # Aᵀ
-            tl.store(FIN + i_b64 * N * K + o_x, tl.sum(b_a * b_s[:, None, :], axis=2).to(FIN.dtype.element_ty), mask=m_x)
+                o_last = (i_b64 * T + T - 1) * N * KK
+            # Aᵀ of the last scan position: the row-0 offsets of o_a
+            o_at = o_n[:, None, None] * KK + o_i[None, None, :] * K + o_i[None, :, None]  # [BN, KP, KP]
+            b_a = tl.load(A + o_last + o_at, mask=m_a, other=0.0).to(tl.float32)
+            b_d = tl.reduce(b_a * b_s[:, None, :], 2, _sum_combine)  # [BN, KP] dh0 = Aᵀ λ
+            tl.store(FIN + i_b64 * N * K + o_s, b_d.to(FIN.dtype.element_ty), mask=m_x)
         else:
-            tl.store(FIN + i_b64 * N * K + o_x, b_s.to(FIN.dtype.element_ty), mask=m_x)
+            tl.store(FIN + i_b64 * N * K + o_s, b_s.to(FIN.dtype.element_ty), mask=m_x)
 
 
 # ---------------------------------------------------------------- across chunks
@@ -319,7 +381,7 @@ def _combine_kernel(AS, XS, S0, SIN, N, NC, K: tl.constexpr, HAS_S0: tl.constexp
         tl.store(SIN + o_c * K + o_x, b_s, mask=m_x)
         b_a = tl.load(AS + o_c * K * K + o_a, mask=m_a, other=0.0)  # [BN, KP, KP]
         b_x = tl.load(XS + o_c * K + o_x, mask=m_x, other=0.0)  # [BN, KP]
-        b_s = tl.sum(b_a * b_s[:, None, :], axis=2) + b_x  # [BN, KP]
+        b_s = tl.reduce(b_a * b_s[:, None, :], 2, _sum_combine) + b_x  # [BN, KP]
 
 
 # ---------------------------------------------------------------- launchers
