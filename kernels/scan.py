@@ -87,6 +87,21 @@ _KEY = ["N", "L", "K", "BWD", "SUMMARY"]
 # one nonzero term per row). Rows i < d combine with the identity.
 
 
+# The interpreter casts float32 to bfloat16 by truncation (the GPU rounds to nearest even), so
+# under the interpreter outputs are rounded to nearest even by hand before the cast.
+_ROUND_BF16 = tl.constexpr(_INTERPRET)
+
+
+@triton.jit
+def _cast_out(x, P):
+    """x (float32) in the element type of the pointer P, rounded to nearest even."""
+    if _ROUND_BF16 and P.dtype.element_ty == tl.bfloat16:
+        u = x.to(tl.uint32, bitcast=True)
+        u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+        x = u.to(tl.float32, bitcast=True)
+    return x.to(P.dtype.element_ty)
+
+
 # ---------------------------------------------------------------- K = 1: tiles over time
 @triton.jit
 def _affine_combine(a1, x1, a2, x2):
@@ -184,13 +199,13 @@ def _diag_chunk_kernel(
             else:
                 b_p = tl.reduce(tl.where((o_r == BT - 1)[:, None], b_a, 0.0), 0, _sum_combine) * b_p
         else:
-            tl.store(p_h, b_h.to(H.dtype.element_ty), mask=m)  # h, or db = λ
+            tl.store(p_h, _cast_out(b_h, H), mask=m)  # h, or db = λ
             if BWD:
                 # dA = λ · h at the next scan position (one step earlier in forward time); h0 past the end
                 b_f = tl.load(p_f, mask=m & (o_q + 1 < T)[:, None], other=0.0).to(tl.float32)  # [BT, BN]
                 if HAS_H0:
                     b_f = tl.where((o_q == T - 1)[:, None], b_h0[None, :], b_f)
-                tl.store(p_da, (b_h * b_f).to(DA.dtype.element_ty), mask=m)
+                tl.store(p_da, _cast_out(b_h * b_f, DA), mask=m)
                 p_f += D_TILE
                 p_da += D_TILE
             p_h += D_TILE
@@ -208,9 +223,9 @@ def _diag_chunk_kernel(
             else:
                 o_last = i_b64 * T * N + (T - 1) * N
             b_a = tl.load(A + o_last + o_n, mask=m_n, other=0.0).to(tl.float32)  # [BN]
-            tl.store(FIN + i_b64 * N + o_n, (b_a * b_s).to(FIN.dtype.element_ty), mask=m_n)  # dh0
+            tl.store(FIN + i_b64 * N + o_n, _cast_out(b_a * b_s, FIN), mask=m_n)  # dh0
         else:
-            tl.store(FIN + i_b64 * N + o_n, b_s.to(FIN.dtype.element_ty), mask=m_n)  # h_last
+            tl.store(FIN + i_b64 * N + o_n, _cast_out(b_s, FIN), mask=m_n)  # h_last
 
 
 # ---------------------------------------------------------------- K = 2..4: K×K blocks
@@ -322,7 +337,7 @@ def _block_chunk_kernel(
                 b_al = tl.reduce(tl.where((o_r == BT - 1)[:, None, None, None], b_a, 0.0), 0, _sum_combine)
             b_p = tl.reduce(b_al[:, :, :, None] * b_p[:, None, :, :], 2, _sum_combine)  # [BN, KP, KP] = a · p
         else:
-            tl.store(p_h, b_h.to(H.dtype.element_ty), mask=m)  # h, or db = λ
+            tl.store(p_h, _cast_out(b_h, H), mask=m)  # h, or db = λ
             if BWD:
                 # dA = λ h_nextᵀ, h_next = forward h one step earlier in forward time; h0 past the end
                 m_f = (o_q + 1 < T)[:, None, None]
@@ -330,7 +345,7 @@ def _block_chunk_kernel(
                 if HAS_H0:
                     b_f = tl.where(m_f, b_f, b_h0[None, :, :])
                 b_da = b_h[:, :, :, None] * b_f[:, :, None, :]  # [BT, BN, KP, KP]: λ_i h_j
-                tl.store(p_da, b_da.to(DA.dtype.element_ty), mask=m_q[:, None, None, None] & m_a[None, :, :, :])
+                tl.store(p_da, _cast_out(b_da, DA), mask=m_q[:, None, None, None] & m_a[None, :, :, :])
                 p_f += D_TILE_X
                 p_da += D_TILE_A
             p_h += D_TILE_X
@@ -352,9 +367,9 @@ def _block_chunk_kernel(
             o_at = o_n[:, None, None] * KK + o_i[None, None, :] * K + o_i[None, :, None]  # [BN, KP, KP]
             b_a = tl.load(A + o_last + o_at, mask=m_a, other=0.0).to(tl.float32)
             b_d = tl.reduce(b_a * b_s[:, None, :], 2, _sum_combine)  # [BN, KP] dh0 = Aᵀ λ
-            tl.store(FIN + i_b64 * N * K + o_s, b_d.to(FIN.dtype.element_ty), mask=m_x)
+            tl.store(FIN + i_b64 * N * K + o_s, _cast_out(b_d, FIN), mask=m_x)
         else:
-            tl.store(FIN + i_b64 * N * K + o_s, b_s.to(FIN.dtype.element_ty), mask=m_x)
+            tl.store(FIN + i_b64 * N * K + o_s, _cast_out(b_s, FIN), mask=m_x)
 
 
 # ---------------------------------------------------------------- across chunks
