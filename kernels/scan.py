@@ -16,13 +16,15 @@ and the chunks are combined by a scan over the chunk axis:
 When B·N alone fills the GPU, NC = 1 and only pass 3 runs (read A, read b, write h: three memory
 passes, the floor). The launcher picks NC from B·N, T and the number of SMs.
 
-Two kernel shapes, one per block size:
+Two kernels, one per block size:
     K = 1 (diagonal, the fast path): [BT, BN] tiles, channels contiguous (coalesced), a
-        ``tl.associative_scan`` along time inside each tile with a float32 carry between tiles.
-        Many independent loads in flight per program is what makes the scan bandwidth-bound.
-    K = 2..4: [BN, KP, KP] tiles of K×K blocks (KP = K padded to a power of two with masks), one
-        time step per iteration (each step reads BN·K² contiguous elements), matrix-vector and
-        matrix-matrix products as broadcast-and-sum over the small K axes.
+        ``tl.associative_scan`` along time inside each tile with a float32 carry between tiles,
+        and the next tile's loads issued before the current one is scanned. Many independent
+        loads in flight per SM is what makes the scan bandwidth-bound.
+    K = 2..4: [BT, BN, KP, KP] tiles of K×K blocks (KP = K padded to a power of two, masked);
+        on the GPU BT = 1, one time step per iteration (each step reads BN·K² contiguous
+        elements), matrix-vector and matrix-matrix products as broadcast-and-sum over the K axes.
+Under the interpreter both scan whole tiles with DOT_SCAN (see the configs below).
 
 The backward (SPEC.md §1.2) is the same machinery run the other way (flag BWD): in its scan order
 q (reverse time for a forward recurrence), λ_q = A'_q λ_{q−1} + g_q with A'_q = A_{q−1}ᵀ (the
@@ -58,9 +60,9 @@ _INTERPRET_CHUNK = 256
 def _diag_configs():
     if _INTERPRET:
         return [triton.Config({"BT": 64, "BN": 64, "DOT_SCAN": True}, num_warps=1, num_stages=1)]
-    # No spills on sm_90 (checked by AOT compilation, triton 3.9): about 12 registers per tile
-    # element per thread in the forward, 18 in the backward, so 8 elements per thread; memory
-    # parallelism comes from several resident programs per SM, each loading whole tiles.
+    # 8 tile elements per thread: with the prefetched tile that is ~96-130 registers in the
+    # forward and ~170-180 in the backward, no spills (AOT-compiled for sm_90 with triton 3.9), so
+    # 3-5 programs per SM, each with two tiles of A and b in flight.
     return [
         triton.Config({"BT": BT, "BN": BN, "DOT_SCAN": False}, num_warps=w, num_stages=2)
         for BT, BN, w in [(16, 64, 4), (8, 128, 4), (32, 64, 8), (16, 128, 8), (16, 32, 2), (8, 64, 2)]
@@ -76,11 +78,13 @@ def _block_configs():
     ]
 
 
-_KEY = ["N", "L", "K", "BWD", "SUMMARY"]
+# Tuned per channel count and mode (and dtype), not per T: sequence lengths vary call to call.
+_KEY = ["N", "K", "BWD", "SUMMARY"]
 
 # Sums are written tl.reduce(x, axis, _sum_combine): that is tl.sum without the device-function
 # call, which the interpreter re-patches on every call (milliseconds each); on the GPU both
-# compile to the same reduction. For the same reason the hot loops call no @triton.jit helpers.
+# compile to the same reduction. For the same reason the loops call no @triton.jit helper per
+# step (only ``_cast_out``, once per tile).
 #
 # DOT_SCAN: an inclusive scan of a tile along time by log2(BT) Hillis–Steele steps, where the
 # shift by d rows is a product with the 0/1 matrix S_d[i, j] = (j == i − d) in IEEE fp32 (exact:
@@ -162,15 +166,29 @@ def _diag_chunk_kernel(
     if BWD and HAS_H0 and not SUMMARY:
         b_h0 = tl.load(H0 + i_b64 * N + o_n, mask=m_n, other=0.0).to(tl.float32)  # [BN]
 
+    # Software prefetch: the loads of tile i + 1 are issued before tile i is scanned, so each
+    # program keeps two tiles of A and b in flight (Triton does not pipeline these loads itself).
+    o_q = q_lo + o_r  # [BT] scan positions of the first tile
+    m = (o_q < q_hi)[:, None] & m_n[None, :]  # [BT, BN]
+    if BWD:
+        m_a = m & (o_q > 0)[:, None]
+    else:
+        m_a = m
+    b_an = tl.load(A + o_bt + D_A + o_x, mask=m_a, other=1.0)  # [BT, BN]; padding is identity
+    b_xn = tl.load(X + o_bt + o_x, mask=m, other=0.0)  # [BT, BN]
     for q0 in range(q_lo, q_hi, BT):
         o_q = q0 + o_r  # [BT] scan positions
         m = (o_q < q_hi)[:, None] & m_n[None, :]  # [BT, BN]
-        if BWD:
-            m_a = m & (o_q > 0)[:, None]
-        else:
-            m_a = m
-        b_a = tl.load(A + o_bt + D_A + o_x, mask=m_a, other=1.0).to(tl.float32)  # [BT, BN]; padding is identity
-        b_x = tl.load(X + o_bt + o_x, mask=m, other=0.0).to(tl.float32)  # [BT, BN]
+        b_a = b_an.to(tl.float32)
+        b_x = b_xn.to(tl.float32)
+        m_nx = (o_q + BT < q_hi)[:, None] & m_n[None, :]  # the next tile (its positions are > 0)
+        b_an = tl.load(A + o_bt + D_TILE + D_A + o_x, mask=m_nx, other=1.0)
+        b_xn = tl.load(X + o_bt + D_TILE + o_x, mask=m_nx, other=0.0)
+        if BWD and not SUMMARY:
+            # h at the next scan position (one step earlier in forward time), for dA; h0 past the end
+            b_f = tl.load(HF + o_bt - D_PREV + o_x, mask=m & (o_q + 1 < T)[:, None], other=0.0).to(tl.float32)
+            if HAS_H0:
+                b_f = tl.where((o_q == T - 1)[:, None], b_h0[None, :], b_f)  # [BT, BN]
         if BT > 1:
             if DOT_SCAN:
                 for i_d in tl.static_range(16):
@@ -197,11 +215,7 @@ def _diag_chunk_kernel(
         else:
             tl.store(H + o_bt + o_x, _cast_out(b_h, H), mask=m)  # h, or db = λ
             if BWD:
-                # dA = λ · h at the next scan position (one step earlier in forward time); h0 past the end
-                b_f = tl.load(HF + o_bt - D_PREV + o_x, mask=m & (o_q + 1 < T)[:, None], other=0.0).to(tl.float32)  # [BT, BN]
-                if HAS_H0:
-                    b_f = tl.where((o_q == T - 1)[:, None], b_h0[None, :], b_f)
-                tl.store(DA + o_bt + o_x, _cast_out(b_h * b_f, DA), mask=m)
+                tl.store(DA + o_bt + o_x, _cast_out(b_h * b_f, DA), mask=m)  # dA = λ · h_next
         o_bt += D_TILE
 
     if SUMMARY:
