@@ -125,3 +125,49 @@ def test_chunk_length_heuristic(monkeypatch):
     assert L % 128 == 0 and 512 <= L < 65536 and -(-65536 // L) >= 2
     # short T is never split below min_chunk
     assert tk._chunk_length(1, 300, 4, 1, dev) == 300
+
+
+_AOT_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from nlseq.kernels import scan as tk
+
+def compile_one(kernel, dtype, consts, num_warps, num_stages):
+    fn = kernel.fn if hasattr(kernel, "configs") else kernel
+    ptrs = {n: "*" + dtype for n in ("A", "X", "S0", "H", "FIN", "HF", "H0", "DA")}
+    ptrs.update({n: "*fp32" for n in ("SIN", "AS", "XS")})
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in fn.arg_names}
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    assert k.asm["cubin"]
+
+cfg = tk._diag_configs()[0]
+for rev, bwd, summ in [(False, False, False), (True, True, False), (False, True, True)]:
+    consts = dict(K=1, REV=rev, BWD=bwd, SUMMARY=summ, HAS_S0=True, HAS_SIN=not summ, HAS_H0=bwd, **cfg.kwargs)
+    compile_one(tk._diag_chunk_kernel, "bf16", consts, cfg.num_warps, cfg.num_stages)
+cfg = tk._block_configs()[0]
+for K, bwd, summ in [(3, True, False), (4, False, True)]:
+    consts = dict(K=K, REV=False, BWD=bwd, SUMMARY=summ, HAS_S0=True, HAS_SIN=not summ, HAS_H0=bwd,
+                  KP=triton.next_power_of_2(K), **cfg.kwargs)
+    compile_one(tk._block_chunk_kernel, "fp32", consts, cfg.num_warps, cfg.num_stages)
+compile_one(tk._combine_kernel, "fp32", dict(K=3, HAS_S0=True, KP=4, BN=64), 4, 1)
+print("compiled")
+"""
+
+
+def test_gpu_configs_compile_for_sm90():
+    # The interpreter never lowers the kernels; this compiles the GPU configs' variants ahead of
+    # time for sm_90 (no GPU needed: triton's bundled ptxas), in a process without TRITON_INTERPRET.
+    import os
+    import subprocess
+    import sys
+
+    import triton.backends
+
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("triton has no nvidia backend here")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    r = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-4000:]
