@@ -324,9 +324,11 @@ def _block_chunk_kernel(
                 for i_d in tl.static_range(16):
                     if (1 << i_d) < BT:
                         b_S = (o_r[None, :] == o_r[:, None] - (1 << i_d)).to(tl.float32)  # [BT, BT]
-                        b_ap = tl.reshape(tl.dot(b_S, tl.reshape(b_a, [BT, BN * KP * KP]), input_precision="ieee"), [BT, BN, KP, KP])
+                        b_ap = tl.dot(b_S, tl.reshape(b_a, [BT, BN * KP * KP]), input_precision="ieee")
+                        b_ap = tl.reshape(b_ap, [BT, BN, KP, KP])  # a one shift up
                         b_ap = tl.where((o_r < (1 << i_d))[:, None, None, None], b_eye[None, None, :, :], b_ap)
-                        b_xp = tl.reshape(tl.dot(b_S, tl.reshape(b_x, [BT, BN * KP]), input_precision="ieee"), [BT, BN, KP])
+                        b_xp = tl.dot(b_S, tl.reshape(b_x, [BT, BN * KP]), input_precision="ieee")
+                        b_xp = tl.reshape(b_xp, [BT, BN, KP])
                         b_x = tl.reduce(b_a * b_xp[:, :, None, :], 3, _sum_combine) + b_x
                         b_a = tl.reduce(b_a[:, :, :, :, None] * b_ap[:, :, None, :, :], 3, _sum_combine)
             else:
