@@ -308,6 +308,15 @@ def _block_chunk_kernel(
     if BWD and HAS_H0 and not SUMMARY:
         b_h0 = tl.load(H0 + i_b64 * N * K + o_s, mask=m_x, other=0.0).to(tl.float32)  # [BN, KP]
 
+    # software prefetch, as in the K = 1 kernel: the next step's (tile's) loads go out first
+    o_q = q_lo + o_r  # [BT] scan positions of the first tile
+    m_q = o_q < q_hi
+    if BWD:
+        m_qa = m_q & (o_q > 0)
+    else:
+        m_qa = m_q
+    b_an = tl.load(p_a, mask=m_qa[:, None, None, None] & m_a[None, :, :, :], other=0.0)
+    b_xn = tl.load(p_x, mask=m_q[:, None, None] & m_x[None, :, :], other=0.0)
     for q0 in range(q_lo, q_hi, BT):
         o_q = q0 + o_r  # [BT] scan positions
         m_q = o_q < q_hi
@@ -315,10 +324,12 @@ def _block_chunk_kernel(
             m_qa = m_q & (o_q > 0)
         else:
             m_qa = m_q
-        b_a = tl.load(p_a, mask=m_qa[:, None, None, None] & m_a[None, :, :, :], other=0.0).to(tl.float32)
-        b_a = tl.where(m_qa[:, None, None, None], b_a, b_eye[None, None, :, :])  # [BT, BN, KP, KP]
         m = m_q[:, None, None] & m_x[None, :, :]  # [BT, BN, KP]
-        b_x = tl.load(p_x, mask=m, other=0.0).to(tl.float32)  # [BT, BN, KP]
+        b_a = tl.where(m_qa[:, None, None, None], b_an.to(tl.float32), b_eye[None, None, :, :])  # [BT, BN, KP, KP]
+        b_x = b_xn.to(tl.float32)  # [BT, BN, KP]
+        m_nx = o_q + BT < q_hi  # [BT] the next tile (its positions are > 0)
+        b_an = tl.load(p_a + D_TILE_A, mask=m_nx[:, None, None, None] & m_a[None, :, :, :], other=0.0)
+        b_xn = tl.load(p_x + D_TILE_X, mask=m_nx[:, None, None] & m_x[None, :, :], other=0.0)
         if BT > 1:
             if DOT_SCAN:
                 for i_d in tl.static_range(16):
