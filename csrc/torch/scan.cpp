@@ -9,7 +9,7 @@
 #include "nlseq/scan.h"
 
 #ifdef NLSEQ_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: that needs the cuBLAS/cuSPARSE headers
 #include <c10/cuda/CUDAGuard.h>
 
 #include <exception>
@@ -122,7 +122,7 @@ void scan_fwd_cuda_kernel(const at::Tensor& A, const at::Tensor& b, const c10::o
   try {
     cuda::scan_fwd(dt, shape, A.data_ptr(), b.data_ptr(), h0.has_value() ? h0->data_ptr() : nullptr, reverse,
                    h.data_ptr(), h_last.data_ptr(), ws.defined() ? ws.data_ptr() : nullptr, ws_bytes,
-                   at::cuda::getCurrentCUDAStream());
+                   c10::cuda::getCurrentCUDAStream());
   } catch (const std::exception& e) {
     TORCH_CHECK(false, op, " (cuda): ", e.what());
   }
@@ -145,7 +145,7 @@ void scan_bwd_cuda_kernel(const at::Tensor& A, const at::Tensor& h, const c10::o
   try {
     cuda::scan_bwd(dt, shape, A.data_ptr(), h.data_ptr(), h0.has_value() ? h0->data_ptr() : nullptr,
                    grad_h.data_ptr(), grad_h_last.data_ptr(), reverse, dA.data_ptr(), db.data_ptr(), dh0.data_ptr(),
-                   ws.defined() ? ws.data_ptr() : nullptr, ws_bytes, at::cuda::getCurrentCUDAStream());
+                   ws.defined() ? ws.data_ptr() : nullptr, ws_bytes, c10::cuda::getCurrentCUDAStream());
   } catch (const std::exception& e) {
     TORCH_CHECK(false, op, " (cuda): ", e.what());
   }
