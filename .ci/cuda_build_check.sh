@@ -47,7 +47,7 @@ so=$(ls "$work"/lib/nlseq/_C*.so)
 t2=$(date +%s)
 echo "cuda_build_check: compiled and linked $(basename "$so") in $((t2 - t1)) s"
 
-# 3. Load it (no GPU needed) and list the ops with a CUDA kernel; scan must be among them.
+# 3. Load it (no GPU needed) and list the ops with a CUDA kernel; the ones below must be there.
 "$venv/bin/python" - "$so" "$root/python" <<'EOF'
 import importlib.util
 import sys
@@ -64,7 +64,7 @@ spec.loader.exec_module(mod)  # runs the TORCH_LIBRARY registrations
 sys.modules["nlseq._C"] = mod
 ops = sorted(n for n in torch._C._dispatch_get_registrations_for_dispatch_key("CUDA") if n.startswith("nlseq_ext::"))
 print("cuda_build_check: ops with a CUDA kernel:", ", ".join(ops) or "none")
-missing = [op for op in ("nlseq_ext::scan_fwd", "nlseq_ext::scan_bwd") if op not in ops]
+missing = [op for op in ("nlseq_ext::scan_fwd", "nlseq_ext::scan_bwd", "nlseq_ext::softplus_attention_decode") if op not in ops]
 if missing:
     sys.exit(f"cuda_build_check: FAILED: no CUDA kernel registered for {missing}")
 EOF
