@@ -33,9 +33,10 @@ left() { echo $((start + budget - $(date +%s))); }
 say() { echo "== [$(($(date +%s) - start)) s] $*"; }
 
 # ---------------------------------------------------------------- 1. build (sm_90 only)
+"$py" -c "import ninja" 2>/dev/null || echo "== note: the ninja module is missing: torch falls back to a serial build (slower)"
 say "build: setup.py build_ext --inplace (archs $NLSEQ_CUDA_ARCHS, MAX_JOBS=$MAX_JOBS)"
 t=$(date +%s)
-timeout --kill-after=10 200 "$py" setup.py build_ext --inplace >"$OUT/build.log" 2>&1
+timeout --kill-after=10 240 "$py" setup.py build_ext --inplace >"$OUT/build.log" 2>&1
 build_rc=$?
 build_s=$(($(date +%s) - t))
 if [ $build_rc -ne 0 ]; then
