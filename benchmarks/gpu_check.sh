@@ -33,7 +33,7 @@ left() { echo $((start + budget - $(date +%s))); }
 say() { echo "== [$(($(date +%s) - start)) s] $*"; }
 
 # ---------------------------------------------------------------- 1. build (sm_90 only)
-"$py" -c "import ninja" 2>/dev/null || echo "== note: the ninja module is missing: torch falls back to a serial build (slower)"
+command -v ninja >/dev/null || echo "== note: no ninja on PATH: torch falls back to a serial build (slower)"
 say "build: setup.py build_ext --inplace (archs $NLSEQ_CUDA_ARCHS, MAX_JOBS=$MAX_JOBS)"
 t=$(date +%s)
 timeout --kill-after=10 240 "$py" setup.py build_ext --inplace >"$OUT/build.log" 2>&1
