@@ -13,8 +13,8 @@
 // registers and writes the outputs. The last warp's final state is the next round's incoming
 // state. Each input element is read from memory once and each output written once.
 //
-// When B·ceil(N/32) tiles fill the GPU, one segment covers all of T (a single pass per
-// sequence, no extra traffic). Otherwise (B·N small, T long) T is cut into S segments so that
+// When the B·ceil(N/32) tiles give most SMs a block, one segment covers all of T (a single pass
+// per sequence, no extra traffic). Otherwise (B·N small, T long) T is cut into S segments so that
 // about two waves of blocks run, and carries cross the segments in three launches:
 //   1. scan_aggregate_kernel: each (tile, segment) composes its steps into one map per channel;
 //   2. scan_carry_kernel:     per channel, a sequential pass over the S maps gives each
@@ -387,9 +387,11 @@ Geometry make_geometry(int64_t B, int64_t T, int64_t N, bool backwards) {
   NLSEQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, scan_segment_kernel<K, Problem>, kThreads, 0));
   const int64_t wave = int64_t(sms) * std::max(per_sm, 1);  // blocks resident at once
 
-  // Split time only when the tiles alone leave more than half of the resident slots empty and
-  // T is long enough for segments of at least two rounds.
-  if (2 * tiles < wave && T > 2 * R) {
+  // Split time only when the tiles alone would leave about a quarter of the SMs without a block
+  // (one block per SM keeps ~32 KB of loads in flight per round, about what an SM's share of HBM
+  // bandwidth needs: a single pass, 3 words per element, is then the faster choice), and T is
+  // long enough for segments of at least two rounds.
+  if (4 * tiles < 3 * int64_t(sms) && T > 2 * R) {
     const int64_t want = ceil_div(2 * wave, tiles);  // segments per tile for about two waves
     int64_t seg_len = std::max(2 * R, ceil_div(ceil_div(T, want), R) * R);
     if (ceil_div(T, seg_len) > kMaxSegments) seg_len = ceil_div(ceil_div(T, kMaxSegments), R) * R;

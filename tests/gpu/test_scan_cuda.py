@@ -3,7 +3,7 @@ kernel's two modes, every K and dtype, streams and the raw nlseq_ext ops.
 
 tests/test_scan.py already runs the cuda backend through the common cases; this file adds what
 only the CUDA kernel has:
-- multi-segment mode (B·ceil(N/32) tiles fill less than half the GPU, T long): time is cut into
+- multi-segment mode (B·ceil(N/32) tiles for fewer than 3/4 of the SMs, T long): time is cut into
   segments whose carries cross in three launches. B·ceil(N/32) = 1 or 2 always takes this path.
 - single-pass mode (many tiles): one block per 32 channels sweeps all of T.
 - partial tiles (N not a multiple of 32), partial rounds (T not a multiple of the round length).
