@@ -1,0 +1,98 @@
+// Torch-free math of the analog family (SPEC.md §3), shared by the CPU (g++) and CUDA (nvcc)
+// kernels: the counter-based random numbers, the DAC and the ramp comparator count.
+// python/nlseq/reference/analog.py and kernels/analog.py implement the same definitions.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "nlseq/common.h"
+
+namespace nlseq {
+namespace analog {
+
+// ---------------------------------------------------------------- Philox4x32-10 (Salmon et al. 2011)
+// Counter c[0..3], key (k0, k1); ten rounds, the key bumped between rounds.
+NLSEQ_HD void philox4x32_10(uint32_t (&c)[4], uint32_t k0, uint32_t k1) {
+  NLSEQ_UNROLL
+  for (int r = 0; r < 10; ++r) {
+    if (r) {
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c[0];
+    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c[2];
+    const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c[1] ^ k0;
+    const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c[3] ^ k1;
+    c[1] = static_cast<uint32_t>(p1);
+    c[3] = static_cast<uint32_t>(p0);
+    c[0] = n0;
+    c[2] = n2;
+  }
+}
+
+// The two standard normals of pair p (elements 2p and 2p+1 of the stream (seed, offset)):
+// counter (p lo, p hi, offset lo, offset hi), key (seed lo, seed hi); Box–Muller on the first two
+// words, u1 = ((r0 >> 8) + ½)·2⁻²⁴ ∈ (0, 1), u2 = (r1 >> 8)·2⁻²⁴ ∈ [0, 1).
+NLSEQ_HD void normal_pair(uint64_t seed, uint64_t offset, uint64_t p, float& z0, float& z1) {
+  uint32_t c[4] = {static_cast<uint32_t>(p), static_cast<uint32_t>(p >> 32), static_cast<uint32_t>(offset),
+                   static_cast<uint32_t>(offset >> 32)};
+  philox4x32_10(c, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  const float u1 = (static_cast<float>(c[0] >> 8) + 0.5f) * 5.9604644775390625e-08f;
+  const float u2 = static_cast<float>(c[1] >> 8) * 5.9604644775390625e-08f;
+  const float radius = sqrtf(-2.0f * logf(u1));
+  const float theta = 6.28318530717958647692f * u2;
+  z0 = radius * cosf(theta);
+  z1 = radius * sinf(theta);
+}
+
+// Normal number e of the stream: cos branch for even e, sin branch for odd e.
+NLSEQ_HD float normal_at(uint64_t seed, uint64_t offset, uint64_t e) {
+  float z0, z1;
+  normal_pair(seed, offset, e >> 1, z0, z1);
+  return (e & 1) ? z1 : z0;
+}
+
+// ---------------------------------------------------------------- DAC (SPEC.md §3.1)
+// in_bits > 0: 2^(in_bits-1) − 1 levels per side over [−x_max, x_max], rounding half up;
+// in_bits = 0: an ideal converter (clamp only). Constants are computed once by Dac::make.
+struct Dac {
+  int in_bits;
+  float x_max, inv_delta, delta, qmax;
+
+  static Dac make(int in_bits, double x_max) {
+    Dac d;
+    d.in_bits = in_bits;
+    d.x_max = static_cast<float>(x_max);
+    const double n = in_bits > 0 ? static_cast<double>((int64_t(1) << (in_bits - 1)) - 1) : 1.0;
+    d.inv_delta = static_cast<float>(n / x_max);
+    d.delta = static_cast<float>(x_max / n);
+    d.qmax = static_cast<float>(n);
+    return d;
+  }
+};
+
+NLSEQ_HD float dac_quantize(float x, const Dac& d) {
+  if (d.in_bits == 0) return fminf(fmaxf(x, -d.x_max), d.x_max);
+  const float q = fminf(fmaxf(floorf(x * d.inv_delta + 0.5f), -d.qmax), d.qmax);
+  return q * d.delta;
+}
+
+// ---------------------------------------------------------------- NL-ADC comparator count (SPEC.md §3.2)
+// #{k : u > thr[k]} for non-decreasing thr[0..L−2], L a power of two, by binary search: bits steps.
+NLSEQ_HD int ramp_code(float u, const float* thr, int L) {
+  int pos = 0;
+  for (int step = L >> 1; step > 0; step >>= 1)
+    if (u > thr[pos + step - 1]) pos += step;
+  return pos;
+}
+
+// The epilogue of the fused op for one element: current, noise, code, level.
+NLSEQ_HD float adc_epilogue(float acc, float col_scale, float sigma, float z, const float* thr, const float* levels,
+                            int L) {
+  float current = acc * col_scale;
+  current = current + sigma * z;
+  return levels[ramp_code(current, thr, L)];
+}
+
+}  // namespace analog
+}  // namespace nlseq
