@@ -45,8 +45,29 @@ def _fwd_triton(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max,
 _FWD = {"cuda": _fwd_compiled, "cpp": _fwd_compiled, "triton": _fwd_triton, "reference": _ref.analog_mvm}
 
 
+def parse_act(act: str) -> list[tuple[str, int]]:
+    """"sigmoid" -> [("sigmoid", -1)] (every column); "sigmoid:256,tanh:128" -> column groups."""
+    groups = []
+    for part in act.split(","):
+        name, _, count = part.partition(":")
+        if name not in ACTIVATIONS:
+            raise ValueError(f"nlseq.{OP}: act names must be in {ACTIVATIONS}, got {name!r} in {act!r}")
+        groups.append((name, int(count) if count else -1))
+    if len(groups) > 1 and any(c < 0 for _, c in groups):
+        raise ValueError(f"nlseq.{OP}: act with several groups needs a count for each (\"sigmoid:256,tanh:128\"), got {act!r}")
+    return groups
+
+
 def _activation_grad(u: Tensor, act: str) -> Tensor:
-    """f'(u) of the ideal activation (the straight-through estimator of the NL-ADC)."""
+    """f'(u) of the ideal activation per column (the straight-through estimator of the NL-ADC)."""
+    groups = parse_act(act)
+    if len(groups) > 1:
+        parts, start = [], 0
+        for name, count in groups:
+            parts.append(_activation_grad(u[:, start:start + count], name))
+            start += count
+        return torch.cat(parts, dim=1)
+    act = groups[0][0]
     if act == "sigmoid":
         s = torch.sigmoid(u)
         return s * (1 - s)
@@ -139,7 +160,8 @@ def analog_mvm(
     the last dim), levels [N, L] or [L], L = 2^bits with 1 <= bits <= 16. Returns y [..., N] in
     x's dtype. All math in float32 (inputs of other dtypes are converted). ``act`` names the
     ideal activation whose derivative is the straight-through gradient ("sigmoid", "tanh",
-    "hardtanh", "identity"); differentiable in x and weight. ``backend``: "auto", "cuda",
+    "hardtanh", "identity"), or column groups "sigmoid:256,tanh:128,..." summing to N;
+    differentiable in x and weight. ``backend``: "auto", "cuda",
     "triton", "cpp" or "reference".
     """
     check_tensor("x", x, op=OP, layout=_LAYOUT)
@@ -171,8 +193,11 @@ def analog_mvm(
     for name, v in (("seed", seed), ("offset", offset)):
         if not isinstance(v, int) or not 0 <= v < 2**63:
             raise ValueError(f"nlseq.{OP}: {name} must be an int in [0, 2^63), got {v!r}")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"nlseq.{OP}: act must be one of {ACTIVATIONS}, got {act!r}")
+    if not isinstance(act, str):
+        raise TypeError(f"nlseq.{OP}: act must be a string, got {type(act).__name__}")
+    groups = parse_act(act)
+    if len(groups) > 1 and sum(c for _, c in groups) != N:
+        raise ValueError(f"nlseq.{OP}: the column groups of act={act!r} must add up to N = {N}")
 
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K).to(torch.float32).contiguous()
