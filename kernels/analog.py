@@ -20,7 +20,8 @@ from nlseq.registry import triton_interpret
 @triton.jit
 def _philox_normal(seed_lo, seed_hi, off_lo, off_hi, e):
     """Standard normal number e (int64 block) of the stream (seed, offset)."""
-    p = e >> 1
+    p = e >> 2
+    j = e & 3
     c0 = (p & 0xFFFFFFFF).to(tl.uint32)
     c1 = (p >> 32).to(tl.uint32)
     c2 = tl.zeros_like(c0) + off_lo
@@ -38,11 +39,13 @@ def _philox_normal(seed_lo, seed_hi, off_lo, off_hi, e):
         hi1 = tl.umulhi(m1, c2)
         lo1 = m1 * c2
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    u1 = ((c0 >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
-    u2 = (c1 >> 8).to(tl.float32) * 5.9604644775390625e-08
+    a = tl.where(j < 2, c0, c2)
+    b = tl.where(j < 2, c1, c3)
+    u1 = ((a >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
+    u2 = (b >> 8).to(tl.float32) * 5.9604644775390625e-08
     radius = tl.sqrt(-2.0 * tl.log(u1))
     theta = u2 * 6.283185307179586
-    return tl.where((e & 1) == 0, radius * tl.cos(theta), radius * tl.sin(theta))
+    return tl.where((j & 1) == 0, radius * tl.cos(theta), radius * tl.sin(theta))
 
 
 @triton.jit

@@ -68,15 +68,108 @@ void analog_mvm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Ten
           row[n] = analog::adc_epilogue(row[n], pc[n], s, pz[m * N + n], pt + n * (L - 1), pl + n * L, iL);
         continue;
       }
-      float z0 = 0.0f, z1 = 0.0f;
+      float z[4];
       for (int64_t n = 0; n < N; ++n) {
         const uint64_t e = static_cast<uint64_t>(m * N + n);
-        if (n == 0 || (e & 1) == 0) analog::normal_pair(useed, uoff, e >> 1, z0, z1);
-        const float z = (e & 1) ? z1 : z0;
-        row[n] = analog::adc_epilogue(row[n], pc[n], s, z, pt + n * (L - 1), pl + n * L, iL);
+        if (n == 0 || (e & 3) == 0) analog::normal_quad(useed, uoff, e >> 2, z);
+        row[n] = analog::adc_epilogue(row[n], pc[n], s, z[e & 3], pt + n * (L - 1), pl + n * L, iL);
       }
     }
   });
+}
+
+}  // namespace cpu
+}  // namespace nlseq
+
+namespace nlseq {
+namespace cpu {
+
+// The input half of every step's product does not depend on h, so it is one GEMM for all T
+// steps up front (the bias row, driven at DAC(1), rides along); each step then adds hq @ W_hᵀ
+// and runs the epilogue and the cell update in one pass over the batch.
+void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale,
+                     const at::Tensor& thresholds, const at::Tensor& levels, const at::Tensor& cell_thresholds,
+                     const at::Tensor& cell_levels, const at::Tensor& h0, const at::Tensor& c0, int64_t in_bits,
+                     double x_max, double noise_a, double noise_b, int64_t seed, int64_t offset, at::Tensor& out,
+                     at::Tensor& h_n, at::Tensor& c_n) {
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), N = weight.size(0), H = N / 4;
+  const int64_t L = levels.size(1), Lc = cell_levels.size(0);
+  const analog::Dac dac = analog::Dac::make(static_cast<int>(in_bits), x_max);
+  const bool noisy = noise_a != 0.0 || noise_b != 0.0;
+  const float na = static_cast<float>(noise_a), nb = static_cast<float>(noise_b);
+  const uint64_t useed = static_cast<uint64_t>(seed);
+
+  // Input half for all steps: xq1 [T·B, I+1] (last column DAC(1)) @ [W_x | w_bias]ᵀ.
+  at::Tensor xq1 = at::empty({T * B, I + 1}, x.options());
+  std::vector<float> ssq_x(T * B);
+  {
+    const float* px = x.data_ptr<float>();
+    float* pq = xq1.data_ptr<float>();
+    const float one = analog::dac_quantize(1.0f, dac);
+    for (int64_t r = 0; r < T * B; ++r) {
+      float s = 0.0f;
+      for (int64_t k = 0; k < I; ++k) {
+        const float q = analog::dac_quantize(px[r * I + k], dac);
+        pq[r * (I + 1) + k] = q;
+        s += q * q;
+      }
+      pq[r * (I + 1) + I] = one;
+      ssq_x[r] = s + one * one;
+    }
+  }
+  at::Tensor w_x = at::cat({weight.narrow(1, 0, I), weight.narrow(1, I + H, 1)}, 1);
+  at::Tensor w_h_t = weight.narrow(1, I, H).t().contiguous();  // [H, 4H]
+  at::Tensor acc_x = at::mm(xq1, w_x.t());                     // [T·B, 4H]
+
+  at::Tensor hq = at::empty({B, H}, x.options());
+  at::Tensor acc = at::empty({B, N}, x.options());
+  std::vector<float> c(c0.data_ptr<float>(), c0.data_ptr<float>() + B * H);
+  std::vector<float> h(h0.data_ptr<float>(), h0.data_ptr<float>() + B * H);
+  std::vector<float> gates(B * N), sigma(B);
+  const float* pc = col_scale.data_ptr<float>();
+  const float* pt = thresholds.data_ptr<float>();
+  const float* pl = levels.data_ptr<float>();
+  const float* pct = cell_thresholds.data_ptr<float>();
+  const float* pcl = cell_levels.data_ptr<float>();
+  float* pout = out.data_ptr<float>();
+  const int iL = static_cast<int>(L), iLc = static_cast<int>(Lc);
+
+  for (int64_t t = 0; t < T; ++t) {
+    float* phq = hq.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      float s = 0.0f;
+      for (int64_t j = 0; j < H; ++j) {
+        const float q = analog::dac_quantize(h[b * H + j], dac);
+        phq[b * H + j] = q;
+        s += q * q;
+      }
+      sigma[b] = noisy ? sqrtf((ssq_x[t * B + b] + s) * na + nb) : 0.0f;
+    }
+    at::addmm_out(acc, acc_x.narrow(0, t * B, B), hq, w_h_t);
+    const float* pacc = acc.data_ptr<float>();
+    const uint64_t uoff = static_cast<uint64_t>(offset + t);
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const float* row = pacc + b * N;
+        float* g = gates.data() + b * N;
+        float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t n = 0; n < N; ++n) {
+          const uint64_t e = static_cast<uint64_t>(b * N + n);
+          if (noisy && (n == 0 || (e & 3) == 0)) analog::normal_quad(useed, uoff, e >> 2, z);
+          g[n] = analog::adc_epilogue(row[n], pc[n], sigma[b], z[e & 3], pt + n * (L - 1), pl + n * L, iL);
+        }
+        for (int64_t j = 0; j < H; ++j) {  // torch gate order i, f, g, o
+          const float cn = g[H + j] * c[b * H + j] + g[j] * g[2 * H + j];
+          c[b * H + j] = cn;
+          const float hn = g[3 * H + j] * pcl[analog::ramp_code(cn, pct + j * (Lc - 1), iLc)];
+          h[b * H + j] = hn;
+          pout[(t * B + b) * H + j] = hn;
+        }
+      }
+    });
+  }
+  std::copy(h.begin(), h.end(), h_n.data_ptr<float>());
+  std::copy(c.begin(), c.end(), c_n.data_ptr<float>());
 }
 
 }  // namespace cpu

@@ -16,3 +16,20 @@ void analog_mvm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Ten
 
 }  // namespace cpu
 }  // namespace nlseq
+
+namespace nlseq {
+namespace cpu {
+
+// The whole analog LSTM layer in one call (inference): per step t the fused crossbar pass on
+// [x_t; h; 1] with Philox offset (offset + t), the cell update c = f⊙c + i⊙g and h = o⊙tanh_adc(c).
+// x [T, B, I]; weight [4H, I+H+1]; col_scale [4H]; thresholds [4H, L−1]; levels [4H, L];
+// cell_thresholds [H, Lc−1] (in units of c); cell_levels [Lc]; h0, c0 [B, H].
+// Writes out [T, B, H], h_n and c_n [B, H].
+void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale,
+                     const at::Tensor& thresholds, const at::Tensor& levels, const at::Tensor& cell_thresholds,
+                     const at::Tensor& cell_levels, const at::Tensor& h0, const at::Tensor& c0, int64_t in_bits,
+                     double x_max, double noise_a, double noise_b, int64_t seed, int64_t offset, at::Tensor& out,
+                     at::Tensor& h_n, at::Tensor& c_n);
+
+}  // namespace cpu
+}  // namespace nlseq

@@ -58,6 +58,39 @@ at::Tensor analog_mvm_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, con
   return y;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> analog_lstm_fwd_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale, const at::Tensor& thresholds,
+    const at::Tensor& levels, const at::Tensor& cell_thresholds, const at::Tensor& cell_levels, const at::Tensor& h0,
+    const at::Tensor& c0, int64_t in_bits, double x_max, double noise_a, double noise_b, int64_t seed,
+    int64_t offset) {
+  const char* op = "nlseq_ext::analog_lstm_fwd";
+  NLSEQ_CHECK_DIM(op, x, 3, "[T, B, I]");
+  NLSEQ_CHECK_DIM(op, weight, 2, "[4H, I+H+1]");
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), N = weight.size(0), H = N / 4;
+  TORCH_CHECK(N % 4 == 0 && weight.size(1) == I + H + 1, op, ": weight must have shape [4H, I+H+1], got ",
+              weight.sizes());
+  const int64_t L = levels.size(-1), Lc = cell_levels.size(-1);
+  TORCH_CHECK(L >= 2 && (L & (L - 1)) == 0 && Lc >= 2 && (Lc & (Lc - 1)) == 0, op,
+              ": levels and cell_levels must have 2^bits entries");
+  NLSEQ_CHECK_SHAPE(op, col_scale, N);
+  NLSEQ_CHECK_SHAPE(op, thresholds, N, L - 1);
+  NLSEQ_CHECK_SHAPE(op, levels, N, L);
+  NLSEQ_CHECK_SHAPE(op, cell_thresholds, H, Lc - 1);
+  NLSEQ_CHECK_SHAPE(op, cell_levels, Lc);
+  NLSEQ_CHECK_SHAPE(op, h0, B, H);
+  NLSEQ_CHECK_SHAPE(op, c0, B, H);
+  for (const at::Tensor* t : {&x, &weight, &col_scale, &thresholds, &levels, &cell_thresholds, &cell_levels, &h0, &c0}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(), op,
+                ": every tensor must be float32, contiguous, on the CPU");
+  }
+  TORCH_CHECK(in_bits == 0 || (in_bits >= 2 && in_bits <= 24), op, ": in_bits must be 0 or in 2..24");
+  at::Tensor out = empty_output({T, B, H}, x.options());
+  at::Tensor h_n = empty_output({B, H}, x.options()), c_n = empty_output({B, H}, x.options());
+  cpu::analog_lstm_fwd(x, weight, col_scale, thresholds, levels, cell_thresholds, cell_levels, h0, c0, in_bits,
+                       x_max, noise_a, noise_b, seed, offset, out, h_n, c_n);
+  return {out, h_n, c_n};
+}
+
 #ifdef NLSEQ_WITH_CUDA
 at::Tensor analog_mvm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale,
                                const at::Tensor& thresholds, const at::Tensor& levels,
@@ -96,9 +129,15 @@ at::Tensor analog_mvm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, co
 TORCH_LIBRARY_FRAGMENT(nlseq_ext, m) {
   m.def("analog_mvm_fwd(Tensor x, Tensor weight, Tensor col_scale, Tensor thresholds, Tensor levels, Tensor? noise,"
         " int in_bits, float x_max, float noise_a, float noise_b, int seed, int offset) -> Tensor");
+  m.def("analog_lstm_fwd(Tensor x, Tensor weight, Tensor col_scale, Tensor thresholds, Tensor levels,"
+        " Tensor cell_thresholds, Tensor cell_levels, Tensor h0, Tensor c0, int in_bits, float x_max, float noise_a,"
+        " float noise_b, int seed, int offset) -> (Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(nlseq_ext, CPU, m) { m.impl("analog_mvm_fwd", &nlseq::analog_mvm_fwd_cpu); }
+TORCH_LIBRARY_IMPL(nlseq_ext, CPU, m) {
+  m.impl("analog_mvm_fwd", &nlseq::analog_mvm_fwd_cpu);
+  m.impl("analog_lstm_fwd", &nlseq::analog_lstm_fwd_cpu);
+}
 
 #ifdef NLSEQ_WITH_CUDA
 TORCH_LIBRARY_IMPL(nlseq_ext, CUDA, m) { m.impl("analog_mvm_fwd", &nlseq::analog_mvm_fwd_cuda); }

@@ -30,26 +30,32 @@ NLSEQ_HD void philox4x32_10(uint32_t (&c)[4], uint32_t k0, uint32_t k1) {
   }
 }
 
-// The two standard normals of pair p (elements 2p and 2p+1 of the stream (seed, offset)):
-// counter (p lo, p hi, offset lo, offset hi), key (seed lo, seed hi); Box–Muller on the first two
-// words, u1 = ((r0 >> 8) + ½)·2⁻²⁴ ∈ (0, 1), u2 = (r1 >> 8)·2⁻²⁴ ∈ [0, 1).
-NLSEQ_HD void normal_pair(uint64_t seed, uint64_t offset, uint64_t p, float& z0, float& z1) {
+// Box–Muller on two Philox words: u1 = ((a >> 8) + ½)·2⁻²⁴ ∈ (0, 1), u2 = (b >> 8)·2⁻²⁴ ∈ [0, 1).
+NLSEQ_HD void box_muller(uint32_t a, uint32_t b, float& z_cos, float& z_sin) {
+  const float u1 = (static_cast<float>(a >> 8) + 0.5f) * 5.9604644775390625e-08f;
+  const float u2 = static_cast<float>(b >> 8) * 5.9604644775390625e-08f;
+  const float radius = sqrtf(-2.0f * logf(u1));
+  const float theta = 6.28318530717958647692f * u2;
+  z_cos = radius * cosf(theta);
+  z_sin = radius * sinf(theta);
+}
+
+// The four standard normals of group p (elements 4p..4p+3 of the stream (seed, offset)):
+// counter (p lo, p hi, offset lo, offset hi), key (seed lo, seed hi); words (r0, r1) give
+// elements 4p (cos) and 4p+1 (sin), words (r2, r3) elements 4p+2 (cos) and 4p+3 (sin).
+NLSEQ_HD void normal_quad(uint64_t seed, uint64_t offset, uint64_t p, float (&z)[4]) {
   uint32_t c[4] = {static_cast<uint32_t>(p), static_cast<uint32_t>(p >> 32), static_cast<uint32_t>(offset),
                    static_cast<uint32_t>(offset >> 32)};
   philox4x32_10(c, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  const float u1 = (static_cast<float>(c[0] >> 8) + 0.5f) * 5.9604644775390625e-08f;
-  const float u2 = static_cast<float>(c[1] >> 8) * 5.9604644775390625e-08f;
-  const float radius = sqrtf(-2.0f * logf(u1));
-  const float theta = 6.28318530717958647692f * u2;
-  z0 = radius * cosf(theta);
-  z1 = radius * sinf(theta);
+  box_muller(c[0], c[1], z[0], z[1]);
+  box_muller(c[2], c[3], z[2], z[3]);
 }
 
-// Normal number e of the stream: cos branch for even e, sin branch for odd e.
+// Normal number e of the stream (computes its whole group; use normal_quad in loops).
 NLSEQ_HD float normal_at(uint64_t seed, uint64_t offset, uint64_t e) {
-  float z0, z1;
-  normal_pair(seed, offset, e >> 1, z0, z1);
-  return (e & 1) ? z1 : z0;
+  float z[4];
+  normal_quad(seed, offset, e >> 2, z);
+  return z[e & 3];
 }
 
 // ---------------------------------------------------------------- DAC (SPEC.md §3.1)
@@ -79,10 +85,10 @@ NLSEQ_HD float dac_quantize(float x, const Dac& d) {
 
 // ---------------------------------------------------------------- NL-ADC comparator count (SPEC.md §3.2)
 // #{k : u > thr[k]} for non-decreasing thr[0..L−2], L a power of two, by binary search: bits steps.
+// Branch-free (the comparisons are coin flips to a branch predictor).
 NLSEQ_HD int ramp_code(float u, const float* thr, int L) {
   int pos = 0;
-  for (int step = L >> 1; step > 0; step >>= 1)
-    if (u > thr[pos + step - 1]) pos += step;
+  for (int step = L >> 1; step > 0; step >>= 1) pos += step & -static_cast<int>(u > thr[pos + step - 1]);
   return pos;
 }
 

@@ -244,9 +244,15 @@ class _AnalogRNNBase(_AnalogBase):
         h0, c0 = self._initial_state(hx, B, x, batched)
         outs = x
         h_n, c_n = [], []
+        fused = self._fused_sequence(x)
         for k in range(self.num_layers):
             h = h0[k]
             c = None if c0 is None else c0[k]
+            if fused and T > 0:
+                outs, h, c = self._layer_fused(outs, h, c, states[k], self._cell_adc_state[k])
+                h_n.append(h)
+                c_n.append(c)
+                continue
             ys = []
             for t in range(T):
                 xh1 = torch.cat([outs[t], h, h.new_ones(B, 1)], dim=1)
@@ -264,6 +270,26 @@ class _AnalogRNNBase(_AnalogBase):
             c_n = torch.stack(c_n)
             return out, (h_n, c_n if batched else c_n.squeeze(1))
         return out, h_n
+
+    def _fused_sequence(self, x: Tensor) -> bool:
+        """Whether the whole-layer C++ kernel runs (inference on the CPU with the cpp backend and a
+        noiseless cell ADC comparator); otherwise the layer steps through ``analog_mvm`` in Python."""
+        if self._MODE != "LSTM" or (self.training and torch.is_grad_enabled()) or x.device.type != "cpu":
+            return False
+        if x.dtype != torch.float32 or self.tanh_adc.cmp_noise > 0:
+            return False
+        from .. import registry
+
+        return registry.resolve(self.backend, x.device, "analog_mvm", ("cpp", "reference")) == "cpp"
+
+    def _layer_fused(self, x, h, c, p, cell_thr):
+        offset = self._draws
+        self._draws += x.shape[0]
+        with torch.no_grad():
+            return torch.ops.nlseq_ext.analog_lstm_fwd(
+                x.contiguous(), p.weight.detach().contiguous(), p.col_scale, p.thresholds, p.levels, cell_thr,
+                self.tanh_adc.levels.to(torch.float32), h.contiguous(), c.contiguous(), self.config.in_bits,
+                self.config.x_max, p.noise_a, p.noise_b, (self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1), offset)
 
     def _initial_state(self, hx, B, x, batched):
         zeros = x.new_zeros(self.num_layers, B, self.hidden_size)

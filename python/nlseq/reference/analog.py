@@ -20,8 +20,9 @@ computes ``noise_a`` and ``noise_b`` from a CrossbarConfig.
 
 Random numbers (shared bit for bit with csrc/include/nlseq/analog.h and kernels/analog.py):
 element e = m·N + n uses Philox4x32-10 with key (seed lo, seed hi) and counter
-(p lo, p hi, offset lo, offset hi), p = e >> 1; words r0, r1 give u1 = ((r0 >> 8) + ½)·2⁻²⁴ and
-u2 = (r1 >> 8)·2⁻²⁴, and z = sqrt(−2 ln u1)·cos(2π u2) for even e, ·sin(2π u2) for odd e.
+(p lo, p hi, offset lo, offset hi), p = e >> 2 (one call gives four normals); j = e & 3 picks the
+word pair (a, b) = (r0, r1) for j < 2 and (r2, r3) for j >= 2, u1 = ((a >> 8) + ½)·2⁻²⁴,
+u2 = (b >> 8)·2⁻²⁴, and z = sqrt(−2 ln u1)·cos(2π u2) for even j, ·sin(2π u2) for odd j.
 """
 from __future__ import annotations
 
@@ -63,15 +64,16 @@ def philox4x32(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, seed: int) -> tup
 def philox_normal(M: int, N: int, seed: int, offset: int, device=None) -> Tensor:
     """The standard normals z [M, N] (float32) that every backend draws for (seed, offset)."""
     e = torch.arange(M * N, dtype=torch.int64, device=device)
-    p = e >> 1
+    p, j = e >> 2, e & 3
     zeros = torch.zeros_like(p)
-    r0, r1, _, _ = philox4x32(p & _MASK32, (p >> 32) & _MASK32, zeros + (offset & _MASK32),
-                              zeros + ((offset >> 32) & _MASK32), seed)
-    u1 = ((r0 >> 8).to(torch.float32) + 0.5) * (2.0 ** -24)
-    u2 = (r1 >> 8).to(torch.float32) * (2.0 ** -24)
+    r0, r1, r2, r3 = philox4x32(p & _MASK32, (p >> 32) & _MASK32, zeros + (offset & _MASK32),
+                                zeros + ((offset >> 32) & _MASK32), seed)
+    a, b = torch.where(j < 2, r0, r2), torch.where(j < 2, r1, r3)
+    u1 = ((a >> 8).to(torch.float32) + 0.5) * (2.0 ** -24)
+    u2 = (b >> 8).to(torch.float32) * (2.0 ** -24)
     radius = torch.sqrt(-2.0 * torch.log(u1))
     theta = u2 * (2.0 * math.pi)
-    z = torch.where((e & 1) == 0, radius * torch.cos(theta), radius * torch.sin(theta))
+    z = torch.where((j & 1) == 0, radius * torch.cos(theta), radius * torch.sin(theta))
     return z.view(M, N)
 
 
