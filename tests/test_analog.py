@@ -315,6 +315,31 @@ def test_rnn_ideal_limit_matches_digital(kind, batch_first):
         assert (st_a - st_d).abs().max() < 5e-3
 
 
+@pytest.mark.skipif(not nlseq.backends()["cpp"], reason="needs the compiled cpp backend")
+@pytest.mark.parametrize("bits", [3, 5], ids=lambda b: f"bits{b}")
+def test_lstm_whole_layer_kernel_equals_step_path(bits):
+    """The C++ whole-layer LSTM kernel (inference) against the per-step analog_mvm path, noise on.
+
+    Weights on a 2⁻³ grid and x_max = 127/128 (DAC step 2⁻⁷) make every sum exact in float32
+    whatever its order, so the two paths must agree bit for bit, noise and codes included."""
+    torch.manual_seed(0)
+    cfg = CrossbarConfig(prog_noise=0.0, read_noise=0.02, out_noise=0.01, in_bits=8, x_max=127 / 128)
+    digital = torch.nn.LSTM(6, 8, num_layers=2)
+    with torch.no_grad():
+        for p in digital.parameters():
+            p.copy_(torch.randint(-8, 9, p.shape) / 8.0)
+    x = torch.randint(-100, 101, (9, 3, 6)) / 128.0
+    h0 = torch.randint(-100, 101, (2, 3, 8)) / 128.0
+    outs = []
+    for backend in ("cpp", "reference"):
+        m = AnalogLSTM.from_digital(digital, config=cfg, adc_bits=bits, backend=backend).eval()
+        assert m._fused_sequence(x) == (backend == "cpp")
+        with torch.no_grad():
+            outs.append(m(x, (h0, torch.zeros_like(h0))))
+    (o1, (h1, c1)), (o2, (h2, c2)) = outs
+    assert torch.equal(o1, o2) and torch.equal(h1, h2) and torch.equal(c1, c2)
+
+
 def test_rnn_unbatched_and_initial_state():
     torch.manual_seed(0)
     digital = torch.nn.LSTM(5, 8)

@@ -125,7 +125,7 @@ void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Te
   at::Tensor acc = at::empty({B, N}, x.options());
   std::vector<float> c(c0.data_ptr<float>(), c0.data_ptr<float>() + B * H);
   std::vector<float> h(h0.data_ptr<float>(), h0.data_ptr<float>() + B * H);
-  std::vector<float> gates(B * N), sigma(B);
+  std::vector<float> gates(B * N), sigma(B), zbuf(noisy ? B * N : 0);
   const float* pc = col_scale.data_ptr<float>();
   const float* pt = thresholds.data_ptr<float>();
   const float* pl = levels.data_ptr<float>();
@@ -148,25 +148,34 @@ void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Te
     at::addmm_out(acc, acc_x.narrow(0, t * B, B), hq, w_h_t);
     const float* pacc = acc.data_ptr<float>();
     const uint64_t uoff = static_cast<uint64_t>(offset + t);
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const float* row = pacc + b * N;
-        float* g = gates.data() + b * N;
-        float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int64_t n = 0; n < N; ++n) {
-          const uint64_t e = static_cast<uint64_t>(b * N + n);
-          if (noisy && (n == 0 || (e & 3) == 0)) analog::normal_quad(useed, uoff, e >> 2, z);
-          g[n] = analog::adc_epilogue(row[n], pc[n], sigma[b], z[e & 3], pt + n * (L - 1), pl + n * L, iL);
-        }
-        for (int64_t j = 0; j < H; ++j) {  // torch gate order i, f, g, o
-          const float cn = g[H + j] * c[b * H + j] + g[j] * g[2 * H + j];
-          c[b * H + j] = cn;
-          const float hn = g[3 * H + j] * pcl[analog::ramp_code(cn, pct + j * (Lc - 1), iLc)];
-          h[b * H + j] = hn;
-          pout[(t * B + b) * H + j] = hn;
-        }
+    if (noisy) {  // the step's B·4H normals, four per Philox call, in stream order
+      const int64_t quads = (B * N + 3) / 4;
+      for (int64_t q = 0; q < quads; ++q) {
+        float z[4];
+        analog::normal_quad(useed, uoff, static_cast<uint64_t>(q), z);
+        for (int r = 0; r < 4 && 4 * q + r < B * N; ++r) zbuf[4 * q + r] = z[r];
       }
-    });
+    }
+    // Column-outer loops: a column's ramp thresholds stay in L1 while the batch passes through.
+    for (int64_t n = 0; n < N; ++n) {
+      const float* thr = pt + n * (L - 1);
+      const float* lev = pl + n * L;
+      const float cs = pc[n];
+      for (int64_t b = 0; b < B; ++b)
+        gates[b * N + n] = analog::adc_epilogue(pacc[b * N + n], cs, sigma[b], noisy ? zbuf[b * N + n] : 0.0f, thr,
+                                                lev, iL);
+    }
+    for (int64_t j = 0; j < H; ++j) {  // torch gate order i, f, g, o
+      const float* thr = pct + j * (Lc - 1);
+      for (int64_t b = 0; b < B; ++b) {
+        const float* g = gates.data() + b * N;
+        const float cn = g[H + j] * c[b * H + j] + g[j] * g[2 * H + j];
+        c[b * H + j] = cn;
+        const float hn = g[3 * H + j] * pcl[analog::ramp_code(cn, thr, iLc)];
+        h[b * H + j] = hn;
+        pout[(t * B + b) * H + j] = hn;
+      }
+    }
   }
   std::copy(h.begin(), h.end(), h_n.data_ptr<float>());
   std::copy(c.begin(), c.end(), c_n.data_ptr<float>());

@@ -6,8 +6,8 @@ digital torch.nn.LSTM (H = 64) with a linear read-out is trained, converted with
 NL-ADCs; the 10-way read-out stays digital), and evaluated on the held-out quarter:
 
 - NL-ADC bits 8 / 5 / 4 / 3, weight noise off (ideal crossbar: only the ADCs quantise) and on
-  (PCM programming noise, 1% read noise, 8-bit DAC; mean ± std over 3 programmings);
-- after hardware-aware fine-tuning (noise injection + straight-through gradients, 2 epochs).
+  (PCM programming noise, 1% read noise, 8-bit DAC; mean ± std over 10 programmings);
+- after hardware-aware fine-tuning (noise injection + straight-through gradients, 5 epochs).
 
     PYTHONPATH=python python experiments/analog_digits/run.py       (a few minutes on 2 CPU cores)
 
@@ -30,7 +30,7 @@ from nlseq.analog import CrossbarConfig
 from nlseq.nn import AnalogLSTM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-H, EPOCHS, FT_EPOCHS, BATCH, SEEDS = 64, 40, 2, 64, 3
+H, EPOCHS, FT_EPOCHS, BATCH, SEEDS = 64, 40, 5, 64, 10
 BITS = (8, 5, 4, 3)
 NOISE_OFF = CrossbarConfig.ideal(x_max=1.0)
 NOISE_ON = CrossbarConfig(prog_noise=1.0, prog_noise_model="pcm", read_noise=0.01, out_noise=0.0, in_bits=8,
@@ -100,7 +100,7 @@ def main():
         # Hardware-aware fine-tuning: fresh programming noise each step, straight-through gradients.
         hwa = Classifier(AnalogLSTM.from_digital(digital.rnn, config=NOISE_ON, adc_bits=bits, seed=100))
         hwa.head.load_state_dict(digital.head.state_dict())
-        train(hwa, xtr, ytr, FT_EPOCHS, 2e-3, 1)
+        train(hwa, xtr, ytr, FT_EPOCHS, 1e-3, 1)
         accs = []
         for s in range(SEEDS):
             hwa.rnn.seed = s
