@@ -42,10 +42,58 @@ def _philox_normal(seed_lo, seed_hi, off_lo, off_hi, e):
     a = tl.where(j < 2, c0, c2)
     b = tl.where(j < 2, c1, c3)
     u1 = ((a >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
-    u2 = (b >> 8).to(tl.float32) * 5.9604644775390625e-08
-    radius = tl.sqrt(-2.0 * tl.log(u1))
-    theta = u2 * 6.283185307179586
-    return tl.where((j & 1) == 0, radius * tl.cos(theta), radius * tl.sin(theta))
+    radius = tl.sqrt(-2.0 * _log_unit(u1))
+    c, s = _sincos_turn(b)
+    return tl.where((j & 1) == 0, radius * c, radius * s)
+
+
+@triton.jit
+def _log_unit(u):
+    """ln u on (0, 1]: the fixed float32 polynomial of csrc/include/nlseq/analog.h."""
+    bits = u.to(tl.uint32, bitcast=True)
+    e = (bits >> 23).to(tl.int32) - 127
+    m = ((bits & 0x007FFFFF) | 0x3F800000).to(tl.float32, bitcast=True)
+    big = m > 1.4142135
+    m = tl.where(big, m * 0.5, m)
+    e = tl.where(big, e + 1, e)
+    s = (m - 1.0) / (m + 1.0)
+    s2 = s * s
+    p = s2 * 0.0 + 0.11111111
+    p = p * s2 + 0.14285715
+    p = p * s2 + 0.2
+    p = p * s2 + 0.33333334
+    p = p * s2 + 1.0
+    return e.to(tl.float32) * 0.6931472 + 2.0 * s * p
+
+
+@triton.jit
+def _sincos_turn(b):
+    """cos and sin of 2π·(b >> 8)·2⁻²⁴ (uint32 b): quadrant from the top bits, Taylor on [0, π/2)."""
+    quadrant = b >> 30
+    x = ((b >> 8) & 0x3FFFFF).to(tl.float32) * 5.9604644775390625e-08 * 6.2831855
+    x2 = x * x
+    sp = x2 * 0.0 + 1.6059044e-10
+    sp = sp * x2 - 2.5052108e-08
+    sp = sp * x2 + 2.7557319e-06
+    sp = sp * x2 - 0.0001984127
+    sp = sp * x2 + 0.008333334
+    sp = sp * x2 - 0.16666667
+    sp = sp * x2 + 1.0
+    sn = x * sp
+    cp = x2 * 0.0 - 1.1470745e-11
+    cp = cp * x2 + 2.0876756e-09
+    cp = cp * x2 - 2.755732e-07
+    cp = cp * x2 + 2.4801588e-05
+    cp = cp * x2 - 0.0013888889
+    cp = cp * x2 + 0.041666668
+    cp = cp * x2 - 0.5
+    cp = cp * x2 + 1.0
+    odd = (quadrant & 1) == 1
+    c0 = tl.where(odd, sn, cp)
+    s0 = tl.where(odd, cp, sn)
+    c = tl.where((quadrant == 1) | (quadrant == 2), -c0, c0)
+    s = tl.where(quadrant >= 2, -s0, s0)
+    return c, s
 
 
 @triton.jit

@@ -167,16 +167,20 @@ def test_codes_equal_bucketize_with_supplied_noise(backend, M, K, N, bits):
 @pytest.mark.parametrize("M,K,N,bits", SHAPES, ids=[_shape_id(s) for s in SHAPES])
 @pytest.mark.parametrize("backend", KERNELS)
 def test_in_kernel_noise_matches_reference(backend, M, K, N, bits):
-    """Philox stream shared bit for bit: the kernels' codes equal the reference's."""
+    """The Philox + Box–Muller stream is shared bit for bit: the kernels' codes equal the reference's."""
     dev = device_for(backend)
     x, w, cs, thr, lev, _ = _grid_problem(M, K, N, bits, dev, seed=1)
     kw = dict(in_bits=8, x_max=127 / 16, noise_a=0.25, noise_b=4.0, seed=2**40 + 7, offset=2**33 + 5)
     y = nlseq.analog_mvm(x, w, cs, thr, lev, backend=backend, **kw)
     y_ref = ref_mvm(x.cpu(), w.cpu(), cs.cpu(), thr.cpu(), lev.cpu(), None, 8, 127 / 16, 0.25, 4.0, 2**40 + 7, 2**33 + 5)
-    # transcendental functions may differ by an ulp between libms: allow a code to move by one
-    # level on at most 0.1% of the elements (a normal within ~1e-6 of a threshold)
     diff = (y.cpu() != y_ref)
-    assert diff.float().mean().item() <= 1e-3, f"{diff.sum().item()} of {M * N} levels differ"
+    if backend == "cuda":
+        # nvcc builds with --use_fast_math (approximate division and sqrt): a code may move by one
+        # level where the current lies within ~1e-6 of a threshold, so allow 0.1% of the elements
+        assert diff.float().mean().item() <= 1e-3, f"{diff.sum().item()} of {M * N} levels differ"
+    else:
+        # the portable log/sin/cos polynomials perform the same roundings in C++, Triton and torch
+        assert not diff.any(), f"{diff.sum().item()} of {M * N} levels differ"
 
 
 @pytest.mark.parametrize("backend", ALL)

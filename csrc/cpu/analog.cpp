@@ -84,6 +84,28 @@ void analog_mvm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Ten
 namespace nlseq {
 namespace cpu {
 
+constexpr int kLinearSearchMax = 64;  // ADCs up to 6 bits count all thresholds (vectorised)
+
+// z[0..count) = normals 0..count−1 of the stream (seed, offset); whole quads in a loop the
+// compiler can vectorise (no libm, no branches), then the tail.
+void fill_normals(uint64_t seed, uint64_t offset, int64_t count, float* z) {
+  const int64_t full = count / 4;
+  for (int64_t q = 0; q < full; ++q) {
+    float w[4];
+    analog::normal_quad(seed, offset, static_cast<uint64_t>(q), w);
+    z[4 * q] = w[0];
+    z[4 * q + 1] = w[1];
+    z[4 * q + 2] = w[2];
+    z[4 * q + 3] = w[3];
+  }
+  if (full * 4 < count) {
+    float w[4];
+    analog::normal_quad(seed, offset, static_cast<uint64_t>(full), w);
+    for (int64_t e = full * 4; e < count; ++e) z[e] = w[e - full * 4];
+  }
+}
+  // ADCs up to 6 bits count all thresholds (vectorised)
+
 // The input half of every step's product does not depend on h, so it is one GEMM for all T
 // steps up front (the bias row, driven at DAC(1), rides along); each step then adds hq @ W_hᵀ
 // and runs the epilogue and the cell update in one pass over the batch.
@@ -149,21 +171,18 @@ void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Te
     const float* pacc = acc.data_ptr<float>();
     const uint64_t uoff = static_cast<uint64_t>(offset + t);
     if (noisy) {  // the step's B·4H normals, four per Philox call, in stream order
-      const int64_t quads = (B * N + 3) / 4;
-      for (int64_t q = 0; q < quads; ++q) {
-        float z[4];
-        analog::normal_quad(useed, uoff, static_cast<uint64_t>(q), z);
-        for (int r = 0; r < 4 && 4 * q + r < B * N; ++r) zbuf[4 * q + r] = z[r];
-      }
+      fill_normals(useed, uoff, B * N, zbuf.data());
     }
     // Column-outer loops: a column's ramp thresholds stay in L1 while the batch passes through.
     for (int64_t n = 0; n < N; ++n) {
       const float* thr = pt + n * (L - 1);
       const float* lev = pl + n * L;
       const float cs = pc[n];
-      for (int64_t b = 0; b < B; ++b)
-        gates[b * N + n] = analog::adc_epilogue(pacc[b * N + n], cs, sigma[b], noisy ? zbuf[b * N + n] : 0.0f, thr,
-                                                lev, iL);
+      for (int64_t b = 0; b < B; ++b) {
+        const float current = pacc[b * N + n] * cs + sigma[b] * (noisy ? zbuf[b * N + n] : 0.0f);
+        gates[b * N + n] = lev[iL <= kLinearSearchMax ? analog::ramp_code_linear(current, thr, iL)
+                                                      : analog::ramp_code(current, thr, iL)];
+      }
     }
     for (int64_t j = 0; j < H; ++j) {  // torch gate order i, f, g, o
       const float* thr = pct + j * (Lc - 1);
@@ -171,7 +190,8 @@ void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Te
         const float* g = gates.data() + b * N;
         const float cn = g[H + j] * c[b * H + j] + g[j] * g[2 * H + j];
         c[b * H + j] = cn;
-        const float hn = g[3 * H + j] * pcl[analog::ramp_code(cn, thr, iLc)];
+        const int code = iLc <= kLinearSearchMax ? analog::ramp_code_linear(cn, thr, iLc) : analog::ramp_code(cn, thr, iLc);
+        const float hn = g[3 * H + j] * pcl[code];
         h[b * H + j] = hn;
         pout[(t * B + b) * H + j] = hn;
       }

@@ -8,7 +8,7 @@
 #include "binding.h"
 
 #ifdef NLSEQ_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../cuda/analog.h"
@@ -117,7 +117,7 @@ at::Tensor analog_mvm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, co
   args.noise_b = static_cast<float>(noise_b);
   args.seed = static_cast<uint64_t>(seed);
   args.offset = static_cast<uint64_t>(offset);
-  const cudaError_t err = cuda::analog_mvm_fwd(args, at::cuda::getCurrentCUDAStream());
+  const cudaError_t err = cuda::analog_mvm_fwd(args, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, kOp, ": CUDA kernel failed: ", cudaGetErrorString(err));
   return y;
 }

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "nlseq/common.h"
 
@@ -30,14 +31,86 @@ NLSEQ_HD void philox4x32_10(uint32_t (&c)[4], uint32_t k0, uint32_t k1) {
   }
 }
 
-// Box–Muller on two Philox words: u1 = ((a >> 8) + ½)·2⁻²⁴ ∈ (0, 1), u2 = (b >> 8)·2⁻²⁴ ∈ [0, 1).
+// ---------------------------------------------------------------- Box–Muller with portable math
+// log and sin/cos are written out as fixed float32 polynomials (no libm, no libdevice): the same
+// sequence of roundings runs in g++, nvcc, Triton and the PyTorch reference, the CPU loop
+// vectorises, and the results are accurate to a few float32 ulps.
+NLSEQ_HD float bits_as_float(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+#endif
+}
+
+NLSEQ_HD uint32_t float_as_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b;
+#endif
+}
+
+// ln u for a normal float u in (0, 1]: u = 2^e·m with m in [√½, √2), ln m = 2·atanh(s),
+// s = (m − 1)/(m + 1), |s| <= 0.172, series to s⁹ (truncation < 1e-9).
+NLSEQ_HD float log_unit(float u) {
+  const uint32_t bits = float_as_bits(u);
+  int e = static_cast<int>(bits >> 23) - 127;
+  float m = bits_as_float((bits & 0x007FFFFFu) | 0x3F800000u);
+  const bool big = m > 1.4142135f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1 : e;
+  const float s = (m - 1.0f) / (m + 1.0f);
+  const float s2 = s * s;
+  float p = 0.11111111f;
+  p = p * s2 + 0.14285715f;
+  p = p * s2 + 0.2f;
+  p = p * s2 + 0.33333334f;
+  p = p * s2 + 1.0f;
+  return static_cast<float>(e) * 0.6931472f + 2.0f * s * p;
+}
+
+// cos and sin of θ = 2π·(b >> 8)·2⁻²⁴: the quadrant is the top two bits of b, the rest gives
+// φ = θ mod π/2 exactly; Taylor series to φ¹³ / φ¹⁴ on [0, π/2) (truncation < 1e-8).
+NLSEQ_HD void sincos_turn(uint32_t b, float& c, float& s) {
+  const uint32_t quadrant = b >> 30;
+  const float x = static_cast<float>((b >> 8) & 0x3FFFFFu) * 5.9604644775390625e-08f * 6.2831855f;
+  const float x2 = x * x;
+  float sp = 1.6059044e-10f;
+  sp = sp * x2 - 2.5052108e-08f;
+  sp = sp * x2 + 2.7557319e-06f;
+  sp = sp * x2 - 0.0001984127f;
+  sp = sp * x2 + 0.008333334f;
+  sp = sp * x2 - 0.16666667f;
+  sp = sp * x2 + 1.0f;
+  const float sn = x * sp;
+  float cp = -1.1470745e-11f;
+  cp = cp * x2 + 2.0876756e-09f;
+  cp = cp * x2 - 2.755732e-07f;
+  cp = cp * x2 + 2.4801588e-05f;
+  cp = cp * x2 - 0.0013888889f;
+  cp = cp * x2 + 0.041666668f;
+  cp = cp * x2 - 0.5f;
+  cp = cp * x2 + 1.0f;
+  // θ = quadrant·π/2 + φ
+  const bool odd = (quadrant & 1u) != 0;
+  const float c0 = odd ? sn : cp, s0 = odd ? cp : sn;
+  c = (quadrant == 1u || quadrant == 2u) ? -c0 : c0;
+  s = (quadrant >= 2u) ? -s0 : s0;
+}
+
+// Box–Muller on two Philox words: u1 = ((a >> 8) + ½)·2⁻²⁴ ∈ (0, 1), θ = 2π·(b >> 8)·2⁻²⁴.
 NLSEQ_HD void box_muller(uint32_t a, uint32_t b, float& z_cos, float& z_sin) {
   const float u1 = (static_cast<float>(a >> 8) + 0.5f) * 5.9604644775390625e-08f;
-  const float u2 = static_cast<float>(b >> 8) * 5.9604644775390625e-08f;
-  const float radius = sqrtf(-2.0f * logf(u1));
-  const float theta = 6.28318530717958647692f * u2;
-  z_cos = radius * cosf(theta);
-  z_sin = radius * sinf(theta);
+  const float radius = sqrtf(-2.0f * log_unit(u1));
+  float c, s;
+  sincos_turn(b, c, s);
+  z_cos = radius * c;
+  z_sin = radius * s;
 }
 
 // The four standard normals of group p (elements 4p..4p+3 of the stream (seed, offset)):
@@ -90,6 +163,14 @@ NLSEQ_HD int ramp_code(float u, const float* thr, int L) {
   int pos = 0;
   for (int step = L >> 1; step > 0; step >>= 1) pos += step & -static_cast<int>(u > thr[pos + step - 1]);
   return pos;
+}
+
+// The same count by comparing against every threshold: no dependent loads, and the loop
+// vectorises (an integer reduction), so on CPUs it beats the search for small L.
+NLSEQ_HD int ramp_code_linear(float u, const float* thr, int L) {
+  int count = 0;
+  for (int k = 0; k < L - 1; ++k) count += static_cast<int>(u > thr[k]);
+  return count;
 }
 
 // The epilogue of the fused op for one element: current, noise, code, level.

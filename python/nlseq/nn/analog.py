@@ -46,9 +46,12 @@ def _program_crossbar(W: Tensor, banks: Sequence[tuple[NLADC, int]], config: Cro
     prog = program_weights(W.detach(), config, generator=generator)
     weight = W + (prog.weight - W).detach()
     thresholds, levels, cmp_noise = [], [], None
+    col_scale = prog.col_scale.double().cpu()
+    start = 0
     for adc, cols in banks:
         p = adc.program(cols, config, generator)
-        scale = prog.col_scale.double().cpu()[sum(c for _, c in banks[:len(thresholds)]):][:cols]
+        scale = col_scale[start:start + cols]  # µA per input unit of each column: ramp in µA
+        start += cols
         thresholds.append(p.thresholds[None, :] * scale[:, None] + p.offsets[:, None])
         levels.append(adc.levels[None, :].expand(cols, -1))
         if cmp_noise is not None and adc.cmp_noise != cmp_noise:

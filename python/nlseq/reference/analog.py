@@ -22,7 +22,9 @@ Random numbers (shared bit for bit with csrc/include/nlseq/analog.h and kernels/
 element e = m·N + n uses Philox4x32-10 with key (seed lo, seed hi) and counter
 (p lo, p hi, offset lo, offset hi), p = e >> 2 (one call gives four normals); j = e & 3 picks the
 word pair (a, b) = (r0, r1) for j < 2 and (r2, r3) for j >= 2, u1 = ((a >> 8) + ½)·2⁻²⁴,
-u2 = (b >> 8)·2⁻²⁴, and z = sqrt(−2 ln u1)·cos(2π u2) for even j, ·sin(2π u2) for odd j.
+u2 = (b >> 8)·2⁻²⁴, and z = sqrt(−2 ln u1)·cos(2π u2) for even j, ·sin(2π u2) for odd j, with ln,
+cos and sin the fixed float32 polynomials of ``log_unit`` / ``sincos_turn`` (no libm: every
+backend performs the same roundings).
 """
 from __future__ import annotations
 
@@ -70,11 +72,50 @@ def philox_normal(M: int, N: int, seed: int, offset: int, device=None) -> Tensor
                                 zeros + ((offset >> 32) & _MASK32), seed)
     a, b = torch.where(j < 2, r0, r2), torch.where(j < 2, r1, r3)
     u1 = ((a >> 8).to(torch.float32) + 0.5) * (2.0 ** -24)
-    u2 = (b >> 8).to(torch.float32) * (2.0 ** -24)
-    radius = torch.sqrt(-2.0 * torch.log(u1))
-    theta = u2 * (2.0 * math.pi)
-    z = torch.where((j & 1) == 0, radius * torch.cos(theta), radius * torch.sin(theta))
+    radius = torch.sqrt(-2.0 * log_unit(u1))
+    c, s = sincos_turn(b)
+    z = torch.where((j & 1) == 0, radius * c, radius * s)
     return z.view(M, N)
+
+
+# float32 constants of the portable math (csrc/include/nlseq/analog.h), in Horner order
+_LOG_POLY = (0.11111111, 0.14285715, 0.2, 0.33333334, 1.0)
+_SIN_POLY = (1.6059044e-10, -2.5052108e-08, 2.7557319e-06, -0.0001984127, 0.008333334, -0.16666667, 1.0)
+_COS_POLY = (-1.1470745e-11, 2.0876756e-09, -2.755732e-07, 2.4801588e-05, -0.0013888889, 0.041666668, -0.5, 1.0)
+
+
+def _horner(x2: Tensor, coeffs) -> Tensor:
+    p = torch.full_like(x2, coeffs[0])
+    for c in coeffs[1:]:
+        p = p * x2 + c
+    return p
+
+
+def log_unit(u: Tensor) -> Tensor:
+    """ln u for float32 u in (0, 1], the fixed-polynomial definition every backend uses."""
+    bits = u.view(torch.int32)
+    e = (bits >> 23) - 127
+    m = ((bits & 0x007FFFFF) | 0x3F800000).view(torch.float32)
+    big = m > 1.4142135
+    m = torch.where(big, m * 0.5, m)
+    e = torch.where(big, e + 1, e)
+    s = (m - 1.0) / (m + 1.0)
+    p = _horner(s * s, _LOG_POLY)
+    return e.to(torch.float32) * 0.6931472 + 2.0 * s * p
+
+
+def sincos_turn(b: Tensor) -> tuple[Tensor, Tensor]:
+    """cos and sin of 2π·(b >> 8)·2⁻²⁴ for int64 tensors b holding uint32 words."""
+    quadrant = b >> 30
+    x = ((b >> 8) & 0x3FFFFF).to(torch.float32) * (2.0 ** -24) * 6.2831855
+    x2 = x * x
+    sn = x * _horner(x2, _SIN_POLY)
+    cp = _horner(x2, _COS_POLY)
+    odd = (quadrant & 1) == 1
+    c0, s0 = torch.where(odd, sn, cp), torch.where(odd, cp, sn)
+    c = torch.where((quadrant == 1) | (quadrant == 2), -c0, c0)
+    s = torch.where(quadrant >= 2, -s0, s0)
+    return c, s
 
 
 def dac_quantize(x: Tensor, in_bits: int, x_max: float) -> Tensor:
