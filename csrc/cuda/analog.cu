@@ -70,7 +70,7 @@ analog_mvm_fwd_kernel(const AnalogMvmArgs a, const analog::Dac dac, const bool n
   for (int i = 0; i < TM; ++i) {
     const int64_t m = m0 + tm * TM + i;
     if (m >= M) continue;
-    const float sigma = noisy ? sqrtf(__fadd_rn(__fmul_rn(s_ssq[tm * TM + i], a.noise_a), a.noise_b)) : 0.0f;
+    const float sigma = noisy ? __fsqrt_rn(__fadd_rn(__fmul_rn(s_ssq[tm * TM + i], a.noise_a), a.noise_b)) : 0.0f;
     const int64_t nb = n0 + tn * TN;
     float z[TN];
     const bool quad = noisy && a.noise == nullptr && ((m * N + nb) & 3) == 0;
