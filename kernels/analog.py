@@ -24,10 +24,10 @@ def _philox_normal(seed_lo, seed_hi, off_lo, off_hi, e):
     j = e & 3
     c0 = (p & 0xFFFFFFFF).to(tl.uint32)
     c1 = (p >> 32).to(tl.uint32)
-    c2 = tl.zeros_like(c0) + off_lo
-    c3 = tl.zeros_like(c0) + off_hi
-    k0 = tl.zeros_like(c0) + seed_lo
-    k1 = tl.zeros_like(c0) + seed_hi
+    c2 = tl.zeros_like(c0) + off_lo.to(tl.uint32)
+    c3 = tl.zeros_like(c0) + off_hi.to(tl.uint32)
+    k0 = tl.zeros_like(c0) + seed_lo.to(tl.uint32)
+    k1 = tl.zeros_like(c0) + seed_hi.to(tl.uint32)
     for r in tl.static_range(10):
         if r > 0:
             k0 = k0 + 0x9E3779B9
