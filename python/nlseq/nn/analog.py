@@ -14,7 +14,6 @@ every product on a simulated crossbar through the fused op ``nlseq.analog_mvm``:
 """
 from __future__ import annotations
 
-
 from typing import Optional, Sequence
 
 import torch
@@ -143,7 +142,7 @@ class AnalogLinear(_AnalogBase):
         (p,) = self._state()
         if self.bias is not None:
             x = torch.cat([x, _ones_column(x)], dim=-1)
-        return analog_out(self._mvm(x, p, _act_string([(self.adc, self.out_features)])), x.dtype)
+        return self._mvm(x, p, _act_string([(self.adc, self.out_features)]))
 
     @classmethod
     def from_digital(cls, module: tnn.Linear, config: Optional[CrossbarConfig] = None, adc_bits: int = 8,
@@ -157,12 +156,7 @@ class AnalogLinear(_AnalogBase):
         return out.to(module.weight.device)
 
 
-def analog_out(y: Tensor, dtype: torch.dtype) -> Tensor:
-    return y if y.dtype == dtype else y.to(dtype)
-
-
 class _AnalogRNNBase(_AnalogBase):
-    _GATES = 4
     _MODE = ""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -181,7 +175,6 @@ class _AnalogRNNBase(_AnalogBase):
         self.bias, self.batch_first, self.adc_bits = bias, batch_first, adc_bits
         for name, p in ref.named_parameters():
             setattr(self, name, p)
-        self._param_names = [n for n, _ in ref.named_parameters()]
         kw = dict(cmp_offset=cmp_offset, cmp_noise=cmp_noise)
         self.sigmoid_adc = NLADC("sigmoid", adc_bits, **kw)
         self.tanh_adc = NLADC("tanh", adc_bits, **kw)
@@ -353,7 +346,6 @@ class AnalogGRU(_AnalogRNNBase):
     """
 
     _MODE = "GRU"
-    _GATES = 3
 
     def _crossbars(self):
         H = self.hidden_size
