@@ -26,8 +26,9 @@ class CrossbarConfig:
         p_stuck_off: probability that a device is stuck at G = 0.
         drift_nu, t_eval: conductance drift G(t_eval) = G(t0)·(t_eval/t0)^(−drift_nu), t0 = 20 s
             after programming (the reference time of the PCM drift model). ``drift_nu = 0``: off.
-            The ramp devices of the NL-ADCs drift by the same factor, so a global drift cancels
-            in the code (SPEC.md §3.2: both scale alike).
+            The ramp step devices of the NL-ADCs drift by the same factor, so the drift of the
+            products is matched by the ramp's steps; only the ramp's start (a reference voltage,
+            no device) does not drift, which leaves a residual shift of the thresholds.
         read_noise: per-device read noise, std relative to g_max, fresh on every read.
         out_noise: output noise of each tile's periphery, std relative to its full-scale current
             V_read·g_max·rows.
