@@ -86,11 +86,10 @@ namespace cpu {
 
 constexpr int kLinearSearchMax = 64;  // ADCs up to 6 bits count all thresholds (vectorised)
 
-// z[0..count) = normals 0..count−1 of the stream (seed, offset); whole quads in a loop the
-// compiler can vectorise (no libm, no branches), then the tail.
-void fill_normals(uint64_t seed, uint64_t offset, int64_t count, float* z) {
-  const int64_t full = count / 4;
-  for (int64_t q = 0; q < full; ++q) {
+// z[begin..end) = normals begin..end−1 of the stream (seed, offset); begin is a multiple of 4.
+void fill_normals(uint64_t seed, uint64_t offset, int64_t begin, int64_t end, float* z) {
+  const int64_t full = end / 4;
+  for (int64_t q = begin / 4; q < full; ++q) {
     float w[4];
     analog::normal_quad(seed, offset, static_cast<uint64_t>(q), w);
     z[4 * q] = w[0];
@@ -98,10 +97,10 @@ void fill_normals(uint64_t seed, uint64_t offset, int64_t count, float* z) {
     z[4 * q + 2] = w[2];
     z[4 * q + 3] = w[3];
   }
-  if (full * 4 < count) {
+  if (full * 4 < end) {
     float w[4];
     analog::normal_quad(seed, offset, static_cast<uint64_t>(full), w);
-    for (int64_t e = full * 4; e < count; ++e) z[e] = w[e - full * 4];
+    for (int64_t e = full * 4; e < end; ++e) z[e] = w[e - full * 4];
   }
 }
   // ADCs up to 6 bits count all thresholds (vectorised)
@@ -171,10 +170,14 @@ void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Te
     const float* pacc = acc.data_ptr<float>();
     const uint64_t uoff = static_cast<uint64_t>(offset + t);
     if (noisy) {  // the step's B·4H normals, four per Philox call, in stream order
-      fill_normals(useed, uoff, B * N, zbuf.data());
+      const int64_t quads = (B * N + 3) / 4;  // split in whole quads: the same numbers on any thread count
+      at::parallel_for(0, quads, 256, [&](int64_t q0, int64_t q1) {
+        fill_normals(useed, uoff, 4 * q0, std::min(4 * q1, B * N), zbuf.data());
+      });
     }
     // Column-outer loops: a column's ramp thresholds stay in L1 while the batch passes through.
-    for (int64_t n = 0; n < N; ++n) {
+    at::parallel_for(0, N, 128, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
       const float* thr = pt + n * (L - 1);
       const float* lev = pl + n * L;
       const float cs = pc[n];
@@ -184,6 +187,7 @@ void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Te
                                                       : analog::ramp_code(current, thr, iL)];
       }
     }
+    });
     for (int64_t j = 0; j < H; ++j) {  // torch gate order i, f, g, o
       const float* thr = pct + j * (Lc - 1);
       for (int64_t b = 0; b < B; ++b) {
