@@ -107,7 +107,9 @@ void fill_normals(uint64_t seed, uint64_t offset, int64_t begin, int64_t end, fl
 
 // The input half of every step's product does not depend on h, so it is one GEMM for all T
 // steps up front (the bias row, driven at DAC(1), rides along); each step then adds hq @ W_hᵀ
-// and runs the epilogue and the cell update in one pass over the batch.
+// and runs the epilogue and the cell update in one pass over the batch. The step loop stays on
+// one thread: at B·4H = 4096 outputs per step, a parallel region per step costs more than it
+// saves on a shared 2-core machine (measured); the BLAS calls use torch's threads.
 void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale,
                      const at::Tensor& thresholds, const at::Tensor& levels, const at::Tensor& cell_thresholds,
                      const at::Tensor& cell_levels, const at::Tensor& h0, const at::Tensor& c0, int64_t in_bits,
@@ -166,28 +168,24 @@ void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Te
       }
       sigma[b] = noisy ? sqrtf((ssq_x[t * B + b] + s) * na + nb) : 0.0f;
     }
-    at::addmm_out(acc, acc_x.narrow(0, t * B, B), hq, w_h_t);
+    at::mm_out(acc, hq, w_h_t);  // the h half; the input half is added in the epilogue
     const float* pacc = acc.data_ptr<float>();
+    const float* pacc_x = acc_x.data_ptr<float>() + t * B * N;
     const uint64_t uoff = static_cast<uint64_t>(offset + t);
     if (noisy) {  // the step's B·4H normals, four per Philox call, in stream order
-      const int64_t quads = (B * N + 3) / 4;  // split in whole quads: the same numbers on any thread count
-      at::parallel_for(0, quads, 256, [&](int64_t q0, int64_t q1) {
-        fill_normals(useed, uoff, 4 * q0, std::min(4 * q1, B * N), zbuf.data());
-      });
+      fill_normals(useed, uoff, 0, B * N, zbuf.data());
     }
     // Column-outer loops: a column's ramp thresholds stay in L1 while the batch passes through.
-    at::parallel_for(0, N, 128, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t n = 0; n < N; ++n) {
       const float* thr = pt + n * (L - 1);
       const float* lev = pl + n * L;
       const float cs = pc[n];
       for (int64_t b = 0; b < B; ++b) {
-        const float current = pacc[b * N + n] * cs + sigma[b] * (noisy ? zbuf[b * N + n] : 0.0f);
+        const float current = (pacc_x[b * N + n] + pacc[b * N + n]) * cs + sigma[b] * (noisy ? zbuf[b * N + n] : 0.0f);
         gates[b * N + n] = lev[iL <= kLinearSearchMax ? analog::ramp_code_linear(current, thr, iL)
                                                       : analog::ramp_code(current, thr, iL)];
       }
     }
-    });
     for (int64_t j = 0; j < H; ++j) {  // torch gate order i, f, g, o
       const float* thr = pct + j * (Lc - 1);
       for (int64_t b = 0; b < B; ++b) {
