@@ -1,0 +1,256 @@
+"""Fused ParaRNN kernels (Triton; CUDA when a GPU is present) against a float64 sequential oracle.
+
+The oracle is written here from the equations of SPEC.md §1.3 (a plain loop in float64) and its
+gradients come from autograd, so the kernels' Newton forward and implicit backward (SPEC.md §1.2)
+are checked against an independent derivation. On the CPU the Triton kernels run in the
+interpreter (tests/conftest.py), so shapes are small; chunk lengths are forced to exercise the
+multiple-shooting Newton path (several chunks, a partial last chunk, one-step chunks).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from _utils import DTYPE_IDS, assert_close_to_oracle
+
+import nlseq
+from nlseq.registry import triton_interpret
+
+if not (torch.cuda.is_available() or triton_interpret()):
+    pytest.skip(str(nlseq.backends()["triton"]), allow_module_level=True)
+pytest.importorskip("triton")
+
+from nlseq.kernels import pararnn as K  # noqa: E402
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+S_OF = {"gru": 1, "lstm": 2}
+
+# Forward: the kernels compute in float32 and round S_all once to the I/O dtype. The oracle sees
+# the same rounded inputs, so the error is float32 evaluation error carried by a contracting
+# recurrence (~1e-6) plus half an ulp of the output dtype (bf16 2^-9, fp16 2^-12 relative).
+FWD_TOL = {
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.bfloat16: dict(atol=4e-3, rtol=2**-8),
+    torch.float16: dict(atol=5e-4, rtol=2**-10),
+}
+# Backward: dU is rounded to the I/O dtype, and in bf16/fp16 the Jacobians are evaluated at the
+# stored, rounded states (a relative perturbation of ~2^-9 resp. 2^-12 of every state, which the
+# adjoint recurrence sums over the effective memory of the cell, ~5 steps here); dA/dP are sums
+# over B·T terms of such products.
+BWD_TOL = {
+    torch.float32: dict(atol=5e-5, rtol=5e-5),
+    torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
+    torch.float16: dict(atol=4e-3, rtol=4e-3),
+}
+
+
+def make_inputs(cell, B, T, N, *, dtype, with_s0, peepholes=True, scale_a=1.0, seed=0):
+    """Cells at the paper's initialisation scale (contracting): A ~ N(0, (2/√(5N))²)·scale_a with a
+    floor so tiny N still couples, U ~ N(0, 1), peepholes ~ U(−0.5, 0.5) (the paper's clip)."""
+    g = torch.Generator().manual_seed(seed)
+    U = torch.randn(B, T, 3, N, generator=g, dtype=torch.float64)
+    A = torch.randn(3, N, generator=g, dtype=torch.float64) * max(2 / (5 * N) ** 0.5, 0.3) * scale_a
+    P = (torch.rand(2, N, generator=g, dtype=torch.float64) - 0.5) if (cell == "lstm" and peepholes) else None
+    s0 = torch.randn(B, S_OF[cell], N, generator=g, dtype=torch.float64) * 0.5 if with_s0 else None
+    U = U.to(dtype).to(DEV)
+    A = A.to(torch.float32).to(DEV)
+    P = None if P is None else P.to(torch.float32).to(DEV)
+    s0 = None if s0 is None else s0.to(dtype).to(DEV)
+    return U, A, P, s0
+
+
+def cell_step(cell, s, u, A, P):
+    """One step of SPEC.md §1.3 in whatever dtype it is given; s [B, S, N], u [B, 3, N]."""
+    if cell == "gru":
+        h = s[:, 0]
+        z = torch.sigmoid(A[0] * h + u[:, 0])
+        r = torch.sigmoid(A[1] * h + u[:, 1])
+        c = torch.tanh(A[2] * (h * r) + u[:, 2])
+        return (z * c + (1 - z) * h)[:, None]
+    cp, hp = s[:, 0], s[:, 1]
+    pf, po = (P[0], P[1]) if P is not None else (0.0, 0.0)
+    f = torch.sigmoid(A[0] * hp + pf * cp + u[:, 0])
+    ct = torch.tanh(A[2] * hp + u[:, 2])
+    c = f * cp + (1 - f) * ct
+    o = torch.sigmoid(A[1] * hp + po * c + u[:, 1])
+    return torch.stack([c, o * torch.tanh(c)], 1)
+
+
+def oracle(cell, U, A, P, s0):
+    """float64 sequential loop: S_all [B, T, S, N]; differentiable in every input."""
+    B, T, _, N = U.shape
+    s = s0 if s0 is not None else U.new_zeros(B, S_OF[cell], N)
+    out = []
+    for t in range(T):
+        s = cell_step(cell, s, U[:, t], A, P)
+        out.append(s)
+    return torch.stack(out, 1)
+
+
+def f64(x, grad=False):
+    if x is None:
+        return None
+    return x.detach().double().cpu().requires_grad_(grad)
+
+
+def residual_of(cell, S_all, U, A, P, s0):
+    """max_t |s_t − f(s_{t−1}, x_t)| in float64 for given states."""
+    S, U, A, P, s0 = f64(S_all), f64(U), f64(A), f64(P), f64(s0)
+    B, T, SS, N = S.shape
+    prev = torch.cat([(s0 if s0 is not None else S.new_zeros(B, SS, N))[:, None], S[:, :-1]], 1)
+    f = cell_step(cell, prev.reshape(B * T, SS, N), U.reshape(B * T, 3, N), A, P).reshape(B, T, SS, N)
+    return (S - f).abs().max().item()
+
+
+# (B, T, N, chunk length): single chunk, chunks of 8 with a partial last one, one-step chunks,
+# N past one block of 128 channels
+SHAPES = [
+    pytest.param(2, 1, 5, None, id="T1"),
+    pytest.param(2, 63, 5, None, id="T63-1chunk"),
+    pytest.param(2, 63, 7, 8, id="T63-L8"),
+    pytest.param(1, 37, 133, 10, id="T37-N133-L10"),
+    pytest.param(3, 6, 3, 1, id="T6-L1"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("with_s0", [False, True], ids=["zero_s0", "s0"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("B,T,N,L", SHAPES)
+def test_forward_matches_oracle(cell, with_s0, dtype, B, T, N, L):
+    U, A, P, s0 = make_inputs(cell, B, T, N, dtype=dtype, with_s0=with_s0)
+    S_all, iters, residual = K._pararnn_fwd(cell, U, A, P, s0, 50, 1e-6, chunk_len=L)
+    assert S_all.dtype == dtype and S_all.shape == (B, T, S_OF[cell], N)
+    assert iters.dtype == torch.int64 and iters.dim() == 0
+    assert residual.dtype == torch.float32 and residual.dim() == 0
+    ref = oracle(cell, f64(U), f64(A), f64(P), f64(s0))
+    assert_close_to_oracle(S_all, ref, **FWD_TOL[dtype], what=f"{cell} S_all")
+    assert residual.item() <= 1e-6, f"not converged: residual {residual.item():.3e}"
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_single_chunk_is_exact_sequential(cell):
+    """One chunk per sequence is the sequential recurrence: no Newton update, residual exactly 0."""
+    U, A, P, s0 = make_inputs(cell, 2, 40, 9, dtype=torch.float32, with_s0=True)
+    S_all, iters, residual = K._pararnn_fwd(cell, U, A, P, s0, 5, 1e-6, chunk_len=40)
+    assert iters.item() == 0 and residual.item() == 0.0
+    assert_close_to_oracle(S_all, oracle(cell, f64(U), f64(A), f64(P), f64(s0)), **FWD_TOL[torch.float32],
+                           what=f"{cell} S_all")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_residual_is_honest(cell):
+    """The reported residual is max_t |s_t − f(s_{t−1}, x_t)| of the returned states, also when the
+    solve is stopped early (max_iters=0: the initial guess only; max_iters=1: one update)."""
+    U, A, P, s0 = make_inputs(cell, 2, 48, 6, dtype=torch.float32, with_s0=True, scale_a=3.0)
+    for max_iters in (0, 1):
+        S_all, iters, residual = K._pararnn_fwd(cell, U, A, P, s0, max_iters, 0.0, chunk_len=6)
+        assert iters.item() == max_iters
+        expect = residual_of(cell, S_all, U, A, P, s0)
+        assert expect > 1e-5, "test needs an unconverged state"
+        assert abs(residual.item() - expect) <= 1e-6 + 1e-5 * expect, (residual.item(), expect)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_converges_in_few_updates_and_exact_after_c_minus_1(cell):
+    # contracting cell, long chunks: Newton converges in a couple of updates
+    U, A, P, s0 = make_inputs(cell, 2, 64, 5, dtype=torch.float32, with_s0=False)
+    _, iters, residual = K._pararnn_fwd(cell, U, A, P, s0, 50, 1e-6, chunk_len=16)
+    assert 1 <= iters.item() <= 3 and residual.item() <= 1e-6
+    # tol < 0 never stops early: exactly min(max_iters, C − 1) updates, and after C − 1 the chunk
+    # boundaries are exact, so the residual is exactly 0 even for a strongly non-contracting cell
+    U, A, P, s0 = make_inputs(cell, 1, 20, 4, dtype=torch.float32, with_s0=True, scale_a=8.0)
+    S_all, iters, residual = K._pararnn_fwd(cell, U, A, P, s0, 100, -1.0, chunk_len=4)
+    assert iters.item() == 4 and residual.item() == 0.0
+    assert_close_to_oracle(S_all, oracle(cell, f64(U), f64(A), f64(P), f64(s0)), atol=1e-5, rtol=1e-5,
+                           what=f"{cell} S_all")
+    _, iters, _ = K._pararnn_fwd(cell, U, A, P, s0, 2, -1.0, chunk_len=4)
+    assert iters.item() == 2
+
+
+def test_nan_input_gives_nan_residual():
+    U, A, P, s0 = make_inputs("gru", 1, 24, 4, dtype=torch.float32, with_s0=False)
+    U[0, 13, 1, 2] = float("nan")
+    S_all, iters, residual = K._pararnn_fwd("gru", U, A, P, s0, 10, 1e-6, chunk_len=6)
+    assert torch.isnan(residual).item()
+    assert iters.item() == 0  # stops at once: nothing converges past a NaN
+
+
+def test_empty_sequence():
+    U, A, P, s0 = make_inputs("lstm", 2, 0, 3, dtype=torch.float32, with_s0=True)
+    S_all, iters, residual = K.pararnn_fwd("lstm", U, A, P, s0, 3, 1e-6)
+    assert S_all.shape == (2, 0, 2, 3) and iters.item() == 0 and residual.item() == 0.0
+    dU, dA, dP, ds0 = K.pararnn_bwd("lstm", U, A, P, s0, S_all, torch.zeros_like(S_all), s0 * 2)
+    assert dU.shape == U.shape and dA.abs().sum() == 0 and dP.abs().sum() == 0
+    assert torch.equal(ds0, s0 * 2)
+
+
+def test_bad_cell_name():
+    U, A, P, s0 = make_inputs("gru", 1, 3, 2, dtype=torch.float32, with_s0=False)
+    with pytest.raises(ValueError, match="cell must be one of"):
+        K.pararnn_fwd("elman", U, A, P, s0, 3, 1e-6)
+
+
+def oracle_grads(cell, U, A, P, s0, dS, ds_last):
+    """Gradients of L = <S_all, dS> + <S_all[:, -1], ds_last> by autograd through the float64 loop."""
+    U64, A64, P64 = f64(U, True), f64(A, True), f64(P, True)
+    s064 = f64(s0, True) if s0 is not None else torch.zeros(U.shape[0], S_OF[cell], U.shape[3],
+                                                             dtype=torch.float64, requires_grad=True)
+    S = oracle(cell, U64, A64, P64, s064)
+    loss = (S * f64(dS)).sum() + (S[:, -1] * f64(ds_last)).sum()
+    loss.backward()
+    return U64.grad, A64.grad, None if P64 is None else P64.grad, s064.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("with_s0", [False, True], ids=["zero_s0", "s0"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("B,T,N,L", SHAPES)
+def test_backward_matches_autograd(cell, with_s0, dtype, B, T, N, L):
+    U, A, P, s0 = make_inputs(cell, B, T, N, dtype=dtype, with_s0=with_s0)
+    S_all, _, _ = K._pararnn_fwd(cell, U, A, P, s0, 50, 1e-6, chunk_len=L)
+    g = torch.Generator().manual_seed(1)
+    dS = torch.randn(S_all.shape, generator=g).to(dtype).to(DEV)
+    ds_last = torch.randn(B, S_OF[cell], N, generator=g).to(dtype).to(DEV)
+    dU, dA, dP, ds0 = K._pararnn_bwd(cell, U, A, P, s0, S_all, dS, ds_last, chunk_len=L)
+    assert dU.dtype == dtype and ds0.dtype == dtype and dA.dtype == torch.float32
+    gU, gA, gP, gs0 = oracle_grads(cell, U, A, P, s0, dS, ds_last)
+    tol = BWD_TOL[dtype]
+    assert_close_to_oracle(dU, gU, **tol, what=f"{cell} dU")
+    assert_close_to_oracle(ds0, gs0, **tol, what=f"{cell} ds0")
+    # dA / dP sum B·T per-step terms: scale the absolute tolerance by the number of terms
+    sum_tol = dict(atol=tol["atol"] * B * T, rtol=tol["rtol"])
+    assert_close_to_oracle(dA, gA, **sum_tol, what=f"{cell} dA")
+    if cell == "lstm":
+        assert dP.dtype == torch.float32
+        assert_close_to_oracle(dP, gP, **sum_tol, what=f"{cell} dP")
+    else:
+        assert dP is None
+
+
+def test_lstm_without_peepholes():
+    U, A, _, s0 = make_inputs("lstm", 2, 30, 5, dtype=torch.float32, with_s0=True, peepholes=False)
+    S_all, _, residual = K._pararnn_fwd("lstm", U, A, None, s0, 50, 1e-6, chunk_len=7)
+    assert_close_to_oracle(S_all, oracle("lstm", f64(U), f64(A), None, f64(s0)), **FWD_TOL[torch.float32],
+                           what="lstm S_all")
+    dS, ds_last = torch.randn_like(S_all), torch.randn_like(s0)
+    dU, dA, dP, ds0 = K._pararnn_bwd("lstm", U, A, None, s0, S_all, dS, ds_last, chunk_len=7)
+    assert dP is None
+    gU, gA, _, gs0 = oracle_grads("lstm", U, A, None, s0, dS, ds_last)
+    assert_close_to_oracle(dU, gU, **BWD_TOL[torch.float32], what="dU")
+    assert_close_to_oracle(dA, gA, atol=5e-5 * 60, rtol=5e-5, what="dA")
+    assert_close_to_oracle(ds0, gs0, **BWD_TOL[torch.float32], what="ds0")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_public_launchers_default_chunking(cell):
+    """pararnn_fwd / pararnn_bwd with the launcher's own chunk choice (the contract's signature)."""
+    U, A, P, s0 = make_inputs(cell, 2, 33, 6, dtype=torch.float32, with_s0=True)
+    S_all, iters, residual = K.pararnn_fwd(cell, U, A, P, s0, 8, 1e-6)
+    assert_close_to_oracle(S_all, oracle(cell, f64(U), f64(A), f64(P), f64(s0)), **FWD_TOL[torch.float32],
+                           what=f"{cell} S_all")
+    assert residual.item() <= 1e-6
+    dS, ds_last = torch.randn_like(S_all), torch.randn_like(s0)
+    dU, dA, dP, ds0 = K.pararnn_bwd(cell, U, A, P, s0, S_all, dS, ds_last)
+    gU, gA, gP, gs0 = oracle_grads(cell, U, A, P, s0, dS, ds_last)
+    assert_close_to_oracle(dU, gU, **BWD_TOL[torch.float32], what=f"{cell} dU")
+    assert_close_to_oracle(dA, gA, atol=5e-5 * 66, rtol=5e-5, what=f"{cell} dA")
