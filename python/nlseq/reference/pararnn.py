@@ -89,6 +89,43 @@ def cell_step_jac(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s_prev: 
     raise ValueError(f"cell must be 'gru' or 'lstm', got {cell!r}")
 
 
+def cell_vjp(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s_prev: Tensor, lam: Tensor):
+    """λᵀ ∂s/∂(U, A, P, s_prev) for λ = ∂L/∂s [..., S, N]: returns (dU [..., 3, N], dA [3, N],
+    dP [2, N] or None, ds_prev [..., S, N]), dA and dP summed over the leading dims.
+
+    Written out by hand (the same formulas as csrc/include/nlseq/pararnn.h) because it runs inside
+    a registered op, below autograd.
+    """
+    lead = tuple(range(U.dim() - 2))
+    if cell == "gru":
+        h, l = s_prev[..., 0, :], lam[..., 0, :]
+        z = torch.sigmoid(A[0] * h + U[..., 0, :])
+        r = torch.sigmoid(A[1] * h + U[..., 1, :])
+        c = torch.tanh(A[2] * (h * r) + U[..., 2, :])
+        dz = l * (c - h) * z * (1 - z)
+        dc = l * z * (1 - c * c)
+        dr = dc * A[2] * h * r * (1 - r)
+        dU = torch.stack([dz, dr, dc], dim=-2)
+        dA = torch.stack([(dz * h).sum(lead), (dr * h).sum(lead), (dc * h * r).sum(lead)])
+        dprev = l * (1 - z) + dz * A[0] + dr * A[1] + dc * A[2] * r
+        return dU, dA, None, dprev.unsqueeze(-2)
+    cp, hp = s_prev[..., 0, :], s_prev[..., 1, :]
+    f = torch.sigmoid(A[0] * hp + P[0] * cp + U[..., 0, :])
+    ct = torch.tanh(A[2] * hp + U[..., 2, :])
+    c = f * cp + (1 - f) * ct
+    o = torch.sigmoid(A[1] * hp + P[1] * c + U[..., 1, :])
+    tc = torch.tanh(c)
+    d_o = lam[..., 1, :] * tc * o * (1 - o)
+    d_c = lam[..., 0, :] + lam[..., 1, :] * o * (1 - tc * tc) + d_o * P[1]
+    d_f = d_c * (cp - ct) * f * (1 - f)
+    d_ct = d_c * (1 - f) * (1 - ct * ct)
+    dU = torch.stack([d_f, d_o, d_ct], dim=-2)
+    dA = torch.stack([(d_f * hp).sum(lead), (d_o * hp).sum(lead), (d_ct * hp).sum(lead)])
+    dP = torch.stack([(d_f * cp).sum(lead), (d_o * c).sum(lead)])
+    dprev = torch.stack([d_c * f + d_f * P[0], d_f * A[0] + d_o * A[1] + d_ct * A[2]], dim=-2)
+    return dU, dA, dP, dprev
+
+
 def _initial(s0: Optional[Tensor], B: int, S: int, N: int, like: Tensor) -> Tensor:
     return like.new_zeros(B, S, N) if s0 is None else s0.to(like.dtype)
 
@@ -165,7 +202,7 @@ def pararnn_bwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], 
     """Exact gradient at the solution S_all (SPEC.md §1.2). Returns (dU, dA, dP or None, ds0).
 
     λ_t = g_t + J_{t+1}ᵀ λ_{t+1} (g_T also gets ds_last) is solved by the reference scan in reverse
-    time; then one autograd VJP of ``cell_step`` at (s*_{t−1}, x_t) for all t at once gives dU,
+    time; then the VJP of the cell at (s*_{t−1}, x_t) for all t at once (``cell_vjp``) gives dU,
     dA, dP (summed over B and T) and ds0 = J_1ᵀ λ_1.
     """
     io = U.dtype
@@ -182,13 +219,6 @@ def pararnn_bwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], 
     Jt_next = torch.cat([J[:, 1:].transpose(-1, -2), torch.zeros_like(J[:, :1])], dim=1)  # J_{t+1}ᵀ
     lam, _ = linear_recurrence_scan(Jt_next, _to_scan(g).contiguous(), None, True)
     lam = _to_scan(lam)  # [B, T, S, N]
-    with torch.enable_grad():
-        leaves = [U.detach().requires_grad_(), A.detach().requires_grad_(), prev.detach().requires_grad_()]
-        if P is not None:
-            leaves.append(P.detach().requires_grad_())
-        s = cell_step(cell, leaves[0], leaves[1], leaves[3] if P is not None else None, leaves[2])
-        grads = torch.autograd.grad(s, leaves, lam)
-    dU, dA, dprev = grads[0], grads[1], grads[2]
-    dP = grads[3] if P is not None else None
+    dU, dA, dP, dprev = cell_vjp(cell, U, A, P, prev, lam)
     ds0 = dprev[:, 0]
     return dU.to(io), dA, dP, ds0.to(io)
