@@ -9,3 +9,6 @@ from .ops.scan import linear_recurrence
 __version__ = "0.1.0"
 
 __all__ = ["backends", "linear_recurrence", "__version__"]
+from .ops.pararnn import NewtonInfo, newton_solve, pararnn
+
+__all__ += ["NewtonInfo", "newton_solve", "pararnn"]

@@ -15,6 +15,7 @@
 //   vjp(u, a, p, s_prev, lam, du, da, dp, ds_prev)
 //       for λ = ∂L/∂s: du = λᵀ ∂s/∂u, da = λᵀ ∂s/∂a, dp = λᵀ ∂s/∂p (zeros for the GRU),
 //       ds_prev = λᵀ ∂s/∂s_prev = Jᵀ λ (the term that carries λ back in time, SPEC.md §1.2).
+// M is the elementary-function policy (StdMath by default).
 // T is the accumulation type (float, or double for float64 tensors); callers convert storage
 // types (half, bfloat16) to it before calling.
 #pragma once
@@ -30,17 +31,27 @@ NLSEQ_HD double exp_(double x) { return ::exp(x); }
 NLSEQ_HD float tanh_(float x) { return ::tanhf(x); }
 NLSEQ_HD double tanh_(double x) { return ::tanh(x); }
 
+// The elementary functions a cell uses. The cells take the policy as a template parameter so
+// that a kernel can substitute its own (the CPU kernel uses a branch-free exp that vectorises);
+// StdMath is the default: the C library (CUDA's device math on the GPU).
+struct StdMath {
+  template <typename T>
+  NLSEQ_HD static T exp(T x) { return exp_(x); }
+  template <typename T>
+  NLSEQ_HD static T tanh(T x) { return tanh_(x); }
+};
+
 // 1 / (1 + e^{-x}): exp overflows to inf for very negative x, giving the correct limit 0.
-template <typename T>
+template <typename M, typename T>
 NLSEQ_HD T sigmoid_(T x) {
-  return T(1) / (T(1) + exp_(-x));
+  return T(1) / (T(1) + M::exp(-x));
 }
 
 enum class CellKind : int { kGru = 0, kLstm = 1 };
 
 // ParaGRU (SPEC.md §1.3):
 //   z = σ(a_z h₋ + u_z),  r = σ(a_r h₋ + u_r),  c = tanh(a_c (h₋ r) + u_c),  h = z c + (1 − z) h₋
-template <typename T>
+template <typename T, typename M = StdMath>
 struct Gru {
   static constexpr int S = 1;     // state size per channel
   static constexpr int G = 3;     // gates
@@ -49,9 +60,9 @@ struct Gru {
   NLSEQ_HD static void step(const T (&u)[3], const T (&a)[3], const T (&p)[2], const T (&sp)[1], T (&s)[1]) {
     (void)p;
     const T h = sp[0];
-    const T z = sigmoid_(a[0] * h + u[0]);
-    const T r = sigmoid_(a[1] * h + u[1]);
-    const T c = tanh_(a[2] * (h * r) + u[2]);
+    const T z = sigmoid_<M>(a[0] * h + u[0]);
+    const T r = sigmoid_<M>(a[1] * h + u[1]);
+    const T c = M::tanh(a[2] * (h * r) + u[2]);
     s[0] = z * c + (T(1) - z) * h;
   }
 
@@ -60,9 +71,9 @@ struct Gru {
                                 T (&J)[1][1]) {
     (void)p;
     const T h = sp[0];
-    const T z = sigmoid_(a[0] * h + u[0]);
-    const T r = sigmoid_(a[1] * h + u[1]);
-    const T c = tanh_(a[2] * (h * r) + u[2]);
+    const T z = sigmoid_<M>(a[0] * h + u[0]);
+    const T r = sigmoid_<M>(a[1] * h + u[1]);
+    const T c = M::tanh(a[2] * (h * r) + u[2]);
     s[0] = z * c + (T(1) - z) * h;
     J[0][0] = (T(1) - z) + (c - h) * (z * (T(1) - z)) * a[0] +
               z * (T(1) - c * c) * a[2] * (r + h * (r * (T(1) - r)) * a[1]);
@@ -72,9 +83,9 @@ struct Gru {
                            T (&du)[3], T (&da)[3], T (&dp)[2], T (&dsp)[1]) {
     (void)p;
     const T h = sp[0];
-    const T z = sigmoid_(a[0] * h + u[0]);
-    const T r = sigmoid_(a[1] * h + u[1]);
-    const T c = tanh_(a[2] * (h * r) + u[2]);
+    const T z = sigmoid_<M>(a[0] * h + u[0]);
+    const T r = sigmoid_<M>(a[1] * h + u[1]);
+    const T c = M::tanh(a[2] * (h * r) + u[2]);
     const T l = lam[0];
     const T dz = l * (c - h) * (z * (T(1) - z));    // ∂L/∂ẑ
     const T dc = l * z * (T(1) - c * c);             // ∂L/∂ĉ
@@ -100,7 +111,7 @@ struct Gru {
 //   κ      = o tanh'(c) + tanh(c) σ'(ô) p_o            (total ∂h/∂c, through o's peephole too)
 //   ∂h/∂c₋ = κ ∂c/∂c₋
 //   ∂h/∂h₋ = tanh(c) σ'(ô) a_o + κ ∂c/∂h₋
-template <typename T>
+template <typename T, typename M = StdMath>
 struct Lstm {
   static constexpr int S = 2;
   static constexpr int G = 3;
@@ -108,22 +119,22 @@ struct Lstm {
 
   NLSEQ_HD static void step(const T (&u)[3], const T (&a)[3], const T (&p)[2], const T (&sp)[2], T (&s)[2]) {
     const T cp = sp[0], hp = sp[1];
-    const T f = sigmoid_(a[0] * hp + p[0] * cp + u[0]);
-    const T ct = tanh_(a[2] * hp + u[2]);
+    const T f = sigmoid_<M>(a[0] * hp + p[0] * cp + u[0]);
+    const T ct = M::tanh(a[2] * hp + u[2]);
     const T c = f * cp + (T(1) - f) * ct;
-    const T o = sigmoid_(a[1] * hp + p[1] * c + u[1]);
+    const T o = sigmoid_<M>(a[1] * hp + p[1] * c + u[1]);
     s[0] = c;
-    s[1] = o * tanh_(c);
+    s[1] = o * M::tanh(c);
   }
 
   NLSEQ_HD static void step_jac(const T (&u)[3], const T (&a)[3], const T (&p)[2], const T (&sp)[2], T (&s)[2],
                                 T (&J)[2][2]) {
     const T cp = sp[0], hp = sp[1];
-    const T f = sigmoid_(a[0] * hp + p[0] * cp + u[0]);
-    const T ct = tanh_(a[2] * hp + u[2]);
+    const T f = sigmoid_<M>(a[0] * hp + p[0] * cp + u[0]);
+    const T ct = M::tanh(a[2] * hp + u[2]);
     const T c = f * cp + (T(1) - f) * ct;
-    const T o = sigmoid_(a[1] * hp + p[1] * c + u[1]);
-    const T tc = tanh_(c);
+    const T o = sigmoid_<M>(a[1] * hp + p[1] * c + u[1]);
+    const T tc = M::tanh(c);
     s[0] = c;
     s[1] = o * tc;
     const T df = f * (T(1) - f);    // σ'(f̂)
@@ -140,11 +151,11 @@ struct Lstm {
   NLSEQ_HD static void vjp(const T (&u)[3], const T (&a)[3], const T (&p)[2], const T (&sp)[2], const T (&lam)[2],
                            T (&du)[3], T (&da)[3], T (&dp)[2], T (&dsp)[2]) {
     const T cp = sp[0], hp = sp[1];
-    const T f = sigmoid_(a[0] * hp + p[0] * cp + u[0]);
-    const T ct = tanh_(a[2] * hp + u[2]);
+    const T f = sigmoid_<M>(a[0] * hp + p[0] * cp + u[0]);
+    const T ct = M::tanh(a[2] * hp + u[2]);
     const T c = f * cp + (T(1) - f) * ct;
-    const T o = sigmoid_(a[1] * hp + p[1] * c + u[1]);
-    const T tc = tanh_(c);
+    const T o = sigmoid_<M>(a[1] * hp + p[1] * c + u[1]);
+    const T tc = M::tanh(c);
     const T d_o = lam[1] * tc * (o * (T(1) - o));                    // ∂L/∂ô
     const T d_c = lam[0] + lam[1] * o * (T(1) - tc * tc) + d_o * p[1]; // total ∂L/∂c
     const T d_f = d_c * (cp - ct) * (f * (T(1) - f));                // ∂L/∂f̂
