@@ -152,6 +152,25 @@ __device__ __forceinline__ void load_params(const float* A, const float* P, int6
   p[1] = P != nullptr ? P[N + n] : 0.f;
 }
 
+// *dst = max(*dst, max of v over the block): a warp shuffle reduction, then one atomic per block.
+__device__ __forceinline__ void block_max_to(unsigned v, unsigned* dst) {
+#ifdef NLSEQ_PARARNN_EMULATE  // CPU emulation of the kernels (tests/cuda_emu): threads run one by one
+  *dst = v > *dst ? v : *dst;
+#else
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
+  __shared__ unsigned warp_max[kThreads / 32];
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned m = warp_max[0];
+#pragma unroll
+    for (int w = 1; w < kThreads / 32; ++w) m = max(m, warp_max[w]);
+    atomicMax(dst, m);
+  }
+#endif
+}
+
 // ------------------------------------------------------------------------------------ forward
 template <typename Cell, typename T, bool FIRST>
 __global__ void __launch_bounds__(kThreads) fwd_sweep_kernel(FwdParams p, int it) {
@@ -272,18 +291,7 @@ __global__ void __launch_bounds__(kThreads) fwd_boundary_kernel(FwdParams p, int
       }
     }
   }
-  // block max, then one atomic per block
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) rbits = max(rbits, __shfl_xor_sync(0xffffffffu, rbits, off));
-  __shared__ unsigned warp_max[kThreads / 32];
-  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = rbits;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned m = warp_max[0];
-#pragma unroll
-    for (int w = 1; w < kThreads / 32; ++w) m = max(m, warp_max[w]);
-    atomicMax(p.res + it, m);
-  }
+  block_max_to(rbits, p.res + it);
 }
 
 // iters = first iteration whose residual is <= tol (or NaN), else K; residual = its residual.
