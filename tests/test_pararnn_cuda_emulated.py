@@ -158,6 +158,16 @@ def test_emulated_iteration_semantics(driver, tmp_path, cell):
     assert np.isnan(out["residual"]) and out["iters"] == 0
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_emulated_newton_converges_quadratically(driver, tmp_path, cell):
+    """48 two-step chunks of a weakly contracting cell: Newton on the boundary states takes <= 6
+    updates to reach 1e-6 (the fixed-point iteration without the tangent correction needs 20+)."""
+    U, A, P, s0 = make_inputs(cell, 2, 96, 6, dtype=torch.float32, with_s0=True, device=CPU, scale_a=3.0)
+    dS, ds_last = _grads_inputs(cell, 2, 96, 6, torch.float32)
+    out = run_emulated(driver, tmp_path, cell, U, A, P, s0, dS, ds_last, L=2, max_iters=100, tol=1e-6)
+    assert out["iters"] <= 6 and out["residual"] <= 1e-6, (out["iters"], out["residual"])
+
+
 def test_emulated_lstm_without_peepholes(driver, tmp_path):
     """The launcher also takes P = null for the LSTM (no peepholes; dP written as zeros)."""
     U, A, _, s0 = make_inputs("lstm", 2, 30, 5, dtype=torch.float32, with_s0=True, device=CPU, peepholes=False)

@@ -4,14 +4,16 @@ Skipped without a GPU or without an nlseq._C built with CUDA. The chunk length i
 the CUDA-only test ops ``nlseq_ext::pararnn_cuda_{fwd,bwd}_chunked`` (chunk_len <= 0: the default
 choice) so the multiple-shooting Newton path is exercised at every size; the registered
 ``pararnn_fwd`` / ``pararnn_bwd`` / ``pararnn_seq_fwd`` CUDA kernels are checked at the sizes of
-SPEC.md §1.4. The oracle runs in float64 on the GPU (a plain loop of SPEC.md §1.3); its
-gradients come from autograd. The CUDA build uses --use_fast_math (__expf): float32 tolerances
+SPEC.md §1.4. The oracle (tests/_pararnn_oracle.py) runs in float64 on the GPU (a plain loop of
+SPEC.md §1.3); its gradients come from autograd. The CUDA build uses --use_fast_math (__expf): float32 tolerances
 allow a few ulp per step on top of the contraction of the cell.
 """
 from __future__ import annotations
 
 import pytest
 import torch
+from _pararnn_oracle import S_OF, oracle, oracle_grads
+from _pararnn_oracle import f64 as d64
 from _utils import DTYPE_IDS, assert_close_to_oracle
 
 import nlseq
@@ -23,7 +25,6 @@ if not extension_has_cuda():
     pytest.skip(str(nlseq.backends()["cuda"]), allow_module_level=True)
 
 DEV = torch.device("cuda")
-S_OF = {"gru": 1, "lstm": 2}
 OPS = torch.ops.nlseq_ext
 
 FWD_TOL = {
@@ -46,44 +47,6 @@ def make_inputs(cell, B, T, N, *, dtype, with_s0=True, scale_a=1.0, seed=0):
     P = (torch.rand(2, N, generator=g, device=DEV) - 0.5).float() if cell == "lstm" else None
     s0 = (torch.randn(B, S_OF[cell], N, generator=g, device=DEV) * 0.5).to(dtype) if with_s0 else None
     return U, A, P, s0
-
-
-def cell_step(cell, s, u, A, P):
-    if cell == "gru":
-        h = s[:, 0]
-        z = torch.sigmoid(A[0] * h + u[:, 0])
-        r = torch.sigmoid(A[1] * h + u[:, 1])
-        c = torch.tanh(A[2] * (h * r) + u[:, 2])
-        return (z * c + (1 - z) * h)[:, None]
-    cp, hp = s[:, 0], s[:, 1]
-    f = torch.sigmoid(A[0] * hp + P[0] * cp + u[:, 0])
-    ct = torch.tanh(A[2] * hp + u[:, 2])
-    c = f * cp + (1 - f) * ct
-    o = torch.sigmoid(A[1] * hp + P[1] * c + u[:, 1])
-    return torch.stack([c, o * torch.tanh(c)], 1)
-
-
-def oracle(cell, U, A, P, s0):
-    B, T, _, N = U.shape
-    s = s0 if s0 is not None else U.new_zeros(B, S_OF[cell], N)
-    out = []
-    for t in range(T):
-        s = cell_step(cell, s, U[:, t], A, P)
-        out.append(s)
-    return torch.stack(out, 1)
-
-
-def d64(x, grad=False):
-    return None if x is None else x.detach().double().requires_grad_(grad)
-
-
-def oracle_grads(cell, U, A, P, s0, dS, ds_last):
-    U64, A64, P64 = d64(U, True), d64(A, True), d64(P, True)
-    s064 = d64(s0, True) if s0 is not None else torch.zeros(U.shape[0], S_OF[cell], U.shape[3], device=DEV,
-                                                            dtype=torch.float64, requires_grad=True)
-    S = oracle(cell, U64, A64, P64, s064)
-    ((S * dS.double()).sum() + (S[:, -1] * ds_last.double()).sum()).backward()
-    return U64.grad, A64.grad, None if P64 is None else P64.grad, s064.grad
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
@@ -138,6 +101,15 @@ def test_iteration_semantics(cell):
     U[1, 111, 0, 3] = float("nan")
     _, iters, residual = OPS.pararnn_cuda_fwd_chunked(cell, U, A, P, s0, 10, 1e-6, 40)
     assert torch.isnan(residual).item() and iters.item() == 0
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_newton_converges_quadratically(cell):
+    """48 two-step chunks of a weakly contracting cell: <= 6 Newton updates to reach 1e-6 (the
+    fixed-point iteration without the tangent correction needs 20+)."""
+    U, A, P, s0 = make_inputs(cell, 2, 96, 6, dtype=torch.float32, scale_a=3.0)
+    _, iters, residual = OPS.pararnn_cuda_fwd_chunked(cell, U, A, P, s0, 100, 1e-6, 2)
+    assert iters.item() <= 6 and residual.item() <= 1e-6, (iters.item(), residual.item())
 
 
 def test_seq_fwd_is_exact_sequential():
