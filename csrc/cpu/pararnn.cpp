@@ -25,10 +25,10 @@
 #include "nlseq/pararnn.h"
 #include "scan.h"
 
-// Kernels are compiled for AVX2+FMA and for the baseline, chosen at load time (GCC ifunc), so
+// Kernels are compiled for AVX2 and for the baseline, chosen at load time (GCC ifunc), so
 // the shipped binary runs everywhere and still vectorises the channel loop where it can.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define NLSEQ_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define NLSEQ_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define NLSEQ_CLONES
 #endif
@@ -44,9 +44,23 @@ constexpr int64_t kChannels = 64;  // channels per work item: a contiguous run o
 // (truncation < 1e-8 relative) and 2^n built in the exponent bits; the input is clamped to
 // [-87, 88] so the result is a normal float (σ and tanh saturate correctly at the ends).
 // Double: the C library (float64 is the accuracy path, not the fast one).
+// c ? a : b as bit operations: GCC does not if-convert a float select under -ftrapping-math (the
+// default), which would stop the channel loop from vectorising.
+inline float select(bool c, float a, float b) {
+  const uint32_t m = 0u - static_cast<uint32_t>(c);
+  uint32_t ab, bb;
+  std::memcpy(&ab, &a, sizeof(ab));
+  std::memcpy(&bb, &b, sizeof(bb));
+  const uint32_t r = (ab & m) | (bb & ~m);
+  float out;
+  std::memcpy(&out, &r, sizeof(out));
+  return out;
+}
+
 struct FastMath {
   static inline float exp(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    x = select(x < -87.0f, -87.0f, x);
+    x = select(x > 88.0f, 88.0f, x);
     const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
     const float n = (x * 1.44269504088896341f + shifter) - shifter;
     const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-06f;
@@ -108,7 +122,6 @@ __attribute__((always_inline)) inline void seq_fwd_item(const scalar_t* __restri
   for (int64_t t = 0; t < T; ++t) {
     const scalar_t* u_row = U + (bi * T + t) * 3 * N + n0;
     scalar_t* s_row = S_all + (bi * T + t) * S * N + n0;
-#pragma omp simd
     for (int64_t j = 0; j < nb; ++j) {
       const acc u[3] = {static_cast<acc>(u_row[j]), static_cast<acc>(u_row[N + j]), static_cast<acc>(u_row[2 * N + j])};
       const acc a[3] = {bp.a[0][j], bp.a[1][j], bp.a[2][j]};
@@ -160,16 +173,15 @@ __attribute__((always_inline)) inline void bwd_item(const scalar_t* __restrict__
   for (int64_t t = T - 1; t >= 0; --t) {
     const scalar_t* u_row = U + (bi * T + t) * 3 * N + n0;
     const scalar_t* g_row = dS + (bi * T + t) * S * N + n0;
-    const scalar_t* sp_row = t > 0 ? S_all + (bi * T + t - 1) * S * N + n0 : (s0 ? s0 + bi * S * N + n0 : nullptr);
+    const scalar_t* sp_row = t > 0 ? S_all + (bi * T + t - 1) * S * N + n0 : s0 + bi * S * N + n0;
     scalar_t* du_row = dU + (bi * T + t) * 3 * N + n0;
-#pragma omp simd
     for (int64_t j = 0; j < nb; ++j) {
       const acc u[3] = {static_cast<acc>(u_row[j]), static_cast<acc>(u_row[N + j]), static_cast<acc>(u_row[2 * N + j])};
       const acc a[3] = {bp.a[0][j], bp.a[1][j], bp.a[2][j]};
       const acc p[2] = {bp.p[0][j], bp.p[1][j]};
       acc sp[S], l[S], du[3], da[3], dp[2], dsp[S];
       for (int k = 0; k < S; ++k) {
-        sp[k] = sp_row ? static_cast<acc>(sp_row[k * N + j]) : acc(0);
+        sp[k] = static_cast<acc>(sp_row[k * N + j]);
         l[k] = lam[k][j] + static_cast<acc>(g_row[k * N + j]);  // λ_t = g_t + J_{t+1}ᵀ λ_{t+1}
       }
       Cell::vjp(u, a, p, sp, l, du, da, dp, dsp);
@@ -253,7 +265,9 @@ void pararnn_bwd(PararnnCell cell, const at::Tensor& U, const at::Tensor& A, con
     const scalar_t* u = U.data_ptr<scalar_t>();
     const acc* a = A.data_ptr<acc>();
     const acc* p = P.has_value() ? P->data_ptr<acc>() : nullptr;
-    const scalar_t* init = s0.has_value() ? s0->data_ptr<scalar_t>() : nullptr;
+    // A zero initial state is materialised so that the channel loop has no branch.
+    const at::Tensor init_t = s0.has_value() ? *s0 : at::zeros({B, S, N}, U.options());
+    const scalar_t* init = init_t.data_ptr<scalar_t>();
     const scalar_t* states = S_all.data_ptr<scalar_t>();
     const scalar_t* g = dS.data_ptr<scalar_t>();
     const scalar_t* g_last = ds_last.data_ptr<scalar_t>();

@@ -494,9 +494,6 @@ def newton_solve(
         pd = tuple(p.detach() for p in params)
         # Initial guess f(0, x_t) (h0 at t = 1); the cell's output defines the state's shape.
         state_shape = _state_shape(step, pd, xd, h0)
-        if h0 is not None:
-            check_tensor("h0", h0, op=op)
-            check_shape("h0", h0, (B, *state_shape), op=op)
         zeros_prev = torch.zeros(B, T, *state_shape, dtype=_state_dtype(x, h0), device=x.device)
         if h0 is not None:
             zeros_prev[:, 0] = h0.detach()
@@ -564,16 +561,24 @@ def _state_dtype(x: Tensor, h0: Optional[Tensor]) -> torch.dtype:
 
 
 def _state_shape(step, params, x, h0):
-    """Shape of one state, from h0 or from the cell evaluated at a zero state of x's first step.
-
-    Without h0 the cell's output shape is found by calling it on a scalar-broadcast zero; cells
-    whose state shape cannot be inferred that way need h0."""
-    if h0 is not None:
-        return tuple(h0.shape[1:])
+    """Shape of one state: the cell evaluated on x's first step from h0, or, without h0, from a
+    scalar zero that broadcasts (cells that index the state need h0 to be given)."""
     B = x.shape[0]
+    if h0 is not None:
+        check_tensor("h0", h0, op="newton_solve")
+        try:
+            out = _call(step, params, h0.detach().unsqueeze(1), x[:, :1])
+        except RuntimeError as e:
+            raise ValueError(f"nlseq.newton_solve: h0 must have shape [B, *state] with state the shape of one "
+                             f"output of step; step(h0[:, None], x[:, :1]) failed for h0 of shape "
+                             f"{tuple(h0.shape)}") from e
+        if out.dim() < 2 or tuple(out.shape) != (B, 1, *h0.shape[1:]):
+            raise ValueError(f"nlseq.newton_solve: h0 must have shape [B, *state] = {(B, *out.shape[2:])} "
+                             f"(step returned {tuple(out.shape)} for one step), got {tuple(h0.shape)}")
+        return tuple(h0.shape[1:])
     try:
         out = _call(step, params, torch.zeros((), dtype=x.dtype, device=x.device), x[:, :1])
-    except Exception as e:  # the cell needs a shaped state: say how to give it one
+    except RuntimeError as e:  # the cell needs a shaped state: say how to give it one
         raise ValueError("nlseq.newton_solve: with h0=None the state shape is found by calling step(h_prev, x) "
                          "with a zero scalar h_prev, which failed; pass h0 (zeros for a zero initial state)") from e
     if out.dim() < 2 or out.shape[:2] != (B, 1):

@@ -220,5 +220,5 @@ def pararnn_bwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], 
     lam, _ = linear_recurrence_scan(Jt_next, _to_scan(g).contiguous(), None, True)
     lam = _to_scan(lam)  # [B, T, S, N]
     dU, dA, dP, dprev = cell_vjp(cell, U, A, P, prev, lam)
-    ds0 = dprev[:, 0]
+    ds0 = dprev[:, 0].contiguous()
     return dU.to(io), dA, dP, ds0.to(io)
