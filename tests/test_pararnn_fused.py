@@ -172,3 +172,19 @@ def test_public_launchers_default_chunking(cell):
     gU, gA, gP, gs0 = oracle_grads(cell, U, A, P, s0, dS, ds_last)
     assert_close_to_oracle(dU, gU, **BWD_TOL[torch.float32], what=f"{cell} dU")
     assert_close_to_oracle(dA, gA, atol=5e-5 * 66, rtol=5e-5, what=f"{cell} dA")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_opcheck_registered_ops_on_triton(cell):
+    """The registered ops nlseq::pararnn / nlseq::pararnn_backward (python/nlseq/ops/pararnn.py)
+    with backend="triton": schema, fake tensors, autograd registration against these launchers."""
+    from nlseq.ops.pararnn import _pararnn_backward_op, _pararnn_op
+
+    U, A, P, s0 = make_inputs(cell, 2, 9, 5, dtype=torch.float32, with_s0=True)
+    args = (cell, U.requires_grad_(), A.requires_grad_(), None if P is None else P.requires_grad_(), s0,
+            10, 1e-5, "newton", "raise", "triton")
+    torch.library.opcheck(_pararnn_op, args)
+    S_all, _, _ = K.pararnn_fwd(cell, U.detach(), A.detach(), P, s0, 10, 1e-5)
+    dS, ds_last = torch.randn_like(S_all), torch.randn_like(s0)
+    torch.library.opcheck(_pararnn_backward_op, (cell, U.detach(), A.detach(), None if P is None else P.detach(), s0,
+                                                 S_all, dS, ds_last, "triton"))

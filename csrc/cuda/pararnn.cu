@@ -9,15 +9,15 @@
 #define NLSEQ_PARARNN_IO_SWITCH(io, T, ...)                      \
   [&]() -> cudaError_t {                                         \
     switch (io) {                                                \
-      case IoType::kFloat32: {                                   \
+      case PararnnIo::kFloat32: {                                   \
         using T = float;                                         \
         return __VA_ARGS__();                                    \
       }                                                          \
-      case IoType::kBFloat16: {                                  \
+      case PararnnIo::kBFloat16: {                                  \
         using T = __nv_bfloat16;                                 \
         return __VA_ARGS__();                                    \
       }                                                          \
-      case IoType::kFloat16: {                                   \
+      case PararnnIo::kFloat16: {                                   \
         using T = __half;                                        \
         return __VA_ARGS__();                                    \
       }                                                          \

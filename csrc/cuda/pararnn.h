@@ -20,13 +20,13 @@
 namespace nlseq {
 namespace cuda {
 
-enum class IoType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+enum class PararnnIo : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 // Sizes of one call. L is the chunk length (1..T): the kernels run C = ⌈T/L⌉ chunks of every
 // sequence in parallel; pararnn_chunk_len gives the default.
 struct PararnnShape {
   pararnn::CellKind cell;
-  IoType io;
+  PararnnIo io;
   int64_t B, T, N, L;
 };
 

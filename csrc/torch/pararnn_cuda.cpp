@@ -27,11 +27,11 @@ pararnn::CellKind cuda_parse_cell(const char* op, c10::string_view cell) {
 
 int cuda_state_size(pararnn::CellKind cell) { return cell == pararnn::CellKind::kGru ? 1 : 2; }
 
-cuda::IoType cuda_io_type(const char* op, at::ScalarType t) {
+cuda::PararnnIo cuda_io_type(const char* op, at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return cuda::IoType::kFloat32;
-    case at::kBFloat16: return cuda::IoType::kBFloat16;
-    case at::kHalf: return cuda::IoType::kFloat16;
+    case at::kFloat: return cuda::PararnnIo::kFloat32;
+    case at::kBFloat16: return cuda::PararnnIo::kBFloat16;
+    case at::kHalf: return cuda::PararnnIo::kFloat16;
     default: break;
   }
   TORCH_CHECK(false, op, ": the CUDA kernels take float32, bfloat16 or float16 U, got ", t,

@@ -82,14 +82,14 @@ int main(int argc, char** argv) {
   if (argc != 12) { std::fprintf(stderr, "usage: driver DIR cell io B T N L max_iters tol has_p has_s0\n"); return 1; }
   const std::string dir = argv[1], cell = argv[2], io = argv[3];
   cuda::PararnnShape shape{cell == "gru" ? pararnn::CellKind::kGru : pararnn::CellKind::kLstm,
-                           io == "fp32" ? cuda::IoType::kFloat32 : io == "bf16" ? cuda::IoType::kBFloat16
-                                                                                : cuda::IoType::kFloat16,
+                           io == "fp32" ? cuda::PararnnIo::kFloat32 : io == "bf16" ? cuda::PararnnIo::kBFloat16
+                                                                                : cuda::PararnnIo::kFloat16,
                            std::atoll(argv[4]), std::atoll(argv[5]), std::atoll(argv[6]), std::atoll(argv[7])};
   if (shape.L <= 0) shape.L = cuda::pararnn_chunk_len(shape.B, shape.T, shape.N, 132);
   const int64_t max_iters = std::atoll(argv[8]);
   const float tol = float(std::atof(argv[9]));
   const bool has_p = std::atoi(argv[10]) != 0, has_s0 = std::atoi(argv[11]) != 0;
-  if (shape.io == cuda::IoType::kFloat32) return run<float>(dir, shape, max_iters, tol, has_p, has_s0);
-  if (shape.io == cuda::IoType::kBFloat16) return run<__nv_bfloat16>(dir, shape, max_iters, tol, has_p, has_s0);
+  if (shape.io == cuda::PararnnIo::kFloat32) return run<float>(dir, shape, max_iters, tol, has_p, has_s0);
+  if (shape.io == cuda::PararnnIo::kBFloat16) return run<__nv_bfloat16>(dir, shape, max_iters, tol, has_p, has_s0);
   return run<__half>(dir, shape, max_iters, tol, has_p, has_s0);
 }
