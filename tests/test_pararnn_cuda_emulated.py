@@ -64,7 +64,7 @@ def driver(tmp_path_factory) -> Path:
     (d / "pararnn_emu.cpp").write_text(_emulated_source())
     exe = d / "driver"
     shim = ROOT / "tests" / "cuda_emu" / "shim"
-    cmd = [cxx, "-std=c++17", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function", "-Werror",
+    cmd = [cxx, "-std=c++17", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
            "-include", str(shim / "emu.h"), f"-I{shim}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'include'}",
            f"-I{ROOT / 'csrc' / 'cuda'}", str(d / "pararnn_emu.cpp"), str(ROOT / "tests" / "cuda_emu" / "driver.cpp"),
            "-o", str(exe)]

@@ -242,10 +242,33 @@ __global__ void __launch_bounds__(kThreads) fwd_sweep_kernel(FwdParams p, int it
   }
 }
 
+// Inputs of the boundary update at the start of chunk c: u_{c·L}, x_c, Φ_{c−1}, M_{c−1}.
+template <int S>
+struct BoundaryIn {
+  float u[3], x[S], phi[S], M[S][S];
+};
+
+template <int S, typename T>
+__device__ __forceinline__ void load_boundary(const FwdParams& p, const T* U, int64_t b, int64_t c, int64_t n,
+                                              BoundaryIn<S>& in) {
+  const int64_t N = p.N, C = p.C;
+  const float* X = p.X + ((b * C + c) * S) * N + n;
+  const float* PHI = p.PHI + ((b * C + c - 1) * S) * N + n;
+  const float* MT = p.MT + ((b * C + c - 1) * S * S) * N + n;
+  load_u(U, b, c * p.L, p.T, N, n, in.u);
+#pragma unroll
+  for (int i = 0; i < S; ++i) {
+    in.x[i] = X[i * N];
+    in.phi[i] = PHI[i * N];
+#pragma unroll
+    for (int j = 0; j < S; ++j) in.M[i][j] = MT[(i * S + j) * N];
+  }
+}
+
 template <typename Cell, typename T>
 __global__ void __launch_bounds__(kThreads) fwd_boundary_kernel(FwdParams p, int it) {
   constexpr int S = Cell::S;
-  const int64_t N = p.N, T_ = p.T, C = p.C;
+  const int64_t N = p.N, C = p.C;
   const int64_t n = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t b = blockIdx.y;
   if (it > 0 && !still_running(p.res, it, p.tol)) return;  // uniform over the grid
@@ -259,36 +282,32 @@ __global__ void __launch_bounds__(kThreads) fwd_boundary_kernel(FwdParams p, int
     float d[S];  // x^new − x^old of the previous chunk; x_it is exact and stays: 0
 #pragma unroll
     for (int s = 0; s < S; ++s) d[s] = 0.f;
-    for (int64_t c = int64_t(it) + 1; c < C; ++c) {
-      float* X = p.X + ((b * C + c) * S) * N + n;
-      const float* PHI = p.PHI + ((b * C + c - 1) * S) * N + n;
-      const float* MT = p.MT + ((b * C + c - 1) * S * S) * N + n;
-      float u[3], x[S], phi[S], M[S][S], y[S], w[S];
-      load_u(U, b, c * p.L, T_, N, n, u);
-#pragma unroll
-      for (int i = 0; i < S; ++i) {
-        x[i] = X[i * N];
-        phi[i] = PHI[i * N];
-#pragma unroll
-        for (int j = 0; j < S; ++j) M[i][j] = MT[(i * S + j) * N];
-      }
-      Cell::step(u, a, pp, x, y);
-      Cell::step(u, a, pp, phi, w);
+    // the inputs of chunk c + 1 are loaded while chunk c is processed (they do not depend on d)
+    BoundaryIn<S> cur{}, nxt{};
+    int64_t c = int64_t(it) + 1;
+    if (c < C) load_boundary(p, U, b, c, n, cur);
+    for (; c < C; ++c) {
+      if (c + 1 < C) load_boundary(p, U, b, c + 1, n, nxt);
+      float y[S], w[S];
+      Cell::step(cur.u, a, pp, cur.x, y);
+      Cell::step(cur.u, a, pp, cur.phi, w);
 #pragma unroll
       for (int i = 0; i < S; ++i) rbits = max(rbits, __float_as_uint(fabsf(y[i] - w[i])));
       float xn[S];
 #pragma unroll
       for (int i = 0; i < S; ++i) {
-        float acc = phi[i];
+        float acc = cur.phi[i];
 #pragma unroll
-        for (int j = 0; j < S; ++j) acc += M[i][j] * d[j];
+        for (int j = 0; j < S; ++j) acc += cur.M[i][j] * d[j];
         xn[i] = acc;
       }
+      float* X = p.X + ((b * C + c) * S) * N + n;
 #pragma unroll
       for (int i = 0; i < S; ++i) {
-        d[i] = xn[i] - x[i];
+        d[i] = xn[i] - cur.x[i];
         X[i * N] = xn[i];
       }
+      cur = nxt;
     }
   }
   block_max_to(rbits, p.res + it);
