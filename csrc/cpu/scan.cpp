@@ -26,8 +26,11 @@ namespace {
 
 using scan::Affine;
 
-constexpr int64_t kChannels = 32;   // channels per work item (contiguous in memory)
+constexpr int64_t kChannels = 64;   // channels per work item (contiguous in memory)
 constexpr int64_t kMinChunk = 256;  // shortest time chunk worth a separate work item
+
+// A problem supplies load() (step t of channel n as an affine map, for chunk composition) and
+// step_block() (advance a block of channels by one step and write the outputs).
 
 // Forward problem: step t is (A_t, b_t); the output at t is the state itself.
 template <int K, typename scalar_t>
@@ -47,9 +50,25 @@ struct ForwardProblem {
       for (int j = 0; j < K; ++j) s.A[i][j] = static_cast<acc>(a[i * K + j]);
     }
   }
-  void emit(int64_t bi, int64_t t, int64_t n, const acc (&state)[K]) const {
-    scalar_t* out = h + ((bi * T + t) * N + n) * K;
-    for (int i = 0; i < K; ++i) out[i] = static_cast<scalar_t>(state[i]);
+  // One time step for channels [n0, n1): state <- A_t state + b_t, written to h_t. The flat
+  // loops over contiguous memory let the compiler vectorise the diagonal case (K = 1).
+  void step_block(int64_t bi, int64_t t, int64_t n0, int64_t n1, acc (*state)[K]) const {
+    const int64_t row = (bi * T + t) * N;
+    const scalar_t* a = A + (row + n0) * K * K;
+    const scalar_t* bb = b + (row + n0) * K;
+    scalar_t* out = h + (row + n0) * K;
+    for (int64_t n = 0; n < n1 - n0; ++n) {
+      acc y[K];
+      for (int i = 0; i < K; ++i) {
+        acc v = static_cast<acc>(bb[n * K + i]);
+        for (int j = 0; j < K; ++j) v += static_cast<acc>(a[(n * K + i) * K + j]) * state[n][j];
+        y[i] = v;
+      }
+      for (int i = 0; i < K; ++i) {
+        state[n][i] = y[i];
+        out[n * K + i] = static_cast<scalar_t>(y[i]);
+      }
+    }
   }
 };
 
@@ -87,6 +106,16 @@ struct BackwardProblem {
     const scalar_t* a = A + ((bi * T + next) * N + n) * K * K;
     for (int i = 0; i < K; ++i)
       for (int j = 0; j < K; ++j) s.A[i][j] = static_cast<acc>(a[j * K + i]);  // transposed
+  }
+  void step_block(int64_t bi, int64_t t, int64_t n0, int64_t n1, acc (*state)[K]) const {
+    Affine<K, acc> s;
+    for (int64_t n = n0; n < n1; ++n) {
+      load(bi, t, n, s);
+      acc y[K];
+      scan::affine_apply<K, acc>(s.A, s.b, state[n - n0], y);
+      for (int k = 0; k < K; ++k) state[n - n0][k] = y[k];
+      emit(bi, t, n, y);
+    }
   }
   void emit(int64_t bi, int64_t t, int64_t n, const acc (&lam)[K]) const {
     const int64_t row = (bi * T + t) * N + n;
@@ -126,17 +155,7 @@ void run_scan(const Problem& p, int64_t B, int64_t T, int64_t N, bool backwards,
   auto run_chunk = [&](int64_t w, int64_t c, acc (*state)[K]) {
     const int64_t bi = w / nblk, n0 = (w % nblk) * kChannels, n1 = std::min(N, n0 + kChannels);
     const int64_t i1 = std::min(T, (c + 1) * len);
-    Affine<K, acc> s;
-    for (int64_t i = c * len; i < i1; ++i) {
-      const int64_t t = time_of(i);
-      for (int64_t n = n0; n < n1; ++n) {
-        p.load(bi, t, n, s);
-        acc y[K];
-        scan::affine_apply<K, acc>(s.A, s.b, state[n - n0], y);
-        for (int k = 0; k < K; ++k) state[n - n0][k] = y[k];
-        p.emit(bi, t, n, y);
-      }
-    }
+    for (int64_t i = c * len; i < i1; ++i) p.step_block(bi, time_of(i), n0, n1, state);
   };
   auto load_state = [&](int64_t bi, int64_t n, acc (&dst)[K], const acc* src) {
     for (int k = 0; k < K; ++k) dst[k] = src ? src[(bi * N + n) * K + k] : acc(0);

@@ -1,0 +1,296 @@
+"""Run one case: check every implementation against the oracle, then time it; returns JSON rows.
+
+A row is one (case, impl). Status: PASS / FAIL (outside the tolerance, NaN, wrong shape or
+count) / ERROR (it raised; the exception is in ``reason``) / SKIP (unavailable here; the reason
+says why and how to fix it). Failures are reported, never hidden; timing still runs after a FAIL
+so that a wrong kernel cannot look fast unnoticed.
+"""
+from __future__ import annotations
+
+import contextlib
+import traceback
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .. import registry as nlseq_registry
+from ..registry import triton_interpret
+from .case import MODES, Case, Impl, dtype_name
+from .timing import Budget, peak_memory, time_fn
+
+
+def _as_tuple(out) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _error(e: BaseException) -> str:
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" ({frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def runs_on(backend: str, device: torch.device) -> bool:
+    """Whether an nlseq backend takes tensors on ``device`` in this process."""
+    if backend == "cpp":
+        return device.type == "cpu"
+    if backend == "cuda":
+        return device.type == "cuda"
+    if backend == "triton":
+        return device.type == "cuda" or (device.type == "cpu" and triton_interpret())
+    return True  # reference
+
+
+def skip_reason(impl: Impl, device: torch.device) -> str:
+    """Why ``impl`` cannot run on ``device`` here ("" when it can)."""
+    if impl.skip:
+        return impl.skip
+    if impl.backend is None:
+        return ""
+    status = nlseq_registry.backend_status(impl.backend)
+    if not status:
+        return f"{status.reason}. Fix: {status.fix}"
+    if not runs_on(impl.backend, device):
+        if impl.backend == "triton" and device.type == "cpu":
+            return "Triton takes CPU tensors only in its interpreter: set TRITON_INTERPRET=1 (correctness only)"
+        return f"backend {impl.backend!r} does not run on {device.type} tensors"
+    return ""
+
+
+def _compare(actual: Tensor, oracle: Tensor, atol: float, rtol: float) -> tuple[bool, float, float, str]:
+    """(ok, max |err|, max err / (atol + rtol |oracle|), problem) for one output."""
+    if not isinstance(actual, Tensor):
+        return False, float("nan"), float("nan"), f"got {type(actual).__name__}, expected a tensor"
+    if tuple(actual.shape) != tuple(oracle.shape):
+        return False, float("nan"), float("nan"), f"shape {tuple(actual.shape)} != oracle {tuple(oracle.shape)}"
+    a = actual.detach().to(device=oracle.device, dtype=torch.float64)
+    if a.numel() == 0:
+        return True, 0.0, 0.0, ""
+    nan = bool(torch.isnan(a).any()) and not bool(torch.isnan(oracle).any())
+    err = (a - oracle).abs()
+    bound = atol + rtol * oracle.abs()
+    ratio = float((err / bound).max())
+    max_err = float(err.max())
+    ok = not nan and bool((err <= bound).all())
+    return ok, max_err, ratio, "NaN in output" if nan else ""
+
+
+class _Prepared:
+    """Inputs, upstream gradients and oracle results of one case, built once for all impls."""
+
+    def __init__(self, case: Case, needs_backward: bool):
+        torch.manual_seed(0)
+        inputs = case.inputs()
+        if not isinstance(inputs, dict):
+            raise TypeError(f"{case.id}: inputs() must return a dict (name -> tensor or other argument)")
+        missing = [n for n in case.grad_inputs if n not in inputs]
+        if missing:
+            raise KeyError(f"{case.id}: grad_inputs {missing} are not among the inputs {list(inputs)}")
+        self.inputs = inputs
+        self.leaves = [inputs[n] for n in case.grad_inputs] if needs_backward else []
+        inputs64 = {k: (v.detach().to(torch.float64) if isinstance(v, Tensor) and v.is_floating_point() else v)
+                    for k, v in inputs.items()}
+        with torch.no_grad():
+            self.out64 = tuple(o.to(torch.float64) for o in _as_tuple(case.oracle(**inputs64)))
+        self.grad_out: tuple = ()
+        self.grads64: dict = {}
+        if needs_backward:
+            gen = torch.Generator(device=case.device).manual_seed(1)
+            # drawn in float64, rounded to the case dtype; the oracle sees exactly those values
+            self.grad_out = tuple(
+                torch.randn(o.shape, generator=gen, device=o.device, dtype=torch.float64).to(case.dtype)
+                for o in self.out64)
+            grad_out64 = tuple(g.to(torch.float64) for g in self.grad_out)
+            if case.oracle_grads is not None:
+                with torch.no_grad():
+                    self.grads64 = dict(case.oracle_grads(inputs64, grad_out64))
+            else:
+                leaves64 = {n: inputs64[n].clone().requires_grad_() for n in case.grad_inputs}
+                outs = _as_tuple(case.oracle(**{**inputs64, **leaves64}))
+                grads = torch.autograd.grad(outs, list(leaves64.values()), grad_out64, allow_unused=True)
+                self.grads64 = {n: g for n, g in zip(leaves64, grads) if g is not None}
+            for leaf in self.leaves:
+                leaf.requires_grad_(True)
+
+    def grad_outputs_for(self, outs: Sequence) -> tuple[list, list]:
+        """The outputs that carry gradient and their upstream gradients (in each output's dtype)."""
+        pairs = [(o, g.to(o.dtype)) for o, g in zip(outs, self.grad_out)
+                 if isinstance(o, Tensor) and o.requires_grad]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def reset(self) -> None:
+        for leaf in self.leaves:
+            leaf.grad = None
+
+
+def empty_row(**fields) -> dict:
+    """A row with every key present (None / empty), updated with ``fields``."""
+    row = {
+        "family": None, "case": None, "id": None, "device": None, "dtype": None, "shape": {}, "impl": None,
+        "backend": None, "baseline": None, "status": None, "reason": "", "atol": None, "rtol": None,
+        "grad_atol": None, "grad_rtol": None, "max_abs_err": None, "max_err_over_tol": None, "errors": {},
+        "ms": {}, "GBps": {}, "pct_copy": {}, "TFLOPs": {}, "pct_matmul": {}, "speedup": {},
+        "peak_mem_bytes": None, "peak_mem_source": None, "timer": "", "note": "",
+    }
+    row.update(fields)
+    return row
+
+
+def _base_row(case: Case, impl: Impl) -> dict:
+    gatol, grtol = case.grad_atol_rtol
+    return empty_row(
+        family=case.family, case=case.name, id=case.id, device=case.device.type, dtype=dtype_name(case.dtype),
+        shape=dict(case.shape), impl=impl.name, backend=impl.backend, baseline=case.baseline,
+        atol=case.atol, rtol=case.rtol, grad_atol=gatol, grad_rtol=grtol, note=impl.note,
+    )
+
+
+def _check(case: Case, impl: Impl, prep: _Prepared, row: dict) -> bool:
+    """Fill the check fields of ``row``; returns whether the outputs have the oracle's shapes."""
+    names = list(case.output_names) or [f"out{i}" for i in range(len(prep.out64))]
+    ctx = contextlib.nullcontext() if impl.backward and prep.leaves else torch.no_grad()
+    with ctx:
+        outs = _as_tuple(impl.fn(**prep.inputs))
+    results, problems = {}, []
+    if len(outs) != len(prep.out64):
+        problems.append(f"{len(outs)} outputs, oracle has {len(prep.out64)}")
+    for name, out, ref in zip(names, outs, prep.out64):
+        results[name] = _compare(out, ref, case.atol, case.rtol)
+    shapes_ok = len(outs) == len(prep.out64) and all(
+        isinstance(o, Tensor) and o.shape == r.shape for o, r in zip(outs, prep.out64))
+    if impl.backward and prep.leaves and shapes_ok:  # (wrong shapes: already a FAIL, no backward)
+        prep.reset()
+        gatol, grtol = case.grad_atol_rtol
+        outs_g, grads = prep.grad_outputs_for(outs)
+        if not outs_g:
+            problems.append("no output requires grad")
+        else:
+            torch.autograd.backward(outs_g, grads)
+            for name in case.grad_inputs:
+                if name in prep.grads64:
+                    got = prep.inputs[name].grad
+                    results[f"d{name}"] = (_compare(got, prep.grads64[name], gatol, grtol) if got is not None
+                                           else (False, float("nan"), float("nan"), "no gradient"))
+        prep.reset()
+    row["errors"] = {k: v[1] for k, v in results.items()}
+    if results:  # NaN (no comparison possible) counts as the worst
+        worst = lambda x: float("inf") if x != x else x  # noqa: E731
+        row["max_abs_err"] = max(worst(v[1]) for v in results.values())
+        row["max_err_over_tol"] = max(worst(v[2]) for v in results.values())
+    problems += [f"{k}: {v[3]}" for k, v in results.items() if v[3]]
+    failed = [k for k, v in results.items() if not v[0]]
+    beyond = [k for k in failed if not results[k][3]]  # plain tolerance misses (no other problem)
+    if beyond:
+        problems.append(f"outside the tolerance (atol + rtol·|oracle|) in {', '.join(beyond)}")
+    row["status"] = "FAIL" if (failed or problems) else "PASS"
+    row["reason"] = "; ".join(problems)
+    return shapes_ok
+
+
+def _time(case: Case, impl: Impl, prep: _Prepared, row: dict, budget: Budget, ceilings: dict,
+          shapes_ok: bool) -> None:
+    dev = case.device
+    backward = impl.backward and bool(prep.leaves) and shapes_ok  # wrong shapes: forward only
+    grad_ctx = contextlib.nullcontext if backward else torch.no_grad
+
+    def fwd():
+        with grad_ctx():
+            return impl.fn(**prep.inputs)
+
+    fns: dict[str, Callable[[], object]] = {"fwd": fwd}
+    if backward:
+        outs_g, grads = prep.grad_outputs_for(_as_tuple(fwd()))
+
+        def bwd():
+            torch.autograd.backward(outs_g, grads, retain_graph=True)
+
+        def fwdbwd():
+            o, g = prep.grad_outputs_for(_as_tuple(fwd()))
+            torch.autograd.backward(o, g)
+
+        fns.update(bwd=bwd, fwdbwd=fwdbwd)
+    how = []
+    for mode in MODES:
+        if mode not in fns:
+            continue
+        prep.reset()
+        seconds, timer = time_fn(dev, fns[mode], budget, reset=prep.leaves)
+        prep.reset()
+        row["ms"][mode] = seconds * 1e3
+        how.append(timer)
+        if mode in case.bytes:
+            row["GBps"][mode] = case.bytes[mode] / seconds / 1e9
+            copy = ceilings.get("copy_GBps")
+            if copy:
+                row["pct_copy"][mode] = 100.0 * row["GBps"][mode] / copy
+        if mode in case.flops:
+            row["TFLOPs"][mode] = case.flops[mode] / seconds / 1e12
+            mm = ceilings.get("matmul_TFLOPs", {}).get(dtype_name(case.dtype))
+            if mm:
+                row["pct_matmul"][mode] = 100.0 * row["TFLOPs"][mode] / mm
+    if backward:
+        del outs_g, grads
+    row["timer"] = how[0] if len(set(how)) == 1 else "; ".join(how)
+    if dev.type == "cuda":
+        row["peak_mem_bytes"] = peak_memory(dev, fns["fwdbwd" if backward else "fwd"])
+        prep.reset()
+        row["peak_mem_source"] = "torch.cuda.max_memory_allocated (one fwd+bwd)" if backward else \
+            "torch.cuda.max_memory_allocated (one fwd)"
+    elif impl.name in case.mem_estimate:
+        row["peak_mem_bytes"] = int(case.mem_estimate[impl.name])
+        row["peak_mem_source"] = "estimate (case model)"
+
+
+def _speedups(case: Case, rows: list[dict]) -> None:
+    base = next((r for r in rows if r["impl"] == case.baseline and r["ms"]), None)
+    if base is None:
+        return
+    for r in rows:
+        for mode, ms in r["ms"].items():
+            if mode in base["ms"] and ms > 0:
+                r["speedup"][mode] = base["ms"][mode] / ms
+
+
+def run_case(case: Case, budget: Budget, ceilings: dict, only: Optional[set] = None,
+             on_impl: Callable[[str], None] = lambda label: None) -> list[dict]:
+    """Check and time the impls of ``case`` (those named in ``only``, when given); one row each."""
+    impls = [i for i in case.impls if only is None or i.name in only]
+    rows, todo = [], []
+    for impl in impls:
+        row = _base_row(case, impl)
+        rows.append(row)
+        reason = skip_reason(impl, case.device)
+        if reason:
+            row.update(status="SKIP", reason=reason)
+            on_impl(f"{case.id} {impl.name}")
+        else:
+            todo.append((impl, row))
+    if not todo:
+        return rows
+    try:
+        prep = _Prepared(case, needs_backward=any(i.backward for i, _ in todo) and bool(case.grad_inputs))
+    except Exception as e:
+        for impl, row in todo:
+            row.update(status="ERROR", reason=f"building inputs/oracle: {_error(e)}")
+            on_impl(f"{case.id} {impl.name}")
+        return rows
+    for impl, row in todo:
+        shapes_ok = False
+        try:
+            shapes_ok = _check(case, impl, prep, row)
+        except Exception as e:
+            row.update(status="ERROR", reason=f"check: {_error(e)}")
+        if row["status"] != "ERROR" and impl.timed:
+            try:
+                _time(case, impl, prep, row, budget, ceilings, shapes_ok)
+            except Exception as e:
+                row.update(status="ERROR", reason=f"timing: {_error(e)}")
+        elif not impl.timed:
+            row["timer"] = "not timed (correctness check only)"
+        prep.reset()
+        on_impl(f"{case.id} {impl.name}")
+    _speedups(case, rows)
+    del prep
+    if case.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows

@@ -1,0 +1,133 @@
+"""Median timers and the machine's measured ceilings (copy bandwidth, matmul throughput).
+
+GPU: ``triton.testing.do_bench(..., return_mode="median")`` (it flushes the L2 cache between
+runs and clears the gradients named in ``grad_to_none``); CUDA-event medians when triton is
+missing. CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (median over blocks) for calls
+under 50 ms, else the median of repeated ``time.perf_counter`` measurements.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+FAST_CALL_S = 0.05  # below this, a CPU call is timed in blocks by torch.utils.benchmark
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to measure one (impl, mode) on each device."""
+
+    cpu_min_s: float  # least total measuring time on the CPU
+    cpu_min_reps: int  # least number of measured calls on the CPU (slow calls)
+    gpu_warmup_ms: int
+    gpu_rep_ms: int
+
+    @staticmethod
+    def for_run(quick: bool) -> "Budget":
+        return Budget(0.25, 3, 10, 40) if quick else Budget(1.0, 5, 25, 200)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_cpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Tensor] = ()) -> tuple[float, str]:
+    """Median seconds of ``fn()`` on the CPU, and how it was measured. The caller warmed fn up."""
+
+    def call():
+        for t in reset:
+            t.grad = None
+        fn()
+
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    if first < FAST_CALL_S:
+        from torch.utils import benchmark
+
+        m = benchmark.Timer(stmt="call()", globals={"call": call}).blocked_autorange(min_run_time=budget.cpu_min_s)
+        return m.median, f"torch.utils.benchmark blocked_autorange median of {len(m.times)} blocks x {m.number_per_run}"
+    times = [first]
+    while len(times) < budget.cpu_min_reps or sum(times) < budget.cpu_min_s:
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), f"perf_counter median of {len(times)}"
+
+
+def time_gpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Tensor] = ()) -> tuple[float, str]:
+    """Median seconds of ``fn()`` on the current CUDA device, and how it was measured."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        ms = do_bench(fn, warmup=budget.gpu_warmup_ms, rep=budget.gpu_rep_ms,
+                      grad_to_none=list(reset) or None, return_mode="median")
+        return ms * 1e-3, f"triton.testing.do_bench median (warmup {budget.gpu_warmup_ms} ms, rep {budget.gpu_rep_ms} ms)"
+    times = []
+    deadline = time.perf_counter() + budget.gpu_rep_ms * 1e-3
+    while len(times) < 5 or time.perf_counter() < deadline:
+        for t in reset:
+            t.grad = None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    return statistics.median(times), f"CUDA events median of {len(times)} (triton not installed)"
+
+
+def time_fn(device: torch.device, fn: Callable[[], object], budget: Budget,
+            reset: Sequence[torch.Tensor] = ()) -> tuple[float, str]:
+    if device.type == "cuda":
+        return time_gpu(fn, budget, reset)
+    return time_cpu(fn, budget, reset)
+
+
+def copy_bandwidth(device: torch.device, quick: bool) -> dict:
+    """Measured copy bandwidth of ``device``: a large contiguous fp32 copy, (read + write) / time."""
+    if device.type == "cuda":
+        nbytes = (256 if quick else 1024) * 2**20
+    else:
+        nbytes = (128 if quick else 512) * 2**20  # well past any CPU last-level cache
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    _sync(device)
+    seconds, how = time_fn(device, lambda: dst.copy_(src), Budget.for_run(quick))
+    del src, dst
+    return {"copy_GBps": 2 * nbytes / seconds / 1e9, "copy_bytes": nbytes, "timer": how}
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, quick: bool) -> dict:
+    """Measured dense matmul throughput in ``dtype`` (the ceiling for cases that declare flops)."""
+    if device.type == "cuda":
+        n = 4096 if quick else 8192
+    else:
+        n = 512 if quick else 1024
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    a @ b
+    _sync(device)
+    seconds, how = time_fn(device, lambda: a @ b, Budget.for_run(quick))
+    return {"matmul_TFLOPs": 2 * n**3 / seconds / 1e12, "matmul_n": n, "timer": how}
+
+
+def peak_memory(device: torch.device, fn: Callable[[], object]) -> Optional[int]:
+    """Peak bytes allocated on a CUDA device by one ``fn()`` call above what was allocated before."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
