@@ -141,8 +141,8 @@ def test_registered_ops_at_benchmark_sizes(cell, B, T, N, dtype):
     """pararnn_fwd / pararnn_bwd with the default chunking at SPEC.md §1.4 sizes, against the
     float64 loop (and its autograd) on the GPU; Triton on the same inputs agrees too."""
     U, A, P, s0 = make_inputs(cell, B, T, N, dtype=dtype)
-    S_all, iters, residual = OPS.pararnn_fwd(cell, U, A, P, s0, 10, 1e-5)
-    assert residual.item() <= 1e-5 and iters.item() <= 4
+    S_all, iters, residual = OPS.pararnn_fwd(cell, U, A, P, s0, 10, 1e-6)
+    assert residual.item() <= 1e-6 and iters.item() <= 4, (iters.item(), residual.item())
     ref = oracle(cell, d64(U), d64(A), d64(P), d64(s0))
     assert_close_to_oracle(S_all, ref, **FWD_TOL[dtype], what=f"{cell} S_all")
     dS = torch.randn_like(S_all) * 0.1
@@ -161,8 +161,8 @@ def test_registered_ops_at_benchmark_sizes(cell, B, T, N, dtype):
     pytest.importorskip("triton")
     from nlseq.kernels import pararnn as K
 
-    S_tr, _, res_tr = K.pararnn_fwd(cell, U, A, P, s0, 10, 1e-5)
-    assert res_tr.item() <= 1e-5
+    S_tr, _, res_tr = K.pararnn_fwd(cell, U, A, P, s0, 10, 1e-6)
+    assert res_tr.item() <= 1e-6
     assert_close_to_oracle(S_tr, ref, **FWD_TOL[dtype], what=f"triton {cell} S_all")
     dU_tr, dA_tr, _, _ = K.pararnn_bwd(cell, U, A, P, s0, S_all, dS, ds_last)
     assert_close_to_oracle(dU_tr, gU, **tol, what=f"triton {cell} dU")
