@@ -127,7 +127,7 @@ def test_emulated_cuda_matches_oracle(driver, tmp_path, cell, with_s0, dtype, B,
     tol = BWD_TOL[dtype]
     assert_close_to_oracle(out["dU"], gU, **tol, what=f"{cell} dU")
     assert_close_to_oracle(out["ds0"], gs0, **tol, what=f"{cell} ds0")
-    sum_tol = dict(atol=tol["atol"] * B * T, rtol=tol["rtol"])
+    sum_tol = dict(atol=tol["atol"] * (B * T) ** 0.5, rtol=tol["rtol"])  # dA, dP: sums of B·T terms
     assert_close_to_oracle(out["dA"], gA, **sum_tol, what=f"{cell} dA")
     if cell == "lstm":
         assert_close_to_oracle(out["dP"], gP, **sum_tol, what=f"{cell} dP")
@@ -150,7 +150,7 @@ def test_emulated_iteration_semantics(driver, tmp_path, cell):
     # tol < 0 and max_iters >= C − 1: exactly C − 1 updates, after which every boundary is exact
     out = run_emulated(driver, tmp_path, cell, U, A, P, s0, dS, ds_last, L=6, max_iters=100, tol=-1.0)
     assert out["iters"] == 7 and out["residual"] == 0.0
-    assert_close_to_oracle(out["S_all"], oracle_states(cell, U, A, P, s0), **FWD_TOL[torch.float32],
+    assert_close_to_oracle(out["S_all"], oracle_states(cell, U, A, P, s0), atol=1e-5, rtol=1e-5,
                            what=f"{cell} S_all")
     # a NaN input: NaN residual, and the device-side test stops at once
     U[1, 20, 2, 4] = float("nan")

@@ -24,6 +24,9 @@ pytest.importorskip("triton")
 from nlseq.kernels import pararnn as K  # noqa: E402
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+if DEV.type == "cuda":  # compiled Triton uses approximate exp (ex2.approx): a few ulp more per step
+    FWD_TOL = {**FWD_TOL, torch.float32: dict(atol=5e-5, rtol=5e-5)}
+    BWD_TOL = {**BWD_TOL, torch.float32: dict(atol=2e-4, rtol=2e-4)}
 
 
 def make_inputs(cell, B, T, N, **kw):
@@ -135,8 +138,7 @@ def test_backward_matches_autograd(cell, with_s0, dtype, B, T, N, L):
     tol = BWD_TOL[dtype]
     assert_close_to_oracle(dU, gU, **tol, what=f"{cell} dU")
     assert_close_to_oracle(ds0, gs0, **tol, what=f"{cell} ds0")
-    # dA / dP sum B·T per-step terms: scale the absolute tolerance by the number of terms
-    sum_tol = dict(atol=tol["atol"] * B * T, rtol=tol["rtol"])
+    sum_tol = dict(atol=tol["atol"] * (B * T) ** 0.5, rtol=tol["rtol"])  # dA, dP: sums of B·T terms
     assert_close_to_oracle(dA, gA, **sum_tol, what=f"{cell} dA")
     if cell == "lstm":
         assert dP.dtype == torch.float32
@@ -155,7 +157,8 @@ def test_lstm_without_peepholes():
     assert dP is None
     gU, gA, _, gs0 = oracle_grads("lstm", U, A, None, s0, dS, ds_last)
     assert_close_to_oracle(dU, gU, **BWD_TOL[torch.float32], what="dU")
-    assert_close_to_oracle(dA, gA, atol=5e-5 * 60, rtol=5e-5, what="dA")
+    assert_close_to_oracle(dA, gA, atol=BWD_TOL[torch.float32]["atol"] * 60 ** 0.5, rtol=BWD_TOL[torch.float32]["rtol"],
+                           what="dA")
     assert_close_to_oracle(ds0, gs0, **BWD_TOL[torch.float32], what="ds0")
 
 
@@ -171,7 +174,8 @@ def test_public_launchers_default_chunking(cell):
     dU, dA, dP, ds0 = K.pararnn_bwd(cell, U, A, P, s0, S_all, dS, ds_last)
     gU, gA, gP, gs0 = oracle_grads(cell, U, A, P, s0, dS, ds_last)
     assert_close_to_oracle(dU, gU, **BWD_TOL[torch.float32], what=f"{cell} dU")
-    assert_close_to_oracle(dA, gA, atol=5e-5 * 66, rtol=5e-5, what=f"{cell} dA")
+    assert_close_to_oracle(dA, gA, atol=BWD_TOL[torch.float32]["atol"] * 66 ** 0.5, rtol=BWD_TOL[torch.float32]["rtol"],
+                           what=f"{cell} dA")
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
