@@ -141,7 +141,7 @@ def _running(RES, it, tol):
 
 
 # ---------------------------------------------------------------------------------- forward
-@triton.jit
+@triton.jit(do_not_specialize=["it"])  # one compiled kernel for every iteration index
 def pararnn_fwd_sweep_kernel(
     U, A, P, S0, S, X, PHI, MT, RES, it, tol, T, N, L,
     IS_LSTM: tl.constexpr, HAS_P: tl.constexpr, HAS_S0: tl.constexpr, FIRST: tl.constexpr, BN: tl.constexpr,
@@ -247,7 +247,7 @@ def pararnn_fwd_sweep_kernel(
             tl.store(p_mt + 3 * N, b_m11, mask=m_n)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["it"])
 def pararnn_fwd_boundary_kernel(
     U, A, P, X, PHI, MT, RES, it, tol, T, N, L, C,
     IS_LSTM: tl.constexpr, HAS_P: tl.constexpr, CHECK: tl.constexpr, BN: tl.constexpr,
