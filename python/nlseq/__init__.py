@@ -13,3 +13,6 @@ from .ops.analog import analog_mvm  # noqa: E402
 from . import analog  # noqa: E402
 
 __all__ += ["analog_mvm", "analog"]
+from .ops.pararnn import NewtonInfo, newton_solve, pararnn
+
+__all__ += ["NewtonInfo", "newton_solve", "pararnn"]
