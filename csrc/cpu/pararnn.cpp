@@ -1,0 +1,403 @@
+// C++ CPU kernels of the built-in ParaRNN cells (SPEC.md §1.1–1.3).
+//
+// The built-in cells are diagonal in the channel index, so given U = Wx + b every (batch row,
+// channel) pair is an independent scalar (GRU) or 2-vector (LSTM) recurrence. On a CPU with few
+// cores the exact sequential pass is therefore the fastest solver: work items are (batch row,
+// block of kChannels channels), each runs over t once, and the inner loop over the block's
+// channels reads contiguous memory and vectorises (the cell math comes from nlseq/pararnn.h with
+// a branch-free exp, FastMath below). The fused backward is the same sweep in reverse time,
+// carrying λ_t = g_t + J_{t+1}ᵀ λ_{t+1} and emitting every per-step VJP (SPEC.md §1.2); dA and dP
+// are reduced over t inside the item and over the batch rows afterwards (deterministic).
+// The Newton forward linearises all steps in parallel and solves each Newton step with the CPU
+// scan kernel of csrc/cpu/scan.cpp.
+#include "pararnn.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "nlseq/pararnn.h"
+#include "scan.h"
+
+// Kernels are compiled for AVX2 and for the baseline, chosen at load time (GCC ifunc), so
+// the shipped binary runs everywhere and still vectorises the channel loop where it can.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define NLSEQ_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define NLSEQ_CLONES
+#endif
+
+namespace nlseq {
+namespace cpu {
+namespace {
+
+constexpr int64_t kChannels = 64;  // channels per work item: a contiguous run of each U row
+
+// exp and tanh without branches or calls, so that the channel loop vectorises. Float: a
+// Cody–Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 Taylor polynomial for e^r
+// (truncation < 1e-8 relative) and 2^n built in the exponent bits; the input is clamped to
+// [-87, 88] so the result is a normal float (σ and tanh saturate correctly at the ends).
+// Double: the C library (float64 is the accuracy path, not the fast one).
+// c ? a : b as bit operations: GCC does not if-convert a float select under -ftrapping-math (the
+// default), which would stop the channel loop from vectorising.
+inline float select(bool c, float a, float b) {
+  const uint32_t m = 0u - static_cast<uint32_t>(c);
+  uint32_t ab, bb;
+  std::memcpy(&ab, &a, sizeof(ab));
+  std::memcpy(&bb, &b, sizeof(bb));
+  const uint32_t r = (ab & m) | (bb & ~m);
+  float out;
+  std::memcpy(&out, &r, sizeof(out));
+  return out;
+}
+
+struct FastMath {
+  static inline float exp(float x) {
+    x = select(x < -87.0f, -87.0f, x);
+    x = select(x > 88.0f, 88.0f, x);
+    const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    const float n = (x * 1.44269504088896341f + shifter) - shifter;
+    const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+  }
+  static inline float tanh(float x) { return 1.0f - 2.0f / (1.0f + exp(2.0f * x)); }
+  static inline double exp(double x) { return std::exp(x); }
+  static inline double tanh(double x) { return std::tanh(x); }
+};
+
+template <typename acc>
+using GruCell = pararnn::Gru<acc, FastMath>;
+template <typename acc>
+using LstmCell = pararnn::Lstm<acc, FastMath>;
+
+// Calls fn.template operator()<Cell>() with the cell type for (kind, acc).
+template <typename acc, typename Fn>
+void cell_switch(PararnnCell kind, Fn&& fn) {
+  if (kind == PararnnCell::kGru) {
+    fn(GruCell<acc>{});
+  } else {
+    fn(LstmCell<acc>{});
+  }
+}
+
+// Per-channel parameters of one block of channels, in the accumulation type.
+template <typename acc>
+struct BlockParams {
+  acc a[3][kChannels];
+  acc p[2][kChannels];
+};
+
+template <typename acc>
+inline void load_params(const acc* A, const acc* P, int64_t N, int64_t n0, int64_t nb, BlockParams<acc>& bp) {
+  for (int g = 0; g < 3; ++g)
+    for (int64_t j = 0; j < nb; ++j) bp.a[g][j] = A[g * N + n0 + j];
+  for (int g = 0; g < 2; ++g)
+    for (int64_t j = 0; j < nb; ++j) bp.p[g][j] = P ? P[g * N + n0 + j] : acc(0);
+}
+
+// ---------------------------------------------------------------- sequential forward
+// One item: batch row bi, channels [n0, n0 + nb); states st[k][j] carried in acc.
+template <typename Cell, typename scalar_t, typename acc>
+__attribute__((always_inline)) inline void seq_fwd_item(const scalar_t* __restrict__ U, const BlockParams<acc>& bp,
+                                                        acc (*__restrict__ st)[kChannels], scalar_t* __restrict__ S_all,
+                                                        int64_t T, int64_t N, int64_t bi, int64_t n0, int64_t nb) {
+  constexpr int S = Cell::S;
+  for (int64_t t = 0; t < T; ++t) {
+    const scalar_t* u_row = U + (bi * T + t) * 3 * N + n0;
+    scalar_t* s_row = S_all + (bi * T + t) * S * N + n0;
+    for (int64_t j = 0; j < nb; ++j) {
+      const acc u[3] = {static_cast<acc>(u_row[j]), static_cast<acc>(u_row[N + j]), static_cast<acc>(u_row[2 * N + j])};
+      const acc a[3] = {bp.a[0][j], bp.a[1][j], bp.a[2][j]};
+      const acc p[2] = {bp.p[0][j], bp.p[1][j]};
+      acc sp[S], s[S];
+      for (int k = 0; k < S; ++k) sp[k] = st[k][j];
+      Cell::step(u, a, p, sp, s);
+      for (int k = 0; k < S; ++k) {
+        st[k][j] = s[k];
+        s_row[k * N + j] = static_cast<scalar_t>(s[k]);
+      }
+    }
+  }
+}
+
+#define NLSEQ_SEQ_FWD_INSTANCE(NAME, CELL, SCALAR)                                                             \
+  NLSEQ_CLONES void NAME(const SCALAR* U, const BlockParams<acc_t<SCALAR>>& bp, acc_t<SCALAR> (*st)[kChannels], \
+                         SCALAR* S_all, int64_t T, int64_t N, int64_t bi, int64_t n0, int64_t nb) {             \
+    seq_fwd_item<CELL<acc_t<SCALAR>>, SCALAR, acc_t<SCALAR>>(U, bp, st, S_all, T, N, bi, n0, nb);             \
+  }
+NLSEQ_SEQ_FWD_INSTANCE(seq_fwd_gru_f32, GruCell, float)
+NLSEQ_SEQ_FWD_INSTANCE(seq_fwd_lstm_f32, LstmCell, float)
+
+template <typename scalar_t>
+void seq_fwd_dispatch(PararnnCell kind, const scalar_t* U, const BlockParams<acc_t<scalar_t>>& bp,
+                      acc_t<scalar_t> (*st)[kChannels], scalar_t* S_all, int64_t T, int64_t N, int64_t bi, int64_t n0,
+                      int64_t nb) {
+  if constexpr (std::is_same<scalar_t, float>::value) {  // the hot path: multi-versioned
+    if (kind == PararnnCell::kGru)
+      seq_fwd_gru_f32(U, bp, st, S_all, T, N, bi, n0, nb);
+    else
+      seq_fwd_lstm_f32(U, bp, st, S_all, T, N, bi, n0, nb);
+  } else {
+    cell_switch<acc_t<scalar_t>>(kind, [&](auto cell) {
+      seq_fwd_item<decltype(cell), scalar_t, acc_t<scalar_t>>(U, bp, st, S_all, T, N, bi, n0, nb);
+    });
+  }
+}
+
+// ---------------------------------------------------------------- fused backward
+template <typename Cell, typename scalar_t, typename acc>
+__attribute__((always_inline)) inline void bwd_item(const scalar_t* __restrict__ U, const BlockParams<acc>& bp,
+                                                    const scalar_t* __restrict__ s0, const scalar_t* __restrict__ S_all,
+                                                    const scalar_t* __restrict__ dS, acc (*__restrict__ lam)[kChannels],
+                                                    scalar_t* __restrict__ dU, acc (*__restrict__ da_sum)[kChannels],
+                                                    acc (*__restrict__ dp_sum)[kChannels], int64_t T, int64_t N,
+                                                    int64_t bi, int64_t n0, int64_t nb) {
+  constexpr int S = Cell::S;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const scalar_t* u_row = U + (bi * T + t) * 3 * N + n0;
+    const scalar_t* g_row = dS + (bi * T + t) * S * N + n0;
+    const scalar_t* sp_row = t > 0 ? S_all + (bi * T + t - 1) * S * N + n0 : s0 + bi * S * N + n0;
+    scalar_t* du_row = dU + (bi * T + t) * 3 * N + n0;
+    for (int64_t j = 0; j < nb; ++j) {
+      const acc u[3] = {static_cast<acc>(u_row[j]), static_cast<acc>(u_row[N + j]), static_cast<acc>(u_row[2 * N + j])};
+      const acc a[3] = {bp.a[0][j], bp.a[1][j], bp.a[2][j]};
+      const acc p[2] = {bp.p[0][j], bp.p[1][j]};
+      acc sp[S], l[S], du[3], da[3], dp[2], dsp[S];
+      for (int k = 0; k < S; ++k) {
+        sp[k] = static_cast<acc>(sp_row[k * N + j]);
+        l[k] = lam[k][j] + static_cast<acc>(g_row[k * N + j]);  // λ_t = g_t + J_{t+1}ᵀ λ_{t+1}
+      }
+      Cell::vjp(u, a, p, sp, l, du, da, dp, dsp);
+      for (int g = 0; g < 3; ++g) {
+        du_row[g * N + j] = static_cast<scalar_t>(du[g]);
+        da_sum[g][j] += da[g];
+      }
+      for (int g = 0; g < 2; ++g) dp_sum[g][j] += dp[g];
+      for (int k = 0; k < S; ++k) lam[k][j] = dsp[k];  // J_tᵀ λ_t, carried to t − 1
+    }
+  }
+}
+
+#define NLSEQ_BWD_INSTANCE(NAME, CELL, SCALAR)                                                                   \
+  NLSEQ_CLONES void NAME(const SCALAR* U, const BlockParams<acc_t<SCALAR>>& bp, const SCALAR* s0,                \
+                         const SCALAR* S_all, const SCALAR* dS, acc_t<SCALAR> (*lam)[kChannels], SCALAR* dU,        \
+                         acc_t<SCALAR> (*da)[kChannels], acc_t<SCALAR> (*dp)[kChannels], int64_t T, int64_t N,     \
+                         int64_t bi, int64_t n0, int64_t nb) {                                                  \
+    bwd_item<CELL<acc_t<SCALAR>>, SCALAR, acc_t<SCALAR>>(U, bp, s0, S_all, dS, lam, dU, da, dp, T, N, bi, n0, nb); \
+  }
+NLSEQ_BWD_INSTANCE(bwd_gru_f32, GruCell, float)
+NLSEQ_BWD_INSTANCE(bwd_lstm_f32, LstmCell, float)
+
+template <typename scalar_t>
+void bwd_dispatch(PararnnCell kind, const scalar_t* U, const BlockParams<acc_t<scalar_t>>& bp, const scalar_t* s0,
+                  const scalar_t* S_all, const scalar_t* dS, acc_t<scalar_t> (*lam)[kChannels], scalar_t* dU,
+                  acc_t<scalar_t> (*da)[kChannels], acc_t<scalar_t> (*dp)[kChannels], int64_t T, int64_t N, int64_t bi,
+                  int64_t n0, int64_t nb) {
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (kind == PararnnCell::kGru)
+      bwd_gru_f32(U, bp, s0, S_all, dS, lam, dU, da, dp, T, N, bi, n0, nb);
+    else
+      bwd_lstm_f32(U, bp, s0, S_all, dS, lam, dU, da, dp, T, N, bi, n0, nb);
+  } else {
+    cell_switch<acc_t<scalar_t>>(kind, [&](auto cell) {
+      bwd_item<decltype(cell), scalar_t, acc_t<scalar_t>>(U, bp, s0, S_all, dS, lam, dU, da, dp, T, N, bi, n0, nb);
+    });
+  }
+}
+
+// 1 or 2; written so the compiler sees the bound of the per-item state arrays ([2][kChannels]).
+int cell_state_size(PararnnCell kind) { return kind == PararnnCell::kGru ? 1 : 2; }
+
+}  // namespace
+
+void pararnn_seq_fwd(PararnnCell cell, const at::Tensor& U, const at::Tensor& A, const c10::optional<at::Tensor>& P,
+                     const c10::optional<at::Tensor>& s0, at::Tensor& S_all) {
+  const int64_t B = U.size(0), T = U.size(1), N = U.size(3);
+  const int S = cell_state_size(cell);
+  const int64_t nblk = (N + kChannels - 1) / kChannels;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, U.scalar_type(), "nlseq_pararnn_seq_fwd_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const scalar_t* u = U.data_ptr<scalar_t>();
+    const acc* a = A.data_ptr<acc>();
+    const acc* p = P.has_value() ? P->data_ptr<acc>() : nullptr;
+    const scalar_t* init = s0.has_value() ? s0->data_ptr<scalar_t>() : nullptr;
+    scalar_t* out = S_all.data_ptr<scalar_t>();
+    at::parallel_for(0, B * nblk, 1, [&](int64_t w0, int64_t w1) {
+      BlockParams<acc> bp;
+      acc st[2][kChannels];
+      for (int64_t w = w0; w < w1; ++w) {
+        const int64_t bi = w / nblk, n0 = (w % nblk) * kChannels, nb = std::min(kChannels, N - n0);
+        load_params(a, p, N, n0, nb, bp);
+        for (int k = 0; k < S && k < 2; ++k)
+          for (int64_t j = 0; j < nb; ++j)
+            st[k][j] = init ? static_cast<acc>(init[(bi * S + k) * N + n0 + j]) : acc(0);
+        seq_fwd_dispatch<scalar_t>(cell, u, bp, st, out, T, N, bi, n0, nb);
+      }
+    });
+  });
+}
+
+void pararnn_bwd(PararnnCell cell, const at::Tensor& U, const at::Tensor& A, const c10::optional<at::Tensor>& P,
+                 const c10::optional<at::Tensor>& s0, const at::Tensor& S_all, const at::Tensor& dS,
+                 const at::Tensor& ds_last, at::Tensor& dU, at::Tensor& dA, at::Tensor& dP, at::Tensor& ds0) {
+  const int64_t B = U.size(0), T = U.size(1), N = U.size(3);
+  const int S = cell_state_size(cell);
+  const int64_t nblk = (N + kChannels - 1) / kChannels;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, U.scalar_type(), "nlseq_pararnn_bwd_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const scalar_t* u = U.data_ptr<scalar_t>();
+    const acc* a = A.data_ptr<acc>();
+    const acc* p = P.has_value() ? P->data_ptr<acc>() : nullptr;
+    // A zero initial state is materialised so that the channel loop has no branch.
+    const at::Tensor init_t = s0.has_value() ? *s0 : at::zeros({B, S, N}, U.options());
+    const scalar_t* init = init_t.data_ptr<scalar_t>();
+    const scalar_t* states = S_all.data_ptr<scalar_t>();
+    const scalar_t* g = dS.data_ptr<scalar_t>();
+    const scalar_t* g_last = ds_last.data_ptr<scalar_t>();
+    scalar_t* du = dU.data_ptr<scalar_t>();
+    scalar_t* dinit = ds0.data_ptr<scalar_t>();
+    // Per batch row partial sums of dA, dP ([B, 3, N], [B, 2, N]), reduced over B below.
+    std::vector<acc> da_part(B * 3 * N, acc(0)), dp_part(B * 2 * N, acc(0));
+    at::parallel_for(0, B * nblk, 1, [&](int64_t w0, int64_t w1) {
+      BlockParams<acc> bp;
+      acc lam[2][kChannels], da[3][kChannels], dp[2][kChannels];
+      for (int64_t w = w0; w < w1; ++w) {
+        const int64_t bi = w / nblk, n0 = (w % nblk) * kChannels, nb = std::min(kChannels, N - n0);
+        load_params(a, p, N, n0, nb, bp);
+        for (int64_t j = 0; j < nb; ++j) {
+          for (int k = 0; k < S; ++k) lam[k][j] = static_cast<acc>(g_last[(bi * S + k) * N + n0 + j]);
+          for (int k = 0; k < 3; ++k) da[k][j] = acc(0);
+          for (int k = 0; k < 2; ++k) dp[k][j] = acc(0);
+        }
+        bwd_dispatch<scalar_t>(cell, u, bp, init, states, g, lam, du, da, dp, T, N, bi, n0, nb);
+        for (int64_t j = 0; j < nb; ++j) {
+          for (int k = 0; k < S; ++k) dinit[(bi * S + k) * N + n0 + j] = static_cast<scalar_t>(lam[k][j]);
+          for (int k = 0; k < 3; ++k) da_part[(bi * 3 + k) * N + n0 + j] = da[k][j];
+          for (int k = 0; k < 2; ++k) dp_part[(bi * 2 + k) * N + n0 + j] = dp[k][j];
+        }
+      }
+    });
+    acc* da_out = dA.data_ptr<acc>();
+    acc* dp_out = dP.data_ptr<acc>();
+    for (int64_t i = 0; i < 3 * N; ++i) {
+      acc s = acc(0);
+      for (int64_t bi = 0; bi < B; ++bi) s += da_part[bi * 3 * N + i];
+      da_out[i] = s;
+    }
+    for (int64_t i = 0; i < 2 * N; ++i) {
+      acc s = acc(0);
+      for (int64_t bi = 0; bi < B; ++bi) s += dp_part[bi * 2 * N + i];
+      dp_out[i] = s;
+    }
+  });
+}
+
+// ---------------------------------------------------------------- Newton forward
+// The iterate lives in the scan's block layout H [B, T, N, S] in acc; one linearisation fills
+// J [B, T, N, S, S] and the right-hand side r_t = f_t − J_t s_{t−1}, so that the next iterate is
+// the solution of s_t = J_t s_{t−1} + r_t (plain Newton, SPEC.md §1.1), and returns the residual
+// max_t |H_t − f_t| of the current iterate.
+std::pair<int64_t, double> pararnn_newton_fwd(PararnnCell cell, const at::Tensor& U, const at::Tensor& A,
+                                              const c10::optional<at::Tensor>& P,
+                                              const c10::optional<at::Tensor>& s0, int64_t max_iters, double tol,
+                                              at::Tensor& S_all) {
+  const int64_t B = U.size(0), T = U.size(1), N = U.size(3);
+  const int S = cell_state_size(cell);
+  int64_t iters = 0;
+  double residual = 0.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, U.scalar_type(), "nlseq_pararnn_newton_fwd_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const auto acc_dtype = c10::CppTypeToScalarType<acc>::value;
+    const auto opts = U.options().dtype(acc_dtype);
+    const scalar_t* u = U.data_ptr<scalar_t>();
+    const acc* a = A.data_ptr<acc>();
+    const acc* p = P.has_value() ? P->data_ptr<acc>() : nullptr;
+    // s0 in the scan layout [B, N, S], acc
+    at::Tensor init = s0.has_value() ? s0->to(acc_dtype).permute({0, 2, 1}).contiguous() : at::zeros({B, N, S}, opts);
+    const acc* h0 = init.data_ptr<acc>();
+    at::Tensor H = at::empty({B, T, N, S}, opts);
+    at::Tensor J = at::empty({B, T, N, S, S}, opts);
+    at::Tensor R = at::empty({B, T, N, S}, opts);
+    at::Tensor H_last = at::empty({B, N, S}, opts);
+    std::vector<acc> row_max(B * T);
+
+    // One pass over all (b, t): evaluate f (and J, r when linearise) at the previous state taken
+    // from H (or s0 at t = 0; 0 for the initial guess f(0, x_t), t >= 1).
+    auto evaluate = [&](bool initial) {
+      acc* h = H.data_ptr<acc>();
+      acc* jac = J.data_ptr<acc>();
+      acc* rhs = R.data_ptr<acc>();
+      at::parallel_for(0, B * T, 16, [&](int64_t r0, int64_t r1) {
+        cell_switch<acc>(cell, [&](auto cellv) {
+          using Cell = decltype(cellv);
+          for (int64_t row = r0; row < r1; ++row) {
+            const int64_t bi = row / T, t = row % T;
+            const scalar_t* u_row = u + row * 3 * N;
+            const acc* prev = t > 0 ? h + (row - 1) * N * S : h0 + bi * N * S;
+            acc m = acc(0);
+            for (int64_t n = 0; n < N; ++n) {
+              const acc uu[3] = {static_cast<acc>(u_row[n]), static_cast<acc>(u_row[N + n]),
+                                 static_cast<acc>(u_row[2 * N + n])};
+              const acc aa[3] = {a[n], a[N + n], a[2 * N + n]};
+              const acc pp[2] = {p ? p[n] : acc(0), p ? p[N + n] : acc(0)};
+              acc sp[Cell::S], s[Cell::S], jj[Cell::S][Cell::S];
+              for (int k = 0; k < Cell::S; ++k) sp[k] = (initial && t > 0) ? acc(0) : prev[n * S + k];
+              if (initial) {
+                Cell::step(uu, aa, pp, sp, s);
+                for (int k = 0; k < Cell::S; ++k) h[(row * N + n) * S + k] = s[k];
+                continue;
+              }
+              Cell::step_jac(uu, aa, pp, sp, s, jj);
+              for (int i = 0; i < Cell::S; ++i) {
+                acc ri = s[i];
+                for (int k = 0; k < Cell::S; ++k) {
+                  jac[((row * N + n) * S + i) * S + k] = jj[i][k];
+                  ri -= jj[i][k] * sp[k];
+                }
+                rhs[(row * N + n) * S + i] = ri;
+                const acc d = std::abs(h[(row * N + n) * S + i] - s[i]);
+                if (!(d <= m)) m = d;  // NaN propagates into the residual
+              }
+            }
+            row_max[row] = m;
+          }
+        });
+      });
+    };
+    // rows are written in parallel, in place: the initial guess must not read H, and the
+    // linearisation only reads H (writing J, R), so no row sees another row's new value.
+    evaluate(true);
+    for (int64_t k = 0;; ++k) {
+      evaluate(false);
+      acc m = acc(0);
+      for (acc v : row_max)
+        if (!(v <= m)) m = v;
+      residual = static_cast<double>(m);
+      if (residual <= tol || k >= max_iters) break;
+      scan_fwd(J, R, init, false, H, H_last);  // H <- solution of the linearised system
+      ++iters;
+    }
+    S_all.copy_(H.permute({0, 1, 3, 2}));
+  });
+  return {iters, residual};
+}
+
+}  // namespace cpu
+}  // namespace nlseq

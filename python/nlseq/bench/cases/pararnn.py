@@ -1,0 +1,192 @@
+"""Benchmark cases of the pararnn family: ParaGRU / ParaLSTM forward and forward+backward (SPEC.md §1.4).
+
+Each case runs the module's computation functionally on the same inputs x [B, T, I] and
+parameters W [heads, I/heads, 3, N/heads], b [3, N], A [3, N] (and P [2, N] for the LSTM), drawn
+from the modules' default initialisation (SPEC.md §1.3) with I = N, heads = 2; the output is
+y [B, T, N]. The input projection U = Wx + b is one GEMM in every implementation, so the rows
+differ only in how the recurrence is solved:
+
+    cpp           mode="auto" on the CPU: the exact fused sequential kernel (and its fused backward)
+    cpp-newton    Newton iterations with the C++ scan (mode="newton")
+    cuda, triton  the fused Newton kernels (GPU)
+    reference     Newton in PyTorch (Hillis–Steele scan)
+    loop          the eager sequential loop of the same cell in PyTorch (one step per time step),
+                  the "sequential" column of SPEC §1.4; baseline of the speedups
+
+cuDNN's / ATen's nn.GRU and nn.LSTM at the same sizes are separate cases ("nn.GRU", "nn.LSTM"):
+a different (dense) recurrence, shown as the reference point users know; compare their ms with
+the rows above by hand. Goals: CPU, ParaGRU forward (cpp) >= 10x the loop at B=4, T=4096, N=256;
+H200 (fp32): ParaGRU 8×2048×1024 forward <= 1.2 ms and forward+backward <= 4.0 ms (½ and ⅓ of the
+reference code's fused 2.38 / 12.06 ms), forward >= 665x the loop at 16×4096×512.
+Oracle: the sequential loop in float64 (autograd through it for the gradients).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+import nlseq
+from nlseq.bench import Case, Impl
+from nlseq.nn import ParaGRU, ParaLSTM
+from nlseq.reference import pararnn as ref
+
+FAMILY = "pararnn"
+
+# Tolerances against the float64 oracle. fp32: Newton stops at a residual <= 1e-5 and the error
+# obeys e_t = J_t e_{t-1} + r_t (|e| <= 1e-5/(1-ρ)), sequential paths are ~1e-6; gradients are
+# sums over B·T steps (values up to ~1e3 for dW), float32 summation order differs between impls.
+# bf16: x, W, U and y are rounded to bf16 (u = 2^-8); 4u on outputs, gradients pass through
+# several bf16 roundings.
+TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (3e-2, 2**-6)}
+GRAD_TOL = {torch.float32: (1e-3, 1e-3), torch.bfloat16: (1e-1, 2**-4)}
+TOL_NOTE = {
+    torch.float32: "Newton residual tol 1e-5 amplified by 1/(1-rho); grads are sums over B*T steps",
+    torch.bfloat16: "bf16 rounding of x, W, U and y (u = 2^-8): 4u on outputs",
+}
+
+# SPEC §1.4: (cell, B, T, N); the loop is omitted at T = 65536 (minutes per call, as in SPEC).
+GPU_SIZES = [("gru", 8, 2048, 1024), ("gru", 16, 4096, 512), ("gru", 2, 65536, 256), ("lstm", 8, 2048, 1024)]
+MODULES = {"gru": ParaGRU, "lstm": ParaLSTM}
+TORCH_RNN = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
+
+
+def _inputs(cell, B, T, N, dtype, device):
+    torch.manual_seed(0)
+    m = MODULES[cell](N, N, heads=2)
+    x = torch.randn(B, T, N)
+    d = {"x": x, "W": m.weight_ih.detach(), "b": m.bias.detach(), "A": m.weight_hh.detach()}
+    if cell == "lstm":
+        d["P"] = m.peephole.detach()
+    return {k: v.to(device=device, dtype=dtype).contiguous() for k, v in d.items()}
+
+
+def _y(cell, S_all):
+    return S_all[:, :, -1]
+
+
+def oracle(cell, x, W, b, A, P=None):
+    """float64 sequential loop of the cell on U = Wx + b: y [B, T, N]."""
+    U = ref.input_projection(x, W, b)
+    return _y(cell, ref.pararnn_sequential(cell, U, A, P, None))
+
+
+def _nlseq(cell, backend, mode, x, W, b, A, P=None):
+    U = ref.input_projection(x, W, b)
+    return _y(cell, nlseq.pararnn(cell, U, A, P, mode=mode, backend=backend))
+
+
+def _loop(cell, x, W, b, A, P=None):
+    """The eager sequential loop in the input dtype (float32 state for bf16 inputs)."""
+    U = ref.input_projection(x, W, b)
+    acc = torch.float32 if x.dtype != torch.float64 else x.dtype
+    S_all = ref.pararnn_sequential(cell, U.to(acc), A.to(acc), None if P is None else P.to(acc), None)
+    return _y(cell, S_all).to(x.dtype)
+
+
+def _triton_skip() -> str:
+    if importlib.util.find_spec("nlseq.kernels.pararnn") is None:
+        return "nlseq.kernels.pararnn (kernels/pararnn.py) is not in this tree"
+    return ""
+
+
+def _cuda_skip() -> str:
+    from nlseq.ops.pararnn import _implemented
+
+    return "" if "cuda" in _implemented() else "nlseq._C has no CUDA kernel for pararnn_fwd"
+
+
+def _impls(cell, device, *, loop=True, time_reference=True, loop_backward=True):
+    p = functools.partial
+    if device.type == "cuda":
+        impls = [Impl("cuda", p(_nlseq, cell, "cuda", "newton"), backend="cuda", skip=_cuda_skip()),
+                 Impl("triton", p(_nlseq, cell, "triton", "newton"), backend="triton", skip=_triton_skip())]
+    else:
+        impls = [Impl("cpp", p(_nlseq, cell, "cpp", "auto"), backend="cpp",
+                      note="mode=auto on the CPU: fused exact sequential kernel + fused backward"),
+                 Impl("cpp-newton", p(_nlseq, cell, "cpp", "newton"), backend="cpp",
+                      note="Newton iterations solved by the C++ scan")]
+    impls.append(Impl("reference", p(_nlseq, cell, "reference", "newton"), backend="reference",
+                      timed=time_reference,
+                      note="" if time_reference else "--quick: checked, not timed (Newton in PyTorch)"))
+    if loop:
+        impls.append(Impl("loop", p(_loop, cell), backward=loop_backward,
+                          note="eager sequential loop of the same cell (PyTorch)"
+                          + ("" if loop_backward else "; --quick: forward only")))
+    return impls
+
+
+def _case(cell, device, dtype, B, T, N, *, impls, note=""):
+    s = torch.tensor([], dtype=dtype).element_size()
+    btn = B * T * N * s
+    fwd = btn + 3 * btn * 2 + btn  # read x, write + read U, write y (x is [B, T, I], I = N)
+    bwd = btn * (1 + 3 + 1 + 3 + 1)  # read dy, U, y; write dU; write dx
+    grad_inputs = ("x", "W", "b", "A") + (("P",) if cell == "lstm" else ())
+    atol, rtol = TOL[dtype]
+    name = "ParaGRU" if cell == "gru" else "ParaLSTM"
+    baseline = "loop" if any(i.name == "loop" for i in impls) else "reference"
+    return Case(
+        family=FAMILY, name=name, device=device, dtype=dtype, shape={"B": B, "T": T, "N": N},
+        inputs=functools.partial(_inputs, cell, B, T, N, dtype, device),
+        oracle=functools.partial(oracle, cell), impls=impls, grad_inputs=grad_inputs, output_names=("y",),
+        atol=atol, rtol=rtol, grad_tol=GRAD_TOL[dtype], tolerance_note=TOL_NOTE[dtype], baseline=baseline,
+        bytes={"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}, note=note,
+    )
+
+
+# ---------------------------------------------------------------- torch.nn.GRU / LSTM reference points
+def _torch_inputs(cell, B, T, N, dtype, device):
+    torch.manual_seed(0)
+    m = TORCH_RNN[cell](N, N, batch_first=True)
+    d = {"x": torch.randn(B, T, N)}
+    d.update({k: v.detach() for k, v in m.named_parameters()})
+    return {k: v.to(device=device, dtype=dtype).contiguous() for k, v in d.items()}
+
+
+def _torch_rnn(cell, x, **params):
+    """nn.GRU / nn.LSTM (cuDNN on the GPU) with the given weights: y [B, T, N]."""
+    N = x.shape[-1]
+    m = TORCH_RNN[cell](N, N, batch_first=True, device="meta")
+    return torch.func.functional_call(m, params, (x,))[0]
+
+
+def _torch_case(cell, device, dtype, B, T, N, *, backward=True):
+    name = "nn.GRU" if cell == "gru" else "nn.LSTM"
+    atol, rtol = TOL[dtype]
+    return Case(
+        family=FAMILY, name=name, device=device, dtype=dtype, shape={"B": B, "T": T, "N": N},
+        inputs=functools.partial(_torch_inputs, cell, B, T, N, dtype, device),
+        oracle=functools.partial(_torch_rnn, cell),
+        impls=[Impl("torch", functools.partial(_torch_rnn, cell), backward=backward,
+                    note="torch.nn (cuDNN on the GPU): dense recurrence, the reference point users know")],
+        grad_inputs=("x",), output_names=("y",), atol=atol, rtol=rtol, grad_tol=GRAD_TOL[dtype],
+        tolerance_note=TOL_NOTE[dtype], baseline=None,
+        note=f"reference point for the {'ParaGRU' if cell == 'gru' else 'ParaLSTM'} case of the same size",
+    )
+
+
+def cases(device: torch.device, quick: bool) -> list[Case]:
+    f32, bf16 = torch.float32, torch.bfloat16
+    if device.type == "cuda":
+        out = []
+        sizes = GPU_SIZES[:1] if quick else GPU_SIZES
+        for cell, B, T, N in sizes:
+            out.append(_case(cell, device, f32, B, T, N, impls=_impls(cell, device, loop=T < 65536),
+                             note="SPEC §1.4 reference code fused CUDA: see the module docstring for the goals"))
+            out.append(_torch_case(cell, device, f32, B, T, N))
+        for cell, B, T, N in sizes:
+            out.append(_case(cell, device, bf16, B, T, N, impls=_impls(cell, device, loop=False)))
+        return out
+    # CPU: the goal size in the full run; in --quick a short sequence, the loop and nn.GRU forward
+    # only (the loop and the float64 oracle with autograd take seconds per 1000 steps on 2 cores).
+    B, T, N = (4, 256, 256) if quick else (4, 4096, 256)
+    out = [
+        _case("gru", device, f32, B, T, N, impls=_impls("gru", device, time_reference=not quick,
+                                                        loop_backward=not quick),
+              note="goal: cpp forward >= 10x faster than the eager loop at B=4, T=4096, N=256"),
+        _torch_case("gru", device, f32, B, T, N, backward=not quick),
+    ]
+    if not quick:
+        out.append(_case("lstm", device, f32, 2, 2048, 128, impls=_impls("lstm", device)))
+    return out

@@ -1,0 +1,209 @@
+"""ParaGRU and ParaLSTM: the paper's diagonal multi-head cells (SPEC.md §1.3) as nn.Modules.
+
+Signatures follow torch.nn.GRU / torch.nn.LSTM (single layer, unidirectional):
+
+    ParaGRU:  y, h_n = gru(x, h0=None)             h0, h_n [1, B, N] (h0 may also be [B, N])
+    ParaLSTM: y, (c_n, h_n) = lstm(x, state=None)  state = (c0, h0), each [1, B, N] or [B, N]
+
+Note the LSTM state order is (c, h), the paper's [c | h] state (torch.nn.LSTM uses (h, c)).
+x is [B, T, I] with batch_first=True (the default) or [T, B, I]; y is [B, T, N] / [T, B, N].
+
+Parameters (documented layouts; names in the reference code in brackets):
+    weight_ih  [heads, I/heads, 3, N/heads]  block-diagonal input projection W       [B]
+    bias       [3, N]                         b                                       [b]
+    weight_hh  [3, N]                         diagonal recurrent weights A            [A]
+    peephole   [2, N]                         LSTM only: (p_f, p_o)                   [C]
+Gate orders: GRU (z, r, c); LSTM (f, o, c̃). ``load_reference_state_dict`` / ``reference_state_dict``
+convert from / to the reference names. Initialisation (SPEC.md §1.3): A (and the peepholes)
+~ N(0, (2/√(5N))²); W Xavier-uniform with fan_in = I/heads, fan_out = N; b row 0 = −linspace(0, 1, N),
+other rows 0.
+
+The input projection U = Wx + b is one batched GEMM over heads outside the recurrence; the
+recurrence runs in ``nlseq.pararnn`` (Newton or sequential, see ``mode``). After each forward,
+``last_info`` holds a ``NewtonInfo`` (iterations and residual, as tensors).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.pararnn import MODES, ON_NONCONVERGENCE, NewtonInfo, pararnn
+from ..reference.pararnn import input_projection
+
+
+class _ParaRNN(nn.Module):
+    cell = ""
+    _REF_NAMES = {"weight_hh": "A", "weight_ih": "B", "bias": "b"}
+
+    def __init__(self, input_size: int, hidden_size: int, heads: int = 2, batch_first: bool = True,
+                 backend: str = "auto", mode: str = "auto", max_iters: Optional[int] = None,
+                 tol: Optional[float] = None, on_nonconvergence: str = "raise", device=None, dtype=None):
+        super().__init__()
+        name = type(self).__name__
+        for what, v in (("input_size", input_size), ("hidden_size", hidden_size), ("heads", heads)):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name}: {what} must be a positive int, got {v!r}")
+        if input_size % heads or hidden_size % heads:
+            raise ValueError(
+                f"{name}: input_size ({input_size}) and hidden_size ({hidden_size}) must both be divisible by "
+                f"heads ({heads}): the input projection is block-diagonal over heads (SPEC.md §1.3)"
+            )
+        if mode not in MODES:
+            raise ValueError(f"{name}: mode must be one of {MODES}, got {mode!r}")
+        if on_nonconvergence not in ON_NONCONVERGENCE:
+            raise ValueError(f"{name}: on_nonconvergence must be one of {ON_NONCONVERGENCE}, got {on_nonconvergence!r}")
+        self.input_size, self.hidden_size, self.heads = input_size, hidden_size, heads
+        self.batch_first, self.backend, self.mode = batch_first, backend, mode
+        self.max_iters, self.tol, self.on_nonconvergence = max_iters, tol, on_nonconvergence
+        fk = dict(device=device, dtype=dtype)
+        N = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(heads, input_size // heads, 3, N // heads, **fk))
+        self.bias = nn.Parameter(torch.empty(3, N, **fk))
+        self.weight_hh = nn.Parameter(torch.empty(3, N, **fk))
+        self.last_info: Optional[NewtonInfo] = None
+
+    def reset_parameters(self) -> None:
+        N = self.hidden_size
+        with torch.no_grad():
+            std = 2.0 / math.sqrt(5 * N)
+            self.weight_hh.normal_(0.0, std)
+            bound = math.sqrt(6.0 / (self.input_size // self.heads + N))
+            self.weight_ih.uniform_(-bound, bound)
+            self.bias.zero_()
+            self.bias[0] = -torch.linspace(0, 1, N, dtype=self.bias.dtype, device=self.bias.device)
+            if getattr(self, "peephole", None) is not None:
+                self.peephole.normal_(0.0, std)
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, heads={self.heads}, batch_first={self.batch_first}, "
+                f"backend={self.backend!r}, mode={self.mode!r}")
+
+    # -- reference layout
+    def reference_state_dict(self) -> dict[str, Tensor]:
+        """Parameters under the reference code's names A, B, b (and C: the LSTM peepholes)."""
+        return {ref: getattr(self, ours).detach().clone() for ours, ref in self._REF_NAMES.items()}
+
+    def load_reference_state_dict(self, sd: dict[str, Tensor]) -> None:
+        """Load parameters from the reference code's names and layouts (SPEC.md §1.3)."""
+        name = type(self).__name__
+        missing = [ref for ref in self._REF_NAMES.values() if ref not in sd]
+        extra = [k for k in sd if k not in self._REF_NAMES.values()]
+        if missing or extra:
+            raise KeyError(f"{name}.load_reference_state_dict: expected keys {sorted(self._REF_NAMES.values())}; "
+                           f"missing {missing}, unexpected {extra}")
+        for ours, ref in self._REF_NAMES.items():
+            p = getattr(self, ours)
+            v = sd[ref]
+            if tuple(v.shape) != tuple(p.shape):
+                raise ValueError(f"{name}.load_reference_state_dict: {ref} must have shape {tuple(p.shape)}, "
+                                 f"got {tuple(v.shape)}")
+        with torch.no_grad():
+            for ours, ref in self._REF_NAMES.items():
+                getattr(self, ours).copy_(sd[ref])
+
+    # -- forward pieces
+    def _check_x(self, x: Tensor) -> tuple[Tensor, int, int]:
+        name = type(self).__name__
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            layout = "[B, T, I]" if self.batch_first else "[T, B, I]"
+            raise ValueError(f"{name}: x must be a 3-d tensor {layout}, got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{name}: x's last dim must be input_size = {self.input_size}, got {x.shape[-1]}")
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        return x, x.shape[0], x.shape[1]
+
+    def _state(self, h: Optional[Tensor], what: str, B: int, like: Tensor) -> Optional[Tensor]:
+        if h is None:
+            return None
+        name = type(self).__name__
+        N = self.hidden_size
+        if h.dim() == 3 and h.shape[0] == 1:
+            h = h[0]
+        if tuple(h.shape) != (B, N):
+            raise ValueError(f"{name}: {what} must have shape [1, B, N] or [B, N] = {(1, B, N)}, got {tuple(h.shape)}")
+        return h.to(like.dtype)
+
+    def _run(self, x: Tensor, s0: Optional[Tensor]) -> Tensor:
+        U = input_projection(x, self.weight_ih.to(x.dtype), self.bias.to(x.dtype))  # one GEMM, [B, T, 3, N]
+        S_all, info = pararnn(
+            self.cell, U, self.weight_hh, getattr(self, "peephole", None), s0, mode=self.mode,
+            max_iters=self.max_iters, tol=self.tol, on_nonconvergence=self.on_nonconvergence,
+            backend=self.backend, return_info=True,
+        )
+        self.last_info = info
+        return S_all
+
+    def _out(self, y: Tensor) -> Tensor:
+        return y if self.batch_first else y.transpose(0, 1)
+
+
+class ParaGRU(_ParaRNN):
+    """ParaGRU (SPEC.md §1.3): z = σ(a_z h₋ + W_z x + b_z), r = σ(a_r h₋ + W_r x + b_r),
+    c = tanh(a_c (h₋ r) + W_c x + b_c), h = z c + (1 − z) h₋ (z gates the candidate).
+
+    Args: input_size, hidden_size, heads (default 2; both sizes divisible by it), batch_first,
+    backend ("auto", "cuda", "triton", "cpp", "reference"), mode ("auto": sequential on the cpp
+    backend, Newton elsewhere; "newton"; "sequential"), max_iters, tol, on_nonconvergence
+    (see ``nlseq.pararnn``), device, dtype.
+    ``forward(x, h0=None) -> (y, h_n)``: y [B, T, N] (batch_first) and h_n [1, B, N].
+    """
+
+    cell = "gru"
+
+    def __init__(self, input_size: int, hidden_size: int, heads: int = 2, batch_first: bool = True, **kwargs):
+        super().__init__(input_size, hidden_size, heads, batch_first, **kwargs)
+        self.reset_parameters()
+
+    def forward(self, x: Tensor, h0: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        x, B, T = self._check_x(x)
+        h0 = self._state(h0, "h0", B, x)
+        s0 = None if h0 is None else h0.unsqueeze(1)  # [B, 1, N]
+        S_all = self._run(x, s0)
+        y = S_all[:, :, 0]
+        if T > 0:
+            h_n = S_all[:, -1, 0]
+        else:
+            h_n = x.new_zeros(B, self.hidden_size) if h0 is None else h0
+        return self._out(y), h_n.unsqueeze(0)
+
+
+class ParaLSTM(_ParaRNN):
+    """ParaLSTM, CIFG with peepholes (SPEC.md §1.3): f = σ(a_f h₋ + p_f c₋ + W_f x + b_f),
+    c̃ = tanh(a_c h₋ + W_c x + b_c), c = f c₋ + (1 − f) c̃, o = σ(a_o h₋ + p_o c + W_o x + b_o),
+    h = o tanh(c).
+
+    Args as ``ParaGRU``. ``forward(x, state=None) -> (y, (c_n, h_n))`` with state = (c0, h0); note
+    the (c, h) order of the paper's state [c | h]; c_n, h_n are [1, B, N].
+    """
+
+    cell = "lstm"
+    _REF_NAMES = {"weight_hh": "A", "weight_ih": "B", "bias": "b", "peephole": "C"}
+
+    def __init__(self, input_size: int, hidden_size: int, heads: int = 2, batch_first: bool = True, **kwargs):
+        super().__init__(input_size, hidden_size, heads, batch_first, **kwargs)
+        self.peephole = nn.Parameter(torch.empty(2, hidden_size, device=kwargs.get("device"),
+                                                 dtype=kwargs.get("dtype")))
+        self.reset_parameters()
+
+    def forward(self, x: Tensor, state: Optional[tuple[Tensor, Tensor]] = None):
+        x, B, T = self._check_x(x)
+        s0 = None
+        if state is not None:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise ValueError("ParaLSTM: state must be a pair (c0, h0), each [1, B, N] or [B, N]")
+            c0, h0 = self._state(state[0], "c0", B, x), self._state(state[1], "h0", B, x)
+            s0 = torch.stack([c0, h0], dim=1)  # [B, 2, N]
+        S_all = self._run(x, s0)
+        y = S_all[:, :, 1]
+        if T > 0:
+            c_n, h_n = S_all[:, -1, 0], S_all[:, -1, 1]
+        elif s0 is not None:
+            c_n, h_n = s0[:, 0], s0[:, 1]
+        else:
+            c_n = h_n = x.new_zeros(B, self.hidden_size)
+        return self._out(y), (c_n.unsqueeze(0), h_n.unsqueeze(0))
