@@ -75,7 +75,7 @@ struct ForwardProblem {
 // Backward problem (SPEC.md §1.2), for a forward run in direction `reverse`:
 //   λ_t = g_t + [t is the last step] ḡ + A_{next(t)}ᵀ λ_{next(t)},
 // where next(t) is the step after t in the forward direction. It runs the other way, and
-// emits db_t = λ_t and dA_t = λ_t h_{prev(t)}ᵀ with h_{prev(first)} = h0 (or 0).
+// writes db_t = λ_t and dA_t = λ_t h_{prev(t)}ᵀ with h_{prev(first)} = h0 (or 0).
 template <int K, typename scalar_t>
 struct BackwardProblem {
   using acc = acc_t<scalar_t>;
@@ -107,29 +107,34 @@ struct BackwardProblem {
     for (int i = 0; i < K; ++i)
       for (int j = 0; j < K; ++j) s.A[i][j] = static_cast<acc>(a[j * K + i]);  // transposed
   }
+  // One backward step for channels [n0, n1): λ_t from λ_next (in `state`), then db_t and dA_t.
+  // Branches depend on t only, so they sit outside the contiguous channel loop.
   void step_block(int64_t bi, int64_t t, int64_t n0, int64_t n1, acc (*state)[K]) const {
-    Affine<K, acc> s;
-    for (int64_t n = n0; n < n1; ++n) {
-      load(bi, t, n, s);
-      acc y[K];
-      scan::affine_apply<K, acc>(s.A, s.b, state[n - n0], y);
-      for (int k = 0; k < K; ++k) state[n - n0][k] = y[k];
-      emit(bi, t, n, y);
-    }
-  }
-  void emit(int64_t bi, int64_t t, int64_t n, const acc (&lam)[K]) const {
-    const int64_t row = (bi * T + t) * N + n;
+    const int64_t row = (bi * T + t) * N + n0;
+    const bool last = reverse ? t == 0 : t == T - 1;
     const bool first = reverse ? t == T - 1 : t == 0;
-    acc hp[K];
-    if (first) {
-      for (int j = 0; j < K; ++j) hp[j] = h0 ? static_cast<acc>(h0[(bi * N + n) * K + j]) : acc(0);
-    } else {
-      const scalar_t* src = h + ((bi * T + (reverse ? t + 1 : t - 1)) * N + n) * K;
-      for (int j = 0; j < K; ++j) hp[j] = static_cast<acc>(src[j]);
-    }
-    for (int i = 0; i < K; ++i) {
-      db[row * K + i] = static_cast<scalar_t>(lam[i]);
-      for (int j = 0; j < K; ++j) dA[row * K * K + i * K + j] = static_cast<scalar_t>(lam[i] * hp[j]);
+    const scalar_t* g = grad_h + row * K;
+    const scalar_t* gl = last ? grad_h_last + (bi * N + n0) * K : nullptr;
+    const scalar_t* a = last ? nullptr : A + ((bi * T + (reverse ? t - 1 : t + 1)) * N + n0) * K * K;
+    const scalar_t* hp = first ? (h0 ? h0 + (bi * N + n0) * K : nullptr)
+                               : h + ((bi * T + (reverse ? t + 1 : t - 1)) * N + n0) * K;
+    scalar_t* dbo = db + row * K;
+    scalar_t* dAo = dA + row * K * K;
+    for (int64_t n = 0; n < n1 - n0; ++n) {
+      acc lam[K];
+      for (int i = 0; i < K; ++i) {
+        acc v = static_cast<acc>(g[n * K + i]);
+        if (gl) v += static_cast<acc>(gl[n * K + i]);
+        if (a)
+          for (int j = 0; j < K; ++j) v += static_cast<acc>(a[(n * K + j) * K + i]) * state[n][j];  // Aᵀ λ
+        lam[i] = v;
+      }
+      for (int i = 0; i < K; ++i) {
+        state[n][i] = lam[i];
+        dbo[n * K + i] = static_cast<scalar_t>(lam[i]);
+        for (int j = 0; j < K; ++j)
+          dAo[(n * K + i) * K + j] = static_cast<scalar_t>(hp ? lam[i] * static_cast<acc>(hp[n * K + j]) : acc(0));
+      }
     }
   }
 };

@@ -1,2 +1,3 @@
 """nn.Modules built on nlseq ops, with torch.nn.GRU/LSTM-style signatures (STYLE.md §7)."""
+from .analog import AnalogGRU, AnalogLinear, AnalogLSTM  # noqa: E402,F401
 from .pararnn import ParaGRU, ParaLSTM  # noqa: E402,F401

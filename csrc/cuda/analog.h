@@ -1,0 +1,31 @@
+// CUDA kernel of the fused analog crossbar + NL-ADC op (SPEC.md §3): raw pointers and a stream,
+// no torch headers. Validation and allocation happen in csrc/torch/analog.cpp.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace nlseq {
+namespace cuda {
+
+struct AnalogMvmArgs {
+  const float* x;           // [M, K]
+  const float* weight;      // [N, K] programmed weights, digital units
+  const float* col_scale;   // [N] µA per digital unit
+  const float* thresholds;  // [N, L-1] µA, non-decreasing per column
+  const float* levels;      // [N, L]
+  const float* noise;       // [M, N] standard normals, or nullptr for in-kernel Philox
+  float* y;                 // [M, N]
+  int64_t M, K, N;
+  int L;
+  int in_bits;
+  double x_max;
+  float noise_a, noise_b;
+  uint64_t seed, offset;
+};
+
+// Launches the fused kernel on `stream`; returns the launch error (cudaSuccess when fine).
+cudaError_t analog_mvm_fwd(const AnalogMvmArgs& args, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace nlseq

@@ -1,0 +1,372 @@
+"""Analog modules: crossbar layers whose NL-ADCs output the activations (SPEC.md §3).
+
+``AnalogLinear``, ``AnalogLSTM`` and ``AnalogGRU`` keep their digital weights as parameters in
+torch.nn.Linear / LSTM / GRU layouts (so ``load_state_dict`` of a digital module works) and run
+every product on a simulated crossbar through the fused op ``nlseq.analog_mvm``:
+
+- programming (``program(generator=None)``): weights → differential conductance pairs with
+  programming noise, stuck devices and drift, NL-ADC ramps programmed from step conductances,
+  comparator offsets drawn and calibrated. Done lazily on first use in eval mode, and kept until
+  ``program()`` is called again; in training mode every forward programs afresh (noise injection
+  for hardware-aware training) and gradients reach the digital weights straight through.
+- reading: fresh read, output and comparator noise on every forward, from Philox keyed by the
+  module's seed and a draw counter (``reset_noise()`` rewinds it, so a run replays exactly).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as tnn
+from torch import Tensor
+
+from ..analog.adc import NLADC
+from ..analog.config import CrossbarConfig, program_weights
+from ..ops.analog import analog_mvm
+
+_PHILOX_SEED_SALT = 0x5EED_A11A  # keeps the read-noise stream apart from the programming generator
+
+
+class _Programmed:
+    """What one programming of a crossbar and its ADC banks leaves behind (tensors on one device)."""
+
+    def __init__(self, weight, col_scale, thresholds, levels, noise_a, noise_b):
+        self.weight, self.col_scale = weight, col_scale            # [N, K] digital units, [N] µA/unit
+        self.thresholds, self.levels = thresholds, levels          # [N, L−1] µA, [N, L]
+        self.noise_a, self.noise_b = noise_a, noise_b
+
+
+def _program_crossbar(W: Tensor, banks: Sequence[tuple[NLADC, int]], config: CrossbarConfig,
+                      generator: torch.Generator) -> _Programmed:
+    """Program W [N, K] (may require grad) and the ADC banks (adc, columns) covering its N columns.
+
+    The returned weight equals the programmed weights in value and W in gradient (straight
+    through the programming noise)."""
+    prog = program_weights(W.detach(), config, generator=generator)
+    weight = W + (prog.weight - W).detach()
+    thresholds, levels, cmp_noise = [], [], None
+    col_scale = prog.col_scale.double().cpu()
+    start = 0
+    for adc, cols in banks:
+        p = adc.program(cols, config, generator)
+        scale = col_scale[start:start + cols]  # µA per input unit of each column: ramp in µA
+        start += cols
+        thresholds.append(p.thresholds[None, :] * scale[:, None] + p.offsets[:, None])
+        levels.append(adc.levels[None, :].expand(cols, -1))
+        if cmp_noise is not None and adc.cmp_noise != cmp_noise:
+            raise ValueError("analog modules: every NL-ADC of one crossbar must have the same cmp_noise")
+        cmp_noise = adc.cmp_noise
+    dev = W.device
+    thr = torch.cat(thresholds).to(dev, torch.float32).contiguous()
+    lev = torch.cat(levels).to(dev, torch.float32).contiguous()
+    noise_a, noise_b = config.noise_coefficients(W.shape[1], cmp_noise or 0.0)
+    return _Programmed(weight, prog.col_scale, thr, lev, noise_a, noise_b)
+
+
+def _act_string(banks: Sequence[tuple[NLADC, int]]) -> str:
+    """The straight-through activation spec of the fused op ("sigmoid:256,tanh:128,..."); a user
+    function (f, f_inverse) has no derivative to offer and passes gradients through unchanged."""
+    names = [(adc.name if adc.name is not None else "identity", cols) for adc, cols in banks]
+    if len(names) == 1:
+        return names[0][0]
+    return ",".join(f"{n}:{c}" for n, c in names)
+
+
+class _AnalogBase(tnn.Module):
+    def __init__(self, config: Optional[CrossbarConfig], seed: int, backend: str):
+        super().__init__()
+        self.config = CrossbarConfig() if config is None else config
+        self.seed = int(seed)
+        self.backend = backend
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._programmed: Optional[list[_Programmed]] = None
+        self._draws = 0
+
+    def reset_noise(self, offset: int = 0) -> None:
+        """Rewind the read-noise stream (the Philox offset) to ``offset``."""
+        self._draws = int(offset)
+
+    def program(self, generator: Optional[torch.Generator] = None) -> "_AnalogBase":
+        """Program the weights and ADC ramps now (programming noise, stuck devices, drift,
+        comparator offsets), drawing from ``generator`` or the module's own generator."""
+        g = self._generator if generator is None else generator
+        self._programmed = [_program_crossbar(W, banks, self.config, g) for W, banks in self._crossbars()]
+        return self
+
+    def _state(self) -> list[_Programmed]:
+        if self.training and torch.is_grad_enabled():
+            return [_program_crossbar(W, banks, self.config, self._generator) for W, banks in self._crossbars()]
+        if self._programmed is None:
+            with torch.no_grad():
+                self.program()
+        return self._programmed
+
+    def _mvm(self, x: Tensor, p: _Programmed, act: str) -> Tensor:
+        offset = self._draws
+        self._draws += 1
+        return analog_mvm(x, p.weight, p.col_scale, p.thresholds, p.levels, in_bits=self.config.in_bits,
+                          x_max=self.config.x_max, noise_a=p.noise_a, noise_b=p.noise_b,
+                          seed=(self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1), offset=offset, act=act,
+                          backend=self.backend)
+
+    def _crossbars(self):  # [(W_full [N, K], banks)]
+        raise NotImplementedError
+
+
+def _ones_column(x: Tensor) -> Tensor:
+    return x.new_ones(x.shape[:-1] + (1,))
+
+
+class AnalogLinear(_AnalogBase):
+    """y = adc(x @ Wᵀ + b) on a crossbar (bias as one more input row driven at 1).
+
+    ``adc``: an NLADC applied to every output column, or None for a linear 8-bit ADC ("identity")
+    over ±``linear_range``. Parameters ``weight`` [out, in] and ``bias`` [out] as torch.nn.Linear.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, config: Optional[CrossbarConfig] = None,
+                 adc: Optional[NLADC] = None, seed: int = 0, *, linear_range: float = 8.0, backend: str = "auto",
+                 device=None, dtype=None):
+        super().__init__(config, seed, backend)
+        ref = tnn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = ref.weight
+        self.bias = ref.bias
+        self.adc = adc if adc is not None else NLADC("identity", 8, (-linear_range, linear_range))
+
+    def _crossbars(self):
+        W = self.weight if self.bias is None else torch.cat([self.weight, self.bias[:, None]], dim=1)
+        return [(W, [(self.adc, self.out_features)])]
+
+    def forward(self, x: Tensor) -> Tensor:
+        (p,) = self._state()
+        if self.bias is not None:
+            x = torch.cat([x, _ones_column(x)], dim=-1)
+        return self._mvm(x, p, _act_string([(self.adc, self.out_features)]))
+
+    @classmethod
+    def from_digital(cls, module: tnn.Linear, config: Optional[CrossbarConfig] = None, adc_bits: int = 8,
+                     adc: Optional[NLADC] = None, **kwargs) -> "AnalogLinear":
+        out = cls(module.in_features, module.out_features, bias=module.bias is not None, config=config,
+                  adc=adc, **kwargs)
+        if adc is None:
+            rng = kwargs.get("linear_range", 8.0)
+            out.adc = NLADC("identity", adc_bits, (-rng, rng))
+        out.load_state_dict(module.state_dict())
+        return out.to(module.weight.device)
+
+
+class _AnalogRNNBase(_AnalogBase):
+    _MODE = ""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 config: Optional[CrossbarConfig] = None, adc_bits: int = 5, seed: int = 0, *,
+                 cmp_offset: float = 0.0, cmp_noise: float = 0.0, linear_range: float = 4.0,
+                 backend: str = "auto", device=None, dtype=None):
+        super().__init__(config, seed, backend)
+        if bidirectional:
+            raise NotImplementedError(f"Analog{self._MODE}: bidirectional=True is not supported")
+        if dropout:
+            raise NotImplementedError(f"Analog{self._MODE}: dropout between layers is not supported")
+        ref = (tnn.LSTM if self._MODE == "LSTM" else tnn.GRU)(input_size, hidden_size, num_layers, bias=bias,
+                                                             batch_first=batch_first, device=device, dtype=dtype)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.adc_bits = bias, batch_first, adc_bits
+        for name, p in ref.named_parameters():
+            setattr(self, name, p)
+        kw = dict(cmp_offset=cmp_offset, cmp_noise=cmp_noise)
+        self.sigmoid_adc = NLADC("sigmoid", adc_bits, **kw)
+        self.tanh_adc = NLADC("tanh", adc_bits, **kw)
+        self.linear_adc = NLADC("identity", adc_bits, (-linear_range, linear_range), **kw)
+        self._cell_adc_state = None  # (thresholds [H, L−1] in c units, offsets) per layer
+
+    def _layer_params(self, k: int):
+        w_ih, w_hh = getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}")
+        if self.bias:
+            b_ih, b_hh = getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}")
+        else:
+            b_ih = b_hh = w_ih.new_zeros(w_ih.shape[0])
+        return w_ih, w_hh, b_ih, b_hh
+
+    def program(self, generator: Optional[torch.Generator] = None):
+        super().program(generator)
+        self._cell_adc_state = self._program_cell_adcs(self._generator if generator is None else generator)
+        return self
+
+    def _program_cell_adcs(self, g: torch.Generator):
+        """The NL-ADCs that read the digital cell value (tanh(c) in the LSTM, the n gate in the
+        GRU): ramp programmed, comparator offsets per hidden unit, in c units."""
+        out = []
+        scale = self.config.v_read * self.config.g_max / self.config.x_max  # µA per unit of c
+        for _ in range(self.num_layers):
+            p = self.tanh_adc.program(self.hidden_size, self.config, g)
+            thr = (p.thresholds[None, :] + p.offsets[:, None] / scale).to(torch.float32)
+            out.append(thr.to(self.weight_hh_l0.device).contiguous())
+        return out
+
+    def _cell_adc(self, u: Tensor, thresholds: Tensor) -> Tensor:
+        """tanh through an NL-ADC on a digital value u [B, H], straight-through gradient of tanh."""
+        adc = self.tanh_adc
+        v = u.detach()
+        if adc.cmp_noise > 0:
+            scale = self.config.v_read * self.config.g_max / self.config.x_max
+            z = torch.randn(v.shape, generator=self._noise_generator(), dtype=torch.float32).to(v.device)
+            v = v + z * (adc.cmp_noise / scale)
+        codes = torch.searchsorted(thresholds, v.t().contiguous().float()).t()
+        y = adc.levels.to(u.device, torch.float32)[codes].to(u.dtype)
+        ideal = torch.tanh(u)
+        return ideal + (y - ideal).detach()
+
+    def _noise_generator(self) -> torch.Generator:
+        g = torch.Generator().manual_seed((self.seed ^ _PHILOX_SEED_SALT) + 7919 * self._draws)
+        self._draws += 1
+        return g
+
+    def _state(self):
+        states = super()._state()
+        if self._cell_adc_state is None or (self.training and torch.is_grad_enabled()):
+            self._cell_adc_state = self._program_cell_adcs(self._generator)
+        return states
+
+    def forward(self, input: Tensor, hx=None):
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1 if not self.batch_first else 0)
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        T, B, _ = x.shape
+        H = self.hidden_size
+        states = self._state()
+        h0, c0 = self._initial_state(hx, B, x, batched)
+        outs = x
+        h_n, c_n = [], []
+        fused = self._fused_sequence(x)
+        for k in range(self.num_layers):
+            h = h0[k]
+            c = None if c0 is None else c0[k]
+            if fused and T > 0:
+                outs, h, c = self._layer_fused(outs, h, c, states[k], self._cell_adc_state[k])
+                h_n.append(h)
+                c_n.append(c)
+                continue
+            ys = []
+            for t in range(T):
+                xh1 = torch.cat([outs[t], h, h.new_ones(B, 1)], dim=1)
+                h, c = self._cell(xh1, h, c, states[k], self._cell_adc_state[k], H)
+                ys.append(h)
+            outs = torch.stack(ys) if T > 0 else outs.new_zeros(0, B, H)
+            h_n.append(h)
+            c_n.append(c)
+        out = outs.transpose(0, 1) if self.batch_first else outs
+        h_n = torch.stack(h_n)
+        if not batched:
+            out = out.squeeze(1 if not self.batch_first else 0)
+            h_n = h_n.squeeze(1)
+        if self._MODE == "LSTM":
+            c_n = torch.stack(c_n)
+            return out, (h_n, c_n if batched else c_n.squeeze(1))
+        return out, h_n
+
+    def _fused_sequence(self, x: Tensor) -> bool:
+        """Whether the whole-layer C++ kernel runs (inference on the CPU with the cpp backend and a
+        noiseless cell ADC comparator); otherwise the layer steps through ``analog_mvm`` in Python."""
+        if self._MODE != "LSTM" or (self.training and torch.is_grad_enabled()) or x.device.type != "cpu":
+            return False
+        if x.dtype != torch.float32 or self.tanh_adc.cmp_noise > 0:
+            return False
+        from .. import registry
+
+        return registry.resolve(self.backend, x.device, "analog_mvm", ("cpp", "reference")) == "cpp"
+
+    def _layer_fused(self, x, h, c, p, cell_thr):
+        offset = self._draws
+        self._draws += x.shape[0]
+        with torch.no_grad():
+            return torch.ops.nlseq_ext.analog_lstm_fwd(
+                x.contiguous(), p.weight.detach().contiguous(), p.col_scale, p.thresholds, p.levels, cell_thr,
+                self.tanh_adc.levels.to(torch.float32), h.contiguous(), c.contiguous(), self.config.in_bits,
+                self.config.x_max, p.noise_a, p.noise_b, (self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1), offset)
+
+    def _initial_state(self, hx, B, x, batched):
+        zeros = x.new_zeros(self.num_layers, B, self.hidden_size)
+        if self._MODE == "LSTM":
+            if hx is None:
+                return zeros, zeros
+            h0, c0 = hx
+            if not batched:
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            return h0, c0
+        if hx is None:
+            return zeros, None
+        return (hx if batched else hx.unsqueeze(1)), None
+
+    @classmethod
+    def from_digital(cls, module, config: Optional[CrossbarConfig] = None, adc_bits: int = 5, **kwargs):
+        if module.bidirectional or getattr(module, "proj_size", 0):
+            raise NotImplementedError(f"Analog{cls._MODE}.from_digital: bidirectional and proj_size are not supported")
+        out = cls(module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
+                  batch_first=module.batch_first, config=config, adc_bits=adc_bits, **kwargs)
+        out.load_state_dict(module.state_dict(), strict=False)
+        return out.to(next(module.parameters()).device)
+
+
+class AnalogLSTM(_AnalogRNNBase):
+    """torch.nn.LSTM on simulated crossbars (SPEC.md §3.2): per layer ONE crossbar on [x; h; 1]
+    (W_full = [W_ih | W_hh | b_ih + b_hh], 4H columns in torch's gate order i, f, g, o) whose
+    columns end in sigmoid NL-ADCs (i, f, o) and tanh NL-ADCs (g); c = f⊙c + i⊙g digitally and
+    h = o⊙tanh(c) with tanh(c) from an NL-ADC too. Parameters as torch.nn.LSTM
+    (``weight_ih_l0`` ...), so ``from_digital`` copies a trained LSTM's state dict.
+    Returns ``(output, (h_n, c_n))`` like torch.nn.LSTM; unidirectional, no projections.
+    """
+
+    _MODE = "LSTM"
+
+    def _crossbars(self):
+        H = self.hidden_size
+        out = []
+        for k in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self._layer_params(k)
+            W = torch.cat([w_ih, w_hh, (b_ih + b_hh)[:, None]], dim=1)
+            out.append((W, [(self.sigmoid_adc, 2 * H), (self.tanh_adc, H), (self.sigmoid_adc, H)]))
+        return out
+
+    def _cell(self, xh1, h, c, p, cell_thr, H):
+        gates = self._mvm(xh1, p, f"sigmoid:{2 * H},tanh:{H},sigmoid:{H}")
+        i, f, g, o = gates.split(H, dim=1)
+        c = f * c + i * g
+        return o * self._cell_adc(c, cell_thr), c
+
+
+class AnalogGRU(_AnalogRNNBase):
+    """torch.nn.GRU on simulated crossbars: per layer ONE crossbar on [x; h; 1] with 4H columns,
+    r and z (sigmoid NL-ADCs) on [W_ir | W_hr | b_ir + b_hr] and [W_iz | W_hz | b_iz + b_hz], and
+    the two halves of the candidate, W_in x + b_in and W_hn h + b_hn, read by linear ("identity")
+    ADCs over ±linear_range; n = tanh(xn + r⊙hn) through a tanh NL-ADC and h = (1 − z)⊙n + z⊙h.
+    Parameters as torch.nn.GRU; returns ``(output, h_n)``.
+    """
+
+    _MODE = "GRU"
+
+    def _crossbars(self):
+        H = self.hidden_size
+        out = []
+        for k in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self._layer_params(k)
+            I = w_ih.shape[1]
+            rz = torch.cat([w_ih[:2 * H], w_hh[:2 * H], (b_ih[:2 * H] + b_hh[:2 * H])[:, None]], dim=1)
+            xn = torch.cat([w_ih[2 * H:], w_ih.new_zeros(H, H), b_ih[2 * H:, None]], dim=1)
+            hn = torch.cat([w_ih.new_zeros(H, I), w_hh[2 * H:], b_hh[2 * H:, None]], dim=1)
+            W = torch.cat([rz, xn, hn], dim=0)
+            out.append((W, [(self.sigmoid_adc, 2 * H), (self.linear_adc, 2 * H)]))
+        return out
+
+    def _cell(self, xh1, h, c, p, cell_thr, H):
+        gates = self._mvm(xh1, p, f"sigmoid:{2 * H},identity:{2 * H}")
+        r, z, xn, hn = gates.split(H, dim=1)
+        n = self._cell_adc(xn + r * hn, cell_thr)
+        return (1 - z) * n + z * h, None
+
+
+__all__ = ["AnalogLinear", "AnalogLSTM", "AnalogGRU"]
+
+

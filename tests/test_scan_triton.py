@@ -1,0 +1,174 @@
+"""Triton-specific paths of nlseq.linear_recurrence (kernels/scan.py), against the float64 oracle.
+
+tests/test_scan.py runs the triton backend through its default config: on a GPU the autotuned
+configs, under TRITON_INTERPRET=1 the single interpreter config (tiles scanned with DOT_SCAN).
+Here the launchers are called with explicit meta-parameters and chunk lengths, so that the paths
+the GPU configs take (tl.associative_scan tiles for K = 1, one step per iteration for K > 1)
+also run on the CPU, on small shapes, together with chunk boundaries that do not fall on tile
+boundaries, several channel blocks, and one chunk per step.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from _utils import assert_close_to_oracle, backend_params, device_for
+
+from nlseq.reference.scan import linear_recurrence_backward, linear_recurrence_loop
+
+pytestmark = backend_params("triton")[0].marks
+
+# float32 against float64: a few ulps of accumulated rounding per step on O(1) states
+TOL = dict(atol=2e-5, rtol=2e-5)
+GRAD_TOL = dict(atol=1e-4, rtol=1e-4)
+
+# (id, K, meta): the meta-parameters of one kernel path
+PATHS = [
+    ("diag-assoc-BT8", 1, {"BT": 8, "BN": 8, "DOT_SCAN": False}),  # the GPU configs' K = 1 path
+    ("diag-step", 1, {"BT": 1, "BN": 8, "DOT_SCAN": False}),
+    ("diag-dot-BT16", 1, {"BT": 16, "BN": 4, "DOT_SCAN": True}),  # the interpreter config's path
+    ("K2-step", 2, {"BT": 1, "BN": 4, "DOT_SCAN": False}),  # the GPU configs' K > 1 path
+    ("K3-step", 3, {"BT": 1, "BN": 4, "DOT_SCAN": False}),
+    ("K4-step", 4, {"BT": 1, "BN": 8, "DOT_SCAN": False}),
+    ("K3-dot-BT8", 3, {"BT": 8, "BN": 4, "DOT_SCAN": True}),
+]
+# (reverse, with_h0)
+DIRECTIONS = [(False, True), (True, False), (False, False), (True, True)]
+
+
+def _inputs(B, T, N, K, with_h0, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = (torch.rand(B, T, N, K, K, generator=g, dtype=torch.float64) * 2 - 1) * (0.95 / K)
+    b = torch.randn(B, T, N, K, generator=g, dtype=torch.float64)
+    h0 = torch.randn(B, N, K, generator=g, dtype=torch.float64) if with_h0 else None
+    dev = device_for("triton")
+    cast = lambda x: None if x is None else x.to(dtype).to(dev)  # noqa: E731
+    return cast(A), cast(b), cast(h0)
+
+
+def _check(K, meta, chunk, reverse, with_h0, B=2, T=23, N=11):
+    from nlseq.kernels import scan as tk
+
+    A, b, h0 = _inputs(B, T, N, K, with_h0)
+    h, h_last = tk.linear_recurrence_fwd(A, b, h0, reverse, chunk=chunk, meta=meta)
+    A64, b64 = A.double().cpu(), b.double().cpu()
+    h064 = torch.zeros(B, N, K, dtype=torch.float64) if h0 is None else h0.double().cpu()
+    h_ref, last_ref = linear_recurrence_loop(A64, b64, h064, reverse)
+    assert_close_to_oracle(h, h_ref, **TOL, what="h")
+    assert_close_to_oracle(h_last, last_ref, **TOL, what="h_last")
+
+    g = torch.Generator().manual_seed(1)
+    gh = torch.randn(h.shape, generator=g).to(h.device)
+    gl = torch.randn(h_last.shape, generator=g).to(h.device)
+    dA, db, dh0 = tk.linear_recurrence_bwd(A, h, h0, gh, gl, reverse, chunk=chunk, meta=meta)
+    # with h0 = None the kernel still returns dh0 = A_firstᵀ λ_first: the oracle's dh0 for h0 = 0
+    rA, rb, rh0 = linear_recurrence_backward(
+        A64, h_ref, h064, gh.double().cpu(), gl.double().cpu(), reverse,
+        scan_fn=lambda A, b, h0, rev: linear_recurrence_loop(A, b, h0, rev),
+    )
+    assert_close_to_oracle(dA, rA, **GRAD_TOL, what="dA")
+    assert_close_to_oracle(db, rb, **GRAD_TOL, what="db")
+    assert_close_to_oracle(dh0, rh0, **GRAD_TOL, what="dh0")
+
+
+@pytest.mark.parametrize("reverse,with_h0", DIRECTIONS, ids=["fwd-h0", "rev", "fwd", "rev-h0"])
+@pytest.mark.parametrize("chunk", [None, 7], ids=["one-chunk", "chunk7"])
+@pytest.mark.parametrize("K,meta", [p[1:] for p in PATHS], ids=[p[0] for p in PATHS])
+def test_kernel_paths(K, meta, chunk, reverse, with_h0):
+    # T = 23 is prime; chunk 7 cuts it into 4 chunks (the last one short), off the tile grid of
+    # BT = 8 and 16; N = 11 spans 2-3 channel blocks.
+    _check(K, meta, chunk, reverse, with_h0)
+
+
+@pytest.mark.parametrize("K,meta", [PATHS[0][1:], PATHS[3][1:]], ids=[PATHS[0][0], PATHS[3][0]])
+def test_one_step_per_chunk(K, meta):
+    # NC = T: every chunk summary is one step, the combine walks all of them
+    _check(K, meta, 1, False, True, T=9, N=5)
+    _check(K, meta, 1, True, True, T=9, N=5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_assoc_path(dtype):
+    # outputs are rounded once from the float32 state: half an ulp of the output dtype
+    from nlseq.kernels import scan as tk
+
+    A, b, h0 = _inputs(2, 40, 9, 1, True, dtype=dtype)
+    h, h_last = tk.linear_recurrence_fwd(A, b, h0, False, chunk=13, meta=PATHS[0][2])
+    h_ref, last_ref = linear_recurrence_loop(A.double().cpu(), b.double().cpu(), h0.double().cpu(), False)
+    rtol = 2**-8 if dtype == torch.bfloat16 else 2**-10
+    assert h.dtype == dtype and h_last.dtype == dtype
+    assert_close_to_oracle(h, h_ref, atol=1e-3, rtol=rtol, what="h")
+    assert_close_to_oracle(h_last, last_ref, atol=1e-3, rtol=rtol, what="h_last")
+
+
+def test_interpreter_has_one_config():
+    from nlseq import registry
+    from nlseq.kernels import scan as tk
+
+    if not registry.triton_interpret():
+        pytest.skip("autotuning with several configs is the GPU behaviour")
+    assert len(tk._diag_chunk_kernel.configs) == 1
+    assert len(tk._block_chunk_kernel.configs) == 1
+
+
+def test_chunk_length_heuristic(monkeypatch):
+    # the launcher's choice of chunk length, with the GPU rule (132 SMs, as on an H200)
+    from nlseq.kernels import scan as tk
+
+    monkeypatch.setattr(tk, "_INTERPRET", False)
+    monkeypatch.setattr(tk, "_num_sms", lambda index: 132)
+    dev = torch.device("cuda", 0)
+    # B·N fills the GPU: one chunk, a single pass
+    assert tk._chunk_length(64, 2048, 1024, 1, dev) == 2048
+    assert tk._chunk_length(16, 4096, 512, 1, dev) == 4096
+    # few channels, long T: several chunks of whole tiles, each at least min_chunk long
+    L = tk._chunk_length(2, 65536, 256, 1, dev)
+    assert L % 128 == 0 and 512 <= L < 65536 and -(-65536 // L) >= 2
+    # short T is never split below min_chunk
+    assert tk._chunk_length(1, 300, 4, 1, dev) == 300
+
+
+_AOT_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from nlseq.kernels import scan as tk
+
+def compile_one(kernel, dtype, consts, num_warps, num_stages):
+    fn = kernel.fn if hasattr(kernel, "configs") else kernel
+    ptrs = {n: "*" + dtype for n in ("A", "X", "S0", "H", "FIN", "HF", "H0", "DA")}
+    ptrs.update({n: "*fp32" for n in ("SIN", "AS", "XS")})
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in fn.arg_names}
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    assert k.asm["cubin"]
+
+cfg = tk._diag_configs()[0]
+for rev, bwd, summ in [(False, False, False), (True, True, False), (False, True, True)]:
+    consts = dict(K=1, REV=rev, BWD=bwd, SUMMARY=summ, HAS_S0=True, HAS_SIN=not summ, HAS_H0=bwd, **cfg.kwargs)
+    compile_one(tk._diag_chunk_kernel, "bf16", consts, cfg.num_warps, cfg.num_stages)
+cfg = tk._block_configs()[0]
+for K, bwd, summ in [(3, True, False), (4, False, True)]:
+    consts = dict(K=K, REV=False, BWD=bwd, SUMMARY=summ, HAS_S0=True, HAS_SIN=not summ, HAS_H0=bwd,
+                  KP=triton.next_power_of_2(K), **cfg.kwargs)
+    compile_one(tk._block_chunk_kernel, "fp32", consts, cfg.num_warps, cfg.num_stages)
+compile_one(tk._combine_kernel, "fp32", dict(K=3, HAS_S0=True, KP=4, BN=64), 4, 1)
+print("compiled")
+"""
+
+
+def test_gpu_configs_compile_for_sm90():
+    # The interpreter never lowers the kernels; this compiles the GPU configs' variants ahead of
+    # time for sm_90 (no GPU needed: triton's bundled ptxas), in a process without TRITON_INTERPRET.
+    import os
+    import subprocess
+    import sys
+
+    import triton.backends
+
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("triton has no nvidia backend here")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    r = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-4000:]
