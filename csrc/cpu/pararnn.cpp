@@ -46,7 +46,7 @@ constexpr int64_t kChannels = 64;  // channels per work item: a contiguous run o
 // Double: the C library (float64 is the accuracy path, not the fast one).
 // c ? a : b as bit operations: GCC does not if-convert a float select under -ftrapping-math (the
 // default), which would stop the channel loop from vectorising.
-inline float select(bool c, float a, float b) {
+__attribute__((always_inline)) inline float select(bool c, float a, float b) {
   const uint32_t m = 0u - static_cast<uint32_t>(c);
   uint32_t ab, bb;
   std::memcpy(&ab, &a, sizeof(ab));
@@ -58,7 +58,7 @@ inline float select(bool c, float a, float b) {
 }
 
 struct FastMath {
-  static inline float exp(float x) {
+  __attribute__((always_inline)) static inline float exp(float x) {
     x = select(x < -87.0f, -87.0f, x);
     x = select(x > 88.0f, 88.0f, x);
     const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
@@ -77,7 +77,7 @@ struct FastMath {
     std::memcpy(&scale, &bits, sizeof(scale));
     return p * scale;
   }
-  static inline float tanh(float x) { return 1.0f - 2.0f / (1.0f + exp(2.0f * x)); }
+  __attribute__((always_inline)) static inline float tanh(float x) { return 1.0f - 2.0f / (1.0f + exp(2.0f * x)); }
   static inline double exp(double x) { return std::exp(x); }
   static inline double tanh(double x) { return std::tanh(x); }
 };
@@ -222,6 +222,94 @@ void bwd_dispatch(PararnnCell kind, const scalar_t* U, const BlockParams<acc_t<s
   }
 }
 
+// ---------------------------------------------------------------- Newton linearisation, one (b, t) row
+// Row of the iterate in the scan layout: h_row [N, S] (acc); prev [N, S] the state before the
+// step (s0 or the previous row); writes J [N, S, S], r = f − J prev [N, S] and |h − f| per
+// element into dev [N·S] (reduced by the caller: a max with NaN propagation does not vectorise).
+template <typename Cell, typename scalar_t, typename acc>
+__attribute__((always_inline)) inline void linearise_row(const scalar_t* __restrict__ u_row,
+                                                         const acc* __restrict__ a, const acc* __restrict__ p,
+                                                         const acc* __restrict__ prev, const acc* __restrict__ h_row,
+                                                         acc* __restrict__ jac, acc* __restrict__ rhs,
+                                                         acc* __restrict__ dev, int64_t N) {
+  constexpr int S = Cell::S;
+  for (int64_t n = 0; n < N; ++n) {
+    const acc uu[3] = {static_cast<acc>(u_row[n]), static_cast<acc>(u_row[N + n]), static_cast<acc>(u_row[2 * N + n])};
+    const acc aa[3] = {a[n], a[N + n], a[2 * N + n]};
+    const acc pp[2] = {p[n], p[N + n]};
+    acc sp[S], f[S], jj[S][S];
+    for (int k = 0; k < S; ++k) sp[k] = prev[n * S + k];
+    Cell::step_jac(uu, aa, pp, sp, f, jj);
+    for (int i = 0; i < S; ++i) {
+      acc ri = f[i];
+      for (int k = 0; k < S; ++k) {
+        jac[(n * S + i) * S + k] = jj[i][k];
+        ri -= jj[i][k] * sp[k];
+      }
+      rhs[n * S + i] = ri;
+      const acc d = h_row[n * S + i] - f[i];
+      dev[n * S + i] = std::abs(d);
+    }
+  }
+}
+
+// Initial guess of one row: h_row = f(prev, x_t) with prev = s0 (t = 0) or 0.
+template <typename Cell, typename scalar_t, typename acc>
+__attribute__((always_inline)) inline void initial_row(const scalar_t* __restrict__ u_row, const acc* __restrict__ a,
+                                                       const acc* __restrict__ p, const acc* __restrict__ prev,
+                                                       acc* __restrict__ h_row, int64_t N) {
+  constexpr int S = Cell::S;
+  for (int64_t n = 0; n < N; ++n) {
+    const acc uu[3] = {static_cast<acc>(u_row[n]), static_cast<acc>(u_row[N + n]), static_cast<acc>(u_row[2 * N + n])};
+    const acc aa[3] = {a[n], a[N + n], a[2 * N + n]};
+    const acc pp[2] = {p[n], p[N + n]};
+    acc sp[S], f[S];
+    for (int k = 0; k < S; ++k) sp[k] = prev[n * S + k];
+    Cell::step(uu, aa, pp, sp, f);
+    for (int k = 0; k < S; ++k) h_row[n * S + k] = f[k];
+  }
+}
+
+#define NLSEQ_NEWTON_INSTANCES(SUFFIX, CELL)                                                                    \
+  NLSEQ_CLONES void linearise_row_##SUFFIX(const float* u_row, const float* a, const float* p, const float* prev, \
+                                           const float* h_row, float* jac, float* rhs, float* dev, int64_t N) {     \
+    linearise_row<CELL<float>, float, float>(u_row, a, p, prev, h_row, jac, rhs, dev, N);                       \
+  }                                                                                                              \
+  NLSEQ_CLONES void initial_row_##SUFFIX(const float* u_row, const float* a, const float* p, const float* prev,   \
+                                         float* h_row, int64_t N) {                                              \
+    initial_row<CELL<float>, float, float>(u_row, a, p, prev, h_row, N);                                        \
+  }
+NLSEQ_NEWTON_INSTANCES(gru_f32, GruCell)
+NLSEQ_NEWTON_INSTANCES(lstm_f32, LstmCell)
+
+template <typename scalar_t, typename acc>
+void linearise_dispatch(PararnnCell kind, const scalar_t* u_row, const acc* a, const acc* p, const acc* prev,
+                        const acc* h_row, acc* jac, acc* rhs, acc* dev, int64_t N) {
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (kind == PararnnCell::kGru)
+      linearise_row_gru_f32(u_row, a, p, prev, h_row, jac, rhs, dev, N);
+    else
+      linearise_row_lstm_f32(u_row, a, p, prev, h_row, jac, rhs, dev, N);
+  } else {
+    cell_switch<acc>(kind, [&](auto cell) {
+      linearise_row<decltype(cell), scalar_t, acc>(u_row, a, p, prev, h_row, jac, rhs, dev, N);
+    });
+  }
+}
+
+template <typename scalar_t, typename acc>
+void initial_dispatch(PararnnCell kind, const scalar_t* u_row, const acc* a, const acc* p, const acc* prev,
+                      acc* h_row, int64_t N) {
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (kind == PararnnCell::kGru)
+      initial_row_gru_f32(u_row, a, p, prev, h_row, N);
+    else
+      initial_row_lstm_f32(u_row, a, p, prev, h_row, N);
+  } else {
+    cell_switch<acc>(kind, [&](auto cell) { initial_row<decltype(cell), scalar_t, acc>(u_row, a, p, prev, h_row, N); });
+  }
+}
+
 // 1 or 2; written so the compiler sees the bound of the per-item state arrays ([2][kChannels]).
 int cell_state_size(PararnnCell kind) { return kind == PararnnCell::kGru ? 1 : 2; }
 
@@ -328,7 +416,6 @@ std::pair<int64_t, double> pararnn_newton_fwd(PararnnCell cell, const at::Tensor
     const auto opts = U.options().dtype(acc_dtype);
     const scalar_t* u = U.data_ptr<scalar_t>();
     const acc* a = A.data_ptr<acc>();
-    const acc* p = P.has_value() ? P->data_ptr<acc>() : nullptr;
     // s0 in the scan layout [B, N, S], acc
     at::Tensor init = s0.has_value() ? s0->to(acc_dtype).permute({0, 2, 1}).contiguous() : at::zeros({B, N, S}, opts);
     const acc* h0 = init.data_ptr<acc>();
@@ -338,47 +425,36 @@ std::pair<int64_t, double> pararnn_newton_fwd(PararnnCell cell, const at::Tensor
     at::Tensor H_last = at::empty({B, N, S}, opts);
     std::vector<acc> row_max(B * T);
 
-    // One pass over all (b, t): evaluate f (and J, r when linearise) at the previous state taken
-    // from H (or s0 at t = 0; 0 for the initial guess f(0, x_t), t >= 1).
+    // P as a [2, N] buffer even for the GRU (zeros), so the row kernels need no branch.
+    const at::Tensor P_t = P.has_value() ? *P : at::zeros({2, N}, opts);
+    const acc* pz = P_t.data_ptr<acc>();
+    const at::Tensor zero_prev = at::zeros({N, S}, opts);
+
+    // One pass over all rows (b, t): the initial guess f(0, x_t) (s0 at t = 0), or the
+    // linearisation at the current iterate H.
     auto evaluate = [&](bool initial) {
       acc* h = H.data_ptr<acc>();
       acc* jac = J.data_ptr<acc>();
       acc* rhs = R.data_ptr<acc>();
+      const acc* zp = zero_prev.data_ptr<acc>();
       at::parallel_for(0, B * T, 16, [&](int64_t r0, int64_t r1) {
-        cell_switch<acc>(cell, [&](auto cellv) {
-          using Cell = decltype(cellv);
-          for (int64_t row = r0; row < r1; ++row) {
-            const int64_t bi = row / T, t = row % T;
-            const scalar_t* u_row = u + row * 3 * N;
-            const acc* prev = t > 0 ? h + (row - 1) * N * S : h0 + bi * N * S;
-            acc m = acc(0);
-            for (int64_t n = 0; n < N; ++n) {
-              const acc uu[3] = {static_cast<acc>(u_row[n]), static_cast<acc>(u_row[N + n]),
-                                 static_cast<acc>(u_row[2 * N + n])};
-              const acc aa[3] = {a[n], a[N + n], a[2 * N + n]};
-              const acc pp[2] = {p ? p[n] : acc(0), p ? p[N + n] : acc(0)};
-              acc sp[Cell::S], s[Cell::S], jj[Cell::S][Cell::S];
-              for (int k = 0; k < Cell::S; ++k) sp[k] = (initial && t > 0) ? acc(0) : prev[n * S + k];
-              if (initial) {
-                Cell::step(uu, aa, pp, sp, s);
-                for (int k = 0; k < Cell::S; ++k) h[(row * N + n) * S + k] = s[k];
-                continue;
-              }
-              Cell::step_jac(uu, aa, pp, sp, s, jj);
-              for (int i = 0; i < Cell::S; ++i) {
-                acc ri = s[i];
-                for (int k = 0; k < Cell::S; ++k) {
-                  jac[((row * N + n) * S + i) * S + k] = jj[i][k];
-                  ri -= jj[i][k] * sp[k];
-                }
-                rhs[(row * N + n) * S + i] = ri;
-                const acc d = std::abs(h[(row * N + n) * S + i] - s[i]);
-                if (!(d <= m)) m = d;  // NaN propagates into the residual
-              }
-            }
-            row_max[row] = m;
+        std::vector<acc> dev(N * S);
+        for (int64_t row = r0; row < r1; ++row) {
+          const int64_t bi = row / T, t = row % T;
+          const scalar_t* u_row = u + row * 3 * N;
+          if (initial) {
+            const acc* prev = t > 0 ? zp : h0 + bi * N * S;
+            initial_dispatch<scalar_t, acc>(cell, u_row, a, pz, prev, h + row * N * S, N);
+            continue;
           }
-        });
+          const acc* prev = t > 0 ? h + (row - 1) * N * S : h0 + bi * N * S;
+          linearise_dispatch<scalar_t, acc>(cell, u_row, a, pz, prev, h + row * N * S, jac + row * N * S * S,
+                                            rhs + row * N * S, dev.data(), N);
+          acc m = acc(0);
+          for (acc d : dev)
+            if (!(d <= m)) m = d;  // NaN propagates into the residual
+          row_max[row] = m;
+        }
       });
     };
     // rows are written in parallel, in place: the initial guess must not read H, and the

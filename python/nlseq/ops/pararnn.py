@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -568,7 +567,7 @@ def _state_shape(step, params, x, h0):
         check_tensor("h0", h0, op="newton_solve")
         try:
             out = _call(step, params, h0.detach().unsqueeze(1), x[:, :1])
-        except RuntimeError as e:
+        except (RuntimeError, IndexError, TypeError, ValueError) as e:
             raise ValueError(f"nlseq.newton_solve: h0 must have shape [B, *state] with state the shape of one "
                              f"output of step; step(h0[:, None], x[:, :1]) failed for h0 of shape "
                              f"{tuple(h0.shape)}") from e
@@ -578,7 +577,7 @@ def _state_shape(step, params, x, h0):
         return tuple(h0.shape[1:])
     try:
         out = _call(step, params, torch.zeros((), dtype=x.dtype, device=x.device), x[:, :1])
-    except RuntimeError as e:  # the cell needs a shaped state: say how to give it one
+    except (RuntimeError, IndexError, TypeError, ValueError) as e:  # the cell needs a shaped state
         raise ValueError("nlseq.newton_solve: with h0=None the state shape is found by calling step(h_prev, x) "
                          "with a zero scalar h_prev, which failed; pass h0 (zeros for a zero initial state)") from e
     if out.dim() < 2 or out.shape[:2] != (B, 1):
