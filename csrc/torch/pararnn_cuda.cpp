@@ -6,7 +6,9 @@
 // cpp and reference backends); A, P float32; the LSTM needs P, the GRU takes none.
 #ifdef NLSEQ_WITH_CUDA
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: that needs the cuBLAS/cuSPARSE headers
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -76,10 +78,17 @@ pararnn::CellKind cuda_check_inputs(const char* op, c10::string_view cell_name, 
   return cell;
 }
 
+// Number of SMs of the tensor's device (cached per device by the runtime).
+int64_t sm_count(const at::Device& device) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device.index()));
+  return count;
+}
+
 cuda::PararnnShape make_shape(const char* op, pararnn::CellKind cell, const at::Tensor& U, int64_t chunk_len) {
   const int64_t B = U.size(0), T = U.size(1), N = U.size(3);
   int64_t L = chunk_len;
-  if (L <= 0) L = cuda::pararnn_chunk_len(B, T, N, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  if (L <= 0) L = cuda::pararnn_chunk_len(B, T, N, sm_count(U.device()));
   L = std::max<int64_t>(1, std::min(L, T));
   TORCH_CHECK((T + L - 1) / L <= cuda::kPararnnMaxGridYZ, op, ": chunk length ", L, " gives more than ",
               cuda::kPararnnMaxGridYZ, " chunks for T = ", T);
@@ -113,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_impl(const char* op, c10::str
                             residual.data_ptr<float>(),
                             max_iters,
                             static_cast<float>(tol)};
-  const cudaError_t err = cuda::pararnn_fwd(shape, args, ws.data_ptr(), at::cuda::getCurrentCUDAStream());
+  const cudaError_t err = cuda::pararnn_fwd(shape, args, ws.data_ptr(), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(err));
   return {S_all, iters, residual};
 }
@@ -158,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_impl(
                             dA.data_ptr<float>(),
                             dP.data_ptr<float>(),
                             ds0.data_ptr()};
-  const cudaError_t err = cuda::pararnn_bwd(shape, args, ws.data_ptr(), at::cuda::getCurrentCUDAStream());
+  const cudaError_t err = cuda::pararnn_bwd(shape, args, ws.data_ptr(), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(err));
   return {dU, dA, dP, ds0};
 }
