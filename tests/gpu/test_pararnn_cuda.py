@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import _pararnn_oracle as _oracle
 from _pararnn_oracle import S_OF, oracle, oracle_grads
 from _pararnn_oracle import f64 as d64
 from _utils import DTYPE_IDS, assert_close_to_oracle
@@ -40,13 +41,8 @@ BWD_TOL = {
 
 
 def make_inputs(cell, B, T, N, *, dtype, with_s0=True, scale_a=1.0, seed=0):
-    """The paper's initialisation scale (contracting): A ~ N(0, (2/√(5N))²), U ~ N(0, 1)."""
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    U = torch.randn(B, T, 3, N, generator=g, device=DEV, dtype=torch.float64).to(dtype)
-    A = (torch.randn(3, N, generator=g, device=DEV) * max(2 / (5 * N) ** 0.5, 0.3) * scale_a).float()
-    P = (torch.rand(2, N, generator=g, device=DEV) - 0.5).float() if cell == "lstm" else None
-    s0 = (torch.randn(B, S_OF[cell], N, generator=g, device=DEV) * 0.5).to(dtype) if with_s0 else None
-    return U, A, P, s0
+    """The shared fused-kernel inputs (tests/_pararnn_oracle.py), on the GPU."""
+    return _oracle.make_inputs(cell, B, T, N, dtype=dtype, with_s0=with_s0, device=DEV, scale_a=scale_a, seed=seed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
