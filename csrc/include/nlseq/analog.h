@@ -150,9 +150,16 @@ struct Dac {
   }
 };
 
+// clamp(v, lo, hi) exactly as fminf(fmaxf(v, lo), hi), NaN included (→ lo), written as selects:
+// g++ does not inline fminf/fmaxf (NaN rules), and a call stops the CPU loops from vectorising.
+NLSEQ_HD float clamp_(float v, float lo, float hi) {
+  const float m = v >= lo ? v : lo;
+  return m <= hi ? m : hi;
+}
+
 NLSEQ_HD float dac_quantize(float x, const Dac& d) {
-  if (d.in_bits == 0) return fminf(fmaxf(x, -d.x_max), d.x_max);
-  const float q = fminf(fmaxf(floorf(x * d.inv_delta + 0.5f), -d.qmax), d.qmax);
+  if (d.in_bits == 0) return clamp_(x, -d.x_max, d.x_max);
+  const float q = clamp_(floorf(x * d.inv_delta + 0.5f), -d.qmax, d.qmax);
   return q * d.delta;
 }
 
