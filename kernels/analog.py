@@ -18,6 +18,13 @@ from nlseq.registry import triton_interpret
 
 
 @triton.jit
+def _clamp(v, lo, hi):
+    """clamp as torch.clamp and nlseq/analog.h clamp_ do it: a NaN stays NaN."""
+    v = tl.where(v < lo, lo, v)
+    return tl.where(v > hi, hi, v)
+
+
+@triton.jit
 def _philox_normal(seed_lo, seed_hi, off_lo, off_hi, e):
     """Standard normal number e (int64 block) of the stream (seed, offset)."""
     p = e >> 2
@@ -117,10 +124,9 @@ def analog_mvm_fwd_kernel(
         p_x = x + o_m[:, None] * K + o_k[None, :]
         b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0).to(tl.float32)  # [BM, BK]
         if QUANTIZE:
-            b_q = tl.minimum(tl.maximum(tl.floor(b_x * inv_delta + 0.5), -qmax), qmax)
-            b_x = b_q * delta
+            b_x = _clamp(tl.floor(b_x * inv_delta + 0.5), -qmax, qmax) * delta
         else:
-            b_x = tl.minimum(tl.maximum(b_x, -x_max), x_max)
+            b_x = _clamp(b_x, -x_max, x_max)
         b_ssq += tl.sum(b_x * b_x, axis=1)
         p_w = w + o_n[None, :] * K + o_k[:, None]
         b_w = tl.load(p_w, mask=m_n[None, :] & m_k[:, None], other=0.0).to(tl.float32)  # [BK, BN]
@@ -148,6 +154,7 @@ def analog_mvm_fwd_kernel(
         b_t = tl.load(p_thr + b_pos + (step - 1), mask=m_y, other=0.0)
         b_pos = tl.where(b_cur > b_t, b_pos + step, b_pos)
     b_y = tl.load(lev + o_n[None, :] * L + b_pos, mask=m_y, other=0.0)
+    b_y = tl.where(b_cur != b_cur, b_cur, b_y)  # a NaN current gives NaN, as in nlseq/analog.h adc_level
     tl.store(y + o_m[:, None] * N + o_n[None, :], b_y, mask=m_y)
 
 

@@ -164,6 +164,20 @@ def test_codes_equal_bucketize_with_supplied_noise(backend, M, K, N, bits):
     assert torch.equal(y.cpu(), expected), f"{(y.cpu() != expected).sum().item()} of {M * N} levels differ"
 
 
+@pytest.mark.parametrize("backend", KERNELS)
+def test_non_finite_inputs_match_reference(backend):
+    """±inf saturates the DAC; a NaN input makes its row's currents NaN, and a NaN current gives
+    NaN out (never a valid-looking level), on every backend as in the reference."""
+    dev = device_for(backend)
+    x, w, cs, thr, lev, _ = _grid_problem(6, 17, 29, 5, dev, seed=3)
+    x[0, 3], x[2, 0], x[4, 16] = float("nan"), float("inf"), -float("inf")
+    kw = dict(in_bits=8, x_max=127 / 16, noise_a=0.25, noise_b=4.0, seed=1, offset=2)
+    y = nlseq.analog_mvm(x, w, cs, thr, lev, backend=backend, **kw)
+    ref = nlseq.analog_mvm(x.cpu(), w.cpu(), cs.cpu(), thr.cpu(), lev.cpu(), backend="reference", **kw)
+    assert torch.isnan(ref[0]).all() and not torch.isnan(ref[1:]).any()
+    torch.testing.assert_close(y.cpu(), ref, rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("M,K,N,bits", SHAPES, ids=[_shape_id(s) for s in SHAPES])
 @pytest.mark.parametrize("backend", KERNELS)
 def test_in_kernel_noise_matches_reference(backend, M, K, N, bits):
@@ -320,21 +334,28 @@ def test_rnn_ideal_limit_matches_digital(kind, batch_first):
         assert (st_a - st_d).abs().max() < 5e-3
 
 
+# (T, B, I, H): B = 3 runs the kernel's one-row GEMM path; B = 9 and B = 16 its 4-row register
+# tiles (per thread) plus a remainder row; H = 8 gives 4H = 32 (one column tile), H = 9 and
+# H = 17 leave columns over; I = 6 and 13 odd input widths.
+LSTM_SHAPES = [(9, 3, 6, 8), (5, 9, 13, 9), (4, 16, 6, 17)]
+
+
 @pytest.mark.skipif(not nlseq.backends()["cpp"], reason="needs the compiled cpp backend")
-@pytest.mark.parametrize("bits", [3, 5], ids=lambda b: f"bits{b}")
-def test_lstm_whole_layer_kernel_equals_step_path(bits):
+@pytest.mark.parametrize("T,B,I,H", LSTM_SHAPES, ids=["T{}-B{}-I{}-H{}".format(*s) for s in LSTM_SHAPES])
+@pytest.mark.parametrize("bits", [3, 5, 7], ids=lambda b: f"bits{b}")  # 7: binary search, not counting
+def test_lstm_whole_layer_kernel_equals_step_path(bits, T, B, I, H):
     """The C++ whole-layer LSTM kernel (inference) against the per-step analog_mvm path, noise on.
 
     Weights on a 2⁻³ grid and x_max = 127/128 (DAC step 2⁻⁷) make every sum exact in float32
     whatever its order, so the two paths must agree bit for bit, noise and codes included."""
     torch.manual_seed(0)
     cfg = CrossbarConfig(prog_noise=0.0, read_noise=0.02, out_noise=0.01, in_bits=8, x_max=127 / 128)
-    digital = torch.nn.LSTM(6, 8, num_layers=2)
+    digital = torch.nn.LSTM(I, H, num_layers=2)
     with torch.no_grad():
         for p in digital.parameters():
             p.copy_(torch.randint(-8, 9, p.shape) / 8.0)
-    x = torch.randint(-100, 101, (9, 3, 6)) / 128.0
-    h0 = torch.randint(-100, 101, (2, 3, 8)) / 128.0
+    x = torch.randint(-100, 101, (T, B, I)) / 128.0
+    h0 = torch.randint(-100, 101, (2, B, H)) / 128.0
     outs = []
     for backend in ("cpp", "reference"):
         m = AnalogLSTM.from_digital(digital, config=cfg, adc_bits=bits, backend=backend).eval()

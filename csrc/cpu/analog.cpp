@@ -159,7 +159,7 @@ NLSEQ_CLONES void adc_row(const float* acc, const float* cs, float sigma, const 
     for (int64_t n = 0; n < N; ++n) u[n] = u[n] + sigma * z[n];
   }
   count_row(u, ramp, code);
-  for (int64_t n = 0; n < N; ++n) out[n] = ramp.lev[n * ramp.L + code[n]];
+  for (int64_t n = 0; n < N; ++n) out[n] = analog::adc_level(u[n], ramp.lev + n * ramp.L, code[n]);
 }
 
 // The LSTM cell update of one batch row (torch gate order i, f, g, o in g[0, 4H)):

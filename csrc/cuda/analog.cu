@@ -91,7 +91,7 @@ analog_mvm_fwd_kernel(const AnalogMvmArgs a, const analog::Dac dac, const bool n
       }
       // __fmul_rn/__fadd_rn keep nvcc from contracting into FMAs: the same roundings as the CPU.
       const float current = __fadd_rn(__fmul_rn(acc[i][j], a.col_scale[n]), __fmul_rn(sigma, zj));
-      a.y[m * N + n] = a.levels[n * L + analog::ramp_code(current, a.thresholds + n * (L - 1), L)];
+      a.y[m * N + n] = analog::adc_level(current, a.levels + n * L, analog::ramp_code(current, a.thresholds + n * (L - 1), L));
     }
   }
 }

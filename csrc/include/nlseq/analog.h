@@ -150,11 +150,11 @@ struct Dac {
   }
 };
 
-// clamp(v, lo, hi) exactly as fminf(fmaxf(v, lo), hi), NaN included (→ lo), written as selects:
-// g++ does not inline fminf/fmaxf (NaN rules), and a call stops the CPU loops from vectorising.
+// clamp(v, lo, hi) as torch.clamp does it (a NaN stays NaN, as in the reference), written as
+// selects: g++ does not inline fminf/fmaxf (their NaN rules), and a call stops CPU loops vectorising.
 NLSEQ_HD float clamp_(float v, float lo, float hi) {
-  const float m = v >= lo ? v : lo;
-  return m <= hi ? m : hi;
+  const float m = v < lo ? lo : v;
+  return m > hi ? hi : m;
 }
 
 NLSEQ_HD float dac_quantize(float x, const Dac& d) {
@@ -180,12 +180,10 @@ NLSEQ_HD int ramp_code_linear(float u, const float* thr, int L) {
   return count;
 }
 
-// The epilogue of the fused op for one element: current, noise, code, level.
-NLSEQ_HD float adc_epilogue(float acc, float col_scale, float sigma, float z, const float* thr, const float* levels,
-                            int L) {
-  float current = acc * col_scale;
-  current = current + sigma * z;
-  return levels[ramp_code(current, thr, L)];
+// The ADC output for a current and its comparator count: a NaN current (a NaN input) has no
+// code, so it gives NaN, never a level that looks valid; every backend and the reference agree.
+NLSEQ_HD float adc_level(float current, const float* levels_row, int code) {
+  return current != current ? current : levels_row[code];
 }
 
 }  // namespace analog

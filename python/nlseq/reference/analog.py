@@ -149,7 +149,9 @@ def analog_mvm(
         z = philox_normal(M, N, seed, offset, x.device) if noise is None else noise.float()
         current = current + sigma * z
     codes = torch.searchsorted(thresholds.float().contiguous(), current.t().contiguous(), right=False)  # [N, M]
-    return torch.gather(levels.float(), 1, codes).t().contiguous()
+    y = torch.gather(levels.float(), 1, codes).t()
+    # A NaN current (a NaN input) has no code: NaN out, as in every kernel (nlseq/analog.h adc_level).
+    return torch.where(torch.isnan(current), current, y).contiguous()
 
 
 def analog_mvm_codes(current: Tensor, thresholds: Tensor) -> Tensor:
