@@ -343,27 +343,35 @@ LSTM_SHAPES = [(9, 3, 6, 8), (5, 9, 13, 9), (4, 16, 6, 17)]
 @pytest.mark.skipif(not nlseq.backends()["cpp"], reason="needs the compiled cpp backend")
 @pytest.mark.parametrize("T,B,I,H", LSTM_SHAPES, ids=["T{}-B{}-I{}-H{}".format(*s) for s in LSTM_SHAPES])
 @pytest.mark.parametrize("bits", [3, 5, 7], ids=lambda b: f"bits{b}")  # 7: binary search, not counting
-def test_lstm_whole_layer_kernel_equals_step_path(bits, T, B, I, H):
-    """The C++ whole-layer LSTM kernel (inference) against the per-step analog_mvm path, noise on.
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_rnn_whole_layer_kernel_equals_step_path(kind, bits, T, B, I, H):
+    """The C++ whole-layer LSTM / GRU kernel (inference) against the per-step analog_mvm path, noise on.
 
     Weights on a 2⁻³ grid and x_max = 127/128 (DAC step 2⁻⁷) make every sum exact in float32
     whatever its order, so the two paths must agree bit for bit, noise and codes included."""
     torch.manual_seed(0)
     cfg = CrossbarConfig(prog_noise=0.0, read_noise=0.02, out_noise=0.01, in_bits=8, x_max=127 / 128)
-    digital = torch.nn.LSTM(I, H, num_layers=2)
+    digital = getattr(torch.nn, kind)(I, H, num_layers=2)
     with torch.no_grad():
         for p in digital.parameters():
             p.copy_(torch.randint(-8, 9, p.shape) / 8.0)
     x = torch.randint(-100, 101, (T, B, I)) / 128.0
     h0 = torch.randint(-100, 101, (2, B, H)) / 128.0
+    c0 = torch.randint(-100, 101, (2, B, H)) / 128.0
     outs = []
     for backend in ("cpp", "reference"):
-        m = AnalogLSTM.from_digital(digital, config=cfg, adc_bits=bits, backend=backend).eval()
+        m = (AnalogLSTM if kind == "LSTM" else AnalogGRU).from_digital(digital, config=cfg, adc_bits=bits,
+                                                                       backend=backend).eval()
         assert m._fused_sequence(x) == (backend == "cpp")
         with torch.no_grad():
-            outs.append(m(x, (h0, torch.zeros_like(h0))))
-    (o1, (h1, c1)), (o2, (h2, c2)) = outs
-    assert torch.equal(o1, o2) and torch.equal(h1, h2) and torch.equal(c1, c2)
+            y, state = m(x, (h0, c0) if kind == "LSTM" else h0)
+            y2, _ = m(x, (h0, c0) if kind == "LSTM" else h0)  # a second call draws fresh noise
+        assert not torch.equal(y, y2)
+        outs.append((y, state))
+    (o1, s1), (o2, s2) = outs
+    assert torch.equal(o1, o2)
+    for a, b in zip(s1 if kind == "LSTM" else [s1], s2 if kind == "LSTM" else [s2]):
+        assert torch.equal(a, b)
 
 
 def test_rnn_unbatched_and_initial_state():

@@ -1,5 +1,5 @@
 // C++ CPU kernels of the analog family (SPEC.md §3.1–3.2): the fused crossbar + NL-ADC op and the
-// whole analog LSTM layer.
+// whole analog LSTM / GRU layer.
 //
 // Both reduce to the same three pieces, each a loop that vectorises (and is cloned for AVX2 and
 // AVX-512, simd.h):
@@ -175,6 +175,20 @@ NLSEQ_CLONES void lstm_cell_row(const float* g, const Ramp& cell, const float* c
   }
 }
 
+// The GRU cell update of one batch row (gate columns r, z, xn, hn in g[0, 4H), AnalogGRU's
+// crossbar): n = tanh_adc(xn + r⊙hn), h = (1 − z)⊙n + z⊙h, in the step path's order of operations.
+NLSEQ_CLONES void gru_cell_row(const float* g, const Ramp& cell, const float* cell_levels, float* h, float* v,
+                               int32_t* code, float* out) {
+  const int64_t H = cell.N;
+  for (int64_t j = 0; j < H; ++j) v[j] = g[2 * H + j] + g[j] * g[3 * H + j];
+  count_row(v, cell, code);
+  for (int64_t j = 0; j < H; ++j) {
+    const float z = g[H + j];
+    h[j] = (1.0f - z) * cell_levels[code[j]] + z * h[j];
+    out[j] = h[j];
+  }
+}
+
 }  // namespace
 
 void analog_mvm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale,
@@ -270,7 +284,8 @@ NLSEQ_CLONES void gemm_add(const float* a, int64_t R, int64_t K, const float* w,
   }
 }
 
-struct LstmLayer {
+struct RnnLayer {
+  bool gru;            // the GRU cell update (no c), else the LSTM's
   const float* acc_x;  // [T·B, 4H]: the input half of every step's product, bias included
   const float* ssq_x;  // [T·B]: Σ DAC(x)² of each row, DAC(1)² of the bias included
   const float* w_h_t;  // [H, 4H]
@@ -286,11 +301,11 @@ struct LstmLayer {
 };
 
 // Batch rows [b0, b1) over all T steps: they never meet the other rows, so each thread of the
-// layer runs its own rows from start to end with no synchronisation per step. c and h hold the
-// rows' state on entry and on exit; out is [T, B, H].
-void lstm_rows(const LstmLayer& p, int64_t b0, int64_t b1, float* c, float* h, float* out) {
+// layer runs its own rows from start to end with no synchronisation per step. c (LSTM only) and
+// h hold the rows' state on entry and on exit; out is [T, B, H].
+void rnn_rows(const RnnLayer& p, int64_t b0, int64_t b1, float* c, float* h, float* out) {
   const int64_t R = b1 - b0, H = p.H, N = 4 * H, B = p.B;
-  std::vector<float> hq(R * H), acc(R * N), gates(N), u(N), sigma(R), z(p.noisy ? R * N : 0);
+  std::vector<float> hq(R * H), acc(R * N), gates(N), u(N), v(H), sigma(R), z(p.noisy ? R * N : 0);
   std::vector<int32_t> code(N);
   for (int64_t t = 0; t < p.T; ++t) {
     for (int64_t r = 0; r < R; ++r) {
@@ -303,8 +318,12 @@ void lstm_rows(const LstmLayer& p, int64_t b0, int64_t b1, float* c, float* h, f
     for (int64_t r = 0; r < R; ++r) {
       adc_row(acc.data() + r * N, p.col_scale, sigma[r], p.noisy ? z.data() + r * N : nullptr, *p.ramp,
               u.data(), code.data(), gates.data());
-      lstm_cell_row(gates.data(), *p.cell, p.cell_levels, c + r * H, h + r * H, code.data(),
-                    out + (t * B + b0 + r) * H);
+      float* o = out + (t * B + b0 + r) * H;
+      if (p.gru) {
+        gru_cell_row(gates.data(), *p.cell, p.cell_levels, h + r * H, v.data(), code.data(), o);
+      } else {
+        lstm_cell_row(gates.data(), *p.cell, p.cell_levels, c + r * H, h + r * H, code.data(), o);
+      }
     }
   }
 }
@@ -314,11 +333,11 @@ void lstm_rows(const LstmLayer& p, int64_t b0, int64_t b1, float* c, float* h, f
 // The input half of every step's product does not depend on h, so it is one GEMM for all T
 // steps up front (the bias row, driven at DAC(1), rides along); each step then adds hq @ W_hᵀ
 // (gemm_add) and runs the epilogue and the cell update row by row. Threads split the batch.
-void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale,
-                     const at::Tensor& thresholds, const at::Tensor& levels, const at::Tensor& cell_thresholds,
-                     const at::Tensor& cell_levels, const at::Tensor& h0, const at::Tensor& c0, int64_t in_bits,
-                     double x_max, double noise_a, double noise_b, int64_t seed, int64_t offset, at::Tensor& out,
-                     at::Tensor& h_n, at::Tensor& c_n) {
+void analog_rnn_fwd(bool gru, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale,
+                    const at::Tensor& thresholds, const at::Tensor& levels, const at::Tensor& cell_thresholds,
+                    const at::Tensor& cell_levels, const at::Tensor& h0, const at::Tensor& c0, int64_t in_bits,
+                    double x_max, double noise_a, double noise_b, int64_t seed, int64_t offset, at::Tensor& out,
+                    at::Tensor& h_n, at::Tensor& c_n) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), N = weight.size(0), H = N / 4;
   const analog::Dac dac = analog::Dac::make(static_cast<int>(in_bits), x_max);
 
@@ -343,7 +362,8 @@ void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Te
 
   const Ramp ramp(thresholds.data_ptr<float>(), levels.data_ptr<float>(), N, static_cast<int>(levels.size(1)));
   const Ramp cell(cell_thresholds.data_ptr<float>(), nullptr, H, static_cast<int>(cell_levels.size(0)));
-  LstmLayer p;
+  RnnLayer p;
+  p.gru = gru;
   p.acc_x = acc_x.data_ptr<float>();
   p.ssq_x = ssq_x.data();
   p.w_h_t = w_h_t.data_ptr<float>();
@@ -360,12 +380,14 @@ void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Te
   p.T = T;
   p.B = B;
   p.H = H;
-  float* pc = c_n.data_ptr<float>();
+  float* pc = gru ? nullptr : c_n.data_ptr<float>();
   float* ph = h_n.data_ptr<float>();
-  std::copy(c0.data_ptr<float>(), c0.data_ptr<float>() + B * H, pc);
+  if (!gru) std::copy(c0.data_ptr<float>(), c0.data_ptr<float>() + B * H, pc);
   std::copy(h0.data_ptr<float>(), h0.data_ptr<float>() + B * H, ph);
   float* pout = out.data_ptr<float>();
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) { lstm_rows(p, b0, b1, pc + b0 * H, ph + b0 * H, pout); });
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    rnn_rows(p, b0, b1, gru ? nullptr : pc + b0 * H, ph + b0 * H, pout);
+  });
 }
 
 }  // namespace cpu

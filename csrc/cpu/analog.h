@@ -20,16 +20,18 @@ void analog_mvm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Ten
 namespace nlseq {
 namespace cpu {
 
-// The whole analog LSTM layer in one call (inference): per step t the fused crossbar pass on
-// [x_t; h; 1] with Philox offset (offset + t), the cell update c = f⊙c + i⊙g and h = o⊙tanh_adc(c).
+// The whole analog LSTM or GRU layer in one call (inference): per step t the fused crossbar pass
+// on [x_t; h; 1] with Philox offset (offset + t), then the cell update from the 4H gate levels:
+// LSTM (torch order i, f, g, o): c = f⊙c + i⊙g, h = o⊙tanh_adc(c);
+// GRU (AnalogGRU's columns r, z, xn, hn): n = tanh_adc(xn + r⊙hn), h = (1 − z)⊙n + z⊙h.
 // x [T, B, I]; weight [4H, I+H+1]; col_scale [4H]; thresholds [4H, L−1]; levels [4H, L];
-// cell_thresholds [H, Lc−1] (in units of c); cell_levels [Lc]; h0, c0 [B, H].
-// Writes out [T, B, H], h_n and c_n [B, H].
-void analog_lstm_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale,
-                     const at::Tensor& thresholds, const at::Tensor& levels, const at::Tensor& cell_thresholds,
-                     const at::Tensor& cell_levels, const at::Tensor& h0, const at::Tensor& c0, int64_t in_bits,
-                     double x_max, double noise_a, double noise_b, int64_t seed, int64_t offset, at::Tensor& out,
-                     at::Tensor& h_n, at::Tensor& c_n);
+// cell_thresholds [H, Lc−1] (in units of the ADC's input); cell_levels [Lc]; h0 [B, H];
+// c0 [B, H] (LSTM; unused for the GRU). Writes out [T, B, H], h_n [B, H] and c_n [B, H] (LSTM).
+void analog_rnn_fwd(bool gru, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale,
+                    const at::Tensor& thresholds, const at::Tensor& levels, const at::Tensor& cell_thresholds,
+                    const at::Tensor& cell_levels, const at::Tensor& h0, const at::Tensor& c0, int64_t in_bits,
+                    double x_max, double noise_a, double noise_b, int64_t seed, int64_t offset, at::Tensor& out,
+                    at::Tensor& h_n, at::Tensor& c_n);
 
 }  // namespace cpu
 }  // namespace nlseq

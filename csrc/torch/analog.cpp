@@ -58,12 +58,16 @@ at::Tensor analog_mvm_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, con
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> analog_lstm_fwd_cpu(
-    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale, const at::Tensor& thresholds,
-    const at::Tensor& levels, const at::Tensor& cell_thresholds, const at::Tensor& cell_levels, const at::Tensor& h0,
-    const at::Tensor& c0, int64_t in_bits, double x_max, double noise_a, double noise_b, int64_t seed,
-    int64_t offset) {
-  const char* op = "nlseq_ext::analog_lstm_fwd";
+std::tuple<at::Tensor, at::Tensor, at::Tensor> analog_rnn_fwd_cpu(
+    c10::string_view cell, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale,
+    const at::Tensor& thresholds, const at::Tensor& levels, const at::Tensor& cell_thresholds,
+    const at::Tensor& cell_levels, const at::Tensor& h0, const c10::optional<at::Tensor>& c0, int64_t in_bits,
+    double x_max, double noise_a, double noise_b, int64_t seed, int64_t offset) {
+  const char* op = "nlseq_ext::analog_rnn_fwd";
+  TORCH_CHECK(cell == "lstm" || cell == "gru", op, ": cell must be \"lstm\" or \"gru\", got \"", std::string(cell),
+              "\"");
+  const bool gru = cell == "gru";
+  TORCH_CHECK(gru != c0.has_value(), op, ": c0 [B, H] is required for the lstm and must be None for the gru");
   NLSEQ_CHECK_DIM(op, x, 3, "[T, B, I]");
   NLSEQ_CHECK_DIM(op, weight, 2, "[4H, I+H+1]");
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), N = weight.size(0), H = N / 4;
@@ -78,16 +82,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> analog_lstm_fwd_cpu(
   NLSEQ_CHECK_SHAPE(op, cell_thresholds, H, Lc - 1);
   NLSEQ_CHECK_SHAPE(op, cell_levels, Lc);
   NLSEQ_CHECK_SHAPE(op, h0, B, H);
-  NLSEQ_CHECK_SHAPE(op, c0, B, H);
-  for (const at::Tensor* t : {&x, &weight, &col_scale, &thresholds, &levels, &cell_thresholds, &cell_levels, &h0, &c0}) {
+  const at::Tensor c0_or_h0 = gru ? h0 : *c0;  // the GRU has no c: h0 stands in, unread
+  NLSEQ_CHECK_SHAPE(op, c0_or_h0, B, H);
+  for (const at::Tensor* t :
+       {&x, &weight, &col_scale, &thresholds, &levels, &cell_thresholds, &cell_levels, &h0, &c0_or_h0}) {
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(), op,
                 ": every tensor must be float32, contiguous, on the CPU");
   }
   TORCH_CHECK(in_bits == 0 || (in_bits >= 2 && in_bits <= 24), op, ": in_bits must be 0 or in 2..24");
   at::Tensor out = empty_output({T, B, H}, x.options());
-  at::Tensor h_n = empty_output({B, H}, x.options()), c_n = empty_output({B, H}, x.options());
-  cpu::analog_lstm_fwd(x, weight, col_scale, thresholds, levels, cell_thresholds, cell_levels, h0, c0, in_bits,
-                       x_max, noise_a, noise_b, seed, offset, out, h_n, c_n);
+  at::Tensor h_n = empty_output({B, H}, x.options());
+  at::Tensor c_n = gru ? at::empty({0}, x.options()) : empty_output({B, H}, x.options());
+  cpu::analog_rnn_fwd(gru, x, weight, col_scale, thresholds, levels, cell_thresholds, cell_levels, h0, c0_or_h0,
+                      in_bits, x_max, noise_a, noise_b, seed, offset, out, h_n, c_n);
   return {out, h_n, c_n};
 }
 
@@ -129,14 +136,15 @@ at::Tensor analog_mvm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, co
 TORCH_LIBRARY_FRAGMENT(nlseq_ext, m) {
   m.def("analog_mvm_fwd(Tensor x, Tensor weight, Tensor col_scale, Tensor thresholds, Tensor levels, Tensor? noise,"
         " int in_bits, float x_max, float noise_a, float noise_b, int seed, int offset) -> Tensor");
-  m.def("analog_lstm_fwd(Tensor x, Tensor weight, Tensor col_scale, Tensor thresholds, Tensor levels,"
-        " Tensor cell_thresholds, Tensor cell_levels, Tensor h0, Tensor c0, int in_bits, float x_max, float noise_a,"
-        " float noise_b, int seed, int offset) -> (Tensor, Tensor, Tensor)");
+  // The whole analog LSTM / GRU layer, inference (csrc/cpu/analog.h); c_n is empty for the gru.
+  m.def("analog_rnn_fwd(str cell, Tensor x, Tensor weight, Tensor col_scale, Tensor thresholds, Tensor levels,"
+        " Tensor cell_thresholds, Tensor cell_levels, Tensor h0, Tensor? c0, int in_bits, float x_max,"
+        " float noise_a, float noise_b, int seed, int offset) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(nlseq_ext, CPU, m) {
   m.impl("analog_mvm_fwd", &nlseq::analog_mvm_fwd_cpu);
-  m.impl("analog_lstm_fwd", &nlseq::analog_lstm_fwd_cpu);
+  m.impl("analog_rnn_fwd", &nlseq::analog_rnn_fwd_cpu);
 }
 
 #ifdef NLSEQ_WITH_CUDA

@@ -270,7 +270,7 @@ class _AnalogRNNBase(_AnalogBase):
     def _fused_sequence(self, x: Tensor) -> bool:
         """Whether the whole-layer C++ kernel runs (inference on the CPU with the cpp backend and a
         noiseless cell ADC comparator); otherwise the layer steps through ``analog_mvm`` in Python."""
-        if self._MODE != "LSTM" or (self.training and torch.is_grad_enabled()) or x.device.type != "cpu":
+        if (self.training and torch.is_grad_enabled()) or x.device.type != "cpu":
             return False
         if x.dtype != torch.float32 or self.tanh_adc.cmp_noise > 0:
             return False
@@ -279,13 +279,17 @@ class _AnalogRNNBase(_AnalogBase):
         return registry.resolve(self.backend, x.device, "analog_mvm", ("cpp", "reference")) == "cpp"
 
     def _layer_fused(self, x, h, c, p, cell_thr):
+        """One layer by the whole-layer kernel: step t draws its noise at offset (draws + t), as
+        the step path's t-th crossbar read does, so both paths replay the same stream."""
         offset = self._draws
         self._draws += x.shape[0]
         with torch.no_grad():
-            return torch.ops.nlseq_ext.analog_lstm_fwd(
-                x.contiguous(), p.weight.detach().contiguous(), p.col_scale, p.thresholds, p.levels, cell_thr,
-                self.tanh_adc.levels.to(torch.float32), h.contiguous(), c.contiguous(), self.config.in_bits,
-                self.config.x_max, p.noise_a, p.noise_b, (self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1), offset)
+            out, h_n, c_n = torch.ops.nlseq_ext.analog_rnn_fwd(
+                self._MODE.lower(), x.contiguous(), p.weight.detach().contiguous(), p.col_scale, p.thresholds,
+                p.levels, cell_thr, self.tanh_adc.levels.to(torch.float32), h.contiguous(),
+                None if c is None else c.contiguous(), self.config.in_bits, self.config.x_max, p.noise_a, p.noise_b,
+                (self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1), offset)
+        return out, h_n, (c_n if c is not None else None)
 
     def _initial_state(self, hx, B, x, batched):
         zeros = x.new_zeros(self.num_layers, B, self.hidden_size)
