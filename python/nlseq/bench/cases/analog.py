@@ -1,10 +1,10 @@
 """Benchmark cases of the analog family: crossbar + NL-ADC simulation (SPEC.md §3.3).
 
-CPU, ``lstm``: ``nlseq.nn.AnalogLSTM`` forward, T = 64, B = 8, I = H = 128, 5-bit NL-ADCs, read
-and output noise on (fresh Philox draws every step). Impls: ``cpp`` (the whole-layer C++ kernel)
-and ``reference`` (the per-step PyTorch path, bucketize comparator). Goal: cpp <= 2.5 ms
-(SPEC §3.3: IBM aihwkit 25.3 ms, torch.nn.LSTM 1.19 ms on the 2-core CPU). The digital peer runs
-in its own case, ``lstm-digital`` (its outputs are not the analog ones, so it cannot share the
+CPU, ``lstm`` and ``gru``: ``nlseq.nn.AnalogLSTM`` / ``AnalogGRU`` forward, T = 64, B = 8,
+I = H = 128, 5-bit NL-ADCs, read and output noise on (fresh Philox draws every step). Impls: ``cpp``
+(the whole-layer C++ kernel) and ``reference`` (the per-step PyTorch path, bucketize comparator). Goal: cpp <= 2.5 ms
+(SPEC §3.3: IBM aihwkit 25.3 ms, torch.nn.LSTM 1.19 ms on the 2-core CPU). The digital peers run
+in their own cases, ``lstm-digital`` and ``gru-digital`` (their outputs are not the analog ones, so they cannot share the
 analog case's oracle).
 GPU, ``linear``: the fused op at M×K×N = 65536×1024×4096 (8-bit sigmoid NL-ADC, noise on) for
 cuda / triton / reference, and ``linear-digital``: torch matmul + sigmoid at the same size.
@@ -26,7 +26,7 @@ import torch
 import nlseq
 from nlseq.analog import NLADC, CrossbarConfig
 from nlseq.bench import Case, Impl
-from nlseq.nn import AnalogLSTM
+from nlseq.nn import AnalogGRU, AnalogLSTM
 
 FAMILY = "analog"
 
@@ -39,15 +39,16 @@ def _grid(shape, scale, lo, hi, g):
     return torch.randint(lo, hi + 1, shape, generator=g).float() * scale
 
 
-# ---------------------------------------------------------------- CPU: analog LSTM
+# ---------------------------------------------------------------- CPU: analog LSTM and GRU
 @functools.lru_cache(maxsize=None)
-def _lstm_modules():
+def _rnn_modules(kind):
     g = torch.Generator().manual_seed(0)
-    digital = torch.nn.LSTM(H, H)
+    digital = getattr(torch.nn, kind)(H, H)
     with torch.no_grad():
         for p in digital.parameters():
             p.copy_(_grid(p.shape, 2.0 ** -3, -2, 2, g))  # |w| <= 1/4
-    analog = {b: AnalogLSTM.from_digital(digital, config=BENCH_CONFIG, adc_bits=5, backend=b).eval().program()
+    cls = AnalogLSTM if kind == "LSTM" else AnalogGRU
+    analog = {b: cls.from_digital(digital, config=BENCH_CONFIG, adc_bits=5, backend=b).eval().program()
               for b in ("cpp", "reference")}
     return digital.eval(), analog
 
@@ -57,31 +58,31 @@ def lstm_inputs():
     return {"x": _grid((T, B, H), 2.0 ** -7, -127, 127, g)}
 
 
-def _lstm_analog(backend, x):
-    m = _lstm_modules()[1][backend]
+def _rnn_analog(kind, backend, x):
+    m = _rnn_modules(kind)[1][backend]
     m.reset_noise()  # same noise stream on every call and for every impl
     with torch.no_grad():
         return m(x.float())[0]
 
 
-def _lstm_oracle(x):
-    return _lstm_analog("reference", x).double()
+def _rnn_oracle(kind, x):
+    return _rnn_analog(kind, "reference", x).double()
 
 
-def _lstm_digital(x):
+def _rnn_digital(kind, x):
     with torch.no_grad():
-        return _lstm_modules()[0](x)[0]
+        return _rnn_modules(kind)[0](x)[0]
 
 
-def _lstm_digital_oracle(x):
-    digital = _lstm_modules()[0]
-    ref = torch.nn.LSTM(H, H).double()
+def _rnn_digital_oracle(kind, x):
+    digital = _rnn_modules(kind)[0]
+    ref = getattr(torch.nn, kind)(H, H).double()
     ref.load_state_dict({k: v.double() for k, v in digital.state_dict().items()})
     with torch.no_grad():
         return ref(x)[0]
 
 
-def _lstm_flops():
+def _rnn_flops():  # both crossbars have 4H columns on [x; h; 1]
     return 2 * T * B * 4 * H * (2 * H + 1)
 
 
@@ -143,20 +144,26 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
                  flops=flops, bytes=byt, note="peer of analog/linear: digital matmul + sigmoid"),
         ]
     shape = {"T": T, "B": B, "H": H}
-    flops = {"fwd": _lstm_flops()}
-    return [
-        Case(family=FAMILY, name="lstm", device=device, dtype=f32, shape=shape, inputs=lstm_inputs,
-             oracle=_lstm_oracle,
-             impls=[Impl("cpp", functools.partial(_lstm_analog, "cpp"), backend="cpp", backward=False),
-                    Impl("reference", functools.partial(_lstm_analog, "reference"), backend="reference",
-                         backward=False, timed=not quick,
-                         note="" if not quick else "--quick: checked, not timed (per-step Python path)")],
-             output_names=("out",), atol=0.0, rtol=0.0,
-             tolerance_note="exact: binary-grid weights and inputs make every float32 sum order-independent",
-             baseline=None if quick else "reference", flops=flops,
-             note="goal: cpp <= 2.5 ms (torch.nn.LSTM 1.19 ms, aihwkit 25.3 ms; SPEC §3.3); compare lstm-digital"),
-        Case(family=FAMILY, name="lstm-digital", device=device, dtype=f32, shape=shape, inputs=lstm_inputs,
-             oracle=_lstm_digital_oracle, impls=[Impl("torch", _lstm_digital, backward=False)],
-             output_names=("out",), atol=1e-5, rtol=1e-5, tolerance_note="fp32 LSTM vs float64, T = 64",
-             flops=flops, note="peer of analog/lstm: torch.nn.LSTM, same weights and inputs"),
-    ]
+    flops = {"fwd": _rnn_flops()}
+    out = []
+    for kind in ("LSTM", "GRU"):
+        name = kind.lower()
+        goal = ("goal: cpp <= 2.5 ms (torch.nn.LSTM 1.19 ms, aihwkit 25.3 ms; SPEC §3.3); compare lstm-digital"
+                if kind == "LSTM" else "no goal set; compare gru-digital")
+        out += [
+            Case(family=FAMILY, name=name, device=device, dtype=f32, shape=shape, inputs=lstm_inputs,
+                 oracle=functools.partial(_rnn_oracle, kind),
+                 impls=[Impl("cpp", functools.partial(_rnn_analog, kind, "cpp"), backend="cpp", backward=False),
+                        Impl("reference", functools.partial(_rnn_analog, kind, "reference"), backend="reference",
+                             backward=False, timed=not quick,
+                             note="" if not quick else "--quick: checked, not timed (per-step Python path)")],
+                 output_names=("out",), atol=0.0, rtol=0.0,
+                 tolerance_note="exact: binary-grid weights and inputs make every float32 sum order-independent",
+                 baseline=None if quick else "reference", flops=flops, note=goal),
+            Case(family=FAMILY, name=f"{name}-digital", device=device, dtype=f32, shape=shape, inputs=lstm_inputs,
+                 oracle=functools.partial(_rnn_digital_oracle, kind),
+                 impls=[Impl("torch", functools.partial(_rnn_digital, kind), backward=False)],
+                 output_names=("out",), atol=1e-5, rtol=1e-5, tolerance_note=f"fp32 {kind} vs float64, T = 64",
+                 flops=flops, note=f"peer of analog/{name}: torch.nn.{kind}, same weights and inputs"),
+        ]
+    return out
