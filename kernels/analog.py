@@ -150,7 +150,8 @@ def analog_mvm_fwd_kernel(
     b_pos = tl.zeros([BM, BN], dtype=tl.int32)
     p_thr = thr + o_n[None, :] * (L - 1)
     for s in tl.static_range(BITS):
-        step: tl.constexpr = L >> (s + 1)
+        step = L >> (s + 1)  # s is a constexpr of static_range, so step is one too (no annotation: it is
+        # reassigned each iteration, which a tl.constexpr annotation forbids when compiling for a GPU)
         b_t = tl.load(p_thr + b_pos + (step - 1), mask=m_y, other=0.0)
         b_pos = tl.where(b_cur > b_t, b_pos + step, b_pos)
     b_y = tl.load(lev + o_n[None, :] * L + b_pos, mask=m_y, other=0.0)

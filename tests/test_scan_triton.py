@@ -128,18 +128,12 @@ def test_chunk_length_heuristic(monkeypatch):
 
 
 _AOT_SCRIPT = r"""
-import triton
-from triton.backends.compiler import GPUTarget
 from nlseq.kernels import scan as tk
 
 def compile_one(kernel, dtype, consts, num_warps, num_stages):
-    fn = kernel.fn if hasattr(kernel, "configs") else kernel
-    ptrs = {n: "*" + dtype for n in ("A", "X", "S0", "H", "FIN", "HF", "H0", "DA")}
-    ptrs.update({n: "*fp32" for n in ("SIN", "AS", "XS")})
-    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in fn.arg_names}
-    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
-    assert k.asm["cubin"]
+    ptrs = {n: dtype for n in ("A", "X", "S0", "H", "FIN", "HF", "H0", "DA")}
+    ptrs.update({n: "fp32" for n in ("SIN", "AS", "XS")})
+    compile_kernel(kernel, ptrs, consts, num_warps, num_stages)
 
 cfg = tk._diag_configs()[0]
 for rev, bwd, summ in [(False, False, False), (True, True, False), (False, True, True)]:
@@ -157,18 +151,7 @@ print("compiled")
 
 def test_gpu_configs_compile_for_sm90():
     # The interpreter never lowers the kernels; this compiles the GPU configs' variants ahead of
-    # time for sm_90 (no GPU needed: triton's bundled ptxas), in a process without TRITON_INTERPRET.
-    import os
-    import subprocess
-    import sys
+    # time for sm_90 (tests/_triton_aot.py).
+    from _triton_aot import compile_sm90
 
-    import triton.backends
-
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("triton has no nvidia backend here")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    r = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-4000:]
+    compile_sm90(_AOT_SCRIPT)
