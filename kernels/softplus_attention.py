@@ -99,6 +99,57 @@ def _visible(o_m, nk, kv_offset, CAUSAL: tl.constexpr):
     return o_m * 0 + nk
 
 
+@triton.jit
+def _row_consts(o_m, nk, kv_offset, log_d, CAUSAL: tl.constexpr):
+    """Per query row: N_i, N_i as float, the LSSAR offset O_i, and the score scale ln D · ln N_i."""
+    n_i = _visible(o_m, nk, kv_offset, CAUSAL)
+    nf = n_i.to(tl.float32)
+    off = tl.where(n_i > 3, 1.0, 0.0)
+    c_i = log_d * tl.log(tl.maximum(n_i, 1).to(tl.float32))
+    return n_i, nf, off, c_i
+
+
+@triton.jit
+def _q_block(i_m, i_zh, cu_q, cu_k, Tq, Tk, H, G, IS_VARLEN: tl.constexpr, BM: tl.constexpr):
+    """A query-block program's place: (query count, key count, flat row of (b, h, 0), flat key row
+    of (b, h // G, 0), its local query rows)."""
+    i_z, i_h = i_zh // H, i_zh % H
+    b, q0, nq, k0, nk = _sequence(i_z, cu_q, cu_k, Tq, Tk, IS_VARLEN)
+    row0 = (b * H + i_h).to(tl.int64) * Tq + q0  # flat row of (b, h, local 0)
+    krow0 = (b * (H // G) + i_h // G).to(tl.int64) * Tk + k0
+    return nq, nk, row0, krow0, i_m * BM + tl.arange(0, BM)
+
+
+@triton.jit
+def _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, LOAD_V: tl.constexpr):
+    """Keys (and values) of rows o_n, [BN, BD], and their inverse norms [BN]; zero past nk and D."""
+    m_n = o_n < nk
+    m_kd = m_n[:, None] & (o_d < D)[None, :]
+    b_k = tl.load(k + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)
+    if LOAD_V:
+        b_v = tl.load(v + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)
+    else:
+        b_v = b_k
+    b_rk = tl.load(rk + krow0 + o_n, mask=m_n, other=0.0)
+    return b_k, b_v, b_rk
+
+
+@triton.jit
+def _scores(b_q, b_k, b_cq, b_rk, DOT_PREC: tl.constexpr):
+    """s = (c_i rq_i) q·k (rk_j): the scaled QK-norm scores of a tile, [BM, BN]."""
+    return tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_cq[:, None] * b_rk[None, :]
+
+
+@triton.jit
+def _row_stats(stats, delta, plane, row0, o_m, m_m):
+    """The forward's saved (L, M, R) and Δ = do·o of query rows o_m."""
+    L = tl.load(stats + row0 + o_m, mask=m_m, other=0.0)
+    M = tl.load(stats + plane + row0 + o_m, mask=m_m, other=0.0)
+    R = tl.load(stats + 2 * plane + row0 + o_m, mask=m_m, other=0.0)
+    b_delta = tl.load(delta + row0 + o_m, mask=m_m, other=0.0)
+    return L, M, R, b_delta
+
+
 @triton.autotune(configs=_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"])
 @triton.jit
 def _fwd_kernel(
@@ -108,23 +159,16 @@ def _fwd_kernel(
     BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):
     i_m, i_zh = tl.program_id(0), tl.program_id(1)
-    i_z, i_h = i_zh // H, i_zh % H
-    i_g = i_h // G
-    Hkv = H // G
-    b, q0, nq, k0, nk = _sequence(i_z, cu_q, cu_k, Tq, Tk, IS_VARLEN)
+    nq, nk, row0, krow0, o_m = _q_block(i_m, i_zh, cu_q, cu_k, Tq, Tk, H, G, IS_VARLEN, BM)
     if i_m * BM >= nq:
         return
-    row0 = (b * H + i_h).to(tl.int64) * Tq + q0  # flat row of (b, h, local 0)
-    krow0 = (b * Hkv + i_g).to(tl.int64) * Tk + k0
-    o_m = i_m * BM + tl.arange(0, BM)
     o_d = tl.arange(0, BD)
     m_m = o_m < nq
     m_d = o_d < D
     p_q = q + (row0 + o_m[:, None]) * D + o_d[None, :]
     b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
     b_rq = tl.load(rq + row0 + o_m, mask=m_m, other=0.0)  # [BM]
-    n_i = _visible(o_m, nk, kv_offset, CAUSAL)  # [BM]
-    c_i = log_d * tl.log(tl.maximum(n_i, 1).to(tl.float32))
+    n_i, nf, off, c_i = _row_consts(o_m, nk, kv_offset, log_d, CAUSAL)  # [BM] each
     b_cq = c_i * b_rq  # [BM]
     kv_end = tl.max(tl.where(m_m, n_i, 0), 0)
 
@@ -134,15 +178,11 @@ def _fwd_kernel(
         b_mx = tl.full([BM], float("-inf"), dtype=tl.float32)
         for start_n in range(0, kv_end, BN):
             o_n = start_n + tl.arange(0, BN)
-            m_n = o_n < nk
-            b_k = tl.load(k + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
-            b_rk = tl.load(rk + krow0 + o_n, mask=m_n, other=0.0)
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_cq[:, None] * b_rk[None, :]  # [BM, BN]
+            b_k, _, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, False)
+            b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)  # [BM, BN]
             m_vis = o_n[None, :] < n_i[:, None]
             b_L += tl.sum(tl.where(m_vis, _softplus(b_s), 0.0), 1)
             b_mx = tl.maximum(b_mx, tl.max(tl.where(m_vis, b_s, float("-inf")), 1))
-        nf = n_i.to(tl.float32)
-        off = tl.where(n_i > 3, 1.0, 0.0)
         L_safe = tl.where(b_L > 0, b_L, 1.0)
         b_M = nf * _softplus(tl.where(b_L > 0, b_mx, 0.0)) / L_safe - off
         b_M = tl.where((b_L > 0) & (b_M > zero_tol), b_M, 0.0)
@@ -150,12 +190,8 @@ def _fwd_kernel(
         b_R = tl.zeros([BM], dtype=tl.float32)
     for start_n in range(0, kv_end, BN):
         o_n = start_n + tl.arange(0, BN)
-        m_n = o_n < nk
-        m_kd = m_n[:, None] & m_d[None, :]
-        b_k = tl.load(k + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
-        b_v = tl.load(v + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
-        b_rk = tl.load(rk + krow0 + o_n, mask=m_n, other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_cq[:, None] * b_rk[None, :]  # [BM, BN]
+        b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)  # [BN, BD], [BN, BD], [BN]
+        b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)  # [BM, BN]
         m_vis = o_n[None, :] < n_i[:, None]
         b_w = tl.where(m_vis, _softplus(b_s), 0.0)  # [BM, BN]
         if REWEIGHT:
@@ -213,15 +249,9 @@ def _bwd_dq_kernel(
     BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):
     i_m, i_zh = tl.program_id(0), tl.program_id(1)
-    i_z, i_h = i_zh // H, i_zh % H
-    i_g = i_h // G
-    Hkv = H // G
-    b, q0, nq, k0, nk = _sequence(i_z, cu_q, cu_k, Tq, Tk, IS_VARLEN)
+    nq, nk, row0, krow0, o_m = _q_block(i_m, i_zh, cu_q, cu_k, Tq, Tk, H, G, IS_VARLEN, BM)
     if i_m * BM >= nq:
         return
-    row0 = (b * H + i_h).to(tl.int64) * Tq + q0
-    krow0 = (b * Hkv + i_g).to(tl.int64) * Tk + k0
-    o_m = i_m * BM + tl.arange(0, BM)
     o_d = tl.arange(0, BD)
     m_m = o_m < nq
     m_d = o_d < D
@@ -229,26 +259,16 @@ def _bwd_dq_kernel(
     b_q = tl.load(q + (row0 + o_m[:, None]) * D + o_d[None, :], mask=m_qd, other=0.0)  # [BM, BD]
     b_do = tl.load(do + (row0 + o_m[:, None]) * D + o_d[None, :], mask=m_qd, other=0.0)  # [BM, BD]
     b_rq = tl.load(rq + row0 + o_m, mask=m_m, other=0.0)
-    L = tl.load(stats + row0 + o_m, mask=m_m, other=0.0)
-    M = tl.load(stats + plane + row0 + o_m, mask=m_m, other=0.0)
-    R = tl.load(stats + 2 * plane + row0 + o_m, mask=m_m, other=0.0)
-    b_delta = tl.load(delta + row0 + o_m, mask=m_m, other=0.0)
-    n_i = _visible(o_m, nk, kv_offset, CAUSAL)
-    nf = n_i.to(tl.float32)
-    off = tl.where(n_i > 3, 1.0, 0.0)
-    c_i = log_d * tl.log(tl.maximum(n_i, 1).to(tl.float32))
+    L, M, R, b_delta = _row_stats(stats, delta, plane, row0, o_m, m_m)
+    n_i, nf, off, c_i = _row_consts(o_m, nk, kv_offset, log_d, CAUSAL)
     b_cq = c_i * b_rq
     kv_end = tl.max(tl.where(m_m, n_i, 0), 0)
     b_gamma = tl.zeros([BM], dtype=tl.float32)
     if REWEIGHT:  # Γ_i = Σ_j dbase_ij w_ij / L_i: a pass of its own
         for start_n in range(0, kv_end, BN):
             o_n = start_n + tl.arange(0, BN)
-            m_n = o_n < nk
-            m_kd = m_n[:, None] & m_d[None, :]
-            b_k = tl.load(k + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)
-            b_v = tl.load(v + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)
-            b_rk = tl.load(rk + krow0 + o_n, mask=m_n, other=0.0)
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_cq[:, None] * b_rk[None, :]
+            b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)
+            b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)
             b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
             m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
             _, _, gw = _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, b_delta, b_gamma, c_i, p, REWEIGHT)
@@ -258,12 +278,8 @@ def _bwd_dq_kernel(
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
     for start_n in range(0, kv_end, BN):
         o_n = start_n + tl.arange(0, BN)
-        m_n = o_n < nk
-        m_kd = m_n[:, None] & m_d[None, :]
-        b_k = tl.load(k + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
-        b_v = tl.load(v + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
-        b_rk = tl.load(rk + krow0 + o_n, mask=m_n, other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * b_cq[:, None] * b_rk[None, :]  # [BM, BN]
+        b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)  # [BN, BD], [BN, BD], [BN]
+        b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)  # [BM, BN]
         b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)  # [BM, BN]
         m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
         _, ds, _ = _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, b_delta, b_gamma, c_i, p, REWEIGHT)
@@ -288,12 +304,9 @@ def _bwd_dkdv_kernel(
     krow0 = (b * Hkv + i_g).to(tl.int64) * Tk + k0
     o_n = i_n * BN + tl.arange(0, BN)
     o_d = tl.arange(0, BD)
-    m_n = o_n < nk
     m_d = o_d < D
-    m_kd = m_n[:, None] & m_d[None, :]
-    b_k = tl.load(k + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
-    b_v = tl.load(v + (krow0 + o_n[:, None]) * D + o_d[None, :], mask=m_kd, other=0.0)  # [BN, BD]
-    b_rk = tl.load(rk + krow0 + o_n, mask=m_n, other=0.0)
+    m_kd = (o_n < nk)[:, None] & m_d[None, :]
+    b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)  # [BN, BD], [BN, BD], [BN]
     b_dk = tl.zeros([BN, BD], dtype=tl.float32)
     b_dv = tl.zeros([BN, BD], dtype=tl.float32)
     # the first query row that sees key i_n·BN: i + kv_offset >= i_n·BN
@@ -311,16 +324,10 @@ def _bwd_dkdv_kernel(
             b_q = tl.load(q + (row0 + o_m[:, None]) * D + o_d[None, :], mask=m_qd, other=0.0)  # [BM, BD]
             b_do = tl.load(do + (row0 + o_m[:, None]) * D + o_d[None, :], mask=m_qd, other=0.0)  # [BM, BD]
             b_rq = tl.load(rq + row0 + o_m, mask=m_m, other=0.0)
-            L = tl.load(stats + row0 + o_m, mask=m_m, other=0.0)
-            M = tl.load(stats + plane + row0 + o_m, mask=m_m, other=0.0)
-            R = tl.load(stats + 2 * plane + row0 + o_m, mask=m_m, other=0.0)
-            b_delta = tl.load(delta + row0 + o_m, mask=m_m, other=0.0)
+            L, M, R, b_delta = _row_stats(stats, delta, plane, row0, o_m, m_m)
             b_gamma = tl.load(gamma + row0 + o_m, mask=m_m, other=0.0)
-            n_i = _visible(o_m, nk, kv_offset, CAUSAL)
-            nf = n_i.to(tl.float32)
-            off = tl.where(n_i > 3, 1.0, 0.0)
-            c_i = log_d * tl.log(tl.maximum(n_i, 1).to(tl.float32))
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC) * (c_i * b_rq)[:, None] * b_rk[None, :]
+            n_i, nf, off, c_i = _row_consts(o_m, nk, kv_offset, log_d, CAUSAL)
+            b_s = _scores(b_q, b_k, c_i * b_rq, b_rk, DOT_PREC)
             b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)  # [BM, BN]
             m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
             b_P, ds, _ = _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, b_delta, b_gamma, c_i, p, REWEIGHT)
