@@ -134,6 +134,31 @@ def _lstm_vjp(cp, hp, uf, uo, uc, af, ao, ac, pf, po, lc, lh):
 
 
 @triton.jit
+def _load_params(A, P, o_n, m_n, N, HAS_P: tl.constexpr, BN: tl.constexpr):
+    """Recurrent weights a_0..a_2 [3, N] and peepholes p_0, p_1 [2, N] (zeros without) of channels o_n."""
+    b_a0 = tl.load(A + o_n, mask=m_n, other=0.0)
+    b_a1 = tl.load(A + N + o_n, mask=m_n, other=0.0)
+    b_a2 = tl.load(A + 2 * N + o_n, mask=m_n, other=0.0)
+    if HAS_P:
+        b_p0 = tl.load(P + o_n, mask=m_n, other=0.0)
+        b_p1 = tl.load(P + N + o_n, mask=m_n, other=0.0)
+    else:
+        b_p0 = tl.zeros([BN], dtype=tl.float32)
+        b_p1 = tl.zeros([BN], dtype=tl.float32)
+    return b_a0, b_a1, b_a2, b_p0, b_p1
+
+
+@triton.jit
+def _load_u(U, row, N, o_n, mask):
+    """The three gate pre-activations U[b, t, :, o_n] of flat step row = b·T + t, in float32."""
+    p_u = U + (row * 3) * N + o_n
+    b_u0 = tl.load(p_u, mask=mask, other=0.0).to(tl.float32)
+    b_u1 = tl.load(p_u + N, mask=mask, other=0.0).to(tl.float32)
+    b_u2 = tl.load(p_u + 2 * N, mask=mask, other=0.0).to(tl.float32)
+    return b_u0, b_u1, b_u2
+
+
+@triton.jit
 def _running(RES, it, tol):
     """1 while the residual of iteration it − 1 (it >= 1) is > tol; 0 once it is <= tol or NaN."""
     r = tl.load(RES + it - 1).to(tl.float32, bitcast=True)
@@ -157,15 +182,7 @@ def pararnn_fwd_sweep_kernel(
     if not FIRST:  # later sweeps: only while not converged
         run = run * _running(RES, it, tol)
     if run != 0:
-        b_a0 = tl.load(A + o_n, mask=m_n, other=0.0)  # [BN]
-        b_a1 = tl.load(A + N + o_n, mask=m_n, other=0.0)
-        b_a2 = tl.load(A + 2 * N + o_n, mask=m_n, other=0.0)
-        if HAS_P:
-            b_p0 = tl.load(P + o_n, mask=m_n, other=0.0)
-            b_p1 = tl.load(P + N + o_n, mask=m_n, other=0.0)
-        else:
-            b_p0 = tl.zeros([BN], dtype=tl.float32)
-            b_p1 = tl.zeros([BN], dtype=tl.float32)
+        b_a0, b_a1, b_a2, b_p0, b_p1 = _load_params(A, P, o_n, m_n, N, HAS_P, BN)  # [BN] each
         t0 = i_c * L
         t1 = tl.minimum(t0 + L, T)
         p_x = X + ((i_b * C + i_c) * SS) * N + o_n
@@ -173,10 +190,7 @@ def pararnn_fwd_sweep_kernel(
         if FIRST:
             # x_0 = s0 (or 0); x_c = f(0, u_{t_c − 1}) for c ≥ 1 (the paper's initial guess)
             tg = tl.maximum(t0 - 1, 0)
-            p_ug = U + ((i_b * T + tg) * 3) * N + o_n
-            b_g0 = tl.load(p_ug, mask=m_n, other=0.0).to(tl.float32)
-            b_g1 = tl.load(p_ug + N, mask=m_n, other=0.0).to(tl.float32)
-            b_g2 = tl.load(p_ug + 2 * N, mask=m_n, other=0.0).to(tl.float32)
+            b_g0, b_g1, b_g2 = _load_u(U, i_b * T + tg, N, o_n, m_n)
             b_zero = tl.zeros([BN], dtype=tl.float32)
             if HAS_S0:
                 b_i0 = tl.load(S0 + (i_b * SS) * N + o_n, mask=m_n, other=0.0).to(tl.float32)
@@ -210,16 +224,10 @@ def pararnn_fwd_sweep_kernel(
         b_m10 = tl.zeros([BN], dtype=tl.float32)
         b_m11 = tl.full([BN], 1.0, dtype=tl.float32)
         # loads of step t + 1 are issued before step t is computed (one step of lookahead)
-        p_u = U + ((i_b * T + t0) * 3) * N + o_n
-        b_u0 = tl.load(p_u, mask=m_n, other=0.0).to(tl.float32)  # [BN]
-        b_u1 = tl.load(p_u + N, mask=m_n, other=0.0).to(tl.float32)
-        b_u2 = tl.load(p_u + 2 * N, mask=m_n, other=0.0).to(tl.float32)
+        b_u0, b_u1, b_u2 = _load_u(U, i_b * T + t0, N, o_n, m_n)
         for t in range(t0, t1):
             m_next = o_n < tl.where(t + 1 < t1, N, 0)  # (m_n and t + 1 < t1)
-            p_u = U + ((i_b * T + t + 1) * 3) * N + o_n
-            b_v0 = tl.load(p_u, mask=m_next, other=0.0).to(tl.float32)
-            b_v1 = tl.load(p_u + N, mask=m_next, other=0.0).to(tl.float32)
-            b_v2 = tl.load(p_u + 2 * N, mask=m_next, other=0.0).to(tl.float32)
+            b_v0, b_v1, b_v2 = _load_u(U, i_b * T + t + 1, N, o_n, m_next)
             p_s = S + ((i_b * T + t) * SS) * N + o_n
             if IS_LSTM:
                 b_x0, b_x1, j00, j01, j10, j11 = _lstm_step_jac(b_x0, b_x1, b_u0, b_u1, b_u2, b_a0, b_a1, b_a2,
@@ -262,15 +270,7 @@ def pararnn_fwd_boundary_kernel(
     if CHECK:  # it >= 1: only while not converged
         run = _running(RES, it, tol)
     if run != 0:
-        b_a0 = tl.load(A + o_n, mask=m_n, other=0.0)  # [BN]
-        b_a1 = tl.load(A + N + o_n, mask=m_n, other=0.0)
-        b_a2 = tl.load(A + 2 * N + o_n, mask=m_n, other=0.0)
-        if HAS_P:
-            b_p0 = tl.load(P + o_n, mask=m_n, other=0.0)
-            b_p1 = tl.load(P + N + o_n, mask=m_n, other=0.0)
-        else:
-            b_p0 = tl.zeros([BN], dtype=tl.float32)
-            b_p1 = tl.zeros([BN], dtype=tl.float32)
+        b_a0, b_a1, b_a2, b_p0, b_p1 = _load_params(A, P, o_n, m_n, N, HAS_P, BN)  # [BN] each
         b_r = tl.zeros([BN], dtype=tl.float32)  # max |residual| so far
         b_nan = tl.zeros([BN], dtype=tl.int32)  # a NaN residual was seen
         # Newton step of the previous incoming state; x_it is exact and stays, so it starts at 0
@@ -280,10 +280,7 @@ def pararnn_fwd_boundary_kernel(
             p_x = X + ((i_b * C + c) * SS) * N + o_n
             p_phi = PHI + ((i_b * C + c - 1) * SS) * N + o_n
             p_mt = MT + ((i_b * C + c - 1) * SS * SS) * N + o_n
-            p_u = U + ((i_b * T + c * L) * 3) * N + o_n
-            b_u0 = tl.load(p_u, mask=m_n, other=0.0).to(tl.float32)
-            b_u1 = tl.load(p_u + N, mask=m_n, other=0.0).to(tl.float32)
-            b_u2 = tl.load(p_u + 2 * N, mask=m_n, other=0.0).to(tl.float32)
+            b_u0, b_u1, b_u2 = _load_u(U, i_b * T + c * L, N, o_n, m_n)
             b_x0 = tl.load(p_x, mask=m_n, other=0.0)
             b_f0 = tl.load(p_phi, mask=m_n, other=0.0)
             b_m00 = tl.load(p_mt, mask=m_n, other=0.0)
@@ -335,15 +332,7 @@ def pararnn_bwd_chunk_kernel(
     i_b = i_b.to(tl.int64)
     o_n = i_n * BN + tl.arange(0, BN)  # [BN]
     m_n = o_n < N
-    b_a0 = tl.load(A + o_n, mask=m_n, other=0.0)  # [BN]
-    b_a1 = tl.load(A + N + o_n, mask=m_n, other=0.0)
-    b_a2 = tl.load(A + 2 * N + o_n, mask=m_n, other=0.0)
-    if HAS_P:
-        b_p0 = tl.load(P + o_n, mask=m_n, other=0.0)
-        b_p1 = tl.load(P + N + o_n, mask=m_n, other=0.0)
-    else:
-        b_p0 = tl.zeros([BN], dtype=tl.float32)
-        b_p1 = tl.zeros([BN], dtype=tl.float32)
+    b_a0, b_a1, b_a2, b_p0, b_p1 = _load_params(A, P, o_n, m_n, N, HAS_P, BN)  # [BN] each
     t0 = i_c * L
     t1 = tl.minimum(t0 + L, T)
     # carry into the chunk's last step (λ_{t1−1} = g_{t1−1} + carry)
@@ -370,10 +359,7 @@ def pararnn_bwd_chunk_kernel(
     b_dp1 = tl.zeros([BN], dtype=tl.float32)
     for i in range(0, t1 - t0):
         t = t1 - 1 - i
-        p_u = U + ((i_b * T + t) * 3) * N + o_n
-        b_u0 = tl.load(p_u, mask=m_n, other=0.0).to(tl.float32)  # [BN]
-        b_u1 = tl.load(p_u + N, mask=m_n, other=0.0).to(tl.float32)
-        b_u2 = tl.load(p_u + 2 * N, mask=m_n, other=0.0).to(tl.float32)
+        b_u0, b_u1, b_u2 = _load_u(U, i_b * T + t, N, o_n, m_n)
         # previous state s_{t−1}: S_all[t − 1], or s0 (zeros) at t = 0
         p_sp = S + ((i_b * T + t - 1) * SS) * N + o_n
         m_sp = o_n < tl.where(t > 0, N, 0)
