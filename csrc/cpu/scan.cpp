@@ -108,7 +108,8 @@ struct BackwardProblem {
       for (int j = 0; j < K; ++j) s.A[i][j] = static_cast<acc>(a[j * K + i]);  // transposed
   }
   // One backward step for channels [n0, n1): λ_t from λ_next (in `state`), then db_t and dA_t.
-  // Branches depend on t only, so they sit outside the contiguous channel loop.
+  // What a step reads depends on t only (the last step adds ḡ and has no A_next; the first has
+  // h0 or nothing for h_prev), so each combination gets its own branch-free channel loop.
   void step_block(int64_t bi, int64_t t, int64_t n0, int64_t n1, acc (*state)[K]) const {
     const int64_t row = (bi * T + t) * N + n0;
     const bool last = reverse ? t == 0 : t == T - 1;
@@ -120,20 +121,50 @@ struct BackwardProblem {
                                : h + ((bi * T + (reverse ? t + 1 : t - 1)) * N + n0) * K;
     scalar_t* dbo = db + row * K;
     scalar_t* dAo = dA + row * K * K;
-    for (int64_t n = 0; n < n1 - n0; ++n) {
+    const int64_t n = n1 - n0;
+    if (gl == nullptr && a != nullptr && hp != nullptr) {  // every step but the first and the last
+      step_channels<false, true, true>(n, g, gl, a, hp, dbo, dAo, state);
+    } else if (a != nullptr) {
+      if (hp != nullptr)
+        step_channels<true, true, true>(n, g, gl, a, hp, dbo, dAo, state);
+      else
+        step_channels<true, true, false>(n, g, gl, a, hp, dbo, dAo, state);
+    } else {
+      if (hp != nullptr)
+        step_channels<true, false, true>(n, g, gl, a, hp, dbo, dAo, state);
+      else
+        step_channels<true, false, false>(n, g, gl, a, hp, dbo, dAo, state);
+    }
+  }
+
+  // λ = g (+ ḡ) (+ A_nextᵀ λ_next); db = λ; dA = λ h_prevᵀ (0 without h_prev). gl is only read
+  // with HAS_GL, which the callers set whenever it is non-null.
+  template <bool HAS_GL, bool HAS_A, bool HAS_HP>
+  static void step_channels(int64_t count, const scalar_t* __restrict__ g, const scalar_t* __restrict__ gl,
+                            const scalar_t* __restrict__ a, const scalar_t* __restrict__ hp,
+                            scalar_t* __restrict__ dbo, scalar_t* __restrict__ dAo, acc (*__restrict__ state)[K]) {
+    for (int64_t n = 0; n < count; ++n) {
       acc lam[K];
       for (int i = 0; i < K; ++i) {
         acc v = static_cast<acc>(g[n * K + i]);
-        if (gl) v += static_cast<acc>(gl[n * K + i]);
-        if (a)
+        if constexpr (HAS_GL) {
+          if (gl) v += static_cast<acc>(gl[n * K + i]);
+        }
+        if constexpr (HAS_A) {
           for (int j = 0; j < K; ++j) v += static_cast<acc>(a[(n * K + j) * K + i]) * state[n][j];  // Aᵀ λ
+        }
         lam[i] = v;
       }
       for (int i = 0; i < K; ++i) {
         state[n][i] = lam[i];
         dbo[n * K + i] = static_cast<scalar_t>(lam[i]);
-        for (int j = 0; j < K; ++j)
-          dAo[(n * K + i) * K + j] = static_cast<scalar_t>(hp ? lam[i] * static_cast<acc>(hp[n * K + j]) : acc(0));
+        for (int j = 0; j < K; ++j) {
+          if constexpr (HAS_HP) {
+            dAo[(n * K + i) * K + j] = static_cast<scalar_t>(lam[i] * static_cast<acc>(hp[n * K + j]));
+          } else {
+            dAo[(n * K + i) * K + j] = scalar_t(0);
+          }
+        }
       }
     }
   }
