@@ -475,6 +475,30 @@ def test_opcheck(backend, cell, with_s0):
                                                  S_all, dS, ds_last, backend))
 
 
+@pytest.mark.parametrize("backend", backend_params("cpp"))
+def test_cpp_binding_rejects_bad_inputs(backend):
+    """The C++ checks (csrc/torch/pararnn_checks.h, shared with the CUDA binding) name the op and argument."""
+    ops = torch.ops.nlseq_ext
+    U, A, P, s0 = _make("lstm", 2, 5, 4)
+    with pytest.raises(RuntimeError, match=r'pararnn_fwd: cell must be "gru" or "lstm", got "elman"'):
+        ops.pararnn_fwd("elman", U, A, P, s0, 3, 1e-6)
+    with pytest.raises(RuntimeError, match="pararnn_seq_fwd: the lstm cell needs the peepholes P"):
+        ops.pararnn_seq_fwd("lstm", U, A, None, s0)
+    with pytest.raises(RuntimeError, match="the gru cell has no peepholes"):
+        ops.pararnn_seq_fwd("gru", U, A, P, s0[:, :1].contiguous())
+    with pytest.raises(RuntimeError, match=r"A must have dtype Float \(the accumulation dtype of U, Float\), got Double"):
+        ops.pararnn_seq_fwd("lstm", U, A.double(), P, s0)
+    with pytest.raises(RuntimeError, match=r"A must have shape \[3, 4\], got \[3, 3\]"):
+        ops.pararnn_seq_fwd("lstm", U, A[:, :3].contiguous(), P, s0)
+    with pytest.raises(RuntimeError, match=r"s0\) must have shape \[2, 2, 4\]"):
+        ops.pararnn_seq_fwd("lstm", U, A, P, s0[:, :1].contiguous())
+    with pytest.raises(RuntimeError, match="max_iters must be >= 0, got -1"):
+        ops.pararnn_fwd("lstm", U, A, P, s0, -1, 1e-6)
+    S_all = ops.pararnn_seq_fwd("lstm", U, A, P, s0)
+    with pytest.raises(RuntimeError, match=r"pararnn_bwd: dS must have shape \[2, 5, 2, 4\]"):
+        ops.pararnn_bwd("lstm", U, A, P, s0, S_all, S_all[:, :4], S_all[:, -1])
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_modules_under_torch_compile(cell):
     torch._dynamo.reset()
