@@ -64,7 +64,10 @@ spec.loader.exec_module(mod)  # runs the TORCH_LIBRARY registrations
 sys.modules["nlseq._C"] = mod
 ops = sorted(n for n in torch._C._dispatch_get_registrations_for_dispatch_key("CUDA") if n.startswith("nlseq_ext::"))
 print("cuda_build_check: ops with a CUDA kernel:", ", ".join(ops) or "none")
-missing = [op for op in ("nlseq_ext::scan_fwd", "nlseq_ext::scan_bwd", "nlseq_ext::softplus_attention_decode") if op not in ops]
+required = ("nlseq_ext::scan_fwd", "nlseq_ext::scan_bwd", "nlseq_ext::softplus_attention_decode",
+            "nlseq_ext::pararnn_fwd", "nlseq_ext::pararnn_bwd", "nlseq_ext::pararnn_seq_fwd",
+            "nlseq_ext::pararnn_cuda_fwd_chunked", "nlseq_ext::pararnn_cuda_bwd_chunked")
+missing = [op for op in required if op not in ops]
 if missing:
     sys.exit(f"cuda_build_check: FAILED: no CUDA kernel registered for {missing}")
 EOF

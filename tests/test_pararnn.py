@@ -161,6 +161,73 @@ def test_op_gradcheck_fp64():
     assert torch.autograd.gradcheck(fn, args)
 
 
+# ---------------------------------------------------------------- input projection
+def _projection_by_spec(x, W, b):
+    """SPEC.md §1.3 literally: gate g of head h is x[.., h-th slice] @ W[h, :, g, :] + its slice of b."""
+    heads, ih, G, nh = W.shape
+    gates = []
+    for g in range(G):
+        gates.append(torch.cat([x[..., h * ih:(h + 1) * ih] @ W[h, :, g, :] + b[g, h * nh:(h + 1) * nh]
+                                for h in range(heads)], dim=-1))
+    return torch.stack(gates, dim=-2)
+
+
+def _projection_case(heads, *, transposed, seed=0):
+    """x [2, 5, 12] (a transposed, non-contiguous view when asked), W [heads, 12/heads, 3, 20/heads], b [3, 20]."""
+    g = torch.Generator().manual_seed(seed)
+    I, N = 12, 20
+    x = torch.randn(5, 2, I, generator=g, dtype=torch.float64).transpose(0, 1) if transposed else \
+        torch.randn(2, 5, I, generator=g, dtype=torch.float64)
+    W = torch.randn(heads, I // heads, 3, N // heads, generator=g, dtype=torch.float64) / I ** 0.5
+    b = torch.randn(3, N, generator=g, dtype=torch.float64)
+    dU = torch.randn(2, 5, 3, N, generator=g, dtype=torch.float64)
+    return x, W, b, dU
+
+
+def _value_and_grads(fn, x, W, b, dU):
+    x, W, b = (t.detach().requires_grad_() for t in (x, W, b))
+    U = fn(x, W, b)
+    return (U, *torch.autograd.grad(U, (x, W, b), dU.to(U.dtype)))
+
+
+PROJ_HEADS = [1, 2, 4]
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
+@pytest.mark.parametrize("heads", PROJ_HEADS, ids=[f"heads{h}" for h in PROJ_HEADS])
+def test_input_projection_fp64(heads, transposed):
+    """U and the gradients of x, W, b against the per-head, per-gate formula of SPEC.md §1.3."""
+    x, W, b, dU = _projection_case(heads, transposed=transposed)
+    ours = _value_and_grads(R.input_projection, x, W, b, dU)
+    oracle = _value_and_grads(_projection_by_spec, x, W, b, dU)
+    for name, a, o in zip(("U", "dx", "dW", "db"), ours, oracle):
+        assert_close_to_oracle(a, o, atol=1e-12, rtol=1e-12, what=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("heads", PROJ_HEADS, ids=[f"heads{h}" for h in PROJ_HEADS])
+def test_input_projection_low_precision(heads, dtype):
+    """FA's rule: error against the float64 oracle at most 2x that of the plain formula in dtype."""
+    x, W, b, dU = _projection_case(heads, transposed=True)
+    oracle = _value_and_grads(_projection_by_spec, x, W, b, dU)
+    low = [t.to(dtype) for t in (x, W, b, dU)]
+    ours = _value_and_grads(R.input_projection, *low)
+    plain = _value_and_grads(_projection_by_spec, *low)
+    for name, a, p, o in zip(("U", "dx", "dW", "db"), ours, plain, oracle):
+        assert a.dtype == dtype, f"{name}: dtype {a.dtype}, expected {dtype}"
+        err = (a.double() - o).abs().max().item()
+        base = (p.double() - o).abs().max().item()
+        assert err <= 2 * base + torch.finfo(dtype).eps, f"{name}: error {err:.3e} > 2 x plain {dtype} error {base:.3e}"
+
+
+def test_input_projection_checks_shapes():
+    x, W, b, _ = _projection_case(2, transposed=False)
+    with pytest.raises(ValueError, match="x's last dim must be heads \\* I/heads = 12"):
+        R.input_projection(x[..., :10], W, b)
+    with pytest.raises(ValueError, match="b must have shape"):
+        R.input_projection(x, W, b[:, :10])
+
+
 # ---------------------------------------------------------------- modules
 def _module_pair(cell, I, N, heads, *, backend, mode, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
@@ -406,6 +473,30 @@ def test_opcheck(backend, cell, with_s0):
     ds_last = torch.randn_like(S_all[:, -1])
     torch.library.opcheck(_pararnn_backward_op, (cell, U.detach(), A.detach(), None if P is None else P.detach(), s0,
                                                  S_all, dS, ds_last, backend))
+
+
+@pytest.mark.parametrize("backend", backend_params("cpp"))
+def test_cpp_binding_rejects_bad_inputs(backend):
+    """The C++ checks (csrc/torch/pararnn_checks.h, shared with the CUDA binding) name the op and argument."""
+    ops = torch.ops.nlseq_ext
+    U, A, P, s0 = _make("lstm", 2, 5, 4)
+    with pytest.raises(RuntimeError, match=r'pararnn_fwd: cell must be "gru" or "lstm", got "elman"'):
+        ops.pararnn_fwd("elman", U, A, P, s0, 3, 1e-6)
+    with pytest.raises(RuntimeError, match="pararnn_seq_fwd: the lstm cell needs the peepholes P"):
+        ops.pararnn_seq_fwd("lstm", U, A, None, s0)
+    with pytest.raises(RuntimeError, match="the gru cell has no peepholes"):
+        ops.pararnn_seq_fwd("gru", U, A, P, s0[:, :1].contiguous())
+    with pytest.raises(RuntimeError, match=r"A must have dtype Float \(the accumulation dtype of U, Float\), got Double"):
+        ops.pararnn_seq_fwd("lstm", U, A.double(), P, s0)
+    with pytest.raises(RuntimeError, match=r"A must have shape \[3, 4\], got \[3, 3\]"):
+        ops.pararnn_seq_fwd("lstm", U, A[:, :3].contiguous(), P, s0)
+    with pytest.raises(RuntimeError, match=r"s0\) must have shape \[2, 2, 4\]"):
+        ops.pararnn_seq_fwd("lstm", U, A, P, s0[:, :1].contiguous())
+    with pytest.raises(RuntimeError, match="max_iters must be >= 0, got -1"):
+        ops.pararnn_fwd("lstm", U, A, P, s0, -1, 1e-6)
+    S_all = ops.pararnn_seq_fwd("lstm", U, A, P, s0)
+    with pytest.raises(RuntimeError, match=r"pararnn_bwd: dS must have shape \[2, 5, 2, 4\]"):
+        ops.pararnn_bwd("lstm", U, A, P, s0, S_all, S_all[:, :4], S_all[:, -1])
 
 
 @pytest.mark.parametrize("cell", CELLS)

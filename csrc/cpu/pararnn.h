@@ -7,25 +7,25 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include "nlseq/pararnn.h"
+
 namespace nlseq {
 namespace cpu {
 
-enum class PararnnCell : int { kGru = 0, kLstm = 1 };
-
 // Exact sequential forward: one pass over t per (batch row, channel), channels in parallel.
-void pararnn_seq_fwd(PararnnCell cell, const at::Tensor& U, const at::Tensor& A, const c10::optional<at::Tensor>& P,
-                     const c10::optional<at::Tensor>& s0, at::Tensor& S_all);
+void pararnn_seq_fwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tensor& A,
+                     const c10::optional<at::Tensor>& P, const c10::optional<at::Tensor>& s0, at::Tensor& S_all);
 
 // Newton forward (SPEC.md §1.1): at most max_iters linear solves by the CPU scan, stopping as soon
 // as the residual max_t |s_t − f(s_{t−1}, x_t)| <= tol. Returns (iterations, final residual).
-std::pair<int64_t, double> pararnn_newton_fwd(PararnnCell cell, const at::Tensor& U, const at::Tensor& A,
+std::pair<int64_t, double> pararnn_newton_fwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tensor& A,
                                               const c10::optional<at::Tensor>& P,
                                               const c10::optional<at::Tensor>& s0, int64_t max_iters, double tol,
                                               at::Tensor& S_all);
 
 // Fused backward (SPEC.md §1.2) at the solution S_all: one reverse sweep per (batch row, channel)
 // carrying λ, writing dU [B, T, 3, N], dA [3, N], dP [2, N] (zeros for the GRU), ds0 [B, S, N].
-void pararnn_bwd(PararnnCell cell, const at::Tensor& U, const at::Tensor& A, const c10::optional<at::Tensor>& P,
+void pararnn_bwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tensor& A, const c10::optional<at::Tensor>& P,
                  const c10::optional<at::Tensor>& s0, const at::Tensor& S_all, const at::Tensor& dS,
                  const at::Tensor& ds_last, at::Tensor& dU, at::Tensor& dA, at::Tensor& dP, at::Tensor& ds0);
 

@@ -50,7 +50,6 @@ using namespace pararnn_detail;
 namespace {
 
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int state_size(pararnn::CellKind cell) { return cell == pararnn::CellKind::kGru ? 1 : 2; }
 int64_t num_chunks(const PararnnShape& s) { return cdiv(s.T, s.L); }
 int64_t newton_updates(const PararnnShape& s, int64_t max_iters) {
   return std::max<int64_t>(0, std::min<int64_t>(max_iters, num_chunks(s) - 1));
@@ -73,20 +72,20 @@ int64_t pararnn_chunk_len(int64_t B, int64_t T, int64_t N, int num_sms) {
 }
 
 size_t pararnn_fwd_workspace_bytes(const PararnnShape& s, int64_t max_iters) {
-  const int64_t S = state_size(s.cell), C = num_chunks(s);
+  const int64_t S = pararnn::state_size(s.cell), C = num_chunks(s);
   const int64_t floats = s.B * C * S * s.N * (2 + S);  // X, PHI, MT
   return size_t(floats) * sizeof(float) + size_t(newton_updates(s, max_iters) + 1) * sizeof(unsigned);
 }
 
 size_t pararnn_bwd_workspace_bytes(const PararnnShape& s) {
-  const int64_t S = state_size(s.cell), C = num_chunks(s);
+  const int64_t S = pararnn::state_size(s.cell), C = num_chunks(s);
   const int64_t floats = s.B * C * s.N * ((S + S * S) + S + 3 + 2);  // QQ, MU, PA, PP
   return size_t(floats) * sizeof(float);
 }
 
 cudaError_t pararnn_fwd(const PararnnShape& s, const PararnnFwdArgs& args, void* workspace, cudaStream_t stream) {
   if (!valid_shape(s)) return cudaErrorInvalidValue;
-  const int64_t S = state_size(s.cell), C = num_chunks(s), K = newton_updates(s, args.max_iters);
+  const int64_t S = pararnn::state_size(s.cell), C = num_chunks(s), K = newton_updates(s, args.max_iters);
   FwdParams p;
   p.U = args.U;
   p.A = args.A;
@@ -135,7 +134,7 @@ cudaError_t pararnn_fwd(const PararnnShape& s, const PararnnFwdArgs& args, void*
 
 cudaError_t pararnn_bwd(const PararnnShape& s, const PararnnBwdArgs& args, void* workspace, cudaStream_t stream) {
   if (!valid_shape(s)) return cudaErrorInvalidValue;
-  const int64_t S = state_size(s.cell), C = num_chunks(s);
+  const int64_t S = pararnn::state_size(s.cell), C = num_chunks(s);
   BwdParams p;
   p.U = args.U;
   p.A = args.A;

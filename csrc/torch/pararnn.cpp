@@ -1,5 +1,6 @@
-// torch binding of the pararnn family: schemas of the nlseq_ext ops, input checks, output
-// allocation, and the CPU registrations. The autograd rule lives in python/nlseq/ops/pararnn.py.
+// torch binding of the pararnn family: schemas of the nlseq_ext ops, output allocation, and the
+// CPU registrations. The input checks are shared with the CUDA binding (pararnn_checks.h); the
+// autograd rule lives in python/nlseq/ops/pararnn.py.
 //
 // Launcher contract shared by every backend (cell is "gru" or "lstm"; S = 1 for the GRU, 2 for
 // the LSTM; "acc" is float32, or float64 when U is float64):
@@ -16,78 +17,35 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <string>
-
 #include "../cpu/pararnn.h"
 #include "binding.h"
+#include "pararnn_checks.h"
 
 namespace nlseq {
 namespace {
-
-cpu::PararnnCell parse_cell(const char* op, c10::string_view cell) {
-  if (cell == "gru") return cpu::PararnnCell::kGru;
-  if (cell == "lstm") return cpu::PararnnCell::kLstm;
-  TORCH_CHECK(false, op, ": cell must be \"gru\" or \"lstm\", got \"", std::string(cell), "\"");
-}
-
-int state_size(cpu::PararnnCell cell) { return cell == cpu::PararnnCell::kGru ? 1 : 2; }
-
-at::ScalarType acc_scalar_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-// Checks U, A, P, s0; returns the cell.
-cpu::PararnnCell check_inputs(const char* op, c10::string_view cell_name, const at::Tensor& U, const at::Tensor& A,
-                              const c10::optional<at::Tensor>& P, const c10::optional<at::Tensor>& s0) {
-  const cpu::PararnnCell cell = parse_cell(op, cell_name);
-  NLSEQ_CHECK_DIM(op, U, 4, "[B, T, 3, N]");
-  const int64_t B = U.size(0), N = U.size(3);
-  TORCH_CHECK(U.size(2) == 3, op, ": U must have shape [B, T, 3, N] (three gates), got ", U.sizes());
-  TORCH_CHECK(at::isFloatingType(U.scalar_type()), op, ": U must be a floating tensor, got ", U.scalar_type());
-  NLSEQ_CHECK_CONTIGUOUS(op, U);
-  const auto acc = acc_scalar_type(U.scalar_type());
-  NLSEQ_CHECK_SHAPE(op, A, 3, N);
-  TORCH_CHECK(A.scalar_type() == acc, op, ": A must have dtype ", acc, " (the accumulation dtype of U), got ",
-              A.scalar_type());
-  TORCH_CHECK(A.device() == U.device(), op, ": A must be on the device of U");
-  NLSEQ_CHECK_CONTIGUOUS(op, A);
-  if (cell == cpu::PararnnCell::kLstm) {
-    TORCH_CHECK(P.has_value(), op, ": the lstm cell needs the peepholes P [2, N]");
-    NLSEQ_CHECK_SHAPE(op, (*P), 2, N);
-    TORCH_CHECK(P->scalar_type() == acc, op, ": P must have dtype ", acc, ", got ", P->scalar_type());
-    TORCH_CHECK(P->device() == U.device(), op, ": P must be on the device of U");
-    NLSEQ_CHECK_CONTIGUOUS(op, (*P));
-  } else {
-    TORCH_CHECK(!P.has_value(), op, ": the gru cell has no peepholes; pass P = None");
-  }
-  if (s0.has_value()) {
-    NLSEQ_CHECK_SHAPE(op, (*s0), B, state_size(cell), N);
-    NLSEQ_CHECK_SAME(op, (*s0), U);
-    NLSEQ_CHECK_CONTIGUOUS(op, (*s0));
-  }
-  return cell;
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pararnn_fwd_cpu(c10::string_view cell_name, const at::Tensor& U,
                                                                const at::Tensor& A, const c10::optional<at::Tensor>& P,
                                                                const c10::optional<at::Tensor>& s0, int64_t max_iters,
                                                                double tol) {
   const char* op = "nlseq_ext::pararnn_fwd";
-  const auto cell = check_inputs(op, cell_name, U, A, P, s0);
-  TORCH_CHECK(max_iters >= 0, op, ": max_iters must be >= 0, got ", max_iters);
+  const auto cell = pararnn_check_inputs(op, cell_name, U, A, P, s0);
+  pararnn_check_max_iters(op, max_iters);
   const int64_t B = U.size(0), T = U.size(1), N = U.size(3);
-  at::Tensor S_all = empty_output({B, T, state_size(cell), N}, U.options());
+  at::Tensor S_all = empty_output({B, T, pararnn::state_size(cell), N}, U.options());
   int64_t iters = 0;
   double residual = 0.0;
   if (T > 0) std::tie(iters, residual) = cpu::pararnn_newton_fwd(cell, U, A, P, s0, max_iters, tol, S_all);
   return {S_all, at::scalar_tensor(iters, U.options().dtype(at::kLong)),
-          at::scalar_tensor(residual, U.options().dtype(acc_scalar_type(U.scalar_type())))};
+          at::scalar_tensor(residual, U.options().dtype(pararnn_acc_type(U.scalar_type())))};
 }
 
 at::Tensor pararnn_seq_fwd_cpu(c10::string_view cell_name, const at::Tensor& U, const at::Tensor& A,
                                const c10::optional<at::Tensor>& P, const c10::optional<at::Tensor>& s0) {
   const char* op = "nlseq_ext::pararnn_seq_fwd";
-  const auto cell = check_inputs(op, cell_name, U, A, P, s0);
+  const auto cell = pararnn_check_inputs(op, cell_name, U, A, P, s0);
   const int64_t B = U.size(0), T = U.size(1), N = U.size(3);
-  at::Tensor S_all = empty_output({B, T, state_size(cell), N}, U.options());
+  at::Tensor S_all = empty_output({B, T, pararnn::state_size(cell), N}, U.options());
   if (T > 0) cpu::pararnn_seq_fwd(cell, U, A, P, s0, S_all);
   return S_all;
 }
@@ -96,18 +54,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pararnn_bwd_cpu(
     c10::string_view cell_name, const at::Tensor& U, const at::Tensor& A, const c10::optional<at::Tensor>& P,
     const c10::optional<at::Tensor>& s0, const at::Tensor& S_all, const at::Tensor& dS, const at::Tensor& ds_last) {
   const char* op = "nlseq_ext::pararnn_bwd";
-  const auto cell = check_inputs(op, cell_name, U, A, P, s0);
+  const auto cell = pararnn_check_inputs(op, cell_name, U, A, P, s0);
   const int64_t B = U.size(0), T = U.size(1), N = U.size(3);
-  const int S = state_size(cell);
-  NLSEQ_CHECK_SHAPE(op, S_all, B, T, S, N);
-  NLSEQ_CHECK_SHAPE(op, dS, B, T, S, N);
-  NLSEQ_CHECK_SHAPE(op, ds_last, B, S, N);
-  NLSEQ_CHECK_SAME(op, S_all, U);
-  NLSEQ_CHECK_SAME(op, dS, U);
-  NLSEQ_CHECK_SAME(op, ds_last, U);
-  NLSEQ_CHECK_CONTIGUOUS(op, S_all);
-  NLSEQ_CHECK_CONTIGUOUS(op, dS);
-  NLSEQ_CHECK_CONTIGUOUS(op, ds_last);
+  pararnn_check_bwd_inputs(op, cell, U, S_all, dS, ds_last);
+  const int S = pararnn::state_size(cell);
   at::Tensor dU = empty_output_like(U);
   at::Tensor dA = empty_output({3, N}, A.options());
   at::Tensor dP = empty_output({2, N}, A.options());

@@ -13,21 +13,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <string>
 
 #include "../cuda/pararnn.h"
 #include "binding.h"
+#include "pararnn_checks.h"
 
 namespace nlseq {
 namespace {
-
-pararnn::CellKind cuda_parse_cell(const char* op, c10::string_view cell) {
-  if (cell == "gru") return pararnn::CellKind::kGru;
-  if (cell == "lstm") return pararnn::CellKind::kLstm;
-  TORCH_CHECK(false, op, ": cell must be \"gru\" or \"lstm\", got \"", std::string(cell), "\"");
-}
-
-int cuda_state_size(pararnn::CellKind cell) { return cell == pararnn::CellKind::kGru ? 1 : 2; }
 
 cuda::PararnnIo cuda_io_type(const char* op, at::ScalarType t) {
   switch (t) {
@@ -40,41 +32,17 @@ cuda::PararnnIo cuda_io_type(const char* op, at::ScalarType t) {
               " (float64 runs on the cpp and reference backends)");
 }
 
-void check_on_device(const char* op, const char* name, const at::Tensor& x, const at::Tensor& U) {
-  TORCH_CHECK(x.device() == U.device(), op, ": ", name, " must be on the device of U (", U.device(), "), got ",
-              x.device());
-}
-
+// The CUDA kernels' own limits (U on the GPU, its dtype, at most kPararnnMaxGridYZ sequences),
+// then the checks every backend shares (pararnn_checks.h). The dtype comes first so that float64
+// U is rejected as such rather than by the dtype of A.
 pararnn::CellKind cuda_check_inputs(const char* op, c10::string_view cell_name, const at::Tensor& U,
                                     const at::Tensor& A, const c10::optional<at::Tensor>& P,
                                     const c10::optional<at::Tensor>& s0) {
-  const pararnn::CellKind cell = cuda_parse_cell(op, cell_name);
-  NLSEQ_CHECK_DIM(op, U, 4, "[B, T, 3, N]");
   TORCH_CHECK(U.is_cuda(), op, ": U must be a CUDA tensor, got ", U.device());
-  TORCH_CHECK(U.size(2) == 3, op, ": U must have shape [B, T, 3, N] (three gates), got ", U.sizes());
   cuda_io_type(op, U.scalar_type());
-  NLSEQ_CHECK_CONTIGUOUS(op, U);
-  const int64_t B = U.size(0), N = U.size(3);
-  NLSEQ_CHECK_SHAPE(op, A, 3, N);
-  TORCH_CHECK(A.scalar_type() == at::kFloat, op, ": A must be float32, got ", A.scalar_type());
-  check_on_device(op, "A", A, U);
-  NLSEQ_CHECK_CONTIGUOUS(op, A);
-  if (cell == pararnn::CellKind::kLstm) {
-    TORCH_CHECK(P.has_value(), op, ": the lstm cell needs the peepholes P [2, N]");
-    NLSEQ_CHECK_SHAPE(op, (*P), 2, N);
-    TORCH_CHECK(P->scalar_type() == at::kFloat, op, ": P must be float32, got ", P->scalar_type());
-    check_on_device(op, "P", *P, U);
-    NLSEQ_CHECK_CONTIGUOUS(op, (*P));
-  } else {
-    TORCH_CHECK(!P.has_value(), op, ": the gru cell has no peepholes; pass P = None");
-  }
-  if (s0.has_value()) {
-    NLSEQ_CHECK_SHAPE(op, (*s0), B, cuda_state_size(cell), N);
-    NLSEQ_CHECK_SAME(op, (*s0), U);
-    NLSEQ_CHECK_CONTIGUOUS(op, (*s0));
-  }
-  TORCH_CHECK(B <= cuda::kPararnnMaxGridYZ, op, ": the CUDA kernels take at most ", cuda::kPararnnMaxGridYZ,
-              " sequences per call, got B = ", B);
+  const pararnn::CellKind cell = pararnn_check_inputs(op, cell_name, U, A, P, s0);
+  TORCH_CHECK(U.size(0) <= cuda::kPararnnMaxGridYZ, op, ": the CUDA kernels take at most ", cuda::kPararnnMaxGridYZ,
+              " sequences per call, got B = ", U.size(0));
   return cell;
 }
 
@@ -103,10 +71,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_impl(const char* op, c10::str
                                                         const c10::optional<at::Tensor>& s0, int64_t max_iters,
                                                         double tol, int64_t chunk_len) {
   const auto cell = cuda_check_inputs(op, cell_name, U, A, P, s0);
-  TORCH_CHECK(max_iters >= 0, op, ": max_iters must be >= 0, got ", max_iters);
+  pararnn_check_max_iters(op, max_iters);
   const c10::cuda::CUDAGuard guard(U.device());
   const int64_t B = U.size(0), T = U.size(1), N = U.size(3);
-  at::Tensor S_all = empty_output({B, T, cuda_state_size(cell), N}, U.options());
+  at::Tensor S_all = empty_output({B, T, pararnn::state_size(cell), N}, U.options());
   at::Tensor iters = at::zeros({}, U.options().dtype(at::kLong));
   at::Tensor residual = at::zeros({}, U.options().dtype(at::kFloat));
   if (B == 0 || T == 0 || N == 0) return {S_all, iters, residual};
@@ -134,16 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_impl(
   const auto cell = cuda_check_inputs(op, cell_name, U, A, P, s0);
   const c10::cuda::CUDAGuard guard(U.device());
   const int64_t B = U.size(0), T = U.size(1), N = U.size(3);
-  const int S = cuda_state_size(cell);
-  NLSEQ_CHECK_SHAPE(op, S_all, B, T, S, N);
-  NLSEQ_CHECK_SHAPE(op, dS, B, T, S, N);
-  NLSEQ_CHECK_SHAPE(op, ds_last, B, S, N);
-  NLSEQ_CHECK_SAME(op, S_all, U);
-  NLSEQ_CHECK_SAME(op, dS, U);
-  NLSEQ_CHECK_SAME(op, ds_last, U);
-  NLSEQ_CHECK_CONTIGUOUS(op, S_all);
-  NLSEQ_CHECK_CONTIGUOUS(op, dS);
-  NLSEQ_CHECK_CONTIGUOUS(op, ds_last);
+  pararnn_check_bwd_inputs(op, cell, U, S_all, dS, ds_last);
+  const int S = pararnn::state_size(cell);
   at::Tensor dU = empty_output_like(U);
   at::Tensor dA = empty_output({3, N}, A.options());
   at::Tensor dP = empty_output({2, N}, A.options());

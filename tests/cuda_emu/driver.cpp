@@ -47,7 +47,7 @@ static void write_io(const std::string& path, const std::vector<T>& v) {
 
 template <typename T>
 static int run(const std::string& dir, cuda::PararnnShape shape, int64_t max_iters, float tol, bool has_p, bool has_s0) {
-  const int64_t B = shape.B, T_ = shape.T, N = shape.N, S = shape.cell == pararnn::CellKind::kGru ? 1 : 2;
+  const int64_t B = shape.B, T_ = shape.T, N = shape.N, S = pararnn::state_size(shape.cell);
   auto U = to_io<T>(read(dir + "/U.bin", B * T_ * 3 * N));
   auto A = read(dir + "/A.bin", 3 * N);
   std::vector<float> P = has_p ? read(dir + "/P.bin", 2 * N) : std::vector<float>();

@@ -56,7 +56,11 @@ NLSEQ_CELL_FN T sigmoid_(T x) {
   return T(1) / (T(1) + M::exp(-x));
 }
 
+// The built-in cells, shared by every backend and binding.
 enum class CellKind : int { kGru = 0, kLstm = 1 };
+
+// State size per channel: 1 for the GRU (h), 2 for the LSTM (c, h).
+NLSEQ_HD constexpr int state_size(CellKind cell) { return cell == CellKind::kGru ? 1 : 2; }
 
 // ParaGRU (SPEC.md §1.3):
 //   z = σ(a_z h₋ + u_z),  r = σ(a_r h₋ + u_r),  c = tanh(a_c (h₋ r) + u_c),  h = z c + (1 − z) h₋

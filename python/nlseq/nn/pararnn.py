@@ -129,7 +129,7 @@ class _ParaRNN(nn.Module):
         return h.to(like.dtype)
 
     def _run(self, x: Tensor, s0: Optional[Tensor]) -> Tensor:
-        U = input_projection(x, self.weight_ih.to(x.dtype), self.bias.to(x.dtype))  # one GEMM, [B, T, 3, N]
+        U = input_projection(x, self.weight_ih.to(x.dtype), self.bias.to(x.dtype))  # one GEMM per head, [B, T, 3, N]
         S_all, info = pararnn(
             self.cell, U, self.weight_hh, getattr(self, "peephole", None), s0, mode=self.mode,
             max_iters=self.max_iters, tol=self.tol, on_nonconvergence=self.on_nonconvergence,

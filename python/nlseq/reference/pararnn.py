@@ -17,6 +17,7 @@ Layouts (the launcher contract of ``nlseq.ops.pararnn``; S = 1 for the GRU, 2 fo
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -30,14 +31,29 @@ STATE_SIZE = {"gru": 1, "lstm": 2}
 def input_projection(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """U [B, T, G, N] = Wx + b for x [B, T, I], W [heads, I/heads, G, N/heads], b [G, N].
 
-    Gate g, channel (head h, index j) = Σ_i x[.., h, i] W[h, i, g, j] + b[g, h N/heads + j]:
-    one batched GEMM over heads (SPEC.md §1.3).
+    Gate g, channel (head h, index j) = Σ_i x[.., h, i] W[h, i, g, j] + b[g, h N/heads + j]
+    (SPEC.md §1.3). One ``addmm`` per head on a column slice of x (MKL takes the strided slice
+    as is), then one ``stack`` into the [.., G, heads, N/heads] layout: about twice as fast on the
+    CPU as an einsum, which permutes x and W into a batched GEMM and the result back. No ``out=``,
+    so autograd and torch.compile see plain ops.
     """
     heads, ih, G, nh = W.shape
-    B, T, _ = x.shape
-    xh = x.reshape(B, T, heads, ih)
-    U = torch.einsum("bthi,higj->btghj", xh, W).reshape(B, T, G, heads * nh)
-    return U + b
+    if x.shape[-1] != heads * ih:
+        raise ValueError(f"input_projection: x's last dim must be heads * I/heads = {heads * ih} "
+                         f"(W has shape {tuple(W.shape)}), got {x.shape[-1]}")
+    if tuple(b.shape) != (G, heads * nh):
+        raise ValueError(f"input_projection: b must have shape [G, N] = {(G, heads * nh)}, got {tuple(b.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(math.prod(lead), heads * ih)
+    if heads == 1:
+        U = torch.addmm(b.reshape(G * nh), x2, W[0].reshape(ih, G * nh))
+    else:
+        U = torch.stack(
+            [torch.addmm(b[:, h * nh:(h + 1) * nh].reshape(G * nh), x2[:, h * ih:(h + 1) * ih],
+                         W[h].reshape(ih, G * nh)).view(-1, G, nh) for h in range(heads)],
+            dim=2,
+        )  # [B·T, G, heads, nh]
+    return U.reshape(*lead, G, heads * nh)
 
 
 def cell_step(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s_prev: Tensor) -> Tensor:

@@ -3,8 +3,8 @@
 Each case runs the module's computation functionally on the same inputs x [B, T, I] and
 parameters W [heads, I/heads, 3, N/heads], b [3, N], A [3, N] (and P [2, N] for the LSTM), drawn
 from the modules' default initialisation (SPEC.md §1.3) with I = N, heads = 2; the output is
-y [B, T, N]. The input projection U = Wx + b is one GEMM in every implementation, so the rows
-differ only in how the recurrence is solved:
+y [B, T, N]. The input projection U = Wx + b is the same (nlseq.reference.pararnn.input_projection,
+one GEMM per head) in every implementation, so the rows differ only in how the recurrence is solved:
 
     cpp           mode="auto" on the CPU: the exact fused sequential kernel (and its fused backward)
     cpp-newton    Newton iterations with the C++ scan (mode="newton")
