@@ -25,17 +25,11 @@
 #include "nlseq/pararnn.h"
 #include "scan.h"
 
-// Kernels are compiled for AVX-512, AVX2 and the baseline, chosen at load time (GCC ifunc), so
-// the shipped binary runs everywhere and still vectorises the channel loop as wide as it can.
-// The AVX-512 clone also contracts a*b+c into FMAs (GCC enables FMA with AVX-512F), so its float
-// results differ from the other clones by rounding, within the tests' float64-oracle tolerances.
-// On the 2-core AVX-512 EPYC of README.md's figures it makes the GRU sequential forward ~1.4x
-// faster than the AVX2 clone (forward+backward ~1.1x).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define NLSEQ_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define NLSEQ_CLONES
-#endif
+// Kernels are compiled for AVX-512, AVX2 and the baseline, chosen at load time (simd.h), so the
+// shipped binary runs everywhere and still vectorises the channel loop as wide as it can. On the
+// 2-core AVX-512 EPYC of README.md's figures the AVX-512 clone makes the GRU sequential forward
+// ~1.4x faster than the AVX2 one (forward+backward ~1.1x).
+#include "simd.h"
 
 namespace nlseq {
 namespace cpu {
