@@ -208,3 +208,23 @@ def test_module_entry_point_lists_cases():
                           env={**os.environ, "PYTHONPATH": str(root / "python")})
     assert proc.returncode == 0, proc.stderr
     assert "scan/diagonal/B4xT4096xN256/fp32/cpu" in proc.stdout and "cpp" in proc.stdout
+
+
+@pytest.mark.parametrize("call_s", [0.0, 0.06], ids=["fast-call", "slow-call"])
+def test_cpu_timing_runs_on_torch_thread_count(call_s):
+    """Fast calls (torch.utils.benchmark) and slow ones (perf_counter) are timed with the same
+    thread count, torch's: Timer alone would drop to one thread and skew fast rows against slow."""
+    import time
+
+    from nlseq.bench.timing import Budget, time_cpu
+
+    outer = torch.get_num_threads()
+    seen = []
+
+    def fn():
+        seen.append(torch.get_num_threads())
+        if call_s:
+            time.sleep(call_s)
+
+    seconds, how = time_cpu(fn, Budget(0.05, 2, 10, 40))
+    assert seconds > 0 and seen and set(seen) == {outer}, (how, set(seen), outer)

@@ -50,8 +50,13 @@ def time_cpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Ten
     if first < FAST_CALL_S:
         from torch.utils import benchmark
 
-        m = benchmark.Timer(stmt="call()", globals={"call": call}).blocked_autorange(min_run_time=budget.cpu_min_s)
-        return m.median, f"torch.utils.benchmark blocked_autorange median of {len(m.times)} blocks x {m.number_per_run}"
+        # Timer runs on ONE thread unless told otherwise: every row must use torch's thread count,
+        # as the perf_counter path below does, or fast and slow rows are timed differently.
+        threads = torch.get_num_threads()
+        m = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=threads).blocked_autorange(
+            min_run_time=budget.cpu_min_s)
+        return m.median, (f"torch.utils.benchmark blocked_autorange median of {len(m.times)} blocks x "
+                          f"{m.number_per_run}, {threads} threads")
     times = [first]
     while len(times) < budget.cpu_min_reps or sum(times) < budget.cpu_min_s:
         start = time.perf_counter()
