@@ -2,8 +2,10 @@
 
 GPU: ``triton.testing.do_bench(..., return_mode="median")`` (it flushes the L2 cache between
 runs and clears the gradients named in ``grad_to_none``); CUDA-event medians when triton is
-missing. CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (median over blocks) for calls
-under 50 ms, else the median of repeated ``time.perf_counter`` measurements.
+missing. CPU: the median of per-call ``time.perf_counter`` measurements for calls of 1 ms and
+more (a per-call median is robust to the scheduler's occasional stall, which a block of calls
+averages in); ``torch.utils.benchmark.Timer.blocked_autorange`` (median over blocks) for faster
+calls, where one call is too short to time alone. Both run on torch's thread count.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-FAST_CALL_S = 0.05  # below this, a CPU call is timed in blocks by torch.utils.benchmark
+FAST_CALL_S = 0.001  # below this, a CPU call is timed in blocks by torch.utils.benchmark
 
 
 @dataclass(frozen=True)
