@@ -96,8 +96,8 @@ __device__ __forceinline__ void identity(float (&M)[S][S]) {
     for (int j = 0; j < S; ++j) M[i][j] = i == j ? 1.f : 0.f;
 }
 
-// M ← J M
-template <int S>
+// M ← J M, or M ← Jᵀ M with TRANSPOSE (the backward's transposed tangent).
+template <bool TRANSPOSE, int S>
 __device__ __forceinline__ void left_mul(const float (&J)[S][S], float (&M)[S][S]) {
   float R[S][S];
 #pragma unroll
@@ -106,32 +106,13 @@ __device__ __forceinline__ void left_mul(const float (&J)[S][S], float (&M)[S][S
     for (int j = 0; j < S; ++j) {
       float acc = 0.f;
 #pragma unroll
-      for (int k = 0; k < S; ++k) acc += J[i][k] * M[k][j];
+      for (int k = 0; k < S; ++k) acc += (TRANSPOSE ? J[k][i] : J[i][k]) * M[k][j];
       R[i][j] = acc;
     }
 #pragma unroll
   for (int i = 0; i < S; ++i)
 #pragma unroll
     for (int j = 0; j < S; ++j) M[i][j] = R[i][j];
-}
-
-// G ← Jᵀ G
-template <int S>
-__device__ __forceinline__ void left_mul_t(const float (&J)[S][S], float (&G)[S][S]) {
-  float R[S][S];
-#pragma unroll
-  for (int i = 0; i < S; ++i)
-#pragma unroll
-    for (int j = 0; j < S; ++j) {
-      float acc = 0.f;
-#pragma unroll
-      for (int k = 0; k < S; ++k) acc += J[k][i] * G[k][j];
-      R[i][j] = acc;
-    }
-#pragma unroll
-  for (int i = 0; i < S; ++i)
-#pragma unroll
-    for (int j = 0; j < S; ++j) G[i][j] = R[i][j];
 }
 
 template <typename T>
@@ -222,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) fwd_sweep_kernel(FwdParams p, int it
       if (t + k < t1) {
         float y[S], J[S][S];
         Cell::step_jac(u[k], a, pp, x, y, J);
-        left_mul(J, M);
+        left_mul<false>(J, M);
         T* ps = Sall + ((b * T_ + t + k) * S) * N + n;
 #pragma unroll
         for (int s = 0; s < S; ++s) {
@@ -401,7 +382,7 @@ __global__ void __launch_bounds__(kThreads) bwd_chunk_kernel(BwdParams p) {
             for (int j = 0; j < S; ++j) acc += J[j][i] * lam[j];
             k[i] = acc;
           }
-          left_mul_t(J, G);
+          left_mul<true>(J, G);
         }
       }
     }
