@@ -171,6 +171,15 @@ def _to_scan(x: Tensor) -> Tensor:  # [B, T, S, N] -> [B, T, N, S]
     return x.transpose(-1, -2)
 
 
+def _in_acc(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[Tensor]):
+    """(U, A, P, first state [B, S, N]) in the accumulation dtype of U (float32 for 16-bit U)."""
+    acc = acc_dtype(U.dtype)
+    U, A = U.to(acc), A.to(acc)
+    P = None if P is None else P.to(acc)
+    B, _, _, N = U.shape
+    return U, A, P, _initial(s0, B, STATE_SIZE[cell], N, U)
+
+
 def pararnn_fwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[Tensor],
                           max_iters: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
     """Newton forward (SPEC.md §1.1) with the reference scan. Returns (S_all, iters, residual).
@@ -180,12 +189,9 @@ def pararnn_fwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], 
     otherwise solves s_t = J_t s_{t−1} + (f_t − J_t s^k_{t−1}) for the next iterate (plain Newton).
     """
     out_dtype = U.dtype
-    acc = acc_dtype(out_dtype)
-    B, T, _, N = U.shape
-    S = STATE_SIZE[cell]
-    U, A = U.to(acc), A.to(acc)
-    P = None if P is None else P.to(acc)
-    first = _initial(s0, B, S, N, U)
+    U, A, P, first = _in_acc(cell, U, A, P, s0)
+    acc = U.dtype
+    B, T, S, N = U.shape[0], U.shape[1], first.shape[1], U.shape[3]
     prev = torch.zeros(B, T, S, N, dtype=acc, device=U.device)
     prev[:, 0] = first
     H = cell_step(cell, U, A, P, prev)  # initial guess
@@ -222,12 +228,8 @@ def pararnn_bwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], 
     dA, dP (summed over B and T) and ds0 = J_1ᵀ λ_1.
     """
     io = U.dtype
-    acc = acc_dtype(io)
-    B, T, _, N = U.shape
-    S = STATE_SIZE[cell]
-    U, A = U.to(acc), A.to(acc)
-    P = None if P is None else P.to(acc)
-    first = _initial(s0, B, S, N, U)
+    U, A, P, first = _in_acc(cell, U, A, P, s0)
+    acc = U.dtype
     prev = _shift(S_all.to(acc), first)
     _, J = cell_step_jac(cell, U, A, P, prev)  # [B, T, N, S, S]
     g = dS.to(acc).clone()
