@@ -441,3 +441,41 @@ def test_bad_inputs_are_rejected():
         nlseq.analog_mvm(x, w, cs, thr, lev, act="gelu")
     with pytest.raises(ValueError, match="in_bits"):
         nlseq.analog_mvm(x, w, cs, thr, lev, in_bits=1)
+
+
+@pytest.mark.skipif(not nlseq.backends()["cpp"], reason="needs the compiled cpp backend")
+def test_whole_layer_op_rejects_bad_inputs():
+    """The whole-layer op names the argument and what it expected (it is called by the modules,
+    but it is a registered op that anyone can call)."""
+    from nlseq import registry
+
+    registry._extension()
+    op = torch.ops.nlseq_ext.analog_rnn_fwd
+    T, B, I, H, L = 3, 2, 5, 4, 8
+    args = dict(x=torch.zeros(T, B, I), weight=torch.zeros(4 * H, I + H + 1), col_scale=torch.ones(4 * H),
+                thr=torch.zeros(4 * H, L - 1), lev=torch.zeros(4 * H, L), cthr=torch.zeros(H, L - 1),
+                clev=torch.zeros(L), h0=torch.zeros(B, H), c0=torch.zeros(B, H))
+
+    def call(cell="lstm", **over):
+        a = dict(args, **over)
+        return op(cell, a["x"], a["weight"], a["col_scale"], a["thr"], a["lev"], a["cthr"], a["clev"], a["h0"],
+                  a["c0"], 8, 1.0, 0.0, 0.0, 0, 0)
+
+    out, h_n, c_n = call()
+    assert out.shape == (T, B, H) and h_n.shape == (B, H) and c_n.shape == (B, H)
+    out, h_n, c_n = call("gru", c0=None)
+    assert out.shape == (T, B, H) and h_n.shape == (B, H) and c_n.numel() == 0
+    with pytest.raises(RuntimeError, match='cell must be "lstm" or "gru"'):
+        call("rnn")
+    with pytest.raises(RuntimeError, match="c0 .* required for the lstm"):
+        call(c0=None)
+    with pytest.raises(RuntimeError, match="must be None for the gru"):
+        call("gru")
+    with pytest.raises(RuntimeError, match=r"weight must have shape \[4H, I\+H\+1\]"):
+        call(weight=torch.zeros(4 * H, I + H))
+    with pytest.raises(RuntimeError, match="h0 must have shape"):
+        call(h0=torch.zeros(B + 1, H))
+    with pytest.raises(RuntimeError, match="cell_thresholds must have shape"):
+        call(cthr=torch.zeros(H, L))
+    with pytest.raises(RuntimeError, match="float32, contiguous, on the CPU"):
+        call(x=torch.zeros(T, B, I, dtype=torch.float64))
