@@ -54,21 +54,9 @@ NLSEQ_CLONES void fill_normals(uint64_t seed, uint64_t offset, int64_t begin, in
       c3[i] = off1;
     }
     uint32_t k0 = key0, k1 = key1;
-    for (int r = 0; r < 10; ++r) {  // the rounds of analog::philox4x32_10, across lanes
-      if (r) {
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-      }
-      for (int i = 0; i < kGroups; ++i) {
-        const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0[i];
-        const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2[i];
-        const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[i] ^ k0;
-        const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[i] ^ k1;
-        c1[i] = static_cast<uint32_t>(p1);
-        c3[i] = static_cast<uint32_t>(p0);
-        c0[i] = n0;
-        c2[i] = n2;
-      }
+    for (int r = 0; r < 10; ++r) {  // analog::philox4x32_10, each round across the lanes
+      if (r) analog::philox_bump_key(k0, k1);
+      for (int i = 0; i < kGroups; ++i) analog::philox_round(c0[i], c1[i], c2[i], c3[i], k0, k1);
     }
     float zc0[kGroups], zs0[kGroups], zc1[kGroups], zs1[kGroups];
     for (int i = 0; i < kGroups; ++i) analog::box_muller(c0[i], c1[i], zc0[i], zs0[i]);
@@ -107,13 +95,14 @@ struct Ramp {
   int L;
 
   Ramp(const float* thr_, const float* lev_, int64_t N_, int L_) : thr(thr_), lev(lev_), N(N_), L(L_) {
-    if (L - 1 <= kLinearSearchMax) {
+    if (linear()) {
       thr_t.resize(static_cast<size_t>((L - 1) * N));
       for (int64_t n = 0; n < N; ++n)
         for (int k = 0; k < L - 1; ++k) thr_t[k * N + n] = thr[n * (L - 1) + k];
     }
   }
-  bool linear() const { return !thr_t.empty() || L == 1; }
+  // Whether count_row counts against every threshold (thr_t) rather than binary-searching thr.
+  bool linear() const { return L - 1 <= kLinearSearchMax; }
 };
 
 // Comparator counts of one row of currents: code[n] = #{k : u[n] > thr[n, k]}. Linear count:

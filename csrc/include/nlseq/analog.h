@@ -12,22 +12,30 @@ namespace nlseq {
 namespace analog {
 
 // ---------------------------------------------------------------- Philox4x32-10 (Salmon et al. 2011)
-// Counter c[0..3], key (k0, k1); ten rounds, the key bumped between rounds.
+// Counter (c0, c1, c2, c3), key (k0, k1); ten rounds, the key bumped between rounds. The round
+// and the bump are functions of their own so that the CPU kernel can run them across sixteen
+// counters at once (csrc/cpu/analog.cpp fill_normals) with exactly this arithmetic.
+NLSEQ_HD void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
+  const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
+  const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+  const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
+  const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+  c1 = static_cast<uint32_t>(p1);
+  c3 = static_cast<uint32_t>(p0);
+  c0 = n0;
+  c2 = n2;
+}
+
+NLSEQ_HD void philox_bump_key(uint32_t& k0, uint32_t& k1) {
+  k0 += 0x9E3779B9u;
+  k1 += 0xBB67AE85u;
+}
+
 NLSEQ_HD void philox4x32_10(uint32_t (&c)[4], uint32_t k0, uint32_t k1) {
   NLSEQ_UNROLL
   for (int r = 0; r < 10; ++r) {
-    if (r) {
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c[0];
-    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c[2];
-    const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c[1] ^ k0;
-    const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c[3] ^ k1;
-    c[1] = static_cast<uint32_t>(p1);
-    c[3] = static_cast<uint32_t>(p0);
-    c[0] = n0;
-    c[2] = n2;
+    if (r) philox_bump_key(k0, k1);
+    philox_round(c[0], c[1], c[2], c[3], k0, k1);
   }
 }
 
@@ -170,14 +178,6 @@ NLSEQ_HD int ramp_code(float u, const float* thr, int L) {
   int pos = 0;
   for (int step = L >> 1; step > 0; step >>= 1) pos += step & -static_cast<int>(u > thr[pos + step - 1]);
   return pos;
-}
-
-// The same count by comparing against every threshold: no dependent loads, and the loop
-// vectorises (an integer reduction), so on CPUs it beats the search for small L.
-NLSEQ_HD int ramp_code_linear(float u, const float* thr, int L) {
-  int count = 0;
-  for (int k = 0; k < L - 1; ++k) count += static_cast<int>(u > thr[k]);
-  return count;
 }
 
 // The ADC output for a current and its comparator count: a NaN current (a NaN input) has no
