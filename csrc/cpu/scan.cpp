@@ -122,24 +122,21 @@ struct BackwardProblem {
     scalar_t* dbo = db + row * K;
     scalar_t* dAo = dA + row * K * K;
     const int64_t n = n1 - n0;
-    if (gl == nullptr && a != nullptr && hp != nullptr) {  // every step but the first and the last
-      step_channels<false, true, true>(n, g, gl, a, hp, dbo, dAo, state);
-    } else if (a != nullptr) {
+    if (last) {  // ḡ joins, there is no A_next
       if (hp != nullptr)
-        step_channels<true, true, true>(n, g, gl, a, hp, dbo, dAo, state);
+        step_channels<true, true>(n, g, gl, a, hp, dbo, dAo, state);
       else
-        step_channels<true, true, false>(n, g, gl, a, hp, dbo, dAo, state);
+        step_channels<true, false>(n, g, gl, a, hp, dbo, dAo, state);
     } else {
       if (hp != nullptr)
-        step_channels<true, false, true>(n, g, gl, a, hp, dbo, dAo, state);
+        step_channels<false, true>(n, g, gl, a, hp, dbo, dAo, state);
       else
-        step_channels<true, false, false>(n, g, gl, a, hp, dbo, dAo, state);
+        step_channels<false, false>(n, g, gl, a, hp, dbo, dAo, state);
     }
   }
 
-  // λ = g (+ ḡ) (+ A_nextᵀ λ_next); db = λ; dA = λ h_prevᵀ (0 without h_prev). gl is only read
-  // with HAS_GL, which the callers set whenever it is non-null.
-  template <bool HAS_GL, bool HAS_A, bool HAS_HP>
+  // λ = g + (LAST ? ḡ : A_nextᵀ λ_next); db = λ; dA = λ h_prevᵀ (0 without h_prev).
+  template <bool LAST, bool HAS_HP>
   static void step_channels(int64_t count, const scalar_t* __restrict__ g, const scalar_t* __restrict__ gl,
                             const scalar_t* __restrict__ a, const scalar_t* __restrict__ hp,
                             scalar_t* __restrict__ dbo, scalar_t* __restrict__ dAo, acc (*__restrict__ state)[K]) {
@@ -147,10 +144,9 @@ struct BackwardProblem {
       acc lam[K];
       for (int i = 0; i < K; ++i) {
         acc v = static_cast<acc>(g[n * K + i]);
-        if constexpr (HAS_GL) {
-          if (gl) v += static_cast<acc>(gl[n * K + i]);
-        }
-        if constexpr (HAS_A) {
+        if constexpr (LAST) {
+          v += static_cast<acc>(gl[n * K + i]);
+        } else {
           for (int j = 0; j < K; ++j) v += static_cast<acc>(a[(n * K + j) * K + i]) * state[n][j];  // Aᵀ λ
         }
         lam[i] = v;
