@@ -456,10 +456,10 @@ def test_whole_layer_op_rejects_bad_inputs():
                 thr=torch.zeros(4 * H, L - 1), lev=torch.zeros(4 * H, L), cthr=torch.zeros(H, L - 1),
                 clev=torch.zeros(L), h0=torch.zeros(B, H), c0=torch.zeros(B, H))
 
-    def call(cell="lstm", **over):
+    def call(cell="lstm", in_bits=8, x_max=1.0, **over):
         a = dict(args, **over)
         return op(cell, a["x"], a["weight"], a["col_scale"], a["thr"], a["lev"], a["cthr"], a["clev"], a["h0"],
-                  a["c0"], 8, 1.0, 0.0, 0.0, 0, 0)
+                  a["c0"], in_bits, x_max, 0.0, 0.0, 0, 0)
 
     out, h_n, c_n = call()
     assert out.shape == (T, B, H) and h_n.shape == (B, H) and c_n.shape == (B, H)
@@ -479,3 +479,9 @@ def test_whole_layer_op_rejects_bad_inputs():
         call(cthr=torch.zeros(H, L))
     with pytest.raises(RuntimeError, match="float32, contiguous, on the CPU"):
         call(x=torch.zeros(T, B, I, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"cell_levels must have L = 2\^bits"):
+        call(clev=torch.zeros(L - 1))
+    with pytest.raises(RuntimeError, match="in_bits must be 0 or in 2..24, got 1"):
+        call(in_bits=1)
+    with pytest.raises(RuntimeError, match="x_max must be > 0"):
+        call(x_max=0.0)

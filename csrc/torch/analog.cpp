@@ -19,6 +19,15 @@ namespace {
 
 constexpr const char* kOp = "nlseq_ext::analog_mvm_fwd";
 
+// The converters' arguments, as both ops take them: an ADC of L = 2^bits levels (1..16 bits)
+// and the DAC's in_bits and x_max.
+void check_converters(const char* op, const char* levels_name, int64_t L, int64_t in_bits, double x_max) {
+  TORCH_CHECK(L >= 2 && L <= 65536 && (L & (L - 1)) == 0, op, ": ", levels_name,
+              " must have L = 2^bits (1..16 bits), got ", L);
+  TORCH_CHECK(in_bits == 0 || (in_bits >= 2 && in_bits <= 24), op, ": in_bits must be 0 or in 2..24, got ", in_bits);
+  TORCH_CHECK(x_max > 0, op, ": x_max must be > 0, got ", x_max);
+}
+
 at::Tensor check_and_allocate(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& col_scale,
                               const at::Tensor& thresholds, const at::Tensor& levels,
                               const c10::optional<at::Tensor>& noise, int64_t in_bits, double x_max) {
@@ -27,9 +36,7 @@ at::Tensor check_and_allocate(const at::Tensor& x, const at::Tensor& weight, con
   NLSEQ_CHECK_DIM(kOp, levels, 2, "[N, L]");
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0), L = levels.size(1);
   TORCH_CHECK(x.scalar_type() == at::kFloat, kOp, ": x must be float32, got ", x.scalar_type());
-  TORCH_CHECK(L >= 2 && L <= 65536 && (L & (L - 1)) == 0, kOp, ": levels must have L = 2^bits (1..16 bits), got ", L);
-  TORCH_CHECK(in_bits == 0 || (in_bits >= 2 && in_bits <= 24), kOp, ": in_bits must be 0 or in 2..24, got ", in_bits);
-  TORCH_CHECK(x_max > 0, kOp, ": x_max must be > 0, got ", x_max);
+  check_converters(kOp, "levels", L, in_bits, x_max);
   NLSEQ_CHECK_SHAPE(kOp, weight, N, K);
   NLSEQ_CHECK_SHAPE(kOp, col_scale, N);
   NLSEQ_CHECK_SHAPE(kOp, thresholds, N, L - 1);
@@ -74,8 +81,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> analog_rnn_fwd_cpu(
   TORCH_CHECK(N % 4 == 0 && weight.size(1) == I + H + 1, op, ": weight must have shape [4H, I+H+1], got ",
               weight.sizes());
   const int64_t L = levels.size(-1), Lc = cell_levels.size(-1);
-  TORCH_CHECK(L >= 2 && (L & (L - 1)) == 0 && Lc >= 2 && (Lc & (Lc - 1)) == 0, op,
-              ": levels and cell_levels must have 2^bits entries");
+  check_converters(op, "levels", L, in_bits, x_max);
+  check_converters(op, "cell_levels", Lc, in_bits, x_max);
   NLSEQ_CHECK_SHAPE(op, col_scale, N);
   NLSEQ_CHECK_SHAPE(op, thresholds, N, L - 1);
   NLSEQ_CHECK_SHAPE(op, levels, N, L);
@@ -89,7 +96,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> analog_rnn_fwd_cpu(
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(), op,
                 ": every tensor must be float32, contiguous, on the CPU");
   }
-  TORCH_CHECK(in_bits == 0 || (in_bits >= 2 && in_bits <= 24), op, ": in_bits must be 0 or in 2..24");
   at::Tensor out = empty_output({T, B, H}, x.options());
   at::Tensor h_n = empty_output({B, H}, x.options());
   at::Tensor c_n = gru ? at::empty({0}, x.options()) : empty_output({B, H}, x.options());
