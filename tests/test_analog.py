@@ -178,6 +178,32 @@ def test_non_finite_inputs_match_reference(backend):
     torch.testing.assert_close(y.cpu(), ref, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.skipif(not nlseq.backends()["cpp"], reason="needs the compiled cpp backend")
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_nan_input_gives_nan_in_every_adc(kind):
+    """A NaN reaches the cell's tanh NL-ADC too: NLADC, the per-step path and the whole-layer
+    kernel all give NaN for it, and the rows without a NaN agree bit for bit."""
+    adc = NLADC("tanh", 5)
+    y = adc(torch.tensor([float("nan"), 0.3]))
+    assert torch.isnan(y[0]) and torch.equal(y[1:], adc(torch.tensor([0.3])))
+    torch.manual_seed(0)
+    digital = getattr(torch.nn, kind)(6, 8)
+    with torch.no_grad():
+        for p in digital.parameters():
+            p.copy_(torch.randint(-8, 9, p.shape) / 8.0)
+    x = torch.randint(-100, 101, (5, 3, 6)) / 128.0
+    x[2, 1, 4] = float("nan")
+    cfg = CrossbarConfig(prog_noise=0.0, read_noise=0.02, out_noise=0.01, in_bits=8, x_max=127 / 128)
+    outs = []
+    for backend in ("cpp", "reference"):
+        m = (AnalogLSTM if kind == "LSTM" else AnalogGRU).from_digital(digital, config=cfg, adc_bits=5,
+                                                                       backend=backend).eval()
+        with torch.no_grad():
+            outs.append(m(x)[0])
+    assert torch.isnan(outs[0][2:, 1]).all() and not torch.isnan(outs[0][:, [0, 2]]).any()
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("M,K,N,bits", SHAPES, ids=[_shape_id(s) for s in SHAPES])
 @pytest.mark.parametrize("backend", KERNELS)
 def test_in_kernel_noise_matches_reference(backend, M, K, N, bits):

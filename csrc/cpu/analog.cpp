@@ -159,7 +159,7 @@ NLSEQ_CLONES void lstm_cell_row(const float* g, const Ramp& cell, const float* c
   for (int64_t j = 0; j < H; ++j) c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j];
   count_row(c, cell, code);
   for (int64_t j = 0; j < H; ++j) {
-    h[j] = g[3 * H + j] * cell_levels[code[j]];
+    h[j] = g[3 * H + j] * analog::adc_level(c[j], cell_levels, code[j]);
     out[j] = h[j];
   }
 }
@@ -173,7 +173,7 @@ NLSEQ_CLONES void gru_cell_row(const float* g, const Ramp& cell, const float* ce
   count_row(v, cell, code);
   for (int64_t j = 0; j < H; ++j) {
     const float z = g[H + j];
-    h[j] = (1.0f - z) * cell_levels[code[j]] + z * h[j];
+    h[j] = (1.0f - z) * analog::adc_level(v[j], cell_levels, code[j]) + z * h[j];
     out[j] = h[j];
   }
 }

@@ -158,8 +158,10 @@ class NLADC:
         return torch.bucketize(u.detach().to(torch.float64), thr.to(u.device), right=False)
 
     def __call__(self, u: Tensor) -> Tensor:
-        """The levels the ideal ADC selects for u (same dtype and shape as u)."""
-        return self.levels.to(u.device)[self.codes(u)].to(u.dtype)
+        """The levels the ideal ADC selects for u (same dtype and shape as u); NaN where u is NaN
+        (it has no comparator count), as in every kernel (nlseq/analog.h adc_level)."""
+        y = self.levels.to(u.device)[self.codes(u)].to(u.dtype)
+        return torch.where(torch.isnan(u), u, y)
 
     def ideal(self, u: Tensor) -> Tensor:
         """f(u) itself (what the ADC approximates to within half an LSB on in_range)."""

@@ -215,6 +215,7 @@ class _AnalogRNNBase(_AnalogBase):
             v = v + z * (adc.cmp_noise / scale)
         codes = torch.searchsorted(thresholds, v.t().contiguous().float()).t()
         y = adc.levels.to(u.device, torch.float32)[codes].to(u.dtype)
+        y = torch.where(torch.isnan(v), v.to(y.dtype), y)  # NaN in, NaN out, as every NL-ADC (nlseq/analog.h adc_level)
         ideal = torch.tanh(u)
         return ideal + (y - ideal).detach()
 
