@@ -148,8 +148,8 @@ def analog_mvm(
         sigma = torch.sqrt(ssq * noise_a + noise_b)
         z = philox_normal(M, N, seed, offset, x.device) if noise is None else noise.float()
         current = current + sigma * z
-    codes = torch.searchsorted(thresholds.float().contiguous(), current.t().contiguous(), right=False)  # [N, M]
-    y = torch.gather(levels.float(), 1, codes).t()
+    codes = analog_mvm_codes(current, thresholds.float())  # [M, N]
+    y = torch.gather(levels.float(), 1, codes.t()).t()
     # A NaN current (a NaN input) has no code: NaN out, as in every kernel (nlseq/analog.h adc_level).
     return torch.where(torch.isnan(current), current, y).contiguous()
 
