@@ -1,0 +1,13 @@
+"""``nlseq.distributed``: nlseq's ops over torch.distributed (sequence and context parallelism).
+
+Every function works on the local shard of a sequence that is split over the ranks of a
+``group`` (a ``ProcessGroup``, a 1-D ``DeviceMesh`` or ``None`` for the world). The layouts
+(contiguous, uneven, zigzag) and the helpers that shard and unshard a full tensor live in
+``nlseq.distributed.sharding``. Communication uses torch.distributed collectives only.
+"""
+from __future__ import annotations
+
+from ._group import GroupInfo, resolve_group
+from .sharding import Shard, shard, shard_bounds, unshard, zigzag_bounds
+
+__all__ = ["GroupInfo", "resolve_group", "Shard", "shard", "shard_bounds", "unshard", "zigzag_bounds"]
