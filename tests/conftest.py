@@ -2,10 +2,15 @@
 
 - Triton runs in its CPU interpreter unless a GPU is present: TRITON_INTERPRET must be set
   before triton (or nlseq.kernels) is imported, so it is set here, at collection time.
+- The fast loop is ``pytest -m "not slow"``: the hook below marks ``slow`` every test that runs
+  Triton kernels in the CPU interpreter (a ``triton`` parameter without a GPU, or a module of
+  SLOW_MODULES), compiles CUDA sources for the CPU stand-in, or compiles Triton kernels for sm_90;
+  mark any other test that takes seconds with ``@pytest.mark.slow``. CI runs everything.
 - Outputs are NaN-poisoned: NLSEQ_POISON=1 makes the compiled kernels' output buffers NaN before
   they are written, and torch.empty / torch.empty_like are patched to do the same for the Python
   and Triton launchers, so a kernel that skips an element fails loudly.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +23,31 @@ if not torch.cuda.is_available():
 os.environ.setdefault("NLSEQ_POISON", "1")
 
 _empty, _empty_like = torch.empty, torch.empty_like
+
+# Whole modules that are slow on a CPU-only machine: the Triton interpreter, the CUDA emulation
+# (g++ builds of the .cu sources) and ahead-of-time Triton compiles for sm_90.
+SLOW_MODULES = {
+    "test_scan_triton.py",  # Triton interpreter
+    "test_pararnn_fused.py",  # Triton interpreter
+    "test_triton_sm90.py",  # Triton AOT compiles
+    "test_cuda_emulation.py",  # CUDA kernels built with g++ and run on the CPU
+    "test_pararnn_cuda_emulated.py",  # same
+}
+
+
+def _runs_triton_interpreter(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return (
+        callspec is not None
+        and not torch.cuda.is_available()
+        and any(v == "triton" for v in callspec.params.values() if isinstance(v, str))
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES or _runs_triton_interpreter(item):
+            item.add_marker(pytest.mark.slow)
 
 
 def _poison(t: torch.Tensor) -> torch.Tensor:

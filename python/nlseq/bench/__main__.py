@@ -77,9 +77,23 @@ def _case_info(case) -> dict:
             "note": case.note, "impls": [i.name for i in case.impls]}
 
 
+def _missing_extras(args) -> list:
+    """The optional packages this run needs (the nlseq[bench] extra) that are not installed."""
+    import importlib.util
+
+    needed = [] if args.list else ["tqdm"] + ([] if args.no_plot else ["matplotlib"])
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
 def main(argv=None) -> int:
     t_start = time.perf_counter()
     args = parse_args(argv)
+    missing = _missing_extras(args)
+    if missing:
+        hint = " (or pass --no-plot to run without matplotlib)" if missing == ["matplotlib"] else ""
+        print(f"nlseq-bench: {' and '.join(missing)} not installed; install the bench extra: "
+              f"pip install 'nlseq[bench]'{hint}", file=sys.stderr)
+        return 2
     families_wanted, only = _split(args.family), _split(args.backend)
     try:
         families = registry.discover(families_wanted)

@@ -1,4 +1,8 @@
-"""nn.Modules built on nlseq ops, with torch.nn.GRU/LSTM-style signatures (STYLE.md §7)."""
-from .analog import AnalogGRU, AnalogLinear, AnalogLSTM  # noqa: E402,F401
-from .pararnn import ParaGRU, ParaLSTM  # noqa: E402,F401
-from .attention import SoftplusAttention  # noqa: E402,F401
+"""nn.Modules built on nlseq ops, with the constructor arguments, input layouts and return values
+of torch.nn.GRU / LSTM / Linear / MultiheadAttention-style modules (docs/design.md, docs/api.md)."""
+
+from .analog import AnalogGRU, AnalogLinear, AnalogLSTM
+from .attention import SoftplusAttention
+from .pararnn import ParaGRU, ParaLSTM
+
+__all__ = ["AnalogGRU", "AnalogLinear", "AnalogLSTM", "ParaGRU", "ParaLSTM", "SoftplusAttention"]

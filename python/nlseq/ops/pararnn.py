@@ -135,7 +135,7 @@ def _implemented() -> tuple[str, ...]:
     return tuple(names)
 
 
-@torch.compiler.assume_constant_result
+@_registry.assume_constant_result
 def _resolve(backend: str, device: torch.device) -> str:
     return _registry.resolve(backend, device, OP, _implemented())
 
