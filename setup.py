@@ -141,7 +141,7 @@ def _gencode_flags() -> list[str]:
 
 
 def _torch_extension(torch):
-    """The real nlseq._C Extension, made only when build_ext runs (sdist and metadata need no torch)."""
+    """The nlseq._C Extension against the importable torch (CPU kernels, plus CUDA when wanted)."""
     sources = _rel("csrc/cpu/*.cpp") + _rel("csrc/torch/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     # -fopenmp: at::parallel_for is OpenMP in torch's headers. -fno-math-errno and -fno-trapping-math
@@ -212,7 +212,8 @@ def _cmdclass_and_extensions():
         # The placeholder keeps the wheel platform-specific and makes build_ext run (and stop);
         # the sdist and the metadata need no torch.
         return {"build_ext": _NoTorchBuildExt}, [Extension("nlseq._C", sources=[])]
-    if not _flag("NLSEQ_SKIP_CUDA") and not os.environ.get("CUDA_HOME"):
+    wants_cuda_toolkit = torch.version.cuda is not None or _flag("NLSEQ_FORCE_CUDA")
+    if wants_cuda_toolkit and not _flag("NLSEQ_SKIP_CUDA") and not os.environ.get("CUDA_HOME"):
         home = _cuda_home()
         if home is not None:
             os.environ["CUDA_HOME"] = home  # read when torch.utils.cpp_extension is imported
@@ -231,6 +232,28 @@ def _cmdclass_and_extensions():
         def get_outputs(self):
             outs = super().get_outputs()
             return outs + [os.path.join(os.path.dirname(p), BUILD_INFO) for p in outs]
+
+        # --inplace and editable installs build in build/ and copy the library into the source
+        # tree; the record must travel with it.
+        def copy_extensions_to_source(self):
+            super().copy_extensions_to_source()
+            build_py = self.get_finalized_command("build_py")
+            for ext in self.extensions:
+                inplace_file, regular_file = self._get_inplace_equivalent(build_py, ext)
+                src = os.path.join(os.path.dirname(regular_file), BUILD_INFO)
+                if os.path.exists(src):
+                    self.copy_file(src, os.path.join(os.path.dirname(inplace_file), BUILD_INFO), level=self.verbose)
+
+        def _get_output_mapping(self):
+            yield from super()._get_output_mapping()
+            if self.inplace:
+                build_py = self.get_finalized_command("build_py")
+                for ext in self.extensions:
+                    inplace_file, regular_file = self._get_inplace_equivalent(build_py, ext)
+                    yield (
+                        os.path.join(os.path.dirname(regular_file), BUILD_INFO),
+                        os.path.join(os.path.dirname(inplace_file), BUILD_INFO),
+                    )
 
     return {"build_ext": build_ext.with_options(use_ninja=True)}, [_torch_extension(torch)]
 

@@ -5,6 +5,8 @@
 #   NLSEQ_VENV   where the venv goes (default .venv in the checkout)
 #   PYTHON       the interpreter that creates it (default python3)
 #   MAX_JOBS     parallel compile jobs (default: number of cores)
+# With internet access, PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu makes the
+# torch==2.13.0 pin resolve to the CPU wheel (PyPI's torch for Linux is the CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${NLSEQ_VENV:-.venv}"
@@ -16,3 +18,4 @@ fi
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 "$venv/bin/python" -m pip install -q --no-build-isolation --no-deps -e .
 "$venv/bin/python" -c "import nlseq; [print(' ', s) for s in nlseq.backends().values()]"
+echo "  (python -m nlseq: the full environment report)"

@@ -192,4 +192,6 @@ def test_isolated_build_stops_at_once_with_the_fix(built):
     )
     text = r.stdout + r.stderr
     assert r.returncode != 0, text[-3000:]
+    if "install torch first" not in text and ("No matching distribution" in text or "Could not find a version" in text):
+        pytest.skip("pip cannot fetch setuptools/wheel/ninja for an isolated build here (no package index)")
     assert "--no-build-isolation" in text and "install torch first" in text, text[-3000:]
