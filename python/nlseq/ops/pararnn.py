@@ -181,6 +181,12 @@ def _pararnn_op(
         return S_all, torch.zeros((), dtype=torch.int64, device=U.device), torch.zeros((), dtype=A.dtype, device=U.device)
     S_all, iters, residual = _FWD[backend](cell, U, A, P, s0, max_iters, tol)
     r = float(residual)
+    if math.isfinite(r) and bool(torch.isnan(S_all).any()):
+        # the fused kernels measure the residual at chunk boundaries only (inside a chunk the
+        # solve is exact), so a NaN born inside a chunk can miss it: the returned solution's
+        # residual is NaN wherever it is NaN, and so is the reported one (docs/numerics.md)
+        residual = torch.full_like(residual, math.nan)
+        r = math.nan
     if not r <= tol:  # NaN counts as not converged
         msg = _nonconvergence_message(f"nlseq.pararnn ({cell}, backend {backend!r})", r, tol, int(iters), max_iters)
         if on_nonconvergence == "raise":
