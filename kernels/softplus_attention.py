@@ -4,7 +4,8 @@ Never forms the [Tq, Tk] matrix: each program owns a tile of BM query rows (forw
 keys (dk, dv) and streams the other side in tiles; the backward recomputes the scores.
 
     s_ij = c_i rq_i rk_j (q_i·k_j)      c_i = ln D · ln N_i, rq/rk = reciprocal QK norms
-    LSSA   one pass, no running max (|s| <= c_i is bounded): acc += softplus(s) v, L += softplus(s)
+    LSSA   one pass: acc += softplus(s) v, L += softplus(s); a running row max only shifts rows
+           whose scores all lie below SHIFT_BELOW (qk_norm=False), see _online_shift
     LSSAR  two passes: (row max of s, L), then t = ReLU(N w / L − O) / M with M the row's largest
            base (from the max), acc += t^p v, R += t^p: every term is <= 1, nothing overflows.
 
@@ -26,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ..registry import triton_interpret
-from ..reference.softplus_attention import ZERO_ROW_TOL
+from ..reference.softplus_attention import SHIFT_BELOW, ZERO_ROW_TOL
 
 
 def _configs():
@@ -65,6 +66,44 @@ def _log1p(u):
 @triton.jit
 def _softplus(x):
     return tl.maximum(x, 0.0) + _log1p(tl.exp(-tl.abs(x)))
+
+
+# -- underflow-safe rows (issue 12; the math of nlseq/softplus_attention.h kShiftBelow): a row
+# whose scores all lie below SHIFT_BELOW uses weights e^(s − m) instead of softplus(s) and stores
+# L = ln Σ softplus(s) < 0; every per-score weight is read through _over_sum / _sig_over_sum.
+@triton.jit
+def _online_shift(b_s, m_vis, b_mx, b_sh):
+    """(running max, row shift, factor that rescales what was summed under the old shift)."""
+    mx = tl.maximum(b_mx, tl.max(tl.where(m_vis, b_s, float("-inf")), 1))
+    sh = tl.where((mx < SHIFT_BELOW) & (mx > float("-inf")), mx, 0.0)
+    f = tl.where((sh != b_sh) & (b_mx > float("-inf")), tl.exp(tl.minimum(b_sh - sh, 0.0)), 1.0)
+    return mx, sh, f
+
+
+@triton.jit
+def _shifted_weight(s, sh):
+    return tl.where(sh < 0.0, tl.exp(tl.minimum(s - sh, 0.0)), _softplus(s))
+
+
+@triton.jit
+def _stored_sum(sum_, sh):
+    return tl.where(sh < 0.0, tl.log(tl.where(sh < 0.0, sum_, 1.0)) + sh, sum_)
+
+
+@triton.jit
+def _over_sum(s, L):
+    # softplus(s) / L from the stored L (e^(s − L) on a shifted row, 0 on a row without keys)
+    e = tl.exp(tl.minimum(tl.where(L < 0.0, s - L, 0.0), 0.0))
+    r = tl.where(L < 0.0, e, _softplus(s) / tl.where(L > 0.0, L, 1.0))
+    return tl.where(L == 0.0, 0.0, r)
+
+
+@triton.jit
+def _sig_over_sum(s, L):
+    # sigmoid(s) / L from the stored L (e^(s − L) on a shifted row: σ(s) = e^s there)
+    e = tl.exp(tl.minimum(tl.where(L < 0.0, s - L, 0.0), 0.0))
+    r = tl.where(L < 0.0, e, tl.sigmoid(s) / tl.where(L > 0.0, L, 1.0))
+    return tl.where(L == 0.0, 0.0, r)
 
 
 @triton.jit
@@ -174,18 +213,20 @@ def _fwd_kernel(
 
     b_L = tl.zeros([BM], dtype=tl.float32)
     b_acc = tl.zeros([BM, BD], dtype=tl.float32)
+    b_mx = tl.full([BM], float("-inf"), dtype=tl.float32)
+    b_sh = tl.zeros([BM], dtype=tl.float32)
     if REWEIGHT:
-        b_mx = tl.full([BM], float("-inf"), dtype=tl.float32)
         for start_n in range(0, kv_end, BN):
             o_n = start_n + tl.arange(0, BN)
             b_k, _, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, False)
             b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)  # [BM, BN]
             m_vis = o_n[None, :] < n_i[:, None]
-            b_L += tl.sum(tl.where(m_vis, _softplus(b_s), 0.0), 1)
-            b_mx = tl.maximum(b_mx, tl.max(tl.where(m_vis, b_s, float("-inf")), 1))
-        L_safe = tl.where(b_L > 0, b_L, 1.0)
-        b_M = nf * _softplus(tl.where(b_L > 0, b_mx, 0.0)) / L_safe - off
-        b_M = tl.where((b_L > 0) & (b_M > zero_tol), b_M, 0.0)
+            b_mx, b_sh, f = _online_shift(b_s, m_vis, b_mx, b_sh)
+            b_L = b_L * f + tl.sum(tl.where(m_vis, _shifted_weight(b_s, b_sh[:, None]), 0.0), 1)
+        b_L = _stored_sum(b_L, b_sh)  # from here on L as stored (ln of the row sum if shifted)
+        b_M = nf * _over_sum(tl.where(b_L != 0, b_mx, 0.0), b_L) - off
+        b_M = tl.where((b_L != 0) & (b_M > zero_tol), b_M, 0.0)
+        b_M = tl.where(b_L != b_L, b_L, b_M)  # a NaN score keeps the row NaN (docs/numerics.md)
         inv_M = tl.where(b_M > 0, 1.0 / tl.where(b_M > 0, b_M, 1.0), 0.0)
         b_R = tl.zeros([BM], dtype=tl.float32)
     for start_n in range(0, kv_end, BN):
@@ -193,18 +234,23 @@ def _fwd_kernel(
         b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)  # [BN, BD], [BN, BD], [BN]
         b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)  # [BM, BN]
         m_vis = o_n[None, :] < n_i[:, None]
-        b_w = tl.where(m_vis, _softplus(b_s), 0.0)  # [BM, BN]
         if REWEIGHT:
-            base = nf[:, None] * b_w / L_safe[:, None] - off[:, None]
+            base = nf[:, None] * _over_sum(b_s, b_L[:, None]) - off[:, None]
             b_w = tl.where(m_vis, _pow(base * inv_M[:, None], p), 0.0)
             b_R += tl.sum(b_w, 1)
         else:
-            b_L += tl.sum(b_w, 1)
+            b_mx, b_sh, f = _online_shift(b_s, m_vis, b_mx, b_sh)
+            b_w = tl.where(m_vis, _shifted_weight(b_s, b_sh[:, None]), 0.0)  # [BM, BN]
+            b_L = b_L * f + tl.sum(b_w, 1)
+            b_acc = b_acc * f[:, None]
         b_acc += tl.dot(b_w.to(b_v.dtype), b_v, input_precision=DOT_PREC)
     if REWEIGHT:
         inv = tl.where((b_M > 0) & (b_R > 0), 1.0 / tl.where(b_R > 0, b_R, 1.0), 0.0)
+        inv = tl.where(b_M != b_M, b_M, inv)  # NaN row: NaN out, not the all-zero row
     else:
         inv = tl.where(b_L > 0, 1.0 / tl.where(b_L > 0, b_L, 1.0), 0.0)
+        inv = tl.where(b_L != b_L, b_L, inv)
+        b_L = _stored_sum(b_L, b_sh)
     b_o = b_acc * inv[:, None]
     tl.store(o + (row0 + o_m[:, None]) * D + o_d[None, :], b_o.to(o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
     tl.store(stats + row0 + o_m, b_L, mask=m_m)
@@ -220,23 +266,25 @@ def _fwd_kernel(
 def _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, delta, gamma, c_i, p, REWEIGHT: tl.constexpr):
     """(P, ds·c, dbase·w) of one tile from its scores s and dP = do·v (see score_backward in
     csrc/include/nlseq/softplus_attention.h for the formulas)."""
-    b_w = tl.where(m_vis, _softplus(b_s), 0.0)
-    sig = tl.sigmoid(b_s)
-    inv_L = tl.where(L > 0, 1.0 / tl.where(L > 0, L, 1.0), 0.0)
+    b_a = tl.where(m_vis, _over_sum(b_s, L[:, None]), 0.0)  # w / L
+    b_g = tl.where(m_vis, _sig_over_sum(b_s, L[:, None]), 0.0)  # σ(s) / L
     if REWEIGHT:
         inv_M = tl.where(M > 0, 1.0 / tl.where(M > 0, M, 1.0), 0.0)
         inv_R = tl.where(R > 0, 1.0 / tl.where(R > 0, R, 1.0), 0.0)
-        base = nf[:, None] * b_w * inv_L[:, None] - off[:, None]
+        base = nf[:, None] * b_a - off[:, None]
         t = tl.where(m_vis, base * inv_M[:, None], 0.0)
         b_P = _pow(t, p) * inv_R[:, None]
         dbase = tl.where(t > 0, (b_dP - delta[:, None]) * p * _pow(t, p - 1.0) * (inv_M * inv_R)[:, None], 0.0)
-        ds = sig * (nf * inv_L)[:, None] * (dbase - gamma[:, None])
-        gw = dbase * b_w
+        ds = b_g * nf[:, None] * (dbase - gamma[:, None])
+        gw = dbase * b_a  # Γ's terms dbase·w/L
     else:
-        b_P = b_w * inv_L[:, None]
-        ds = sig * (b_dP - delta[:, None]) * inv_L[:, None]
+        b_P = b_a
+        ds = b_g * (b_dP - delta[:, None])
         gw = b_P * 0.0
     ds = tl.where(m_vis, ds * c_i[:, None], 0.0)
+    nan_row = ((L != L) | (M != M))[:, None]  # a NaN row stays NaN (docs/numerics.md)
+    b_P = tl.where(nan_row, L[:, None] + M[:, None], b_P)
+    ds = tl.where(nan_row & m_vis, L[:, None] + M[:, None], ds)
     return b_P, ds, gw
 
 
@@ -264,7 +312,7 @@ def _bwd_dq_kernel(
     b_cq = c_i * b_rq
     kv_end = tl.max(tl.where(m_m, n_i, 0), 0)
     b_gamma = tl.zeros([BM], dtype=tl.float32)
-    if REWEIGHT:  # Γ_i = Σ_j dbase_ij w_ij / L_i: a pass of its own
+    if REWEIGHT:  # Γ_i = Σ_j dbase_ij w_ij / L_i: a pass of its own (gw holds dbase·w/L)
         for start_n in range(0, kv_end, BN):
             o_n = start_n + tl.arange(0, BN)
             b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)
@@ -273,7 +321,6 @@ def _bwd_dq_kernel(
             m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
             _, _, gw = _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, b_delta, b_gamma, c_i, p, REWEIGHT)
             b_gamma += tl.sum(gw, 1)
-        b_gamma = tl.where(L > 0, b_gamma / tl.where(L > 0, L, 1.0), 0.0)
         tl.store(gamma + row0 + o_m, b_gamma, mask=m_m)
     b_dq = tl.zeros([BM, BD], dtype=tl.float32)
     for start_n in range(0, kv_end, BN):

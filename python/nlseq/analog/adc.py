@@ -8,7 +8,10 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from .._checks import check_bool, check_float, check_int, check_range_pair, check_tensor
 from .config import CrossbarConfig, program_conductances
+
+_OP = "analog.NLADC"
 
 BUILTIN = ("sigmoid", "tanh", "hardtanh", "identity")
 _NON_MONOTONIC = ("gelu", "silu", "swish", "mish", "softplus_gelu")
@@ -76,12 +79,14 @@ class NLADC:
         offset_calibration: bool = True,
         calib_bits: int = 5,
     ):
-        if not isinstance(bits, int) or not 1 <= bits <= 16:
-            raise ValueError(f"NLADC: bits must be an int in 1..16, got {bits!r}")
-        if cmp_offset < 0 or cmp_noise < 0:
-            raise ValueError("NLADC: cmp_offset and cmp_noise must be >= 0")
-        if calib_bits < 1:
-            raise ValueError(f"NLADC: calib_bits must be >= 1, got {calib_bits}")
+        check_int(_OP, "bits", bits, lo=1, hi=16)
+        # comparator offset and noise (µA): finite and >= 0 (inf would saturate every code)
+        cmp_offset = check_float(_OP, "cmp_offset", cmp_offset, lo=0.0)
+        cmp_noise = check_float(_OP, "cmp_noise", cmp_noise, lo=0.0)
+        check_bool(_OP, "offset_calibration", offset_calibration)
+        check_int(_OP, "calib_bits", calib_bits, lo=1, hi=24)
+        if in_range is not None:
+            in_range = check_range_pair(_OP, "in_range", in_range)
         self.bits, self.L = bits, 1 << bits
         self.cmp_offset, self.cmp_noise = float(cmp_offset), float(cmp_noise)
         self.offset_calibration, self.calib_bits = offset_calibration, calib_bits
@@ -124,8 +129,9 @@ class NLADC:
         self.thresholds = f_inv(lo + k[1:] * span / self.L)               # [L−1]
         if not bool(torch.isfinite(self.thresholds).all()):
             raise ValueError(f"NLADC: thresholds are not finite for {fn!r} on {in_range}; check f_inverse")
-        if not bool((self.thresholds[1:] >= self.thresholds[:-1]).all()):
-            raise ValueError("NLADC: f_inverse does not give increasing thresholds; is it the inverse of f?")
+        if not bool((self.thresholds[1:] > self.thresholds[:-1]).all()):
+            raise ValueError("nlseq.analog.NLADC: f_inverse does not give strictly increasing thresholds (two levels "
+                             "would share a threshold, or f_inverse is not the inverse of f)")
         self.lsb = abs(float(span)) / self.L
 
         # The physical ramp: start T_0 and step sizes ΔT_k, k = 1..L−1 (SPEC.md §3.2).
@@ -154,12 +160,31 @@ class NLADC:
     # ------------------------------------------------------------------ use
     def codes(self, u: Tensor, thresholds: Optional[Tensor] = None) -> Tensor:
         """Comparator counts D = #{k : u > thresholds[k]} (int64), ideal thresholds by default."""
-        thr = self.thresholds if thresholds is None else thresholds
-        return torch.bucketize(u.detach().to(torch.float64), thr.to(u.device), right=False)
+        self._check_input(u, "codes")
+        if thresholds is None:
+            thr = self.thresholds
+        else:
+            check_tensor("thresholds", thresholds, op=f"{_OP}.codes", ndim=1, layout=f"([L - 1] = [{self.L - 1}])")
+            if thresholds.shape[0] != self.L - 1:
+                raise ValueError(f"nlseq.{_OP}.codes: thresholds must have shape ({self.L - 1},), got "
+                                 f"{tuple(thresholds.shape)}")
+            from .._checks import check_values
+
+            check_values(f"{_OP}.codes", "thresholds", thresholds, finite=True, nondecreasing=True)
+            thr = thresholds
+        return torch.bucketize(u.detach().to(torch.float64), thr.to(u.device, torch.float64), right=False)
+
+    @staticmethod
+    def _check_input(u, what: str) -> None:
+        # integer inputs would come back as integer levels (truncated) and complex ones without
+        # their imaginary part: only real floating tensors are accepted (convert explicitly)
+        check_tensor("u", u, op=f"{_OP}.{what}", layout="(a real floating tensor; convert integer inputs with .float())")
 
     def __call__(self, u: Tensor) -> Tensor:
         """The levels the ideal ADC selects for u (same dtype and shape as u); NaN where u is NaN
-        (it has no comparator count), as in every kernel (nlseq/analog.h adc_level)."""
+        (it has no comparator count), as in every kernel (nlseq/analog.h adc_level). u must be a
+        floating tensor (integer and complex inputs are rejected, not truncated)."""
+        self._check_input(u, "__call__")
         y = self.levels.to(u.device)[self.codes(u)].to(u.dtype)
         return torch.where(torch.isnan(u), u, y)
 
@@ -178,6 +203,9 @@ class NLADC:
         Draws from ``generator`` in a fixed order (ramp devices, then offsets), so one generator
         state replays one programming.
         """
+        check_int(f"{_OP}.program", "n_columns", n_columns, lo=0)
+        if not isinstance(config, CrossbarConfig):
+            raise TypeError(f"nlseq.{_OP}.program: config must be a CrossbarConfig, got {type(config).__name__}")
         unit = float(self.ramp_steps.max())  # input units per g_max of step conductance
         G = program_conductances(self.ramp_conductances * config.g_max, config, generator)
         thresholds = self.ramp_start + torch.cumsum(G, 0) * (unit / config.g_max)

@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._checks import check_choice, check_float, check_int, check_prob, check_tensor
+
 PROG_NOISE_MODELS = ("constant", "pcm")
 # PCM programming-noise polynomial of SPEC.md §3.1, in µS for g_max = 25 µS (IBM aihwkit figures).
 PCM_POLY = (0.26348, 1.9650, -1.1731)
@@ -55,20 +57,19 @@ class CrossbarConfig:
     T0 = 20.0  # drift reference time t0 (s), class constant
 
     def __post_init__(self):
-        if self.prog_noise_model not in PROG_NOISE_MODELS:
-            raise ValueError(f"CrossbarConfig: prog_noise_model must be one of {PROG_NOISE_MODELS}, got {self.prog_noise_model!r}")
-        for name in ("g_max", "x_max", "v_read", "t_eval"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"CrossbarConfig: {name} must be > 0, got {getattr(self, name)}")
+        op = "analog.CrossbarConfig"
+        check_choice(op, "prog_noise_model", self.prog_noise_model, PROG_NOISE_MODELS)
+        for name in ("g_max", "x_max", "v_read", "t_eval"):  # finite and > 0
+            check_float(op, name, getattr(self, name), lo=0.0, lo_open=True)
+        # noise and drift: finite and >= 0 (an infinite std saturates every code into a level
+        # that looks valid)
         for name in ("prog_noise", "read_noise", "out_noise", "drift_nu"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"CrossbarConfig: {name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.p_stuck_off <= 1.0:
-            raise ValueError(f"CrossbarConfig: p_stuck_off must be in [0, 1], got {self.p_stuck_off}")
-        if not (self.in_bits == 0 or 2 <= self.in_bits <= 24):
-            raise ValueError(f"CrossbarConfig: in_bits must be 0 (ideal) or in 2..24, got {self.in_bits}")
-        if self.tile_rows < 1:
-            raise ValueError(f"CrossbarConfig: tile_rows must be >= 1, got {self.tile_rows}")
+            check_float(op, name, getattr(self, name), lo=0.0)
+        check_prob(op, "p_stuck_off", self.p_stuck_off)
+        check_int(op, "in_bits", self.in_bits, lo=0, hi=24, what="(0 = ideal DAC, else 2..24)")
+        if self.in_bits == 1:
+            raise ValueError(f"nlseq.{op}: in_bits must be 0 (ideal) or in 2..24, got 1")
+        check_int(op, "tile_rows", self.tile_rows, lo=1)
 
     @classmethod
     def ideal(cls, x_max: float = 64.0, **overrides) -> "CrossbarConfig":
@@ -86,7 +87,10 @@ class CrossbarConfig:
         """Programming-noise std (µS) for target conductances G (µS)."""
         if self.prog_noise_model == "constant":
             return torch.full_like(G, self.prog_noise * self.g_max)
-        g = G / self.g_max
+        # The polynomial is a fit on [0, g_max] (positive there); outside it (targets that the
+        # programming then clips anyway) it turns negative for G > ~1.8 g_max, so it is evaluated at
+        # G clamped to [0, g_max]: a std is never negative (docs/numerics.md).
+        g = torch.clamp(G / self.g_max, 0.0, 1.0)
         c0, c1, c2 = PCM_POLY
         return self.prog_noise * (c0 + c1 * g + c2 * g * g) * (self.g_max / PCM_G_MAX)
 
@@ -114,14 +118,25 @@ class CrossbarConfig:
 
 def _generator(generator: Optional[torch.Generator], seed: Optional[int]) -> torch.Generator:
     if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"nlseq.analog.program_weights: generator must be a torch.Generator, got "
+                            f"{type(generator).__name__}")
         return generator
-    return torch.Generator().manual_seed(0 if seed is None else int(seed))
+    if seed is not None:
+        check_int("analog.program_weights", "seed", seed, lo=0, hi=2**64 - 1)
+    return torch.Generator().manual_seed(0 if seed is None else seed)
 
 
 def program_conductances(G: Tensor, config: CrossbarConfig, generator: torch.Generator) -> Tensor:
     """One programming of target conductances G (µS, float64, CPU): programming noise, clip to
     [0, g_max], stuck-at-OFF devices, drift to t_eval. Draws 2 numbers per device from
     ``generator`` (always, so that the stream does not depend on which knobs are on)."""
+    op = "analog.program_conductances"
+    check_tensor("G", G, op=op, dtypes=(torch.float64,), layout="(target conductances in µS, float64, CPU)")
+    if not isinstance(config, CrossbarConfig):
+        raise TypeError(f"nlseq.{op}: config must be a CrossbarConfig, got {type(config).__name__}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"nlseq.{op}: generator must be a torch.Generator, got {type(generator).__name__}")
     xi = torch.randn(G.shape, generator=generator, dtype=torch.float64)
     stuck = torch.rand(G.shape, generator=generator, dtype=torch.float64) < config.p_stuck_off
     G = torch.clamp(G + config.prog_sigma(G) * xi, 0.0, config.g_max)
@@ -148,6 +163,10 @@ def program_weights(W: Tensor, config: CrossbarConfig, *, generator: Optional[to
     """Map W [N, K] (out × in) to differential pairs G⁺ = g_max·max(W,0)/w_max,
     G⁻ = g_max·max(−W,0)/w_max (w_max per output column), program both (programming noise,
     stuck devices, drift; SPEC.md §3.1) and return them in digital units."""
+    op = "analog.program_weights"
+    check_tensor("W", W, op=op, ndim=2, layout="([N, K], out × in)")
+    if not isinstance(config, CrossbarConfig):
+        raise TypeError(f"nlseq.{op}: config must be a CrossbarConfig, got {type(config).__name__}")
     W64 = W.detach().to("cpu", torch.float64)
     w_max = W64.abs().amax(dim=1)
     w_max = torch.where(w_max > 0, w_max, torch.ones_like(w_max))

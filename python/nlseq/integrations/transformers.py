@@ -26,12 +26,12 @@ transformers is imported only when ``register`` runs; importing nlseq never impo
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .._checks import check_backend, check_float, check_tensor
 from ..ops.softplus_attention import softplus_attention
 from ..reference import softplus_attention as _ref
 
@@ -80,7 +80,10 @@ def _masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: Optional
 def _attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Optional[Tensor], *,
                reweight: bool, dropout: float = 0.0, scaling: Optional[float] = None,
                is_causal: Optional[bool] = None, **kwargs):
-    if dropout and dropout > 0:
+    name = "lssar" if reweight else "lssa"
+    op = f"integrations.transformers ({name} attention)"
+    dropout = check_float(op, "dropout", dropout, lo=0.0, hi=1.0)
+    if dropout > 0:
         raise ValueError(
             f"nlseq {'lssar' if reweight else 'lssa'} attention: attention dropout {dropout} is not supported; "
             "set the model's attention dropout (attn_pdrop / attention_dropout) to 0"
@@ -88,10 +91,20 @@ def _attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask
     p = None
     if reweight:
         config = getattr(module, "config", None)
-        p = float(getattr(config, CONFIG_ATTR, None) or _default_p)
+        cfg_p = getattr(config, CONFIG_ATTR, None)
+        p = _default_p if cfg_p is None else check_float(op, f"config.{CONFIG_ATTR}", cfg_p, lo=0.0, lo_open=True)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     Tq, Tk = query.shape[2], key.shape[2]
     if attention_mask is not None:
+        check_tensor("attention_mask", attention_mask, op=op, ndim=4,
+                     dtypes=(torch.bool, torch.float32, torch.float16, torch.bfloat16, torch.float64),
+                     layout="([B, 1 or H, Tq, Tk], bool or additive float)", device=query.device, device_of="query")
+        B, H = query.shape[0], query.shape[1]
+        ok = attention_mask.shape[0] in (1, B) and attention_mask.shape[1] in (1, H) \
+            and tuple(attention_mask.shape[2:]) == (Tq, Tk)
+        if not ok:
+            raise ValueError(f"nlseq.{op}: attention_mask must have shape [B or 1, H or 1, Tq, Tk] = "
+                             f"[{B}, {H}, {Tq}, {Tk}], got {tuple(attention_mask.shape)}")
         if attention_mask.dtype != torch.bool:  # an additive float mask: 0 = visible, finfo.min = masked
             attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
         out = _masked_attention(query, key, value, attention_mask, p)
@@ -120,8 +133,8 @@ def register(p: float = DEFAULT_P, backend: str = "auto") -> None:
     ``p`` is the LSSAR exponent used when the model config has no ``lssar_p``; ``backend`` is
     passed to nlseq.softplus_attention. Calling it again updates both.
     """
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
-        raise ValueError(f"nlseq.integrations.transformers.register: p must be a finite number > 0, got {p!r}")
+    p = check_float("integrations.transformers.register", "p", p, lo=0.0, lo_open=True)
+    check_backend("integrations.transformers.register", backend)
     global _default_p, _backend
     _default_p, _backend = float(p), backend
     from transformers import AttentionInterface

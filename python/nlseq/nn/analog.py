@@ -20,6 +20,7 @@ import torch
 import torch.nn as tnn
 from torch import Tensor
 
+from .._checks import FLOAT_DTYPES, check_backend, check_bool, check_float, check_int, check_tensor, check_tuple
 from ..analog.adc import NLADC
 from ..analog.config import CrossbarConfig, program_weights
 from ..ops.analog import analog_mvm
@@ -75,8 +76,13 @@ def _act_string(banks: Sequence[tuple[NLADC, int]]) -> str:
 class _AnalogBase(tnn.Module):
     def __init__(self, config: Optional[CrossbarConfig], seed: int, backend: str):
         super().__init__()
+        op = f"nn.{type(self).__name__}"
+        if config is not None and not isinstance(config, CrossbarConfig):
+            raise TypeError(f"nlseq.{op}: config must be a CrossbarConfig or None, got {type(config).__name__}")
+        check_int(op, "seed", seed, lo=0, hi=2**63 - 1)
+        check_backend(op, backend)
         self.config = CrossbarConfig() if config is None else config
-        self.seed = int(seed)
+        self.seed = seed
         self.backend = backend
         self._generator = torch.Generator().manual_seed(self.seed)
         self._programmed: Optional[list[_Programmed]] = None
@@ -84,11 +90,14 @@ class _AnalogBase(tnn.Module):
 
     def reset_noise(self, offset: int = 0) -> None:
         """Rewind the read-noise stream (the Philox offset) to ``offset``."""
-        self._draws = int(offset)
+        self._draws = check_int(f"nn.{type(self).__name__}.reset_noise", "offset", offset, lo=0, hi=2**63 - 1)
 
     def program(self, generator: Optional[torch.Generator] = None) -> "_AnalogBase":
         """Program the weights and ADC ramps now (programming noise, stuck devices, drift,
         comparator offsets), drawing from ``generator`` or the module's own generator."""
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"nlseq.nn.{type(self).__name__}.program: generator must be a torch.Generator or None, "
+                            f"got {type(generator).__name__}")
         g = self._generator if generator is None else generator
         self._programmed = [_program_crossbar(W, banks, self.config, g) for W, banks in self._crossbars()]
         return self
@@ -128,6 +137,13 @@ class AnalogLinear(_AnalogBase):
                  adc: Optional[NLADC] = None, seed: int = 0, *, linear_range: float = 8.0, backend: str = "auto",
                  device=None, dtype=None):
         super().__init__(config, seed, backend)
+        op = "nn.AnalogLinear"
+        check_int(op, "in_features", in_features, lo=1)
+        check_int(op, "out_features", out_features, lo=1)
+        check_bool(op, "bias", bias)
+        check_float(op, "linear_range", linear_range, lo=0.0, lo_open=True)
+        if adc is not None and not isinstance(adc, NLADC):
+            raise TypeError(f"nlseq.{op}: adc must be an NLADC or None, got {type(adc).__name__}")
         ref = tnn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.in_features, self.out_features = in_features, out_features
         self.weight = ref.weight
@@ -139,6 +155,11 @@ class AnalogLinear(_AnalogBase):
         return [(W, [(self.adc, self.out_features)])]
 
     def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, op="nn.AnalogLinear", layout=f"([..., in_features = {self.in_features}])",
+                     device=self.weight.device, device_of="the module's parameters")
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"nlseq.nn.AnalogLinear: x must have in_features = {self.in_features} in its last dim, "
+                             f"got shape {tuple(x.shape)}")
         (p,) = self._state()
         if self.bias is not None:
             x = torch.cat([x, _ones_column(x)], dim=-1)
@@ -165,6 +186,14 @@ class _AnalogRNNBase(_AnalogBase):
                  cmp_offset: float = 0.0, cmp_noise: float = 0.0, linear_range: float = 4.0,
                  backend: str = "auto", device=None, dtype=None):
         super().__init__(config, seed, backend)
+        op = f"nn.Analog{self._MODE}"
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            check_int(op, name, v, lo=1)
+        for name, v in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+            check_bool(op, name, v)
+        check_float(op, "dropout", dropout, lo=0.0, hi=1.0)
+        check_int(op, "adc_bits", adc_bits, lo=1, hi=16)
+        check_float(op, "linear_range", linear_range, lo=0.0, lo_open=True)
         if bidirectional:
             raise NotImplementedError(f"Analog{self._MODE}: bidirectional=True is not supported")
         if dropout:
@@ -231,6 +260,13 @@ class _AnalogRNNBase(_AnalogBase):
         return states
 
     def forward(self, input: Tensor, hx=None):
+        op = f"nn.Analog{self._MODE}"
+        layout = "[B, T, I]" if self.batch_first else "[T, B, I]"
+        check_tensor("input", input, op=op, ndim=(2, 3), layout=f"({layout}, or [T, I] unbatched)",
+                     device=self.weight_ih_l0.device, device_of="the module's parameters")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"nlseq.{op}: input must have input_size = {self.input_size} features in its last dim, "
+                             f"got shape {tuple(input.shape)}")
         batched = input.dim() == 3
         x = input if batched else input.unsqueeze(1 if not self.batch_first else 0)
         if self.batch_first:
@@ -276,8 +312,11 @@ class _AnalogRNNBase(_AnalogBase):
         if x.dtype != torch.float32 or self.tanh_adc.cmp_noise > 0:
             return False
         from .. import registry
+        from ..ops.analog import IMPLEMENTED
 
-        return registry.resolve(self.backend, x.device, "analog_mvm", ("cpp", "reference")) == "cpp"
+        # whichever backend analog_mvm would run: the whole-layer kernel serves only "cpp" (a
+        # "triton" module must step through analog_mvm, not fail in the resolver: issue 12)
+        return registry.resolve(self.backend, x.device, "analog_mvm", IMPLEMENTED) == "cpp"
 
     def _layer_fused(self, x, h, c, p, cell_thr):
         """One layer by the whole-layer kernel: step t draws its noise at offset (draws + t), as
@@ -292,18 +331,31 @@ class _AnalogRNNBase(_AnalogBase):
                 (self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1), offset)
         return out, h_n, (c_n if c is not None else None)
 
+    def _check_hx(self, name: str, h, B: int, x: Tensor, batched: bool) -> Tensor:
+        """One initial state: [num_layers, B, H] ([num_layers, H] unbatched), x's dtype and device
+        (a state sized for another number of layers is an error, not a slice)."""
+        op = f"nn.Analog{self._MODE}"
+        L, H = self.num_layers, self.hidden_size
+        shape = (L, B, H) if batched else (L, H)
+        check_tensor(name, h, op=op, ndim=len(shape), dtypes=FLOAT_DTYPES, device=x.device, device_of="input",
+                     layout=f"([num_layers, B, hidden_size] = {shape}{'' if batched else ' unbatched'})")
+        if tuple(h.shape) != shape:
+            raise ValueError(f"nlseq.{op}: {name} must have shape [num_layers, {'B, ' if batched else ''}hidden_size] = "
+                             f"{shape}, got {tuple(h.shape)}")
+        if h.dtype != x.dtype:
+            raise TypeError(f"nlseq.{op}: {name} must have the dtype of input ({x.dtype}), got {h.dtype}")
+        return h if batched else h.unsqueeze(1)
+
     def _initial_state(self, hx, B, x, batched):
         zeros = x.new_zeros(self.num_layers, B, self.hidden_size)
         if self._MODE == "LSTM":
             if hx is None:
                 return zeros, zeros
-            h0, c0 = hx
-            if not batched:
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-            return h0, c0
+            h0, c0 = check_tuple("nn.AnalogLSTM", "hx", hx, 2, "(h0, c0)")
+            return self._check_hx("hx[0] (h0)", h0, B, x, batched), self._check_hx("hx[1] (c0)", c0, B, x, batched)
         if hx is None:
             return zeros, None
-        return (hx if batched else hx.unsqueeze(1)), None
+        return self._check_hx("hx", hx, B, x, batched), None
 
     @classmethod
     def from_digital(cls, module, config: Optional[CrossbarConfig] = None, adc_bits: int = 5, **kwargs):

@@ -6,7 +6,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_backend, check_bool, check_float, check_int, check_same, check_tensor, check_tuple
 from ..ops.softplus_attention import softplus_attention
+
+_OP = "nn.SoftplusAttention"
 
 
 class SoftplusAttention(nn.Module):
@@ -33,11 +36,19 @@ class SoftplusAttention(nn.Module):
                  reweight_p: Optional[float] = None, qk_norm: bool = True, bias: bool = False, backend: str = "auto",
                  device=None, dtype=None):
         super().__init__()
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        check_int(_OP, "embed_dim", embed_dim, lo=1)
+        check_int(_OP, "num_heads", num_heads, lo=1)
+        num_kv_heads = num_heads if num_kv_heads is None else check_int(_OP, "num_kv_heads", num_kv_heads, lo=1)
+        for name, flag in (("causal", causal), ("qk_norm", qk_norm), ("bias", bias)):
+            check_bool(_OP, name, flag)
+        if reweight_p is not None:
+            reweight_p = check_float(_OP, "reweight_p", reweight_p, lo=0.0, lo_open=True,
+                                     what="(None for LSSA, a finite number > 0 for LSSAR)")
+        check_backend(_OP, backend)
         if embed_dim % num_heads != 0:
-            raise ValueError(f"SoftplusAttention: embed_dim = {embed_dim} must be divisible by num_heads = {num_heads}")
-        if num_kv_heads <= 0 or num_heads % num_kv_heads != 0:
-            raise ValueError(f"SoftplusAttention: num_heads = {num_heads} must be a multiple of num_kv_heads = {num_kv_heads}")
+            raise ValueError(f"nlseq.{_OP}: embed_dim = {embed_dim} must be divisible by num_heads = {num_heads}")
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(f"nlseq.{_OP}: num_heads = {num_heads} must be a multiple of num_kv_heads = {num_kv_heads}")
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
         self.causal, self.reweight_p, self.qk_norm, self.backend = causal, reweight_p, qk_norm, backend
@@ -52,21 +63,38 @@ class SoftplusAttention(nn.Module):
         return x.view(B, T, n, self.head_dim).transpose(1, 2)  # [B, n, T, D]
 
     def forward(self, x: Tensor, kv_cache: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
-            raise ValueError(f"SoftplusAttention: x must be [B, T, {self.embed_dim}], got {tuple(x.shape)}")
+        check_tensor("x", x, op=_OP, ndim=3, layout=f"[B, T, E = {self.embed_dim}]", device=self.q_proj.weight.device,
+                     device_of="the module's parameters")
+        if x.shape[-1] != self.embed_dim:
+            raise ValueError(f"nlseq.{_OP}: x must be [B, T, E = {self.embed_dim}], got shape {tuple(x.shape)}")
         B, T, _ = x.shape
         q = self._heads(self.q_proj(x), self.num_heads)
         k = self._heads(self.k_proj(x), self.num_kv_heads)
         v = self._heads(self.v_proj(x), self.num_kv_heads)
         past = 0
         if kv_cache is not None:
-            k_past, v_past = kv_cache
+            k_past, v_past = self._check_cache(kv_cache, k)
             past = k_past.shape[2]
             k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
         o = softplus_attention(q, k, v, causal=self.causal, reweight_p=self.reweight_p, qk_norm=self.qk_norm,
                                kv_offset=past if self.causal else 0, backend=self.backend)
         out = self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         return out, (k, v)
+
+    def _check_cache(self, kv_cache, k_new: Tensor) -> tuple[Tensor, Tensor]:
+        """kv_cache = (k, v), each [B, Hkv, T_past, D] in the dtype and on the device of the new keys."""
+        B, Hkv, _, D = k_new.shape
+        layout = f"(k and v [B, Hkv, T_past, D] = [{B}, {Hkv}, T_past, {D}])"
+        k_past, v_past = check_tuple(_OP, "kv_cache", kv_cache, 2, "(k, v)")
+        for name, t in (("kv_cache[0] (k)", k_past), ("kv_cache[1] (v)", v_past)):
+            check_tensor(name, t, op=_OP, ndim=4, layout=layout)
+            if (t.shape[0], t.shape[1], t.shape[3]) != (B, Hkv, D):
+                raise ValueError(f"nlseq.{_OP}: {name} must have shape {layout}, got {tuple(t.shape)}")
+        check_same(_OP, "the new keys", k_new, **{"kv_cache[0] (k)": k_past, "kv_cache[1] (v)": v_past})
+        if k_past.shape[2] != v_past.shape[2]:
+            raise ValueError(f"nlseq.{_OP}: kv_cache's k and v must hold the same number of past positions, got "
+                             f"{k_past.shape[2]} and {v_past.shape[2]}")
+        return k_past, v_past
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "

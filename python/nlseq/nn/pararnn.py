@@ -21,6 +21,14 @@ other rows 0.
 The input projection U = Wx + b is one batched GEMM over heads outside the recurrence; the
 recurrence runs in ``nlseq.pararnn`` (Newton or sequential, see ``mode``). After each forward,
 ``last_info`` holds a ``NewtonInfo`` (iterations and residual, as tensors).
+
+Non-convergence (docs/numerics.md): the modules default to ``on_nonconvergence="sequential"``,
+unlike the functional ``nlseq.pararnn`` ("raise"). A training run takes millions of steps, and a
+single Newton miss (an unlucky batch, weights briefly outside the contracting regime) should cost
+one exact sequential pass, not the run: the step still gets the exact answer and gradient. The
+miss is not silent: it is logged as a warning on the ``nlseq`` logger and counted in
+``last_info.fallbacks`` (and ``fallback_count``), so a run whose Newton solves keep failing (and
+whose speed therefore drops to the sequential pass) shows it. Pass "raise" to fail fast instead.
 """
 from __future__ import annotations
 
@@ -30,6 +38,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+import dataclasses
+
+from .._checks import FLOAT_DTYPES, check_backend, check_bool, check_choice, check_float, check_int, check_tensor
 from ..ops.pararnn import MODES, ON_NONCONVERGENCE, NewtonInfo, pararnn
 from ..reference.pararnn import input_projection
 
@@ -40,21 +51,25 @@ class _ParaRNN(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, heads: int = 2, batch_first: bool = True,
                  backend: str = "auto", mode: str = "auto", max_iters: Optional[int] = None,
-                 tol: Optional[float] = None, on_nonconvergence: str = "raise", device=None, dtype=None):
+                 tol: Optional[float] = None, on_nonconvergence: str = "sequential", device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
+        op = f"nn.{name}"
         for what, v in (("input_size", input_size), ("hidden_size", hidden_size), ("heads", heads)):
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name}: {what} must be a positive int, got {v!r}")
+            check_int(op, what, v, lo=1)
+        check_bool(op, "batch_first", batch_first)
+        check_backend(op, backend)
+        if max_iters is not None:
+            check_int(op, "max_iters", max_iters, lo=0)
+        if tol is not None:
+            tol = check_float(op, "tol", tol, lo=0.0)
         if input_size % heads or hidden_size % heads:
             raise ValueError(
                 f"{name}: input_size ({input_size}) and hidden_size ({hidden_size}) must both be divisible by "
                 f"heads ({heads}): the input projection is block-diagonal over heads (SPEC.md §1.3)"
             )
-        if mode not in MODES:
-            raise ValueError(f"{name}: mode must be one of {MODES}, got {mode!r}")
-        if on_nonconvergence not in ON_NONCONVERGENCE:
-            raise ValueError(f"{name}: on_nonconvergence must be one of {ON_NONCONVERGENCE}, got {on_nonconvergence!r}")
+        check_choice(op, "mode", mode, MODES)
+        check_choice(op, "on_nonconvergence", on_nonconvergence, ON_NONCONVERGENCE)
         self.input_size, self.hidden_size, self.heads = input_size, hidden_size, heads
         self.batch_first, self.backend, self.mode = batch_first, backend, mode
         self.max_iters, self.tol, self.on_nonconvergence = max_iters, tol, on_nonconvergence
@@ -64,6 +79,7 @@ class _ParaRNN(nn.Module):
         self.bias = nn.Parameter(torch.empty(3, N, **fk))
         self.weight_hh = nn.Parameter(torch.empty(3, N, **fk))
         self.last_info: Optional[NewtonInfo] = None
+        self.fallback_count = 0  # forwards that finished with the sequential fallback (see module doc)
 
     def reset_parameters(self) -> None:
         N = self.hidden_size
@@ -107,12 +123,12 @@ class _ParaRNN(nn.Module):
     # -- forward pieces
     def _check_x(self, x: Tensor) -> tuple[Tensor, int, int]:
         name = type(self).__name__
-        if not isinstance(x, Tensor) or x.dim() != 3:
-            layout = "[B, T, I]" if self.batch_first else "[T, B, I]"
-            raise ValueError(f"{name}: x must be a 3-d tensor {layout}, got "
-                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        layout = "[B, T, I]" if self.batch_first else "[T, B, I]"
+        check_tensor("x", x, op=f"nn.{name}", ndim=3, layout=layout, device=self.weight_hh.device,
+                     device_of="the module's parameters")
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"{name}: x's last dim must be input_size = {self.input_size}, got {x.shape[-1]}")
+            raise ValueError(f"nlseq.nn.{name}: x's last dim must be input_size = {self.input_size} {layout}, "
+                             f"got shape {tuple(x.shape)}")
         if not self.batch_first:
             x = x.transpose(0, 1)
         return x, x.shape[0], x.shape[1]
@@ -122,10 +138,15 @@ class _ParaRNN(nn.Module):
             return None
         name = type(self).__name__
         N = self.hidden_size
+        # float states of another precision are converted to x's; complex, bool and integer ones
+        # are rejected (a cast would drop the imaginary part or turn values into 0/1)
+        check_tensor(what, h, op=f"nn.{name}", ndim=(2, 3), dtypes=FLOAT_DTYPES, device=like.device,
+                     device_of="x", layout=f"([1, B, N] or [B, N] = {(1, B, N)})")
         if h.dim() == 3 and h.shape[0] == 1:
             h = h[0]
         if tuple(h.shape) != (B, N):
-            raise ValueError(f"{name}: {what} must have shape [1, B, N] or [B, N] = {(1, B, N)}, got {tuple(h.shape)}")
+            raise ValueError(f"nlseq.nn.{name}: {what} must have shape [1, B, N] or [B, N] = {(1, B, N)} "
+                             f"(one layer), got {tuple(h.shape)}")
         return h.to(like.dtype)
 
     def _run(self, x: Tensor, s0: Optional[Tensor]) -> Tensor:
@@ -135,7 +156,9 @@ class _ParaRNN(nn.Module):
             max_iters=self.max_iters, tol=self.tol, on_nonconvergence=self.on_nonconvergence,
             backend=self.backend, return_info=True,
         )
-        self.last_info = info
+        if not torch.compiler.is_compiling() and info.fallback:  # the op logged the warning; count it so a long run can see the trend
+            self.fallback_count += 1
+        self.last_info = dataclasses.replace(info, fallbacks=self.fallback_count)
         return S_all
 
     def _out(self, y: Tensor) -> Tensor:
@@ -195,7 +218,8 @@ class ParaLSTM(_ParaRNN):
         s0 = None
         if state is not None:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise ValueError("ParaLSTM: state must be a pair (c0, h0), each [1, B, N] or [B, N]")
+                raise ValueError(f"nlseq.nn.ParaLSTM: state must be a pair (c0, h0), each [1, B, N] or [B, N], got "
+                                 f"{type(state).__name__}{' of ' + str(len(state)) if isinstance(state, (tuple, list)) else ''}")
             c0, h0 = self._state(state[0], "c0", B, x), self._state(state[1], "h0", B, x)
             s0 = torch.stack([c0, h0], dim=1)  # [B, 2, N]
         S_all = self._run(x, s0)

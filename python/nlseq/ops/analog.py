@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import registry as _registry
-from .._checks import check_shape, check_tensor
+from .._checks import (check_backend, check_float, check_int, check_shape, check_tensor, check_values)
 from ..reference import analog as _ref
 
 OP = "analog_mvm"
@@ -52,6 +52,8 @@ def parse_act(act: str) -> list[tuple[str, int]]:
         name, _, count = part.partition(":")
         if name not in ACTIVATIONS:
             raise ValueError(f"nlseq.{OP}: act names must be in {ACTIVATIONS}, got {name!r} in {act!r}")
+        if count and not (count.isdigit() and int(count) > 0):
+            raise ValueError(f"nlseq.{OP}: act group counts must be positive ints (\"sigmoid:256\"), got {count!r} in {act!r}")
         groups.append((name, int(count) if count else -1))
     if len(groups) > 1 and any(c < 0 for _, c in groups):
         raise ValueError(f"nlseq.{OP}: act with several groups needs a count for each (\"sigmoid:256,tanh:128\"), got {act!r}")
@@ -184,15 +186,21 @@ def analog_mvm(
     for name, t in (("weight", weight), ("col_scale", col_scale), ("thresholds", thresholds), ("levels", levels)):
         if t.device != x.device:
             raise ValueError(f"nlseq.{OP}: {name} must be on the device of x ({x.device}), got {t.device}")
-    if not isinstance(in_bits, int) or not (in_bits == 0 or 2 <= in_bits <= 24):
-        raise ValueError(f"nlseq.{OP}: in_bits must be 0 (ideal DAC) or an int in 2..24, got {in_bits!r}")
-    if not x_max > 0:
-        raise ValueError(f"nlseq.{OP}: x_max must be > 0, got {x_max}")
-    if noise_a < 0 or noise_b < 0:
-        raise ValueError(f"nlseq.{OP}: noise_a and noise_b are variances' coefficients and must be >= 0")
-    for name, v in (("seed", seed), ("offset", offset)):
-        if not isinstance(v, int) or not 0 <= v < 2**63:
-            raise ValueError(f"nlseq.{OP}: {name} must be an int in [0, 2^63), got {v!r}")
+    in_bits = check_int(OP, "in_bits", in_bits, lo=0, hi=24, what="(0 = ideal DAC, else 2..24)")
+    if in_bits == 1:
+        raise ValueError(f"nlseq.{OP}: in_bits must be 0 (ideal DAC) or an int in 2..24, got 1")
+    x_max = check_float(OP, "x_max", x_max, lo=0.0, lo_open=True)
+    # variances' coefficients: an infinite one would saturate every code into a valid-looking level
+    noise_a = check_float(OP, "noise_a", noise_a, lo=0.0, what="(read-noise variance coefficient)")
+    noise_b = check_float(OP, "noise_b", noise_b, lo=0.0, what="(output-noise variance)")
+    seed = check_int(OP, "seed", seed, lo=0, hi=2**63 - 1)
+    offset = check_int(OP, "offset", offset, lo=0, hi=2**63 - 1)
+    check_backend(OP, backend)
+    # a NaN or decreasing threshold makes the binary search of each backend count differently
+    # (the backends would disagree): thresholds must be finite and non-decreasing (equal
+    # neighbours are allowed: a stuck-at-OFF ramp device programs a zero step)
+    check_values(OP, "thresholds", thresholds, finite=True, nondecreasing=True)
+    check_values(OP, "col_scale", col_scale, finite=True)
     if not isinstance(act, str):
         raise TypeError(f"nlseq.{OP}: act must be a string, got {type(act).__name__}")
     groups = parse_act(act)
@@ -203,10 +211,13 @@ def analog_mvm(
     x2 = x.reshape(-1, K).to(torch.float32).contiguous()
     M = x2.shape[0]
     if noise is not None:
-        check_tensor("noise", noise, op=OP, dtypes=_F32, layout=_LAYOUT)
-        check_shape("noise", noise.reshape(-1, N) if noise.numel() == M * N else noise, (M, N), op=OP, layout=_LAYOUT)
-        if noise.device != x.device:
-            raise ValueError(f"nlseq.{OP}: noise must be on the device of x ({x.device}), got {noise.device}")
+        # exactly [..., N] with x's leading dims, or the flattened [M, N]: never another shape
+        # with the same element count ([N, M] would silently pair noise with the wrong outputs)
+        check_tensor("noise", noise, op=OP, dtypes=_F32, layout=_LAYOUT, device=x.device, device_of="x")
+        if tuple(noise.shape) not in (tuple(lead) + (N,), (M, N)):
+            raise ValueError(f"nlseq.{OP}: noise must have shape {tuple(lead) + (N,)} (x's leading dims, N) or "
+                             f"{(M, N)} {_LAYOUT}, got {tuple(noise.shape)}")
+        check_values(OP, "noise", noise, finite=True)
         noise = noise.reshape(M, N).contiguous()
     thr = thresholds.expand(N, L - 1).contiguous()
     lev = levels.expand(N, L).contiguous()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -33,7 +34,8 @@ import torch
 from torch import Tensor
 
 from .. import registry as _registry
-from .._checks import check_same, check_shape, check_tensor
+from .._checks import (FLOAT_DTYPES, check_backend, check_bool, check_choice, check_dims, check_float, check_int, check_same,
+                      check_tensor)
 from ..reference import pararnn as _ref
 from ..reference.scan import acc_dtype, linear_recurrence_scan
 from .scan import MAX_BLOCK_SIZE, linear_recurrence
@@ -72,6 +74,9 @@ class NewtonInfo:
     tol: float
     mode: str
     on_nonconvergence: str
+    # nlseq.nn.ParaGRU / ParaLSTM only: how many forwards of this module so far finished with the
+    # sequential fallback (Newton missed tol; on_nonconvergence="sequential", the modules' default)
+    fallbacks: int = 0
 
     @property
     def converged(self) -> bool:
@@ -150,6 +155,13 @@ def _sequential(backend, cell, U, A, P, s0):
 
 
 def _nonconvergence_message(where: str, residual: float, tol: float, iters: int, max_iters: int) -> str:
+    if not math.isfinite(residual):
+        return (
+            f"{where}: Newton stopped at iteration {iters}: the residual max_t |h_t - f(h_(t-1), x_t)| is "
+            f"{residual} (not finite). Either the inputs (x / U, h0 / s0, the parameters) contain NaN or inf, or "
+            f"the iterates overflowed; more iterations cannot fix it. Check the inputs for NaN/inf, or pass "
+            f"on_nonconvergence='sequential' (exact sequential pass) or 'warn'."
+        )
     return (
         f"{where}: Newton did not converge: residual max_t |h_t - f(h_(t-1), x_t)| = {residual:.3e} > tol = {tol:.1e} "
         f"after {iters} iteration(s) (max_iters = {max_iters}). The cell may not be contracting (large recurrent "
@@ -169,6 +181,12 @@ def _pararnn_op(
         return S_all, torch.zeros((), dtype=torch.int64, device=U.device), torch.zeros((), dtype=A.dtype, device=U.device)
     S_all, iters, residual = _FWD[backend](cell, U, A, P, s0, max_iters, tol)
     r = float(residual)
+    if math.isfinite(r) and bool(torch.isnan(S_all).any()):
+        # the fused kernels measure the residual at chunk boundaries only (inside a chunk the
+        # solve is exact), so a NaN born inside a chunk can miss it: the returned solution's
+        # residual is NaN wherever it is NaN, and so is the reported one (docs/numerics.md)
+        residual = torch.full_like(residual, math.nan)
+        r = math.nan
     if not r <= tol:  # NaN counts as not converged
         msg = _nonconvergence_message(f"nlseq.pararnn ({cell}, backend {backend!r})", r, tol, int(iters), max_iters)
         if on_nonconvergence == "raise":
@@ -260,38 +278,36 @@ def pararnn(
     Precision: every backend carries state and accumulates in float32 (float64 for float64).
     """
     op = OP
-    if cell not in CELLS:
-        raise ValueError(f"nlseq.{op}: cell must be one of {CELLS}, got {cell!r}")
+    check_choice(op, "cell", cell, CELLS)
     S = STATE_SIZE[cell]
-    layout = "(U [B, T, 3, N], A [3, N], P [2, N], s0 [B, S, N])"
+    layout = "(U [B, T, 3, N], A [3, N], P [2, N] (lstm only), s0 [B, S, N], S = 1 gru / 2 lstm)"
     check_tensor("U", U, op=op, ndim=4, layout=layout)
-    B, T, G, N = U.shape
-    if G != 3:
-        raise ValueError(f"nlseq.{op}: U must have shape [B, T, 3, N] (three gates), got {tuple(U.shape)}")
-    check_tensor("A", A, op=op, ndim=2, layout=layout)
-    check_shape("A", A, (3, N), op=op, layout=layout)
+    check_tensor("A", A, op=op, ndim=2, layout=layout, device=U.device, device_of="U")
     if cell == "lstm":
         if P is None:
-            raise ValueError(f"nlseq.{op}: the lstm cell needs the peepholes P [2, N]")
-        check_tensor("P", P, op=op, ndim=2, layout=layout)
-        check_shape("P", P, (2, N), op=op, layout=layout)
+            raise ValueError(f"nlseq.{op}: the lstm cell needs the peepholes P [2, N], got None")
+        check_tensor("P", P, op=op, ndim=2, layout=layout, device=U.device, device_of="U")
     elif P is not None:
-        raise ValueError(f"nlseq.{op}: the gru cell has no peepholes; pass P=None")
+        raise ValueError(f"nlseq.{op}: the gru cell has no peepholes; pass P=None, got {type(P).__name__}")
     if s0 is not None:
         check_tensor("s0", s0, op=op, ndim=3, layout=layout)
-        check_shape("s0", s0, (B, S, N), op=op, layout=layout)
         check_same(op, "U", U, s0=s0)
-    for name, t in (("A", A), ("P", P)):
-        if t is not None and t.device != U.device:
-            raise ValueError(f"nlseq.{op}: {name} must be on the device of U ({U.device}), got {t.device}")
-    if mode not in MODES:
-        raise ValueError(f"nlseq.{op}: mode must be one of {MODES}, got {mode!r}")
-    if on_nonconvergence not in ON_NONCONVERGENCE:
-        raise ValueError(f"nlseq.{op}: on_nonconvergence must be one of {ON_NONCONVERGENCE}, got {on_nonconvergence!r}")
-    max_iters = DEFAULT_MAX_ITERS if max_iters is None else int(max_iters)
-    if max_iters < 0:
-        raise ValueError(f"nlseq.{op}: max_iters must be >= 0, got {max_iters}")
-    tol = default_tol(U.dtype) if tol is None else float(tol)
+    if U.shape[2] != 3:
+        raise ValueError(f"nlseq.{op}: U must have shape [B, T, 3, N] (three gates), got {tuple(U.shape)}")
+    if A.shape[0] != 3:
+        raise ValueError(f"nlseq.{op}: A must have shape [3, N] (one row per gate), got {tuple(A.shape)}")
+    if P is not None and P.shape[0] != 2:
+        raise ValueError(f"nlseq.{op}: P must have shape [2, N] (p_f, p_o), got {tuple(P.shape)}")
+    if s0 is not None and s0.shape[1] != S:
+        raise ValueError(f"nlseq.{op}: s0 must have shape [B, {S}, N] for the {cell} cell, got {tuple(s0.shape)}")
+    dims = check_dims(op, layout, U=(U, "B T _ N"), A=(A, "_ N"), P=(P, "_ N"), s0=(s0, "B _ N"))
+    B, T, N = dims["B"], dims["T"], dims["N"]
+    check_choice(op, "mode", mode, MODES)
+    check_choice(op, "on_nonconvergence", on_nonconvergence, ON_NONCONVERGENCE)
+    check_bool(op, "return_info", return_info)
+    check_backend(op, backend)
+    max_iters = DEFAULT_MAX_ITERS if max_iters is None else check_int(op, "max_iters", max_iters, lo=0)
+    tol = default_tol(U.dtype) if tol is None else check_float(op, "tol", tol, lo=0.0)
 
     name = _resolve(backend, U.device)
     if U.dtype == torch.float64 and name in ("cuda", "triton"):
@@ -467,23 +483,36 @@ def newton_solve(
     carries the autograd graph).
     """
     op = "newton_solve"
+    if not callable(step):
+        raise TypeError(f"nlseq.{op}: step must be a callable or an nn.Module, got {type(step).__name__}")
     check_tensor("x", x, op=op)
     if x.dim() < 2:
         raise ValueError(f"nlseq.{op}: x must have shape [B, T, ...], got {tuple(x.shape)}")
-    if jacobian not in JACOBIANS:
-        raise ValueError(f"nlseq.{op}: jacobian must be one of {JACOBIANS}, got {jacobian!r}")
+    if h0 is not None:
+        check_tensor("h0", h0, op=op, device=x.device, device_of="x")
+        if h0.dim() < 1 or h0.shape[0] != x.shape[0]:
+            raise ValueError(f"nlseq.{op}: h0 must have shape [B, *state] with B = x.shape[0] = {x.shape[0]}, "
+                             f"got {tuple(h0.shape)}")
+    check_choice(op, "jacobian", jacobian, JACOBIANS)
     if jacobian == "block":
-        if block_size is None or not 1 <= int(block_size) <= MAX_BLOCK_SIZE:
-            raise ValueError(f"nlseq.{op}: jacobian='block' needs block_size in 1..{MAX_BLOCK_SIZE}, got {block_size!r}")
-        block_size = int(block_size)
+        if block_size is None:
+            raise ValueError(f"nlseq.{op}: jacobian='block' needs block_size in 1..{MAX_BLOCK_SIZE}, got None")
+        block_size = check_int(op, "block_size", block_size, lo=1, hi=MAX_BLOCK_SIZE)
     elif block_size is not None:
-        raise ValueError(f"nlseq.{op}: block_size is only used with jacobian='block'")
-    if on_nonconvergence not in ON_NONCONVERGENCE:
-        raise ValueError(f"nlseq.{op}: on_nonconvergence must be one of {ON_NONCONVERGENCE}, got {on_nonconvergence!r}")
-    if not 0.0 < float(damping) <= 1.0:
-        raise ValueError(f"nlseq.{op}: damping must be in (0, 1], got {damping}")
-    damping = float(damping)
+        raise ValueError(f"nlseq.{op}: block_size is only used with jacobian='block', got {block_size!r} "
+                         f"with jacobian={jacobian!r}")
+    check_choice(op, "on_nonconvergence", on_nonconvergence, ON_NONCONVERGENCE)
+    damping = check_float(op, "damping", damping, lo=0.0, hi=1.0, lo_open=True)
+    max_iters = None if max_iters is None else check_int(op, "max_iters", max_iters, lo=0)
+    tol = None if tol is None else check_float(op, "tol", tol, lo=0.0)
+    check_bool(op, "return_info", return_info)
+    check_backend(op, backend)
+    if isinstance(params, torch.Tensor) or not isinstance(params, (tuple, list)):
+        raise TypeError(f"nlseq.{op}: params must be a tuple or list of tensors, got {type(params).__name__}")
     params = tuple(params)
+    for i, prm in enumerate(params):
+        check_tensor(f"params[{i}]", prm, op=op, dtypes=tuple(FLOAT_DTYPES) + (torch.complex64, torch.complex128,
+                                                                               torch.int32, torch.int64, torch.bool))
     if isinstance(step, torch.nn.Module) and params:
         raise ValueError(f"nlseq.{op}: pass either an nn.Module step or params, not both")
 
@@ -497,12 +526,13 @@ def newton_solve(
         if h0 is not None:
             zeros_prev[:, 0] = h0.detach()
         H = _call(step, pd, zeros_prev, xd)
+        _check_step_output(H, zeros_prev, op)
         del zeros_prev
     if jacobian == "block" and (len(state_shape) < 1 or state_shape[-1] != block_size):
         raise ValueError(f"nlseq.{op}: jacobian='block' needs a state [B, T, ..., K] with K = block_size = "
                          f"{block_size}, got state shape {tuple(state_shape)}")
-    max_iters = DEFAULT_MAX_ITERS if max_iters is None else int(max_iters)
-    tol = default_tol(H.dtype) if tol is None else float(tol)
+    max_iters = DEFAULT_MAX_ITERS if max_iters is None else max_iters
+    tol = default_tol(H.dtype) if tol is None else tol
     name = _registry.resolve(backend, x.device, "linear_recurrence",
                              ("cuda", "triton", "cpp", "reference"))
     h0d = None if h0 is None else h0.detach()
@@ -524,8 +554,10 @@ def newton_solve(
         while True:
             h_prev = shift(H)
             f, J = _jacobian(step, pd, h_prev, xd, jacobian, block_size)
+            _check_step_output(f, H, op)
             residual = float((H - f).abs().max()) if H.numel() else 0.0
-            if residual <= tol or iters >= max_iters:
+            # a NaN/inf residual stops at once: no further iteration makes it finite (docs/numerics.md)
+            if residual <= tol or iters >= max_iters or not math.isfinite(residual):
                 break
             H = _newton_step(J, f, h_prev, H, jacobian, damping, h0_flat, name)
             iters += 1
@@ -553,6 +585,18 @@ def newton_solve(
     if return_info:
         return y, NewtonInfo(iters, residual, tol, "newton", on_nonconvergence)
     return y
+
+
+def _check_step_output(f, H: Tensor, op: str) -> None:
+    """step must keep returning a tensor of the state's shape and dtype: a cell whose output
+    shape changes would otherwise be broadcast into a wrong answer."""
+    if not isinstance(f, Tensor):
+        raise TypeError(f"nlseq.{op}: step must return a tensor [B, T, *state], got {type(f).__name__}")
+    if f.shape != H.shape:
+        raise ValueError(f"nlseq.{op}: step must return the state's shape [B, T, *state] = {tuple(H.shape)} for "
+                         f"h_prev of that shape, got {tuple(f.shape)}")
+    if f.dtype != H.dtype:
+        raise TypeError(f"nlseq.{op}: step must return the state's dtype {H.dtype}, got {f.dtype}")
 
 
 def _state_dtype(x: Tensor, h0: Optional[Tensor]) -> torch.dtype:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import registry as _registry
-from .._checks import check_same, check_shape, check_tensor
+from .._checks import check_backend, check_bool, check_dims, check_same, check_tensor
 from ..reference import scan as _ref
 
 OP = "linear_recurrence"
@@ -132,25 +132,38 @@ def linear_recurrence(
     recurrence of SPEC.md §1.2). ``backend``: "auto", "cuda", "triton", "cpp" or "reference"
     (see ``nlseq.backends()``).
     """
-    check_tensor("b", b, op=OP, ndim=(3, 4), layout=f"{_DIAG} or {_BLOCK}")
-    diagonal = b.dim() == 3
+    check_backend(OP, backend)
+    check_bool(OP, "reverse", reverse)
+    both = f"{_DIAG} or {_BLOCK}"
+    check_tensor("A", A, op=OP, ndim=(3, 5), layout=both)
+    check_tensor("b", b, op=OP, ndim=(3, 4), layout=both)
+    if h0 is not None:
+        check_tensor("h0", h0, op=OP, ndim=(2, 3), layout=both)
+    # The layout is what the ranks say; when they disagree, blame the tensor the others outvote.
+    votes = {"A": A.dim() == 3, "b": b.dim() == 3}
+    if h0 is not None:
+        votes["h0"] = h0.dim() == 2
+    if len(set(votes.values())) > 1:
+        said = {n: ("diagonal" if v else "block") for n, v in votes.items()}
+        counts = list(said.values())
+        odd = [n for n in said if counts.count(said[n]) == 1] if len(said) == 3 else list(said)
+        ranks = ", ".join(f"{n} {tuple(t.shape)} ({said[n]})" for n, t in (("A", A), ("b", b), ("h0", h0)) if n in said)
+        what = f"{odd[0]} has the rank of the other layout" if len(odd) == 1 else f"{' and '.join(odd)} disagree on the layout"
+        raise ValueError(f"nlseq.{OP}: {what}: {ranks}; expected {both}")
+    diagonal = votes["b"]
     layout = _DIAG if diagonal else _BLOCK
-    check_tensor("A", A, op=OP, ndim=3 if diagonal else 5, layout=layout)
     check_same(OP, "b", b, A=A, h0=h0)
     if diagonal:
-        B, T, N = b.shape
+        dims = check_dims(OP, layout, A=(A, "B T N"), b=(b, "B T N"), h0=(h0, "B N"))
         K = 1
-        check_shape("A", A, (B, T, N), op=OP, layout=layout)
     else:
-        B, T, N, K = b.shape
+        if A.shape[-1] != A.shape[-2]:
+            raise ValueError(f"nlseq.{OP}: A must have square K×K blocks {layout}, got shape {tuple(A.shape)}")
+        dims = check_dims(OP, layout, A=(A, "B T N K _"), b=(b, "B T N K"), h0=(h0, "B N K"))
+        K = dims["K"]
         if not 1 <= K <= MAX_BLOCK_SIZE:
             raise ValueError(f"nlseq.{OP}: the block size K = b.shape[-1] must be in 1..{MAX_BLOCK_SIZE}, got {K}")
-        check_shape("A", A, (B, T, N, K, K), op=OP, layout=layout)
-    if h0 is not None:
-        check_tensor("h0", h0, op=OP, layout=layout)
-        check_shape("h0", h0, (B, N) if diagonal else (B, N, K), op=OP, layout=layout)
-    if not isinstance(reverse, bool):
-        raise TypeError(f"nlseq.{OP}: reverse must be a bool, got {type(reverse).__name__}")
+    B, T, N = dims["B"], dims["T"], dims["N"]
 
     name = _registry.resolve(backend, b.device, OP, IMPLEMENTED)
     if b.dtype == torch.float64 and name in ("cuda", "triton"):

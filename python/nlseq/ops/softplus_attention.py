@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import registry as _registry
-from .._checks import check_same, check_shape, check_tensor
+from .._checks import MAX_POSITION, check_backend, check_bool, check_dims, check_float, check_int, check_same, check_tensor
 from ..reference import softplus_attention as _ref
 
 OP = "softplus_attention"
@@ -225,27 +225,27 @@ def softplus_attention(
     check_tensor("k", k, op=OP, ndim=4, layout=_LAYOUT)
     check_tensor("v", v, op=OP, ndim=4, layout=_LAYOUT)
     check_same(OP, "q", q, k=k, v=v)
+    dims = check_dims(OP, _LAYOUT, q=(q, "B H Tq D"), k=(k, "B Hkv Tk D"), v=(v, "B Hkv Tk D"))
     B, H, Tq, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    check_shape("k", k, (B, Hkv, Tk, D), op=OP, layout=_LAYOUT)
-    check_shape("v", v, (B, Hkv, Tk, D), op=OP, layout=_LAYOUT)
+    Hkv, Tk = dims["Hkv"], dims["Tk"]
     if Hkv == 0 or H % Hkv != 0:
         raise ValueError(f"nlseq.{OP}: the number of query heads H = {H} must be a multiple of the "
                          f"number of key/value heads Hkv = {Hkv} {_LAYOUT}")
     if D == 0:
         raise ValueError(f"nlseq.{OP}: the head dim D must be at least 1 {_LAYOUT}")
-    for name, flag in (("causal", causal), ("qk_norm", qk_norm)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"nlseq.{OP}: {name} must be a bool, got {type(flag).__name__}")
-    if isinstance(kv_offset, bool) or not isinstance(kv_offset, int) or kv_offset < 0:
-        raise ValueError(f"nlseq.{OP}: kv_offset must be an int >= 0 (cached keys before the first query), got {kv_offset!r}")
+    check_bool(OP, "causal", causal)
+    check_bool(OP, "qk_norm", qk_norm)
+    check_backend(OP, backend)
+    # positions i + kv_offset + 1 must fit the kernels' int32 (and never overflow int64)
+    kv_offset = check_int(OP, "kv_offset", kv_offset, lo=0, hi=MAX_POSITION - Tq,
+                          what=f"(cached keys before the first query; kv_offset + Tq <= 2^31 - 1, Tq = {Tq})")
+    if Tk > MAX_POSITION or Tq > MAX_POSITION:
+        raise ValueError(f"nlseq.{OP}: Tq = {Tq} and Tk = {Tk} must be <= 2^31 - 1")
     if reweight_p is None:
         p = 0.0
     else:
-        if isinstance(reweight_p, bool) or not isinstance(reweight_p, (int, float)) \
-                or not math.isfinite(reweight_p) or reweight_p <= 0:
-            raise ValueError(f"nlseq.{OP}: reweight_p must be None (LSSA) or a finite number > 0 (LSSAR), got {reweight_p!r}")
-        p = float(reweight_p)
+        p = check_float(OP, "reweight_p", reweight_p, lo=0.0, lo_open=True,
+                        what="(None for LSSA, a finite number > 0 for LSSAR)")
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     if varlen:
         if cu_seqlens_q is None or cu_seqlens_k is None:

@@ -200,7 +200,8 @@ def pararnn_fwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], 
         prev = _shift(H, first)
         f, J = cell_step_jac(cell, U, A, P, prev)
         residual = (H - f).abs().max() if H.numel() else H.new_zeros(())
-        if bool(residual <= tol) or iters >= max_iters:
+        # a NaN/inf residual stops at once: no further iteration makes it finite (docs/numerics.md)
+        if bool(residual <= tol) or iters >= max_iters or not bool(torch.isfinite(residual)):
             break
         rhs = f - (J @ _to_scan(prev).unsqueeze(-1)).squeeze(-1).transpose(-1, -2)
         H_scan, _ = linear_recurrence_scan(J, _to_scan(rhs).contiguous(), first.transpose(-1, -2))
