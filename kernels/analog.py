@@ -5,6 +5,16 @@ accumulating xq @ weightᵀ (fp32, ``tl.dot``) and each row's Σ xq², then runs
 registers: current, Philox normal (the same stream as csrc/include/nlseq/analog.h and the
 reference), binary search over the column's ramp thresholds, level lookup, store. Nothing but
 y goes back to memory.
+
+Exactness (docs/gpu_kernels.md): the CPU kernels are built with -ffp-contract=off and IEEE sqrtf
+and division, and every step of the DAC, the noise (Philox, the fixed log/sin/cos polynomials,
+Box–Muller) and the current is exact float32 arithmetic, so the codes are bit-identical across
+backends wherever the GEMM itself is exact. On a GPU Triton would lower ``/`` to div.full.f32 and
+``tl.sqrt`` to sqrt.approx.f32 (both approximate) and contract a * b + c into one FMA (one
+rounding instead of two); so divisions and square roots here are ``tl.div_rn`` / ``tl.sqrt_rn``
+(div.rn.f32, sqrt.rn.f32) and the kernel is launched with ``enable_fp_fusion=False``. The FP32
+GEMM (``tl.dot``, ieee) keeps its own FMAs: it is lowered to fma explicitly, not by contraction.
+Offsets that scale with M·K, N·K or M·N are int64 (row bases computed once per program).
 """
 from __future__ import annotations
 
@@ -49,7 +59,7 @@ def _philox_normal(seed_lo, seed_hi, off_lo, off_hi, e):
     a = tl.where(j < 2, c0, c2)
     b = tl.where(j < 2, c1, c3)
     u1 = ((a >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
-    radius = tl.sqrt(-2.0 * _log_unit(u1))
+    radius = tl.sqrt_rn(-2.0 * _log_unit(u1))  # IEEE sqrt, as the CPU's sqrtf
     c, s = _sincos_turn(b)
     return tl.where((j & 1) == 0, radius * c, radius * s)
 
@@ -63,7 +73,7 @@ def _log_unit(u):
     big = m > 1.4142135
     m = tl.where(big, m * 0.5, m)
     e = tl.where(big, e + 1, e)
-    s = (m - 1.0) / (m + 1.0)
+    s = tl.div_rn(m - 1.0, m + 1.0)  # IEEE division, as the CPU's (m − 1)/(m + 1)
     s2 = s * s
     p = s2 * 0.0 + 0.11111111
     p = p * s2 + 0.14285715
@@ -116,19 +126,24 @@ def analog_mvm_fwd_kernel(
     o_m = i_m * BM + tl.arange(0, BM)  # [BM]
     o_n = i_n * BN + tl.arange(0, BN)  # [BN]
     m_m, m_n = o_m < M, o_n < N
+    # int64 row bases (M·K, N·K and M·N may pass 2^31); the k offsets added per step stay int32
+    o_m64 = o_m.to(tl.int64)
+    o_n64 = o_n.to(tl.int64)
+    p_x0 = x + o_m64[:, None] * K  # [BM, 1]
+    p_w0 = w + o_n64[None, :] * K  # [1, BN]
     b_acc = tl.zeros([BM, BN], dtype=tl.float32)
     b_ssq = tl.zeros([BM], dtype=tl.float32)
     for k0 in range(0, K, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < K
-        p_x = x + o_m[:, None] * K + o_k[None, :]
+        p_x = p_x0 + o_k[None, :]
         b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0).to(tl.float32)  # [BM, BK]
         if QUANTIZE:
             b_x = _clamp(tl.floor(b_x * inv_delta + 0.5), -qmax, qmax) * delta
         else:
             b_x = _clamp(b_x, -x_max, x_max)
         b_ssq += tl.sum(b_x * b_x, axis=1)
-        p_w = w + o_n[None, :] * K + o_k[:, None]
+        p_w = p_w0 + o_k[:, None]
         b_w = tl.load(p_w, mask=m_n[None, :] & m_k[:, None], other=0.0).to(tl.float32)  # [BK, BN]
         if IEEE:
             b_acc += tl.dot(b_x, b_w, input_precision="ieee")
@@ -138,8 +153,8 @@ def analog_mvm_fwd_kernel(
     b_cur = b_acc * b_cs[None, :]
     m_y = m_m[:, None] & m_n[None, :]
     if NOISY:
-        b_sigma = tl.sqrt(b_ssq * noise_a + noise_b)  # [BM]
-        o_e = o_m[:, None].to(tl.int64) * N + o_n[None, :]
+        b_sigma = tl.sqrt_rn(b_ssq * noise_a + noise_b)  # [BM], IEEE sqrt as the CPU's sqrtf
+        o_e = o_m64[:, None] * N + o_n64[None, :]  # [BM, BN] int64: element index m·N + n
         if SUPPLIED:
             b_z = tl.load(noise + o_e, mask=m_y, other=0.0)
         else:
@@ -148,15 +163,26 @@ def analog_mvm_fwd_kernel(
     # Binary search over the non-decreasing thresholds of each column: BITS steps.
     L: tl.constexpr = 1 << BITS
     b_pos = tl.zeros([BM, BN], dtype=tl.int32)
-    p_thr = thr + o_n[None, :] * (L - 1)
+    p_thr = thr + o_n64[None, :] * (L - 1)
     for s in tl.static_range(BITS):
         step = L >> (s + 1)  # s is a constexpr of static_range, so step is one too (no annotation: it is
         # reassigned each iteration, which a tl.constexpr annotation forbids when compiling for a GPU)
         b_t = tl.load(p_thr + b_pos + (step - 1), mask=m_y, other=0.0)
         b_pos = tl.where(b_cur > b_t, b_pos + step, b_pos)
-    b_y = tl.load(lev + o_n[None, :] * L + b_pos, mask=m_y, other=0.0)
+    b_y = tl.load(lev + o_n64[None, :] * L + b_pos, mask=m_y, other=0.0)
     b_y = tl.where(b_cur != b_cur, b_cur, b_y)  # a NaN current gives NaN, as in nlseq/analog.h adc_level
-    tl.store(y + o_m[:, None] * N + o_n[None, :], b_y, mask=m_y)
+    tl.store(y + o_m64[:, None] * N + o_n64[None, :], b_y, mask=m_y)
+
+
+def tile_config(noisy: bool, ieee: bool = True) -> tuple[int, int, int, int, int]:
+    """(BM, BN, BK, num_warps, num_stages) of a launch. The epilogue holds the whole [BM, BN] tile in
+    registers (current, Philox state, binary-search position), so the tile is sized for it: AOT for
+    sm_90 with triton 3.9, 128×128 spilled (96 bytes without noise, 3.7 KB with Philox); 64×128
+    with 8 warps does not for the noiseless IEEE GEMM (~190 registers), 64×64 does not for the
+    rest (130-195 registers). tests/test_analog_triton_sm90.py checks every variant."""
+    if triton_interpret():
+        return 16, 16, 16, 4, 1
+    return (64, 128, 32, 8, 3) if (ieee and not noisy) else (64, 64, 32, 8, 3)
 
 
 def analog_mvm_fwd(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset,
@@ -166,13 +192,10 @@ def analog_mvm_fwd(x, weight, col_scale, thresholds, levels, noise, in_bits, x_m
     M, K = x.shape
     N, L = weight.shape[0], levels.shape[1]
     y = torch.empty(M, N, device=x.device, dtype=torch.float32)
-    if triton_interpret():
-        BM, BN, BK, warps, stages = 16, 16, 16, 4, 1
-    else:
-        BM, BN, BK, warps, stages = 128, 128, 32, 8, 3
+    noisy = noise_a != 0.0 or noise_b != 0.0
+    BM, BN, BK, warps, stages = tile_config(noisy, ieee=not allow_tf32)
     n = float(2 ** (in_bits - 1) - 1) if in_bits else 1.0
     f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731 (same rounding as the other backends)
-    noisy = noise_a != 0.0 or noise_b != 0.0
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
     analog_mvm_fwd_kernel[grid](
         x, weight, col_scale, thresholds, levels, noise if noise is not None else x, y,
@@ -181,5 +204,6 @@ def analog_mvm_fwd(x, weight, col_scale, thresholds, levels, noise, in_bits, x_m
         seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, offset & 0xFFFFFFFF, (offset >> 32) & 0xFFFFFFFF,
         QUANTIZE=in_bits > 0, NOISY=noisy, SUPPLIED=noise is not None, BITS=int(math.log2(L)),
         BM=BM, BN=BN, BK=BK, IEEE=not allow_tf32, num_warps=warps, num_stages=stages,
+        enable_fp_fusion=False,  # two roundings for a * b + c, as the CPU kernels (-ffp-contract=off)
     )
     return y

@@ -44,6 +44,8 @@ from triton.language.standard import _sum_combine
 
 from nlseq.registry import triton_interpret
 
+from ._autotune import tuned
+
 _INTERPRET = triton_interpret()
 
 # Chunk length under the interpreter: T = 1000 gives 4 chunks, T <= 256 runs single-pass, so the
@@ -57,29 +59,76 @@ _INTERPRET_CHUNK = 256
 # (K > 1, BT = 1). The interpreter runs associative_scan element by element in Python and pays
 # milliseconds per Triton op, so its single config scans whole tiles with DOT_SCAN instead; the
 # GPU configs' paths are run under the interpreter, on small shapes, in tests/test_scan_triton.py.
+# GPU config lists (module-level so that tests can read them under the interpreter too).
+# 8 tile elements per thread: with the prefetched tile that is ~96-130 registers in the forward and
+# ~170-180 in the backward, no spills (AOT-compiled for sm_90 with triton 3.9), so 3-5 programs per
+# SM, each with two tiles of A and b in flight.
+_DIAG_GPU = [(16, 64, 4), (8, 128, 4), (32, 64, 8), (16, 128, 8), (16, 32, 2), (8, 64, 2)]  # (BT, BN, warps)
+_BLOCK_GPU = [(16, 2, 3), (32, 2, 3), (32, 4, 4), (64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3)]  # (BN, warps, stages)
+
+
 def _diag_configs():
     if _INTERPRET:
         return [triton.Config({"BT": 64, "BN": 64, "DOT_SCAN": True}, num_warps=1, num_stages=1)]
-    # 8 tile elements per thread: with the prefetched tile that is ~96-130 registers in the
-    # forward and ~170-180 in the backward, no spills (AOT-compiled for sm_90 with triton 3.9), so
-    # 3-5 programs per SM, each with two tiles of A and b in flight.
-    return [
-        triton.Config({"BT": BT, "BN": BN, "DOT_SCAN": False}, num_warps=w, num_stages=2)
-        for BT, BN, w in [(16, 64, 4), (8, 128, 4), (32, 64, 8), (16, 128, 8), (16, 32, 2), (8, 64, 2)]
-    ]
+    return tuned([
+        triton.Config({"BT": BT, "BN": BN, "DOT_SCAN": False}, num_warps=w, num_stages=2) for BT, BN, w in _DIAG_GPU
+    ])
 
 
 def _block_configs():
     if _INTERPRET:
         return [triton.Config({"BT": 32, "BN": 16, "DOT_SCAN": True}, num_warps=1, num_stages=1)]
-    return [
-        triton.Config({"BT": 1, "BN": BN, "DOT_SCAN": False}, num_warps=w, num_stages=s)
-        for BN, w, s in [(16, 2, 3), (32, 2, 3), (32, 4, 4), (64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3)]
-    ]
+    return tuned([
+        triton.Config({"BT": 1, "BN": BN, "DOT_SCAN": False}, num_warps=w, num_stages=s) for BN, w, s in _BLOCK_GPU
+    ])
 
 
-# Tuned per channel count and mode (and dtype), not per T: sequence lengths vary call to call.
-_KEY = ["N", "K", "BWD", "SUMMARY"]
+# ---------------------------------------------------------------- occupancy rule
+# A scan program is a chain of dependent loads; the GPU hides their latency only with many
+# programs in flight. The launcher wants at least _PROGRAMS_PER_SM programs per SM (one "wave"
+# = _PROGRAMS_PER_SM · SMs programs): a single pass (NC = 1) only when B·⌈N/BN⌉ reaches one wave,
+# else enough time chunks to reach it. The SM count is the device's on a GPU; under the
+# interpreter and for reasoning about AOT-compiled code it is _DEFAULT_SMS (an H100 SXM / H200).
+_PROGRAMS_PER_SM = 4
+_DEFAULT_SMS = 132
+
+
+def _wave_efficiency(programs: int, wave: int) -> float:
+    """Fraction of the launched waves' program slots that hold a program (1.0: whole waves)."""
+    return programs / (triton.cdiv(programs, wave) * wave)
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` of both chunk kernels: block widths sized to whole waves.
+
+    Programs = B·⌈N/BN⌉·NC for each config's BN. Configs that fill at least one wave are kept
+    when their wave efficiency is within 0.1 of the best one's (a short last wave idles most SMs
+    for a whole program's time); when no config fills a wave, the ones with the most programs
+    (the narrowest blocks) are kept.
+    """
+    X, N, T, L = named_args["X"], named_args["N"], named_args["T"], named_args["L"]
+    programs = {c: X.shape[0] * triton.cdiv(N, c.kwargs["BN"]) * triton.cdiv(T, L) for c in configs}
+    wave = _PROGRAMS_PER_SM * _sm_count(X.device)
+    full = [c for c in configs if programs[c] >= wave]
+    if not full:
+        most = max(programs.values())
+        return [c for c in configs if programs[c] == most]
+    best = max(_wave_efficiency(programs[c], wave) for c in full)
+    return [c for c in full if _wave_efficiency(programs[c], wave) >= best - 0.1]
+
+
+def _bucket(x: int) -> int:
+    """⌈log2 x⌉ (0 for x <= 1): the autotune key's size bucket."""
+    return max(int(x) - 1, 0).bit_length()
+
+
+# Tuned per channel count, block size, mode and dtype (the autotuner appends the pointer dtypes),
+# and per power-of-two bucket of B·N (LOG2_BXN) and of T (LOG2_T): the best block width and the
+# chunking depend on how many programs a call launches, so a config tuned at one size is not
+# reused at a size with a different wave count. Buckets, not exact sizes: sequence lengths vary
+# call to call and each new key costs one tuning run.
+_KEY = ["N", "K", "BWD", "SUMMARY", "LOG2_BXN", "LOG2_T"]
+_PRUNE = {"early_config_prune": _prune_configs}
 
 # Sums are written tl.reduce(x, axis, _sum_combine): that is tl.sum without the device-function
 # call, which the interpreter re-patches on every call (milliseconds each); on the GPU both
@@ -113,11 +162,11 @@ def _affine_combine(a1, x1, a2, x2):
     return a1 * a2, a2 * x1 + x2
 
 
-@triton.autotune(configs=_diag_configs(), key=_KEY)
+@triton.autotune(configs=_diag_configs(), key=_KEY, prune_configs_by=_PRUNE)
 @triton.jit
 def _diag_chunk_kernel(
     A, X, S0, SIN, AS, XS, H, FIN, HF, H0, DA,
-    T, N, L, K: tl.constexpr,
+    T, N, L, LOG2_BXN, LOG2_T, K: tl.constexpr,
     REV: tl.constexpr, BWD: tl.constexpr, SUMMARY: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_SIN: tl.constexpr, HAS_H0: tl.constexpr,
     BT: tl.constexpr, BN: tl.constexpr, DOT_SCAN: tl.constexpr,
@@ -127,7 +176,8 @@ def _diag_chunk_kernel(
     Scan position q (0..T-1) is time q, or T-1-q when REV. Forward: the state starts at SIN
     (chunk's incoming state) / S0 / 0, H = h, FIN = h_last. BWD: A is read one scan position
     earlier (identity at q = 0), X = g, S0 = ḡ, H = db, DA = λ·h_next with HF = forward h and
-    H0 = forward h0, FIN = dh0. SUMMARY: writes the chunk's map (AS, XS) instead.
+    H0 = forward h0, FIN = dh0. SUMMARY: writes the chunk's map (AS, XS) instead. LOG2_BXN and
+    LOG2_T are read by the autotuner only (its key).
     """
     i_n, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NC = tl.num_programs(1)
@@ -235,11 +285,11 @@ def _diag_chunk_kernel(
 
 
 # ---------------------------------------------------------------- K = 2..4: K×K blocks
-@triton.autotune(configs=_block_configs(), key=_KEY)
+@triton.autotune(configs=_block_configs(), key=_KEY, prune_configs_by=_PRUNE)
 @triton.jit
 def _block_chunk_kernel(
     A, X, S0, SIN, AS, XS, H, FIN, HF, H0, DA,
-    T, N, L, K: tl.constexpr,
+    T, N, L, LOG2_BXN, LOG2_T, K: tl.constexpr,
     REV: tl.constexpr, BWD: tl.constexpr, SUMMARY: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_SIN: tl.constexpr, HAS_H0: tl.constexpr,
     KP: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, DOT_SCAN: tl.constexpr,
@@ -424,20 +474,42 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _sm_count(device: torch.device) -> int:
+    """SMs of ``device`` on a GPU; _DEFAULT_SMS under the interpreter (or off a CUDA device)."""
+    if _INTERPRET or device.type != "cuda":
+        return _DEFAULT_SMS
+    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _min_block_n(K: int) -> int:
+    """The narrowest channel block of the GPU configs (the most programs a call can launch)."""
+    return min(BN for _, BN, _ in _DIAG_GPU) if K == 1 else min(BN for BN, _, _ in _BLOCK_GPU)
+
+
 def _chunk_length(B: int, T: int, N: int, K: int, device: torch.device) -> int:
-    """Steps per chunk. One chunk (single pass, 3 memory passes) when B·N channel blocks alone
-    give every SM work; otherwise enough chunks for ~2 programs per SM (5 memory passes)."""
+    """Steps per chunk. One chunk (single pass, 3 memory passes) when the B·⌈N/BN⌉ channel blocks
+    alone reach one wave (_PROGRAMS_PER_SM programs per SM); otherwise NC chunks (5 memory passes)
+    for at least one wave, NC chosen among [nc_min, 2·nc_min] for the most whole waves, no chunk
+    shorter than min_chunk steps, lengths in whole tiles of every BT of the configs."""
     if _INTERPRET:
         return _INTERPRET_CHUNK
-    n_sm = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-    programs = B * triton.cdiv(N, 32)  # the smallest channel block the configs use
-    if programs >= n_sm // 2:
+    wave = _PROGRAMS_PER_SM * _sm_count(device)
+    programs = B * triton.cdiv(N, _min_block_n(K))
+    if programs >= wave:
         return T
     min_chunk = 512 if K == 1 else 128
-    nc = min(triton.cdiv(2 * n_sm, programs), triton.cdiv(T, min_chunk))
-    if nc <= 1:
+    nc_max = triton.cdiv(T, min_chunk)
+    nc_min = min(triton.cdiv(wave, programs), nc_max)
+    if nc_min <= 1:
         return T
-    return triton.cdiv(triton.cdiv(T, nc), 128) * 128  # whole tiles of every BT in the configs
+    best = None
+    for c in range(nc_min, min(2 * nc_min, nc_max) + 1):
+        L = triton.cdiv(triton.cdiv(T, c), 128) * 128  # whole tiles of every BT in the configs
+        nc = triton.cdiv(T, L)  # rounding L up can merge chunks: judge the chunks actually launched
+        score = (programs * nc >= wave, _wave_efficiency(programs * nc, wave), -nc)
+        if best is None or score > best[0]:
+            best = (score, L)
+    return best[1]
 
 
 def _scan(A, X, S0, *, rev: bool, bwd: bool, H, FIN, HF=None, H0=None, DA=None, chunk=None, meta=None):
@@ -457,6 +529,7 @@ def _scan(A, X, S0, *, rev: bool, bwd: bool, H, FIN, HF=None, H0=None, DA=None, 
         launch = kernel
         grid = lambda m: (triton.cdiv(N, m["BN"]), NC, B)  # noqa: E731
     dummy = X
+    buckets = (_bucket(B * N), _bucket(T))  # LOG2_BXN, LOG2_T: autotune key only
     flags = dict(REV=rev, BWD=bwd, HAS_H0=H0 is not None)
     SIN = None
     if NC > 1:
@@ -464,7 +537,7 @@ def _scan(A, X, S0, *, rev: bool, bwd: bool, H, FIN, HF=None, H0=None, DA=None, 
         AS = torch.empty(B, NC, N, K, K, **f32)
         XS = torch.empty(B, NC, N, K, **f32)
         launch[grid](
-            A, X, dummy, dummy, AS, XS, dummy, dummy, dummy, dummy, dummy, T, N, L, K,
+            A, X, dummy, dummy, AS, XS, dummy, dummy, dummy, dummy, dummy, T, N, L, *buckets, K,
             SUMMARY=True, HAS_S0=False, HAS_SIN=False, **flags, **extra,
         )
         SIN = torch.empty(B, NC, N, K, **f32)
@@ -475,7 +548,7 @@ def _scan(A, X, S0, *, rev: bool, bwd: bool, H, FIN, HF=None, H0=None, DA=None, 
         )
     launch[grid](
         A, X, dummy if S0 is None else S0, dummy if SIN is None else SIN, dummy, dummy, H, FIN,
-        dummy if HF is None else HF, dummy if H0 is None else H0, dummy if DA is None else DA, T, N, L, K,
+        dummy if HF is None else HF, dummy if H0 is None else H0, dummy if DA is None else DA, T, N, L, *buckets, K,
         SUMMARY=False, HAS_S0=S0 is not None, HAS_SIN=SIN is not None, **flags, **extra,
     )
 

@@ -111,20 +111,105 @@ def test_interpreter_has_one_config():
 
 
 def test_chunk_length_heuristic(monkeypatch):
-    # the launcher's choice of chunk length, with the GPU rule (132 SMs, as on an H200)
+    # the launcher's choice of chunk length, with the GPU rule (132 SMs, as on an H200): a single
+    # pass only with at least 4 programs per SM (528) at the narrowest block width (32 for K = 1)
     from nlseq.kernels import scan as tk
 
     monkeypatch.setattr(tk, "_INTERPRET", False)
     monkeypatch.setattr(tk, "_num_sms", lambda index: 132)
     dev = torch.device("cuda", 0)
-    # B·N fills the GPU: one chunk, a single pass
+    assert tk._PROGRAMS_PER_SM == 4
+    # B·N fills a wave: one chunk, a single pass (64·32 = 2048 and 32·32 = 1024 programs >= 528)
     assert tk._chunk_length(64, 2048, 1024, 1, dev) == 2048
+    assert tk._chunk_length(32, 4096, 1024, 1, dev) == 4096
+    # 16×512 gives 256 programs, under one wave: 3..6 chunks are the candidates, 4 fills 1024 of
+    # 1056 slots (two whole waves, 97 %), 3 only 768 (73 %): 4 chunks of 1024 steps
+    assert tk._chunk_length(16, 4096, 512, 1, dev) == 1024
+    # the SM count is the device's: on a 16-SM part the same call fills a wave in one pass
+    monkeypatch.setattr(tk, "_num_sms", lambda index: 16)
     assert tk._chunk_length(16, 4096, 512, 1, dev) == 4096
-    # few channels, long T: several chunks of whole tiles, each at least min_chunk long
+    monkeypatch.setattr(tk, "_num_sms", lambda index: 132)
+    # few channels, long T: several chunks of whole tiles, each at least min_chunk long, and at
+    # least one wave of programs
     L = tk._chunk_length(2, 65536, 256, 1, dev)
-    assert L % 128 == 0 and 512 <= L < 65536 and -(-65536 // L) >= 2
+    nc = -(-65536 // L)
+    assert L % 128 == 0 and 512 <= L < 65536 and 2 * 8 * nc >= 528
     # short T is never split below min_chunk
     assert tk._chunk_length(1, 300, 4, 1, dev) == 300
+    # K > 1: narrowest block 16 channels, chunks of at least 128 steps; 4·4 programs would want
+    # 33 chunks, min_chunk caps them at 16
+    assert tk._chunk_length(4, 2048, 64, 3, dev) == 128
+    L = tk._chunk_length(4, 65536, 64, 3, dev)
+    assert L % 128 == 0 and L >= 128 and 4 * 4 * (-(-65536 // L)) >= 528
+
+
+def test_default_sm_count_off_gpu():
+    # under the interpreter (and on a CPU tensor) the rule uses the documented default
+    from nlseq.kernels import scan as tk
+
+    assert tk._sm_count(torch.device("cpu")) == tk._DEFAULT_SMS == 132
+
+
+def _named(B, T, N, L, dtype=torch.float32):
+    return {"X": torch.zeros(B, 1, 1, 1, dtype=dtype), "N": N, "T": T, "L": L}
+
+
+def test_prune_keeps_whole_waves():
+    # early_config_prune of both chunk kernels, on the GPU config lists (wave = 4 · 132 = 528)
+    import triton
+
+    from nlseq.kernels import scan as tk
+
+    configs = [triton.Config({"BT": BT, "BN": BN}, num_warps=w) for BT, BN, w in tk._DIAG_GPU]
+    # B·N = 64·1024: BN 64 -> 1024 programs (97 %), 128 -> 512 (< one wave), 32 -> 2048 (97 %)
+    kept = tk._prune_configs(configs, _named(64, 2048, 1024, 2048))
+    assert {c.kwargs["BN"] for c in kept} == {32, 64}
+    # B·N = 8·1024 in 4 chunks: BN 32 -> 1024 programs, 64 -> 512 (< wave), 128 -> 256
+    kept = tk._prune_configs(configs, _named(8, 4096, 1024, 1024))
+    assert {c.kwargs["BN"] for c in kept} == {32}
+    # nothing fills a wave: the narrowest blocks (most programs) are kept
+    kept = tk._prune_configs(configs, _named(1, 512, 64, 512))
+    assert {c.kwargs["BN"] for c in kept} == {32} and len(kept) == 1
+    # 132·4·128 channels: every width gives whole waves, all configs stay
+    assert len(tk._prune_configs(configs, _named(4, 512, 132 * 128, 512))) == len(configs)
+    # K > 1 configs prune the same way
+    bconfigs = [triton.Config({"BT": 1, "BN": BN}, num_warps=w, num_stages=s) for BN, w, s in tk._BLOCK_GPU]
+    kept = tk._prune_configs(bconfigs, _named(1, 256, 100, 128))
+    assert {c.kwargs["BN"] for c in kept} == {16}
+
+
+def test_wave_efficiency_and_buckets():
+    from nlseq.kernels import scan as tk
+
+    assert tk._wave_efficiency(528, 528) == 1.0
+    assert tk._wave_efficiency(529, 528) == pytest.approx(529 / 1056)
+    assert [tk._bucket(x) for x in (0, 1, 2, 3, 4, 5, 1024, 1025)] == [0, 0, 1, 2, 2, 3, 10, 11]
+
+
+def test_autotune_key_and_prune_are_wired():
+    # the autotuner of both kernels keys on the B·N and T buckets and prunes with the wave rule
+    from nlseq.kernels import scan as tk
+
+    for kernel in (tk._diag_chunk_kernel, tk._block_chunk_kernel):
+        assert list(kernel.keys) == ["N", "K", "BWD", "SUMMARY", "LOG2_BXN", "LOG2_T"]
+        assert kernel.early_config_prune is tk._prune_configs
+        assert {"LOG2_BXN", "LOG2_T"} <= set(kernel.arg_names)
+
+
+def test_autotune_first_keeps_the_first_gpu_config(monkeypatch):
+    # NLSEQ_AUTOTUNE_FIRST=1 (kernels/_autotune.py) keeps only the first config of each GPU list
+    from nlseq.kernels import scan as tk
+
+    monkeypatch.setattr(tk, "_INTERPRET", False)
+    monkeypatch.delenv("NLSEQ_AUTOTUNE_FIRST", raising=False)
+    full_d, full_b = tk._diag_configs(), tk._block_configs()
+    assert len(full_d) == len(tk._DIAG_GPU) and len(full_b) == len(tk._BLOCK_GPU)
+    monkeypatch.setenv("NLSEQ_AUTOTUNE_FIRST", "1")
+    first_d, first_b = tk._diag_configs(), tk._block_configs()
+    assert [c.kwargs for c in first_d] == [full_d[0].kwargs]
+    assert [c.kwargs for c in first_b] == [full_b[0].kwargs]
+    monkeypatch.setenv("NLSEQ_AUTOTUNE_FIRST", "0")
+    assert len(tk._diag_configs()) == len(full_d)
 
 
 _AOT_SCRIPT = r"""
