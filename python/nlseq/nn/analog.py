@@ -160,7 +160,7 @@ class _AnalogRNNBase(_AnalogBase):
     _MODE = ""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 batch_first: bool = True, dropout: float = 0.0, bidirectional: bool = False,
                  config: Optional[CrossbarConfig] = None, adc_bits: int = 5, seed: int = 0, *,
                  cmp_offset: float = 0.0, cmp_noise: float = 0.0, linear_range: float = 4.0,
                  backend: str = "auto", device=None, dtype=None):
@@ -322,6 +322,8 @@ class AnalogLSTM(_AnalogRNNBase):
     h = o⊙tanh(c) with tanh(c) from an NL-ADC too. Parameters as torch.nn.LSTM
     (``weight_ih_l0`` ...), so ``from_digital`` copies a trained LSTM's state dict.
     Returns ``(output, (h_n, c_n))`` like torch.nn.LSTM; unidirectional, no projections.
+    ``batch_first`` defaults to True, as in every nlseq module (x [B, T, I]); ``from_digital`` and
+    ``nlseq.analog.convert`` copy the digital module's setting, so a converted nn.LSTM keeps its layout.
     """
 
     _MODE = "LSTM"
