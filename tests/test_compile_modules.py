@@ -91,3 +91,44 @@ def test_uncompiled_eval_forward_needs_programmed_crossbars_under_compile():
     m = AnalogLinear(4, 3).eval()
     with pytest.raises(Exception, match="program the crossbars before compiling"):
         torch.compile(m, fullgraph=True, backend="eager")(torch.randn(2, 4))
+
+
+def _cell(h, x, w):
+    return torch.tanh(w * h + x)
+
+
+def test_newton_solve_user_cell_compiles_fullgraph_with_a_device_side_check():
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 11, 5, generator=g, dtype=torch.float64)
+    w = (torch.rand(5, generator=g, dtype=torch.float64) * 0.8).requires_grad_()
+
+    def solve(x, w):
+        return nlseq.newton_solve(_cell, x, params=(w,), max_iters=8, return_info=True)
+
+    y_e, info_e = solve(x, w)
+    counter = Counter()
+    y_c, info_c = torch.compile(solve, fullgraph=True, backend=counter)(x, w)
+    torch.testing.assert_close(y_c, y_e, atol=1e-12, rtol=1e-12)
+    assert isinstance(info_e.residual, float) and isinstance(info_e.iterations, int)
+    assert isinstance(info_c.residual, torch.Tensor) and info_c.iterations == 8 and float(info_c.residual) <= 1e-10
+    (ge,) = torch.autograd.grad(y_e.sum(), w)
+    (gc,) = torch.autograd.grad(y_c.sum(), w)
+    torch.testing.assert_close(gc, ge, atol=1e-12, rtol=1e-12)
+    assert counter.graphs == 1
+
+    def diverges(x):  # one Newton step cannot reach tol = 1e-14 for this cell
+        return nlseq.newton_solve(_cell, x * 3, params=(torch.full((5,), 0.99, dtype=torch.float64),), max_iters=1,
+                                  tol=1e-14)
+
+    with pytest.raises(RuntimeError, match="did not reach the residual"):
+        torch.compile(diverges, fullgraph=True, backend="aot_eager")(x)
+
+
+def test_newton_info_holds_python_numbers_in_eager():
+    m = ParaGRU(4, 6, heads=1, backend="reference", mode="newton")
+    m(torch.randn(2, 7, 4))
+    assert isinstance(m.last_info.iterations, int) and isinstance(m.last_info.residual, float)
+    _, info = nlseq.pararnn("gru", torch.randn(1, 3, 3, 4), torch.zeros(3, 4), return_info=True, backend="reference",
+                            mode="newton")
+    assert isinstance(info.iterations, int) and isinstance(info.residual, float)

@@ -21,7 +21,7 @@ other rows 0.
 
 The input projection U = Wx + b is one batched GEMM over heads outside the recurrence; the
 recurrence runs in ``nlseq.pararnn`` (Newton or sequential, see ``mode``). After each forward,
-``last_info`` holds a ``NewtonInfo`` (iterations and residual, as tensors).
+``last_info`` holds a ``NewtonInfo`` (iterations and residual as Python numbers).
 """
 from __future__ import annotations
 
