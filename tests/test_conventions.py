@@ -101,3 +101,16 @@ def test_custom_rotary_hook_gets_the_positions():
         SoftplusAttention(16, 2, rotary=hook, rope_theta=1e4)
     with pytest.raises(ValueError, match="positions must be"):
         m(torch.randn(1, 2, 16), positions=torch.arange(3))
+
+
+def test_nladc_tensors_feed_analog_mvm_without_casts():
+    from nlseq.analog import NLADC
+
+    adc = NLADC("sigmoid", 5)
+    assert adc.thresholds.dtype == torch.float64
+    g = torch.Generator().manual_seed(5)
+    x, w = torch.randn(3, 4, generator=g), torch.randn(6, 4, generator=g)
+    cs = torch.ones(6)
+    y64 = nlseq.analog_mvm(x, w, cs, adc.thresholds, adc.levels, backend="reference")
+    y32 = nlseq.analog_mvm(x, w, cs, adc.thresholds.float(), adc.levels.float(), backend="reference")
+    assert torch.equal(y64, y32)

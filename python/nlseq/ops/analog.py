@@ -26,6 +26,7 @@ IMPLEMENTED = ("cuda", "triton", "cpp", "reference")
 ACTIVATIONS = ("sigmoid", "tanh", "hardtanh", "identity")
 MAX_BITS = 16
 _F32 = (torch.float32,)
+_F32_F64 = (torch.float32, torch.float64)
 
 
 # ---------------------------------------------------------------- launchers, one per backend
@@ -178,7 +179,8 @@ def analog_mvm(
 
     Shapes: x [..., K] (leading dims flattened), weight [N, K] (programmed weights, digital units),
     col_scale [N] (µA per digital unit), thresholds [N, L−1] or [L−1] (µA, non-decreasing along
-    the last dim), levels [N, L] or [L], L = 2^bits with 1 <= bits <= 16. Returns y [..., N] in
+    the last dim), levels [N, L] or [L], L = 2^bits with 1 <= bits <= 16; thresholds and levels
+    may be float64 (``NLADC.thresholds`` / ``.levels`` as they are) and are rounded to float32. Returns y [..., N] in
     x's dtype. All math in float32 (inputs of other dtypes are converted). ``act`` names the
     ideal activation whose derivative is the straight-through gradient ("sigmoid", "tanh",
     "hardtanh", "identity"), or column groups "sigmoid:256,tanh:128,..." summing to N;
@@ -194,11 +196,13 @@ def analog_mvm(
         raise ValueError(f"nlseq.{OP}: x must have K = weight.shape[1] = {K} features in its last dim {_LAYOUT}, got shape {tuple(x.shape)}")
     check_tensor("col_scale", col_scale, op=OP, ndim=1, dtypes=_F32, layout=_LAYOUT)
     check_shape("col_scale", col_scale, (N,), op=OP, layout=_LAYOUT)
-    check_tensor("levels", levels, op=OP, ndim=(1, 2), dtypes=_F32, layout=_LAYOUT)
+    # thresholds/levels: float32, or float64 as nlseq.analog.NLADC keeps them (rounded to float32 here: the
+    # comparisons run in float32 on every backend)
+    check_tensor("levels", levels, op=OP, ndim=(1, 2), dtypes=_F32_F64, layout=_LAYOUT)
     L = levels.shape[-1]
     if L < 2 or L & (L - 1) or L > (1 << MAX_BITS):
         raise ValueError(f"nlseq.{OP}: levels must have L = 2^bits entries with 1 <= bits <= {MAX_BITS}, got L = {L}")
-    check_tensor("thresholds", thresholds, op=OP, ndim=(1, 2), dtypes=_F32, layout=_LAYOUT)
+    check_tensor("thresholds", thresholds, op=OP, ndim=(1, 2), dtypes=_F32_F64, layout=_LAYOUT)
     check_shape("thresholds", thresholds, ((N,) if thresholds.dim() == 2 else ()) + (L - 1,), op=OP, layout=_LAYOUT)
     if levels.dim() == 2:
         check_shape("levels", levels, (N, L), op=OP, layout=_LAYOUT)
@@ -229,8 +233,8 @@ def analog_mvm(
         if noise.device != x.device:
             raise ValueError(f"nlseq.{OP}: noise must be on the device of x ({x.device}), got {noise.device}")
         noise = noise.reshape(M, N).contiguous()
-    thr = thresholds.expand(N, L - 1).contiguous()
-    lev = levels.expand(N, L).contiguous()
+    thr = thresholds.to(torch.float32).expand(N, L - 1).contiguous()
+    lev = levels.to(torch.float32).expand(N, L).contiguous()
     name = _registry.resolve(backend, x.device, OP, IMPLEMENTED)
     if M == 0:
         y = x2.new_zeros(0, N)
