@@ -450,8 +450,8 @@ def test_opcheck(backend):
 
     x, w, cs, thr, lev, noise = _grid_problem(4, 6, 5, 3, torch.device("cpu"))
     for nz in (None, noise):
-        args = (x.requires_grad_(), w.requires_grad_(), cs, thr, lev, nz, 8, 127 / 16, 0.25, 4.0, 1, 2,
-                "sigmoid", backend)
+        args = (x.requires_grad_(), w.requires_grad_(), cs, thr, lev, nz, 8, 127 / 16, 0.25, 4.0, 1,
+                torch.tensor(2), "sigmoid", backend)
         torch.library.opcheck(_analog_mvm_op, args)
 
 

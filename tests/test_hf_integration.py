@@ -118,3 +118,81 @@ def test_dropout_raises():
 def test_register_rejects_bad_p():
     with pytest.raises(ValueError, match="p must be"):
         nlseq_hf.register(p=0)
+
+
+def _no_dense_path(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dense O(T²) masked path ran")
+
+    monkeypatch.setattr(nlseq_hf, "_masked_attention", refuse)
+
+
+@pytest.mark.parametrize("impl", ["lssa", "lssar"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batches_run_the_fused_kernels_and_match_unpadded_rows(monkeypatch, side, impl):
+    """Padding is unpadded to cu_seqlens (no dense mask), and every real row equals the row run alone."""
+    model = make_model("llama", impl).double()
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(1, VOCAB, (3, 10), generator=g)
+    mask = torch.ones_like(ids)
+    lengths = [10, 6, 3]
+    for b, n in enumerate(lengths):
+        pads = slice(0, 10 - n) if side == "left" else slice(n, 10)
+        mask[b, pads] = 0
+        ids[b, pads] = 0
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    _no_dense_path(monkeypatch)
+    with torch.no_grad():
+        batch = model(ids, attention_mask=mask, position_ids=position_ids).logits
+        for b, n in enumerate(lengths):
+            real = slice(10 - n, 10) if side == "left" else slice(0, n)
+            alone = model(ids[b:b + 1, real]).logits
+            torch.testing.assert_close(batch[b:b + 1, real], alone, atol=1e-10, rtol=1e-10)
+
+
+def test_padded_path_gradients_equal_the_dense_path():
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 4, 6, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 2, 6, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2, 6, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    pad = torch.ones(2, 6, dtype=torch.bool)
+    pad[1, :2] = False
+    pos = torch.arange(6)
+    dense_mask = pad[:, None, None, :] & (pos[None, :] <= pos[:, None])
+    for p in (None, 3.0):
+        a = nlseq_hf._padded_attention(q, k, v, pad, True, p)
+        b = nlseq_hf._masked_attention(q, k, v, dense_mask, p)
+        real = pad[:, None, :, None].expand_as(a)
+        torch.testing.assert_close(a[real], b[real])
+        w = torch.randn(a.shape, generator=g, dtype=torch.float64) * real
+        ga = torch.autograd.grad((a * w).sum(), (q, k, v))
+        gb = torch.autograd.grad((b * w).sum(), (q, k, v))
+        for x, y in zip(ga, gb):
+            torch.testing.assert_close(x, y)
+
+
+def test_generate_with_left_padding_uses_the_fused_path(monkeypatch):
+    model = make_model("llama", "lssa")
+    ids = torch.randint(1, VOCAB, (2, 6), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    ids[1, :2] = 0
+    _no_dense_path(monkeypatch)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        alone = model.generate(ids[1:, 2:], max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(out[1:, 2:], alone)
+
+
+def test_dropout_can_be_ignored_with_a_warning():
+    model = make_model("gpt2", "lssa").train()
+    for block in model.transformer.h:
+        block.attn.attn_dropout.p = 0.1
+    nlseq_hf.register(attention_dropout="ignore")
+    try:
+        with pytest.warns(UserWarning, match="dropout 0.1 is skipped"):
+            model(torch.zeros(1, 4, dtype=torch.long))
+    finally:
+        nlseq_hf.register()
+    with pytest.raises(ValueError, match="attention_dropout must be one of"):
+        nlseq_hf.register(attention_dropout="drop")

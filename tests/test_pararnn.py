@@ -266,7 +266,7 @@ def test_module_outputs_and_gradients_fp64(backend, cell, mode, heads, T):
         y, h_n = m(x, state[0])
         finals = [h_n]
     else:
-        y, (c_n, h_n) = m(x, tuple(state))
+        y, (h_n, c_n) = m(x, (state[1], state[0]))  # torch.nn.LSTM's (h, c); `state` is in kernel order [c, h]
         finals = [c_n, h_n]
     loss = (y * wy).sum() + sum((f * (k + 1)).sum() for k, f in enumerate(finals))
     params = dict(m.named_parameters())

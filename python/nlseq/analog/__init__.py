@@ -5,12 +5,15 @@
 - ``NLADC``: a ramp ADC whose pre-distorted ramp outputs the activation (sigmoid, tanh, ...).
 - ``program_weights``: map a weight matrix to programmed differential conductance pairs.
 - ``from_digital``: convert torch.nn.Linear / LSTM / GRU modules to their analog counterparts.
+- ``convert``, ``program``, ``drift``, ``reset_noise``, ``to_digital``: the same for a whole model
+  (every supported layer), programmed, aged and replayed together (``nlseq/analog/convert.py``).
 
 The fused kernel is ``nlseq.analog_mvm`` (python/nlseq/ops/analog.py); the modules are
 ``nlseq.nn.AnalogLinear``, ``AnalogLSTM`` and ``AnalogGRU``.
 """
 from .adc import NLADC, ProgrammedADC
 from .config import CrossbarConfig, ProgrammedWeights, program_conductances, program_weights
+from .convert import analog_modules, convert, drift, program, reset_noise, to_digital
 
 
 def from_digital(module, config=None, adc_bits: int = 5, **kwargs):
@@ -26,4 +29,5 @@ def from_digital(module, config=None, adc_bits: int = 5, **kwargs):
 
 
 __all__ = ["CrossbarConfig", "NLADC", "ProgrammedADC", "ProgrammedWeights", "program_weights",
-           "program_conductances", "from_digital"]
+           "program_conductances", "from_digital", "convert", "program", "drift", "reset_noise", "to_digital",
+           "analog_modules"]

@@ -11,9 +11,16 @@ every product on a simulated crossbar through the fused op ``nlseq.analog_mvm``:
   for hardware-aware training) and gradients reach the digital weights straight through.
 - reading: fresh read, output and comparator noise on every forward, from Philox keyed by the
   module's seed and a draw counter (``reset_noise()`` rewinds it, so a run replays exactly).
+
+Under ``torch.compile`` (fullgraph): every random draw happens inside a registered op keyed by
+(seed, counter), the counters are 0-dim int64 CPU tensors (no host read, no recompilation as they
+move), the training-mode programming is the op ``nlseq::analog_program`` and the whole-layer
+kernel is ``nlseq::analog_rnn``, both with fake kernels. An eval-mode forward reads the crossbars
+programmed before: call ``program()`` (or ``nlseq.analog.program(model)``) before compiling it.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Sequence
 
 import torch
@@ -23,9 +30,44 @@ from torch import Tensor
 from .._checks import FLOAT_DTYPES, check_backend, check_bool, check_float, check_int, check_tensor, check_tuple
 from ..analog.adc import NLADC
 from ..analog.config import CrossbarConfig, program_weights
-from ..ops.analog import analog_mvm
+from ..ops.analog import analog_mvm, analog_normals_op, analog_rnn_op
 
 _PHILOX_SEED_SALT = 0x5EED_A11A  # keeps the read-noise stream apart from the programming generator
+_CMP_SEED_SALT = 0xC0_4A1A_7035  # the cell ADCs' comparator-noise stream, apart from the crossbar reads
+_LIVE: "weakref.WeakValueDictionary[str, _AnalogBase]" = weakref.WeakValueDictionary()
+
+
+def _live_module(key: str) -> "_AnalogBase":
+    try:
+        return _LIVE[key]
+    except KeyError:
+        raise RuntimeError(f"nlseq::analog_program: no live analog module {key!r} (it was deleted)") from None
+
+
+@torch.library.custom_op("nlseq::analog_program", mutates_args=())
+def _analog_program_op(Ws: list[Tensor], key: str, offset: Tensor) -> list[Tensor]:
+    """One training-mode programming of a module's crossbars (and cell ADC ramps), drawn from a
+    generator seeded by (module seed, ``offset``): [weight, col_scale, thresholds, levels] per
+    crossbar, then the cell ADC thresholds of each layer (RNNs)."""
+    m = _live_module(key)
+    g = torch.Generator().manual_seed((m.seed * 0x9E3779B1 + int(offset) + 1) % (2**63))
+    out = []
+    for W, banks in zip(Ws, m._bank_specs()):
+        p = _program_crossbar(W, banks, m.config, g)
+        out += [p.weight.detach().clone(), p.col_scale.clone(), p.thresholds, p.levels]
+    return out + list(m._program_cell_adcs(g))
+
+
+@_analog_program_op.register_fake
+def _(Ws, key, offset):
+    m = _live_module(key)
+    out = []
+    for W, banks in zip(Ws, m._bank_specs()):
+        N, K = W.shape
+        L = banks[0][0].levels.numel()
+        out += [W.new_empty(N, K, dtype=torch.float32), W.new_empty(N, dtype=torch.float32),
+                W.new_empty(N, L - 1, dtype=torch.float32), W.new_empty(N, L, dtype=torch.float32)]
+    return out + [Ws[0].new_empty(shape, dtype=torch.float32) for shape in m._cell_adc_shapes()]
 
 
 class _Programmed:
@@ -86,11 +128,30 @@ class _AnalogBase(tnn.Module):
         self.backend = backend
         self._generator = torch.Generator().manual_seed(self.seed)
         self._programmed: Optional[list[_Programmed]] = None
-        self._draws = 0
+        self._cell_adc_state: list[Tensor] = []
+        # draw counters: 0-dim int64 CPU tensors, not buffers (they stay on the host when the module moves)
+        self._noise_offset = torch.zeros((), dtype=torch.int64)
+        self._program_offset = torch.zeros((), dtype=torch.int64)
+        self._register_live()
+
+    def _register_live(self) -> None:
+        self._key = f"{type(self).__name__}:{id(self)}"
+        _LIVE[self._key] = self
+
+    def __setstate__(self, state):  # deepcopy / unpickle: a new object, a new key
+        super().__setstate__(state)
+        self._noise_offset = self._noise_offset.clone()
+        self._program_offset = self._program_offset.clone()
+        self._register_live()
+
+    @property
+    def _draws(self) -> int:
+        """Read-noise draws so far (the Philox offset of the next read)."""
+        return int(self._noise_offset)
 
     def reset_noise(self, offset: int = 0) -> None:
         """Rewind the read-noise stream (the Philox offset) to ``offset``."""
-        self._draws = check_int(f"nn.{type(self).__name__}.reset_noise", "offset", offset, lo=0, hi=2**63 - 1)
+        self._noise_offset.fill_(check_int(f"nn.{type(self).__name__}.reset_noise", "offset", offset, lo=0, hi=2**63 - 1))
 
     def program(self, generator: Optional[torch.Generator] = None) -> "_AnalogBase":
         """Program the weights and ADC ramps now (programming noise, stuck devices, drift,
@@ -99,20 +160,48 @@ class _AnalogBase(tnn.Module):
             raise TypeError(f"nlseq.nn.{type(self).__name__}.program: generator must be a torch.Generator or None, "
                             f"got {type(generator).__name__}")
         g = self._generator if generator is None else generator
-        self._programmed = [_program_crossbar(W, banks, self.config, g) for W, banks in self._crossbars()]
+        with torch.no_grad():  # the stored programming is a snapshot: no autograd graph back to the weights
+            self._programmed = [_program_crossbar(W, banks, self.config, g) for W, banks in self._crossbars()]
         return self
 
-    def _state(self) -> list[_Programmed]:
+    def _state(self) -> tuple[list[_Programmed], list[Tensor]]:
+        """(programmed crossbars, cell ADC thresholds per layer): afresh in training, else the stored ones."""
         if self.training and torch.is_grad_enabled():
-            return [_program_crossbar(W, banks, self.config, self._generator) for W, banks in self._crossbars()]
+            return self._program_for_training()
         if self._programmed is None:
+            if torch.compiler.is_compiling():
+                raise RuntimeError(f"{type(self).__name__}: program the crossbars before compiling an eval-mode forward "
+                                   "(call .program() or nlseq.analog.program(model) first)")
             with torch.no_grad():
                 self.program()
-        return self._programmed
+        return self._programmed, self._cell_adc_state
+
+    def _program_for_training(self) -> tuple[list[_Programmed], list[Tensor]]:
+        """Noise injection for hardware-aware training: a fresh programming through the registered op,
+        weights straight through to the digital parameters."""
+        crossbars = self._crossbars()
+        flat = _analog_program_op([W.detach() for W, _ in crossbars], self._key, self._program_offset.clone())
+        self._program_offset.add_(1)
+        out = []
+        for i, (W, banks) in enumerate(crossbars):
+            pw, cs, thr, lev = flat[4 * i:4 * i + 4]
+            na, nb = self.config.noise_coefficients(W.shape[1], banks[0][0].cmp_noise)
+            out.append(_Programmed(W + (pw - W).detach(), cs, thr, lev, na, nb))
+        return out, list(flat[4 * len(crossbars):])
+
+    def _bank_specs(self) -> list[list[tuple[NLADC, int]]]:
+        """The ADC banks (adc, columns) of every crossbar, in ``_crossbars`` order."""
+        raise NotImplementedError
+
+    def _program_cell_adcs(self, g: torch.Generator) -> list[Tensor]:
+        return []
+
+    def _cell_adc_shapes(self) -> list[tuple[int, int]]:
+        return []
 
     def _mvm(self, x: Tensor, p: _Programmed, act: str) -> Tensor:
-        offset = self._draws
-        self._draws += 1
+        offset = self._noise_offset.clone()
+        self._noise_offset.add_(1)
         return analog_mvm(x, p.weight, p.col_scale, p.thresholds, p.levels, in_bits=self.config.in_bits,
                           x_max=self.config.x_max, noise_a=p.noise_a, noise_b=p.noise_b,
                           seed=(self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1), offset=offset, act=act,
@@ -150,9 +239,12 @@ class AnalogLinear(_AnalogBase):
         self.bias = ref.bias
         self.adc = adc if adc is not None else NLADC("identity", 8, (-linear_range, linear_range))
 
+    def _bank_specs(self):
+        return [[(self.adc, self.out_features)]]
+
     def _crossbars(self):
         W = self.weight if self.bias is None else torch.cat([self.weight, self.bias[:, None]], dim=1)
-        return [(W, [(self.adc, self.out_features)])]
+        return [(W, self._bank_specs()[0])]
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, op="nn.AnalogLinear", layout=f"([..., in_features = {self.in_features}])",
@@ -160,7 +252,7 @@ class AnalogLinear(_AnalogBase):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"nlseq.nn.AnalogLinear: x must have in_features = {self.in_features} in its last dim, "
                              f"got shape {tuple(x.shape)}")
-        (p,) = self._state()
+        (p,), _ = self._state()
         if self.bias is not None:
             x = torch.cat([x, _ones_column(x)], dim=-1)
         return self._mvm(x, p, _act_string([(self.adc, self.out_features)]))
@@ -181,7 +273,7 @@ class _AnalogRNNBase(_AnalogBase):
     _MODE = ""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 batch_first: bool = True, dropout: float = 0.0, bidirectional: bool = False,
                  config: Optional[CrossbarConfig] = None, adc_bits: int = 5, seed: int = 0, *,
                  cmp_offset: float = 0.0, cmp_noise: float = 0.0, linear_range: float = 4.0,
                  backend: str = "auto", device=None, dtype=None):
@@ -208,7 +300,7 @@ class _AnalogRNNBase(_AnalogBase):
         self.sigmoid_adc = NLADC("sigmoid", adc_bits, **kw)
         self.tanh_adc = NLADC("tanh", adc_bits, **kw)
         self.linear_adc = NLADC("identity", adc_bits, (-linear_range, linear_range), **kw)
-        self._cell_adc_state = None  # (thresholds [H, L−1] in c units, offsets) per layer
+        # per layer: the cell ADC's thresholds [H, L−1] in c units (comparator offsets folded in)
 
     def _layer_params(self, k: int):
         w_ih, w_hh = getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}")
@@ -222,6 +314,9 @@ class _AnalogRNNBase(_AnalogBase):
         super().program(generator)
         self._cell_adc_state = self._program_cell_adcs(self._generator if generator is None else generator)
         return self
+
+    def _cell_adc_shapes(self):
+        return [(self.hidden_size, self.tanh_adc.levels.numel() - 1)] * self.num_layers
 
     def _program_cell_adcs(self, g: torch.Generator):
         """The NL-ADCs that read the digital cell value (tanh(c) in the LSTM, the n gate in the
@@ -240,24 +335,15 @@ class _AnalogRNNBase(_AnalogBase):
         v = u.detach()
         if adc.cmp_noise > 0:
             scale = self.config.v_read * self.config.g_max / self.config.x_max
-            z = torch.randn(v.shape, generator=self._noise_generator(), dtype=torch.float32).to(v.device)
-            v = v + z * (adc.cmp_noise / scale)
+            offset = self._noise_offset.clone()
+            self._noise_offset.add_(1)
+            z = analog_normals_op(v.float().contiguous(), (self.seed ^ _CMP_SEED_SALT) & (2**63 - 1), offset)
+            v = v + z.to(v.dtype) * (adc.cmp_noise / scale)
         codes = torch.searchsorted(thresholds, v.t().contiguous().float()).t()
         y = adc.levels.to(u.device, torch.float32)[codes].to(u.dtype)
         y = torch.where(torch.isnan(v), v.to(y.dtype), y)  # NaN in, NaN out, as every NL-ADC (nlseq/analog.h adc_level)
         ideal = torch.tanh(u)
         return ideal + (y - ideal).detach()
-
-    def _noise_generator(self) -> torch.Generator:
-        g = torch.Generator().manual_seed((self.seed ^ _PHILOX_SEED_SALT) + 7919 * self._draws)
-        self._draws += 1
-        return g
-
-    def _state(self):
-        states = super()._state()
-        if self._cell_adc_state is None or (self.training and torch.is_grad_enabled()):
-            self._cell_adc_state = self._program_cell_adcs(self._generator)
-        return states
 
     def forward(self, input: Tensor, hx=None):
         op = f"nn.Analog{self._MODE}"
@@ -273,7 +359,7 @@ class _AnalogRNNBase(_AnalogBase):
             x = x.transpose(0, 1)
         T, B, _ = x.shape
         H = self.hidden_size
-        states = self._state()
+        states, cell_thr = self._state()
         h0, c0 = self._initial_state(hx, B, x, batched)
         outs = x
         h_n, c_n = [], []
@@ -282,14 +368,14 @@ class _AnalogRNNBase(_AnalogBase):
             h = h0[k]
             c = None if c0 is None else c0[k]
             if fused and T > 0:
-                outs, h, c = self._layer_fused(outs, h, c, states[k], self._cell_adc_state[k])
+                outs, h, c = self._layer_fused(outs, h, c, states[k], cell_thr[k])
                 h_n.append(h)
                 c_n.append(c)
                 continue
             ys = []
             for t in range(T):
                 xh1 = torch.cat([outs[t], h, h.new_ones(B, 1)], dim=1)
-                h, c = self._cell(xh1, h, c, states[k], self._cell_adc_state[k], H)
+                h, c = self._cell(xh1, h, c, states[k], cell_thr[k], H)
                 ys.append(h)
             outs = torch.stack(ys) if T > 0 else outs.new_zeros(0, B, H)
             h_n.append(h)
@@ -321,10 +407,10 @@ class _AnalogRNNBase(_AnalogBase):
     def _layer_fused(self, x, h, c, p, cell_thr):
         """One layer by the whole-layer kernel: step t draws its noise at offset (draws + t), as
         the step path's t-th crossbar read does, so both paths replay the same stream."""
-        offset = self._draws
-        self._draws += x.shape[0]
+        offset = self._noise_offset.clone()
+        self._noise_offset.add_(x.shape[0])
         with torch.no_grad():
-            out, h_n, c_n = torch.ops.nlseq_ext.analog_rnn_fwd(
+            out, h_n, c_n = analog_rnn_op(
                 self._MODE.lower(), x.contiguous(), p.weight.detach().contiguous(), p.col_scale, p.thresholds,
                 p.levels, cell_thr, self.tanh_adc.levels.to(torch.float32), h.contiguous(),
                 None if c is None else c.contiguous(), self.config.in_bits, self.config.x_max, p.noise_a, p.noise_b,
@@ -374,17 +460,21 @@ class AnalogLSTM(_AnalogRNNBase):
     h = o⊙tanh(c) with tanh(c) from an NL-ADC too. Parameters as torch.nn.LSTM
     (``weight_ih_l0`` ...), so ``from_digital`` copies a trained LSTM's state dict.
     Returns ``(output, (h_n, c_n))`` like torch.nn.LSTM; unidirectional, no projections.
+    ``batch_first`` defaults to True, as in every nlseq module (x [B, T, I]); ``from_digital`` and
+    ``nlseq.analog.convert`` copy the digital module's setting, so a converted nn.LSTM keeps its layout.
     """
 
     _MODE = "LSTM"
 
-    def _crossbars(self):
+    def _bank_specs(self):
         H = self.hidden_size
+        return [[(self.sigmoid_adc, 2 * H), (self.tanh_adc, H), (self.sigmoid_adc, H)]] * self.num_layers
+
+    def _crossbars(self):
         out = []
-        for k in range(self.num_layers):
+        for k, banks in enumerate(self._bank_specs()):
             w_ih, w_hh, b_ih, b_hh = self._layer_params(k)
-            W = torch.cat([w_ih, w_hh, (b_ih + b_hh)[:, None]], dim=1)
-            out.append((W, [(self.sigmoid_adc, 2 * H), (self.tanh_adc, H), (self.sigmoid_adc, H)]))
+            out.append((torch.cat([w_ih, w_hh, (b_ih + b_hh)[:, None]], dim=1), banks))
         return out
 
     def _cell(self, xh1, h, c, p, cell_thr, H):
@@ -404,17 +494,20 @@ class AnalogGRU(_AnalogRNNBase):
 
     _MODE = "GRU"
 
+    def _bank_specs(self):
+        H = self.hidden_size
+        return [[(self.sigmoid_adc, 2 * H), (self.linear_adc, 2 * H)]] * self.num_layers
+
     def _crossbars(self):
         H = self.hidden_size
         out = []
-        for k in range(self.num_layers):
+        for k, banks in enumerate(self._bank_specs()):
             w_ih, w_hh, b_ih, b_hh = self._layer_params(k)
             I = w_ih.shape[1]
             rz = torch.cat([w_ih[:2 * H], w_hh[:2 * H], (b_ih[:2 * H] + b_hh[:2 * H])[:, None]], dim=1)
             xn = torch.cat([w_ih[2 * H:], w_ih.new_zeros(H, H), b_ih[2 * H:, None]], dim=1)
             hn = torch.cat([w_ih.new_zeros(H, I), w_hh[2 * H:], b_hh[2 * H:, None]], dim=1)
-            W = torch.cat([rz, xn, hn], dim=0)
-            out.append((W, [(self.sigmoid_adc, 2 * H), (self.linear_adc, 2 * H)]))
+            out.append((torch.cat([rz, xn, hn], dim=0), banks))
         return out
 
     def _cell(self, xh1, h, c, p, cell_thr, H):

@@ -1,7 +1,7 @@
 """``nlseq.nn.SoftplusAttention``: multi-head softplus attention (LSSA / LSSAR) with its projections."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +10,26 @@ from .._checks import check_backend, check_bool, check_float, check_int, check_s
 from ..ops.softplus_attention import softplus_attention
 
 _OP = "nn.SoftplusAttention"
+Rotary = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def rotary_embedding(x: Tensor, positions: Tensor, theta: float = 10000.0) -> Tensor:
+    """Rotary position embedding (RoPE, the rotate-half form of GPT-NeoX / Llama) of x [B, n, T, D].
+
+    Channel pairs (i, i + D/2) rotate by positions · theta^(−2i/D); the angles are computed in
+    float32 (float64 for float64 x). ``positions``: [T] or [B, T] integer positions.
+    """
+    D = x.shape[-1]
+    if D % 2:
+        raise ValueError(f"nlseq.nn.rotary_embedding: the head dim must be even, got D = {D}")
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    inv = theta ** (-torch.arange(0, D // 2, device=x.device, dtype=acc) * 2 / D)
+    ang = positions.to(device=x.device, dtype=acc)[..., None] * inv  # [(B,) T, D/2]
+    if ang.dim() == 3:
+        ang = ang[:, None]  # [B, 1, T, D/2]
+    cos, sin = torch.cos(ang).to(x.dtype), torch.sin(ang).to(x.dtype)
+    x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 class SoftplusAttention(nn.Module):
@@ -22,19 +42,24 @@ class SoftplusAttention(nn.Module):
         causal, reweight_p, qk_norm, backend: passed to ``nlseq.softplus_attention``
             (reweight_p=None is LSSA, p > 0 is LSSAR).
         bias: whether the four projections have a bias.
+        rope_theta: apply rotary position embeddings (``rotary_embedding``, base ``rope_theta``) to
+            q and k before the attention, hence before its QK-norm, as the paper's models do.
+        rotary: instead of ``rope_theta``, any callable ``rotary(q, k, positions) -> (q, k)`` on
+            q [B, H, T, D], k [B, Hkv, T, D] (e.g. a model's own RoPE with scaling).
 
     Parameters (``nn.Linear`` layout, weight [out, in]): q_proj [H·D, E], k_proj and v_proj
     [Hkv·D, E], o_proj [E, H·D].
 
-    ``forward(x, kv_cache=None) -> (out, kv_cache)``: x and out are [B, T, E] (batch first).
-    ``kv_cache`` is ``(k, v)`` with k, v [B, Hkv, T_past, D] from an earlier call (or None); the
-    returned cache holds the past and the new keys/values, and the new queries attend causally
-    with kv_offset = T_past.
+    ``forward(x, kv_cache=None, positions=None) -> (out, kv_cache)``: x and out are [B, T, E]
+    (batch first, as every nlseq module). ``kv_cache`` is ``(k, v)`` with k, v [B, Hkv, T_past, D]
+    from an earlier call (or None); the returned cache holds the past and the new keys/values (keys
+    already rotated), and the new queries attend causally with kv_offset = T_past. ``positions``
+    ([T] or [B, T]) are the rotary positions of x's rows, by default T_past, T_past + 1, ...
     """
 
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: Optional[int] = None, *, causal: bool = True,
                  reweight_p: Optional[float] = None, qk_norm: bool = True, bias: bool = False, backend: str = "auto",
-                 device=None, dtype=None):
+                 rope_theta: Optional[float] = None, rotary: Optional[Rotary] = None, device=None, dtype=None):
         super().__init__()
         check_int(_OP, "embed_dim", embed_dim, lo=1)
         check_int(_OP, "num_heads", num_heads, lo=1)
@@ -52,6 +77,16 @@ class SoftplusAttention(nn.Module):
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
         self.causal, self.reweight_p, self.qk_norm, self.backend = causal, reweight_p, qk_norm, backend
+        if rope_theta is not None and rotary is not None:
+            raise ValueError(f"nlseq.{_OP}: pass rope_theta or rotary, not both")
+        if rope_theta is not None:
+            rope_theta = check_float(_OP, "rope_theta", rope_theta, lo=1.0, lo_open=True, what="(the RoPE base, > 1)")
+            if self.head_dim % 2:
+                raise ValueError(f"nlseq.{_OP}: rotary embeddings need an even head dim, got {self.head_dim}")
+        if rotary is not None and not callable(rotary):
+            raise TypeError(f"nlseq.{_OP}: rotary must be callable(q, k, positions) -> (q, k), got "
+                            f"{type(rotary).__name__}")
+        self.rope_theta, self.rotary = rope_theta, rotary
         f = dict(device=device, dtype=dtype)
         self.q_proj = nn.Linear(embed_dim, num_heads * self.head_dim, bias=bias, **f)
         self.k_proj = nn.Linear(embed_dim, num_kv_heads * self.head_dim, bias=bias, **f)
@@ -62,7 +97,21 @@ class SoftplusAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)  # [B, n, T, D]
 
-    def forward(self, x: Tensor, kv_cache: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def _rotate(self, q: Tensor, k: Tensor, positions: Optional[Tensor], past: int) -> tuple[Tensor, Tensor]:
+        if self.rope_theta is None and self.rotary is None:
+            return q, k
+        T = q.shape[2]
+        if positions is None:
+            positions = torch.arange(past, past + T, device=q.device)
+        elif not isinstance(positions, Tensor) or positions.shape[-1] != T or positions.dim() not in (1, 2):
+            raise ValueError(f"nlseq.{_OP}: positions must be a tensor [T] or [B, T] with T = {T}, got "
+                             f"{tuple(positions.shape) if isinstance(positions, Tensor) else type(positions).__name__}")
+        if self.rotary is not None:
+            return self.rotary(q, k, positions)
+        return rotary_embedding(q, positions, self.rope_theta), rotary_embedding(k, positions, self.rope_theta)
+
+    def forward(self, x: Tensor, kv_cache: Optional[tuple[Tensor, Tensor]] = None,
+                positions: Optional[Tensor] = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         check_tensor("x", x, op=_OP, ndim=3, layout=f"[B, T, E = {self.embed_dim}]", device=self.q_proj.weight.device,
                      device_of="the module's parameters")
         if x.shape[-1] != self.embed_dim:
@@ -75,6 +124,8 @@ class SoftplusAttention(nn.Module):
         if kv_cache is not None:
             k_past, v_past = self._check_cache(kv_cache, k)
             past = k_past.shape[2]
+        q, k = self._rotate(q, k, positions, past)
+        if kv_cache is not None:
             k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
         o = softplus_attention(q, k, v, causal=self.causal, reweight_p=self.reweight_p, qk_norm=self.qk_norm,
                                kv_offset=past if self.causal else 0, backend=self.backend)
@@ -98,4 +149,6 @@ class SoftplusAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
-                f"causal={self.causal}, reweight_p={self.reweight_p}, qk_norm={self.qk_norm}")
+                f"causal={self.causal}, reweight_p={self.reweight_p}, qk_norm={self.qk_norm}"
+                + (f", rope_theta={self.rope_theta}" if self.rope_theta is not None else "")
+                + (", rotary=<callable>" if self.rotary is not None else ""))

@@ -3,9 +3,10 @@
 Signatures follow torch.nn.GRU / torch.nn.LSTM (single layer, unidirectional):
 
     ParaGRU:  y, h_n = gru(x, h0=None)             h0, h_n [1, B, N] (h0 may also be [B, N])
-    ParaLSTM: y, (c_n, h_n) = lstm(x, state=None)  state = (c0, h0), each [1, B, N] or [B, N]
+    ParaLSTM: y, (h_n, c_n) = lstm(x, state=None)  state = (h0, c0), each [1, B, N] or [B, N]
 
-Note the LSTM state order is (c, h), the paper's [c | h] state (torch.nn.LSTM uses (h, c)).
+The LSTM state pairs are (h, c), as torch.nn.LSTM's (the kernels store the paper's [c | h] state
+internally; the module swaps at its boundary).
 x is [B, T, I] with batch_first=True (the default) or [T, B, I]; y is [B, T, N] / [T, B, N].
 
 Parameters (documented layouts; names in the reference code in brackets):
@@ -20,7 +21,7 @@ other rows 0.
 
 The input projection U = Wx + b is one batched GEMM over heads outside the recurrence; the
 recurrence runs in ``nlseq.pararnn`` (Newton or sequential, see ``mode``). After each forward,
-``last_info`` holds a ``NewtonInfo`` (iterations and residual, as tensors).
+``last_info`` holds a ``NewtonInfo`` (iterations and residual as Python numbers).
 
 Non-convergence (docs/numerics.md): the modules default to ``on_nonconvergence="sequential"``,
 unlike the functional ``nlseq.pararnn`` ("raise"). A training run takes millions of steps, and a
@@ -200,8 +201,8 @@ class ParaLSTM(_ParaRNN):
     c̃ = tanh(a_c h₋ + W_c x + b_c), c = f c₋ + (1 − f) c̃, o = σ(a_o h₋ + p_o c + W_o x + b_o),
     h = o tanh(c).
 
-    Args as ``ParaGRU``. ``forward(x, state=None) -> (y, (c_n, h_n))`` with state = (c0, h0); note
-    the (c, h) order of the paper's state [c | h]; c_n, h_n are [1, B, N].
+    Args as ``ParaGRU``. ``forward(x, state=None) -> (y, (h_n, c_n))`` with state = (h0, c0), the
+    order of torch.nn.LSTM; h_n, c_n are [1, B, N].
     """
 
     cell = "lstm"
@@ -218,9 +219,9 @@ class ParaLSTM(_ParaRNN):
         s0 = None
         if state is not None:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise ValueError(f"nlseq.nn.ParaLSTM: state must be a pair (c0, h0), each [1, B, N] or [B, N], got "
+                raise ValueError(f"nlseq.nn.ParaLSTM: state must be a pair (h0, c0), each [1, B, N] or [B, N], got "
                                  f"{type(state).__name__}{' of ' + str(len(state)) if isinstance(state, (tuple, list)) else ''}")
-            c0, h0 = self._state(state[0], "c0", B, x), self._state(state[1], "h0", B, x)
+            h0, c0 = self._state(state[0], "h0", B, x), self._state(state[1], "c0", B, x)
             s0 = torch.stack([c0, h0], dim=1)  # [B, 2, N]
         S_all = self._run(x, s0)
         y = S_all[:, :, 1]
@@ -230,4 +231,4 @@ class ParaLSTM(_ParaRNN):
             c_n, h_n = s0[:, 0], s0[:, 1]
         else:
             c_n = h_n = x.new_zeros(B, self.hidden_size)
-        return self._out(y), (c_n.unsqueeze(0), h_n.unsqueeze(0))
+        return self._out(y), (h_n.unsqueeze(0), c_n.unsqueeze(0))

@@ -26,10 +26,12 @@ IMPLEMENTED = ("cuda", "triton", "cpp", "reference")
 ACTIVATIONS = ("sigmoid", "tanh", "hardtanh", "identity")
 MAX_BITS = 16
 _F32 = (torch.float32,)
+_F32_F64 = (torch.float32, torch.float64)
 
 
 # ---------------------------------------------------------------- launchers, one per backend
 def _fwd_compiled(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset):
+    offset = int(offset)
     _registry._extension()  # loading nlseq._C registers the nlseq_ext ops
     return torch.ops.nlseq_ext.analog_mvm_fwd(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max,
                                               noise_a, noise_b, seed, offset)
@@ -38,11 +40,17 @@ def _fwd_compiled(x, weight, col_scale, thresholds, levels, noise, in_bits, x_ma
 def _fwd_triton(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset):
     from ..kernels import analog as _tk
 
+    offset = int(offset)
     return _tk.analog_mvm_fwd(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b,
                               seed, offset)
 
 
-_FWD = {"cuda": _fwd_compiled, "cpp": _fwd_compiled, "triton": _fwd_triton, "reference": _ref.analog_mvm}
+def _fwd_reference(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset):
+    return _ref.analog_mvm(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed,
+                           int(offset))
+
+
+_FWD = {"cuda": _fwd_compiled, "cpp": _fwd_compiled, "triton": _fwd_triton, "reference": _fwd_reference}
 
 
 def parse_act(act: str) -> list[tuple[str, int]]:
@@ -92,8 +100,10 @@ def analog_mvm_backward_reference(grad_y, x, weight, in_bits, x_max, act):
 @torch.library.custom_op("nlseq::analog_mvm", mutates_args=())
 def _analog_mvm_op(
     x: Tensor, weight: Tensor, col_scale: Tensor, thresholds: Tensor, levels: Tensor, noise: Optional[Tensor],
-    in_bits: int, x_max: float, noise_a: float, noise_b: float, seed: int, offset: int, act: str, backend: str,
+    in_bits: int, x_max: float, noise_a: float, noise_b: float, seed: int, offset: Tensor, act: str, backend: str,
 ) -> Tensor:
+    # offset: 0-dim int64 tensor (a module's noise counter stays a tensor, so torch.compile neither
+    # reads it on the host nor recompiles when it moves)
     return _FWD[backend](x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset)
 
 
@@ -127,6 +137,16 @@ def _backward(ctx, grad_y):
 _analog_mvm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _offset_tensor(offset) -> Tensor:
+    """The Philox offset as a 0-dim int64 CPU tensor: an int in [0, 2^63), or such a tensor (a module's counter)."""
+    if isinstance(offset, Tensor):
+        if offset.dim() != 0 or offset.dtype != torch.int64:
+            raise ValueError(f"nlseq.{OP}: offset must be an int or a 0-dim int64 tensor, got a {offset.dtype} tensor "
+                             f"of shape {tuple(offset.shape)}")
+        return offset.cpu() if offset.device.type != "cpu" else offset
+    return torch.tensor(check_int(OP, "offset", offset, lo=0, hi=2**63 - 1), dtype=torch.int64)
+
+
 # ---------------------------------------------------------------- public function
 _LAYOUT = ("(x [M, K], weight [N, K], col_scale [N], thresholds [N, L-1] or [L-1], levels [N, L] or [L], "
            "noise [M, N])")
@@ -144,7 +164,7 @@ def analog_mvm(
     noise_a: float = 0.0,
     noise_b: float = 0.0,
     seed: int = 0,
-    offset: int = 0,
+    offset: "int | Tensor" = 0,
     noise: Optional[Tensor] = None,
     act: str = "identity",
     backend: str = "auto",
@@ -154,12 +174,13 @@ def analog_mvm(
     For each row m and column n (see python/nlseq/reference/analog.py for the exact definition):
     xq = DAC(x) (``in_bits`` over [−x_max, x_max], 0 = ideal), I = (xq @ weightᵀ)·col_scale (µA),
     I += sqrt(noise_a·Σ_k xq² + noise_b)·z with z ~ N(0, 1) from Philox keyed by (``seed``,
-    ``offset``) (or the supplied ``noise`` [M, N]), code = #{k : I > thresholds[n, k]} found by
+    ``offset``; an int or a 0-dim int64 tensor) (or the supplied ``noise`` [M, N]), code = #{k : I > thresholds[n, k]} found by
     binary search, y = levels[n, code].
 
     Shapes: x [..., K] (leading dims flattened), weight [N, K] (programmed weights, digital units),
     col_scale [N] (µA per digital unit), thresholds [N, L−1] or [L−1] (µA, non-decreasing along
-    the last dim), levels [N, L] or [L], L = 2^bits with 1 <= bits <= 16. Returns y [..., N] in
+    the last dim), levels [N, L] or [L], L = 2^bits with 1 <= bits <= 16; thresholds and levels
+    may be float64 (``NLADC.thresholds`` / ``.levels`` as they are) and are rounded to float32. Returns y [..., N] in
     x's dtype. All math in float32 (inputs of other dtypes are converted). ``act`` names the
     ideal activation whose derivative is the straight-through gradient ("sigmoid", "tanh",
     "hardtanh", "identity"), or column groups "sigmoid:256,tanh:128,..." summing to N;
@@ -175,11 +196,13 @@ def analog_mvm(
         raise ValueError(f"nlseq.{OP}: x must have K = weight.shape[1] = {K} features in its last dim {_LAYOUT}, got shape {tuple(x.shape)}")
     check_tensor("col_scale", col_scale, op=OP, ndim=1, dtypes=_F32, layout=_LAYOUT)
     check_shape("col_scale", col_scale, (N,), op=OP, layout=_LAYOUT)
-    check_tensor("levels", levels, op=OP, ndim=(1, 2), dtypes=_F32, layout=_LAYOUT)
+    # thresholds/levels: float32, or float64 as nlseq.analog.NLADC keeps them (rounded to float32 here: the
+    # comparisons run in float32 on every backend)
+    check_tensor("levels", levels, op=OP, ndim=(1, 2), dtypes=_F32_F64, layout=_LAYOUT)
     L = levels.shape[-1]
     if L < 2 or L & (L - 1) or L > (1 << MAX_BITS):
         raise ValueError(f"nlseq.{OP}: levels must have L = 2^bits entries with 1 <= bits <= {MAX_BITS}, got L = {L}")
-    check_tensor("thresholds", thresholds, op=OP, ndim=(1, 2), dtypes=_F32, layout=_LAYOUT)
+    check_tensor("thresholds", thresholds, op=OP, ndim=(1, 2), dtypes=_F32_F64, layout=_LAYOUT)
     check_shape("thresholds", thresholds, ((N,) if thresholds.dim() == 2 else ()) + (L - 1,), op=OP, layout=_LAYOUT)
     if levels.dim() == 2:
         check_shape("levels", levels, (N, L), op=OP, layout=_LAYOUT)
@@ -194,7 +217,7 @@ def analog_mvm(
     noise_a = check_float(OP, "noise_a", noise_a, lo=0.0, what="(read-noise variance coefficient)")
     noise_b = check_float(OP, "noise_b", noise_b, lo=0.0, what="(output-noise variance)")
     seed = check_int(OP, "seed", seed, lo=0, hi=2**63 - 1)
-    offset = check_int(OP, "offset", offset, lo=0, hi=2**63 - 1)
+    offset = _offset_tensor(offset)
     check_backend(OP, backend)
     # a NaN or decreasing threshold makes the binary search of each backend count differently
     # (the backends would disagree): thresholds must be finite and non-decreasing (equal
@@ -219,8 +242,8 @@ def analog_mvm(
                              f"{(M, N)} {_LAYOUT}, got {tuple(noise.shape)}")
         check_values(OP, "noise", noise, finite=True)
         noise = noise.reshape(M, N).contiguous()
-    thr = thresholds.expand(N, L - 1).contiguous()
-    lev = levels.expand(N, L).contiguous()
+    thr = thresholds.to(torch.float32).expand(N, L - 1).contiguous()
+    lev = levels.to(torch.float32).expand(N, L).contiguous()
     name = _registry.resolve(backend, x.device, OP, IMPLEMENTED)
     if M == 0:
         y = x2.new_zeros(0, N)
@@ -228,3 +251,42 @@ def analog_mvm(
         y = _analog_mvm_op(x2, weight.contiguous(), col_scale.contiguous(), thr, lev, noise, in_bits, float(x_max),
                            float(noise_a), float(noise_b), seed, offset, act, name)
     return y.reshape(*lead, N).to(x.dtype)
+
+
+# ---------------------------------------------------------------- ops the analog modules call (torch.compile-able)
+@torch.library.custom_op("nlseq::analog_rnn", mutates_args=())
+def analog_rnn_op(
+    cell: str, x: Tensor, weight: Tensor, col_scale: Tensor, thresholds: Tensor, levels: Tensor, cell_thresholds: Tensor,
+    cell_levels: Tensor, h0: Tensor, c0: Optional[Tensor], in_bits: int, x_max: float, noise_a: float, noise_b: float,
+    seed: int, offset: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One whole analog LSTM/GRU layer (the C++ kernel ``nlseq_ext::analog_rnn_fwd``), inference only.
+
+    x [T, B, I] float32; returns (out [T, B, H], h_n [B, H], c_n [B, H]; c_n is empty [0] for "gru").
+    Step t draws its noise at offset + t.
+    """
+    _registry._extension()
+    out, h_n, c_n = torch.ops.nlseq_ext.analog_rnn_fwd(cell, x, weight, col_scale, thresholds, levels, cell_thresholds,
+                                                      cell_levels, h0, c0, in_bits, x_max, noise_a, noise_b, seed,
+                                                      int(offset))
+    return out, h_n, (c_n if c0 is not None else h_n.new_empty(0))
+
+
+@analog_rnn_op.register_fake
+def _(cell, x, weight, col_scale, thresholds, levels, cell_thresholds, cell_levels, h0, c0, in_bits, x_max, noise_a,
+      noise_b, seed, offset):
+    T, B = x.shape[0], x.shape[1]
+    H = h0.shape[1]
+    return x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H) if c0 is not None else x.new_empty(0)
+
+
+@torch.library.custom_op("nlseq::analog_normals", mutates_args=())
+def analog_normals_op(like: Tensor, seed: int, offset: Tensor) -> Tensor:
+    """Standard normals shaped like ``like`` [M, N] (float32, its device) from Philox keyed by (seed, offset)."""
+    M, N = like.shape
+    return _ref.philox_normal(M, N, seed, int(offset), like.device)
+
+
+@analog_normals_op.register_fake
+def _(like, seed, offset):
+    return like.new_empty(like.shape, dtype=torch.float32)

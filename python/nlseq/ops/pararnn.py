@@ -64,9 +64,11 @@ class NewtonInfo:
     """What a Newton solve did: ``iterations`` (linear solves), the final ``residual``
     max_t |h_t − f(h_{t−1}, x_t)| of the Newton iterate, the ``tol`` it was held to, and
     ``fallback`` = True when it did not converge and the result came from a sequential pass
-    (on_nonconvergence="sequential"). ``iterations``/``residual`` are tensors for the built-in
-    cells (no host sync in forward; ``int()``/``float()`` them) and numbers for ``newton_solve``.
-    With mode="sequential" there is no Newton iterate: iterations = 0, residual = 0.
+    (on_nonconvergence="sequential"). ``iterations`` is an int and ``residual`` a float, from
+    ``nlseq.pararnn``, ``newton_solve`` and the modules' ``last_info`` alike; only inside a
+    ``torch.compile`` graph, where a host number would break the graph, ``residual`` (and
+    ``iterations`` of the built-in cells) stay 0-dim tensors. With mode="sequential" there is no
+    Newton iterate: iterations = 0, residual = 0.
     """
 
     iterations: Union[int, Tensor]
@@ -324,6 +326,8 @@ def pararnn(
         S_all, iters, residual = _pararnn_op(cell, U.contiguous(), A, P, None if s0 is None else s0.contiguous(),
                                              max_iters, tol, mode, on_nonconvergence, name)
     if return_info:
+        if not torch.compiler.is_compiling():  # Python numbers, as newton_solve's (one read, after the solve)
+            iters, residual = int(iters), float(residual)
         return S_all, NewtonInfo(iters, residual, tol, mode, on_nonconvergence)
     return S_all
 
@@ -550,6 +554,26 @@ def newton_solve(
         return torch.cat([first, Hc[:, :-1]], dim=1)
 
     iters = 0
+    if torch.compiler.is_compiling():
+        # No host read of the residual inside a graph: max_iters Newton steps (steps past convergence
+        # add ~0), the residual checked on the device, NewtonInfo with the residual as a tensor.
+        if on_nonconvergence == "sequential":
+            raise ValueError(f"nlseq.{op}: on_nonconvergence='sequential' needs a host decision and cannot run "
+                             "under torch.compile; use 'raise' (checked on the device) or 'warn'")
+        with torch.no_grad():
+            for _ in range(max_iters):
+                h_prev = shift(H)
+                f, J = _jacobian(step, pd, h_prev, xd, jacobian, block_size)
+                H = _newton_step(J, f, h_prev, H, jacobian, damping, h0_flat, name)
+            h_prev = shift(H)
+            f, J = _jacobian(step, pd, h_prev, xd, jacobian, block_size)
+            residual = (H - f).abs().amax() if H.numel() else H.new_zeros(())
+            if on_nonconvergence == "raise":  # NaN fails it too
+                torch._assert_async(residual <= tol, f"nlseq.{op}: Newton did not reach the residual tol = {tol:g} in "
+                                    f"max_iters = {max_iters} iterations (or the residual is not finite)")
+        iters = max_iters
+        return _implicit_output(step, params, x, h0, H, J, jacobian, name, return_info,
+                                NewtonInfo(iters, residual, tol, "newton", on_nonconvergence))
     with torch.no_grad():
         while True:
             h_prev = shift(H)
@@ -574,6 +598,11 @@ def newton_solve(
                 h_prev = shift(H)
                 _, J = _jacobian(step, pd, h_prev, xd, jacobian, block_size)
 
+    return _implicit_output(step, params, x, h0, H, J, jacobian, name, return_info,
+                            NewtonInfo(iters, residual, tol, "newton", on_nonconvergence))
+
+
+def _implicit_output(step, params, x, h0, H, J, jacobian, name, return_info, info):
     # One evaluation at the solution with autograd on: y = f(h*_{t−1}, x_t). h*_{t−1} is detached
     # for t >= 2 (its dependence is what λ accounts for) and is h0 itself at t = 1, so autograd
     # gives ∂L/∂h0 = J_1ᵀ λ_1; _ImplicitGrad turns ∂L/∂h into λ on the way in.
@@ -582,9 +611,7 @@ def newton_solve(
     y = _call(step, params, h_prev, x)
     if torch.is_grad_enabled() and y.requires_grad:
         y = _ImplicitGrad.apply(y, J, jacobian, name)
-    if return_info:
-        return y, NewtonInfo(iters, residual, tol, "newton", on_nonconvergence)
-    return y
+    return (y, info) if return_info else y
 
 
 def _check_step_output(f, H: Tensor, op: str) -> None:

@@ -92,6 +92,24 @@ _FWD = {"cuda": _fwd_cuda, "triton": _fwd_triton, "cpp": _fwd_cpp, "reference": 
 _BWD = {"cuda": _bwd_cuda, "triton": _bwd_triton, "cpp": _bwd_cpp, "reference": _bwd_reference}
 
 
+LAYOUTS = ("bhtd", "bthd")
+_LAYOUT_BTHD = "(layout='bthd': q [B, Tq, H, D], k and v [B, Tk, Hkv, D])"
+
+
+def _refuse_other_layout(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Refuse a [B, T, H, D] call read as [B, H, T, D] where the shapes tell: the reading as
+    'bhtd' breaks a rule (H a multiple of Hkv, k and v alike) that the 'bthd' reading keeps."""
+    def fits(hq, hk, tk, tv_k, hv):
+        return hk > 0 and hq % hk == 0 and hk == hv and tk == tv_k
+
+    as_bhtd = fits(q.shape[1], k.shape[1], k.shape[2], v.shape[2], v.shape[1])
+    as_bthd = fits(q.shape[2], k.shape[2], k.shape[1], v.shape[1], v.shape[2])
+    if not as_bhtd and as_bthd and q.shape[0] == k.shape[0] == v.shape[0] and q.shape[3] == k.shape[3] == v.shape[3]:
+        raise ValueError(
+            f"nlseq.{OP}: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit the default layout "
+            f"'bhtd' {_LAYOUT} but fit 'bthd' [B, T, H, D]: pass layout='bthd' for the flash-attn layout")
+
+
 def _p_or_none(p: float) -> Optional[float]:
     return None if p <= 0 else p
 
@@ -189,12 +207,15 @@ def _cuda_serves(Tq: int, qk_norm: bool, varlen: bool) -> str:
 def softplus_attention(
     q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, reweight_p: Optional[float] = None,
     qk_norm: bool = True, kv_offset: int = 0, cu_seqlens_q: Optional[Tensor] = None,
-    cu_seqlens_k: Optional[Tensor] = None, backend: str = "auto",
+    cu_seqlens_k: Optional[Tensor] = None, backend: str = "auto", layout: str = "bhtd",
 ) -> Tensor:
     """Softplus attention LSSA, or LSSAR with ``reweight_p=p`` (SPEC.md §2). Returns o shaped like q.
 
     Shapes: q [B, H, Tq, D]; k, v [B, Hkv, Tk, D] with H divisible by Hkv (GQA; Hkv = 1 is MQA).
-    Query head h reads key/value head h // (H // Hkv).
+    Query head h reads key/value head h // (H // Hkv). ``layout="bthd"`` takes and returns the
+    flash-attn / fla layout instead: q [B, Tq, H, D], k, v [B, Tk, Hkv, D] (no copy is made
+    for the kernels' sake beyond the one ``.contiguous()`` of the default layout). A call whose
+    shapes only make sense in the other layout is refused with a message that names ``layout``.
 
     For query row i, N_i is the number of keys it may see:
         causal      keys j <= i + kv_offset, N_i = min(i + 1 + kv_offset, Tk) (kv_offset = number
@@ -221,10 +242,21 @@ def softplus_attention(
     Tq <= 16, qk_norm=True, no cu_seqlens; otherwise it raises (auto then chooses Triton).
     A backward through the cuda backend runs the Triton backward.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"nlseq.{OP}: layout must be one of {LAYOUTS} ('bhtd': q [B, H, T, D]; 'bthd': "
+                         f"q [B, T, H, D] as flash-attn), got {layout!r}")
+    if layout == "bthd":
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            check_tensor(name, t, op=OP, ndim=4, layout=_LAYOUT_BTHD)
+        o = softplus_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal,
+                               reweight_p=reweight_p, qk_norm=qk_norm, kv_offset=kv_offset, cu_seqlens_q=cu_seqlens_q,
+                               cu_seqlens_k=cu_seqlens_k, backend=backend, layout="bhtd")
+        return o.transpose(1, 2)
     check_tensor("q", q, op=OP, ndim=4, layout=_LAYOUT)
     check_tensor("k", k, op=OP, ndim=4, layout=_LAYOUT)
     check_tensor("v", v, op=OP, ndim=4, layout=_LAYOUT)
     check_same(OP, "q", q, k=k, v=v)
+    _refuse_other_layout(q, k, v)
     dims = check_dims(OP, _LAYOUT, q=(q, "B H Tq D"), k=(k, "B Hkv Tk D"), v=(v, "B Hkv Tk D"))
     B, H, Tq, D = q.shape
     Hkv, Tk = dims["Hkv"], dims["Tk"]
