@@ -42,7 +42,9 @@ def _compare(what, got, want, exact):
     if got.shape != want.shape:
         return [f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"]
     if exact:
+        got, want = got.detach(), want.detach()
         return [] if torch.equal(got, want) else [f"{what}: not equal, max err {float((got - want).abs().max()):.3e}"]
+    got, want = got.detach(), want.detach()
     err = float((got - want).abs().max())
     scale = float(want.abs().max())
     return [] if err <= 1e-12 * max(scale, 1e-300) else [f"{what}: max err {err:.3e} > 1e-12 x {scale:.3e}"]
@@ -89,10 +91,81 @@ def _check_op(rank, P):
     return failures, counts
 
 
+def _check_modules(rank, P):
+    """ParaGRU / ParaLSTM with sequence_parallel_group against the same module in one process."""
+    from nlseq.nn import ParaGRU, ParaLSTM
+
+    failures, counts = [], {}
+    B, I, N = 2, 4, 2 * P
+    T = 3 * P + 1  # uneven pieces
+    for cls in (ParaGRU, ParaLSTM):
+        for heads, with_h0, batch_first in ((1, True, True), (2, False, True), (2, True, False)):
+            torch.manual_seed(7)
+            ref = cls(I, N, heads=heads, batch_first=batch_first, dtype=F64, backend="cpp")
+            sp = cls(I, N, heads=heads, batch_first=batch_first, dtype=F64, backend="cpp", sequence_parallel_group=None)
+            sp.load_state_dict(ref.state_dict())
+            sp.sequence_parallel_group = torch.distributed.group.WORLD
+            g = torch.Generator().manual_seed(11)
+            x = torch.randn(B, T, I, generator=g, dtype=F64)
+            Wy = torch.randn(B, T, N, generator=g, dtype=F64)
+            Wh = torch.randn(1, B, N, generator=g, dtype=F64)
+            h0 = torch.randn(1, B, N, generator=g, dtype=F64) if with_h0 else None
+            lstm = cls is ParaLSTM
+
+            def run(m, xx, Wyy, own_final):
+                xx = xx.clone().requires_grad_(True)
+                hh = None if h0 is None else h0.clone().requires_grad_(True)
+                xin = xx if batch_first else xx.transpose(0, 1)
+                state = None if hh is None else ((0.5 * hh, hh) if lstm else hh)
+                y, fin = m(xin, state)
+                y = y if batch_first else y.transpose(0, 1)
+                h_n = fin[1] if lstm else fin
+                loss = (y * Wyy).sum()
+                if own_final:  # the final state enters the loss once (on rank 0 in the group)
+                    loss = loss + (h_n * Wh).sum() + ((fin[0] * Wh).sum() if lstm else 0)
+                loss.backward()
+                return y, h_n, xx, hh
+
+            y_f, hn_f, x_f, h0_f = run(ref, x, Wy, True)
+            x_l, sh = shard(x, dim=1)
+            Wy_l, _ = shard(Wy, dim=1)
+            a, b = sh.pieces[0]
+            with CommCounter() as cc:
+                y_l, hn_l, x_lg, h0_l = run(sp, x_l, Wy_l, rank == 0)
+            counts[(cls.__name__, heads)] = dict(cc.calls)
+            what = f"{cls.__name__} heads={heads} h0={with_h0} batch_first={batch_first}"
+            failures += _compare(what + " y", y_l, y_f[:, a:b], exact=True)
+            failures += _compare(what + " h_n", hn_l, hn_f, exact=True)
+            failures += _compare(what + " dx", x_lg.grad, x_f.grad[:, a:b], exact=False)
+            if with_h0:
+                failures += _compare(what + " dh0", h0_l.grad, h0_f.grad, exact=True)
+            for (name, p_ref), p_sp in zip(ref.named_parameters(), sp.parameters()):
+                exact = name in ("weight_hh", "peephole")  # gathered channel slices; the projection's are summed
+                failures += _compare(f"{what} d{name}", p_sp.grad, p_ref.grad, exact=exact)
+    return failures, counts
+
+
+def _rank_main(rank, P):
+    out = {"op": _check_op(rank, P), "modules": _check_modules(rank, P)}
+    if P == 2:
+        out["bad"] = _bad_inputs(rank, P)
+    return out
+
+
+_RESULTS: dict = {}
+
+
+def _results(P):
+    """One spawn of P ranks per world size runs every case (spawning costs seconds)."""
+    if P not in _RESULTS:
+        _RESULTS[P] = run_ranks(_rank_main, P)
+    return _RESULTS[P]
+
+
 @pytest.mark.parametrize("P", [2, 3, 4])
-def test_all_to_all_matches_one_process_exactly(P):
-    res = run_ranks(_check_op, P)
-    for rank, (failures, counts) in enumerate(res):
+def test_all_to_all_matches_one_process(P):
+    for rank, res in enumerate(_results(P)):
+        failures, counts = res["op"]
         assert failures == [], f"rank {rank}: {failures}"
         for (cell, mode), (fwd, bwd) in counts.items():
             # forward: the metadata all_gather and two all-to-alls (+ one all_reduce of Newton's verdict);
@@ -102,6 +175,17 @@ def test_all_to_all_matches_one_process_exactly(P):
                 want_fwd["allreduce_"] = 1
             assert fwd == want_fwd, (cell, mode, fwd)
             assert bwd == {"alltoall_base_": 2, "_allgather_base_": 1}, (cell, mode, bwd)
+
+
+@pytest.mark.parametrize("P", [2, 3, 4])
+def test_modules_match_one_process(P):
+    for rank, res in enumerate(_results(P)):
+        failures, counts = res["modules"]
+        assert failures == [], f"rank {rank}: {failures}"
+        for key, calls in counts.items():
+            # forward: metadata + final-state all_gathers, two all-to-alls; backward: two all-to-alls,
+            # the gathered A/P gradients, the final state's and the projection's all_reduces
+            assert calls == {"_allgather_base_": 3, "alltoall_base_": 4, "allreduce_": 2}, (key, calls)
 
 
 def _bad_inputs(rank, P):
@@ -138,7 +222,7 @@ def _bad_inputs(rank, P):
 
 
 def test_bad_input_is_the_same_clear_error_on_every_rank():
-    res = run_ranks(_bad_inputs, 2)
+    res = [r["bad"] for r in _results(2)]
     for rank, out in enumerate(res):
         assert "N = 5 channels over the 2 ranks" in out["indivisible"]
         assert "must be divisible by 2" in out["indivisible"]
