@@ -5,10 +5,11 @@
     cc.calls        # {"alltoall_base_": 4, "allgather_": 2, ...}
     cc.bytes_sent   # payload bytes this rank sent, by the model below
 
-It is a ``TorchDispatchMode`` on the ``c10d`` ops, so it sees every collective called through
-``torch.distributed`` from Python (ours, FSDP2's, functional collectives) in forward and backward
-on this thread. It does not see DDP's gradient buckets (DDP's C++ reducer calls the process group
-directly): count those with a DDP comm hook (examples/pararnn_lm_sp.py does).
+It is a ``TorchDispatchMode`` on the ``c10d`` ops, so it sees every collective that goes through
+the dispatcher while it is active: torch.distributed calls from Python (ours, FSDP2's, functional
+collectives) and the C++ ProcessGroup methods, which dispatch the same ops (DDP's gradient
+buckets and bucket rebuild), in forward and in backward (autograd carries the mode to its
+threads). Collectives that a library issues on threads of its own are not seen.
 
 Bytes model (what a rank must send with ring / pairwise algorithms; n = the collective's tensor
 bytes on this rank, P = group size): all_to_all: the pieces for the other ranks; all_gather:
@@ -31,8 +32,20 @@ def _nbytes(t) -> int:
     return 0
 
 
+def _group_of(args):
+    """The ProcessGroup argument of a c10d op (a boxed TorchScript object in the dispatcher)."""
+    from torch._C._distributed_c10d import ProcessGroup
+
+    for a in args:
+        if isinstance(a, ProcessGroup):
+            return a
+        if isinstance(a, torch.ScriptObject) and "ProcessGroup" in str(a._type()):
+            return ProcessGroup.unbox(a)
+    return None
+
+
 def _sent(name: str, args) -> int:
-    pg = next((a for a in args if hasattr(a, "size") and hasattr(a, "rank") and not isinstance(a, torch.Tensor)), None)
+    pg = _group_of(args)
     P = pg.size() if pg is not None else 1
     rank = pg.rank() if pg is not None else 0
     if P <= 1:
