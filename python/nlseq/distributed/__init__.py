@@ -11,3 +11,7 @@ from ._group import GroupInfo, resolve_group
 from .sharding import Shard, shard, shard_bounds, unshard, zigzag_bounds
 
 __all__ = ["GroupInfo", "resolve_group", "Shard", "shard", "shard_bounds", "unshard", "zigzag_bounds"]
+
+from .scan import linear_recurrence  # noqa: E402  (sequence-parallel scan, docs/sequence_parallel_scan.md)
+
+__all__ += ["linear_recurrence"]
