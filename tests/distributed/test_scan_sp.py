@@ -13,7 +13,7 @@ import itertools
 
 import pytest
 import torch
-from _harness import run_ranks
+from _sp_runs import part
 
 TOL = 1e-12
 LAYOUTS = ("diag", 1, 2, 3, 4)
@@ -133,7 +133,8 @@ def _errors(rank, P):
     return out
 
 
-def _run_all(rank, P, seed):
+def run_rank(rank, P, seed=1234):
+    """Every scan case on this rank (run by _sp_runs, together with test_newton_sp's cases)."""
     results = {}
     combos = itertools.product(LAYOUTS, (False, True), (False, True), ("both", "last", "h"))
     for i, (layout, with_h0, reverse, loss) in enumerate(combos):
@@ -146,7 +147,7 @@ def _run_all(rank, P, seed):
 
 @pytest.mark.parametrize("P", [2, 3, 4])
 def test_sequence_parallel_scan_matches_single_process(P):
-    per_rank = run_ranks(_run_all, P, 1234)
+    per_rank = part(P, "scan")
     for rank, (results, counts, errors) in enumerate(per_rank):
         assert len(results) == len(LAYOUTS) * 12
         for key, errs in results.items():

@@ -12,6 +12,7 @@ from .sharding import Shard, shard, shard_bounds, unshard, zigzag_bounds
 
 __all__ = ["GroupInfo", "resolve_group", "Shard", "shard", "shard_bounds", "unshard", "zigzag_bounds"]
 
+from .newton import newton_solve, pararnn_state  # noqa: E402  (docs/sequence_parallel_scan.md)
 from .scan import linear_recurrence  # noqa: E402  (sequence-parallel scan, docs/sequence_parallel_scan.md)
 
-__all__ += ["linear_recurrence"]
+__all__ += ["linear_recurrence", "newton_solve", "pararnn_state"]

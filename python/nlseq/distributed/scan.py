@@ -105,6 +105,9 @@ def _matvec(M: Tensor, h: Tensor) -> Tensor:
 
 def _product(A: Tensor, reverse: bool) -> Tensor:
     """M [B, N, K, K]: A_last ··· A_first in the direction of travel, by pairwise products (log T rounds)."""
+    if A.shape[1] == 0:  # no steps: the identity
+        B, _, N, K, _ = A.shape
+        return torch.eye(K, dtype=A.dtype, device=A.device).expand(B, N, K, K)
     X = A.flip(1) if reverse else A  # X_0 is applied first
     if X.shape[-1] == 1:
         return X.prod(dim=1)
@@ -119,9 +122,9 @@ def _local_summary(A: Tensor, b: Tensor, reverse: bool, name: str) -> tuple[Tens
     """(M, v) in the accumulation dtype: end state = M · incoming + v for this rank's steps."""
     B, T, N, K = b.shape
     acc = acc_dtype(b.dtype)
-    if T == 0:  # an empty piece passes the state through
-        return torch.eye(K, dtype=acc, device=b.device).expand(B, N, K, K), b.new_zeros(B, N, K, dtype=acc)
     Aa = A.to(acc).contiguous()
+    if T == 0:  # an empty piece passes the state through
+        return _product(Aa, reverse), b.new_zeros(B, N, K, dtype=acc)
     _, v = _linear_recurrence_op(Aa, b.to(acc).contiguous(), None, reverse, name)
     return _product(Aa, reverse), v
 
