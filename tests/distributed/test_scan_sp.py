@@ -133,6 +133,40 @@ def _errors(rank, P):
     return out
 
 
+def _low_precision(rank, P):
+    """float32 and bfloat16 I/O (summaries in float32): the error against the float64 oracle (on the
+    rounded inputs) of the sequence-parallel op next to that of the single-process op."""
+    import nlseq
+    import nlseq.distributed as nd
+
+    out = {}
+    lengths = _lengths("uneven", P)
+    sl = slice(sum(lengths[:rank]), sum(lengths[:rank + 1]))
+    for dtype in (torch.float32, torch.bfloat16):
+        for layout in ("diag", 2):
+            A, b, h0, g = _problem(layout, sum(lengths), seed=5)
+            A, b, h0 = (t.to(dtype) for t in (A, b, h0))
+            Wh = torch.randn(b.shape, generator=g, dtype=torch.float64)
+
+            def run(fn, A, b, h0, W, last_weight=1.0):
+                leaves = [t.clone().requires_grad_() for t in (A, b, h0)]
+                h, last = fn(*leaves)
+                ((h.double() * W).sum() + last_weight * last.double().sum()).backward()
+                return [h.detach(), last.detach()] + [t.grad for t in leaves]
+
+            exact = run(lambda A, b, h0: nlseq.linear_recurrence(A, b, h0, backend="reference"),
+                        A.double(), b.double(), h0.double(), Wh)
+            exact = [exact[0][:, sl], exact[1], exact[2][:, sl], exact[3][:, sl]]  # h, h_last, dA, db
+            single = run(lambda A, b, h0: nlseq.linear_recurrence(A, b, h0, backend="cpp"), A, b, h0, Wh)
+            single = [single[0][:, sl], single[1], single[2][:, sl], single[3][:, sl]]
+            # every rank's loss has h_last / P: the gradients of the replicated h_last add up to the single one's
+            mine = run(lambda A, b, h0: nd.linear_recurrence(A, b, h0, backend="cpp"), A[:, sl], b[:, sl], h0,
+                       Wh[:, sl], 1.0 / P)
+            for i, what in enumerate(("h", "h_last", "dA", "db")):
+                out[f"{dtype}-{layout}-{what}"] = (_rel(single[i].double(), exact[i]), _rel(mine[i].double(), exact[i]))
+    return out
+
+
 def run_rank(rank, P, seed=1234):
     """Every scan case on this rank (run by _sp_runs, together with test_newton_sp's cases)."""
     results = {}
@@ -142,13 +176,13 @@ def run_rank(rank, P, seed=1234):
         backend = ("cpp", "reference")[i % 2]
         key = f"{layout}-h0={with_h0}-rev={reverse}-loss={loss}-{kind}-{backend}"
         results[key] = _case(rank, P, layout, _lengths(kind, P), with_h0, reverse, loss, backend, seed + i)
-    return results, _count(rank, P), _errors(rank, P)
+    return results, _count(rank, P), _errors(rank, P), _low_precision(rank, P)
 
 
 @pytest.mark.parametrize("P", [2, 3, 4])
 def test_sequence_parallel_scan_matches_single_process(P):
     per_rank = part(P, "scan")
-    for rank, (results, counts, errors) in enumerate(per_rank):
+    for rank, (results, counts, errors, _) in enumerate(per_rank):
         assert len(results) == len(LAYOUTS) * 12
         for key, errs in results.items():
             for what, e in errs.items():
@@ -183,3 +217,12 @@ def test_needs_an_initialised_group():
 
     with pytest.raises(RuntimeError, match="not initialised"):
         nd.linear_recurrence(torch.rand(1, 2, 3), torch.rand(1, 2, 3))
+
+
+@pytest.mark.parametrize("P", [2, 3, 4])
+def test_low_precision_io_is_as_accurate_as_the_single_process_op(P):
+    for rank, (_, _, _, low) in enumerate(part(P, "scan")):
+        assert len(low) == 16
+        for key, (e_single, e_mine) in low.items():
+            floor = 1e-6 if "float32" in key else 1e-2  # one rounding of the output (and of the incoming state)
+            assert e_mine <= max(4 * e_single, floor), f"P={P} rank {rank} {key}: {e_mine:.2e} vs single {e_single:.2e}"
