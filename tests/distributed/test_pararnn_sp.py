@@ -79,6 +79,17 @@ def _check_op(rank, P):
             (S_loc * W_loc).sum().backward()
         counts[(cell, mode)] = (dict(fwd.calls), dict(bwd.calls))
         a, b = sh.pieces[0]
+        # the "state" strategy (Newton across ranks, nlseq.distributed.newton) through the same entry point
+        Us, As, Ps, s0s = _leaves(U_loc, A, Pp, s0)
+        S_st = sp_pararnn(cell, Us, As, Ps, s0s, strategy="state", mode="newton", tol=1e-13, backend="cpp")
+        (S_st * W_loc).sum().backward()
+        st = {"S": (S_st, S_full[:, a:b]), "dU": (Us.grad, Uf.grad[:, a:b]), "dA": (As.grad, Af.grad)}
+        if Pp is not None:
+            st["dP"] = (Ps.grad, Pf.grad)
+        if s0 is not None:
+            st["ds0"] = (s0s.grad, s0f.grad)
+        for name, (got, want) in st.items():
+            failures += _compare(f"{cell} T={T} mode={mode} strategy=state {name}", got, want, exact=False)
         checks = {"S": (S_loc, S_full[:, a:b]), "dU": (Ul.grad, Uf.grad[:, a:b]), "dA": (Al.grad, Af.grad)}
         if Pp is not None:
             checks["dP"] = (Pl.grad, Pf.grad)
@@ -99,12 +110,14 @@ def _check_modules(rank, P):
     B, I, N = 2, 4, 2 * P
     T = 3 * P + 1  # uneven pieces
     for cls in (ParaGRU, ParaLSTM):
-        for heads, with_h0, batch_first in ((1, True, True), (2, False, True), (2, True, False)):
+        for heads, with_h0, batch_first, strategy in ((1, True, True, "all_to_all"), (2, False, True, "all_to_all"),
+                                                      (2, True, False, "all_to_all"), (2, True, True, "state")):
             torch.manual_seed(7)
             ref = cls(I, N, heads=heads, batch_first=batch_first, dtype=F64, backend="cpp")
-            sp = cls(I, N, heads=heads, batch_first=batch_first, dtype=F64, backend="cpp", sequence_parallel_group=None)
+            sp = cls(I, N, heads=heads, batch_first=batch_first, dtype=F64, backend="cpp", sp_strategy=strategy,
+                     sequence_parallel_group=torch.distributed.group.WORLD,
+                     tol=1e-13 if strategy == "state" else None)
             sp.load_state_dict(ref.state_dict())
-            sp.sequence_parallel_group = torch.distributed.group.WORLD
             g = torch.Generator().manual_seed(11)
             x = torch.randn(B, T, I, generator=g, dtype=F64)
             Wy = torch.randn(B, T, N, generator=g, dtype=F64)
@@ -132,15 +145,17 @@ def _check_modules(rank, P):
             a, b = sh.pieces[0]
             with CommCounter() as cc:
                 y_l, hn_l, x_lg, h0_l = run(sp, x_l, Wy_l, rank == 0)
-            counts[(cls.__name__, heads)] = dict(cc.calls)
-            what = f"{cls.__name__} heads={heads} h0={with_h0} batch_first={batch_first}"
-            failures += _compare(what + " y", y_l, y_f[:, a:b], exact=True)
-            failures += _compare(what + " h_n", hn_l, hn_f, exact=True)
+            if strategy == "all_to_all":
+                counts[(cls.__name__, heads)] = dict(cc.calls)
+            what = f"{cls.__name__} heads={heads} h0={with_h0} batch_first={batch_first} {strategy}"
+            ex = strategy == "all_to_all"  # the state strategy is Newton to tol = 1e-13: compared at 1e-12
+            failures += _compare(what + " y", y_l, y_f[:, a:b], exact=ex)
+            failures += _compare(what + " h_n", hn_l, hn_f, exact=ex)
             failures += _compare(what + " dx", x_lg.grad, x_f.grad[:, a:b], exact=False)
             if with_h0:
-                failures += _compare(what + " dh0", h0_l.grad, h0_f.grad, exact=True)
+                failures += _compare(what + " dh0", h0_l.grad, h0_f.grad, exact=ex)
             for (name, p_ref), p_sp in zip(ref.named_parameters(), sp.parameters()):
-                exact = name in ("weight_hh", "peephole")  # gathered channel slices; the projection's are summed
+                exact = ex and name in ("weight_hh", "peephole")  # gathered channel slices; the projection's summed
                 failures += _compare(f"{what} d{name}", p_sp.grad, p_ref.grad, exact=exact)
     return failures, counts
 
