@@ -11,3 +11,12 @@ from ._group import GroupInfo, resolve_group
 from .sharding import Shard, shard, shard_bounds, unshard, zigzag_bounds
 
 __all__ = ["GroupInfo", "resolve_group", "Shard", "shard", "shard_bounds", "unshard", "zigzag_bounds"]
+
+from .pararnn import final_state, grad_sum, pararnn  # noqa: E402  (sequence-parallel ParaRNN, docs/distributed.md)
+from .traffic import CommCounter  # noqa: E402
+
+__all__ += ["pararnn", "final_state", "grad_sum", "CommCounter"]
+from .newton import newton_solve, pararnn_state  # noqa: E402  (docs/sequence_parallel_scan.md)
+from .scan import linear_recurrence  # noqa: E402  (sequence-parallel scan, docs/sequence_parallel_scan.md)
+
+__all__ += ["linear_recurrence", "newton_solve", "pararnn_state"]

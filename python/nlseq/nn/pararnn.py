@@ -52,7 +52,8 @@ class _ParaRNN(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, heads: int = 2, batch_first: bool = True,
                  backend: str = "auto", mode: str = "auto", max_iters: Optional[int] = None,
-                 tol: Optional[float] = None, on_nonconvergence: str = "sequential", device=None, dtype=None):
+                 tol: Optional[float] = None, on_nonconvergence: str = "sequential", device=None, dtype=None,
+                 sequence_parallel_group=None, sp_strategy: str = "all_to_all"):
         super().__init__()
         name = type(self).__name__
         op = f"nn.{name}"
@@ -81,6 +82,7 @@ class _ParaRNN(nn.Module):
         self.weight_hh = nn.Parameter(torch.empty(3, N, **fk))
         self.last_info: Optional[NewtonInfo] = None
         self.fallback_count = 0  # forwards that finished with the sequential fallback (see module doc)
+        self._sp_init(sequence_parallel_group, sp_strategy)
 
     def reset_parameters(self) -> None:
         N = self.hidden_size
@@ -165,6 +167,38 @@ class _ParaRNN(nn.Module):
     def _out(self, y: Tensor) -> Tensor:
         return y if self.batch_first else y.transpose(0, 1)
 
+    # -- sequence parallel (nlseq.distributed.pararnn, docs/distributed.md) ---------------------
+    # With sequence_parallel_group set, x is this rank's contiguous piece of the sequence (rank
+    # order = time order), y is its piece of the output, and h_n (c_n) the final state of the
+    # whole sequence on every rank. h0 / c0 are the state before the whole sequence, the same on
+    # every rank. After backward every parameter holds the single-process gradient of the sum of
+    # the ranks' losses (the projection's gradient is summed over the group, A's and P's gathered),
+    # so nothing more is reduced over the sequence-parallel group.
+    def _sp_init(self, group, strategy: str) -> None:
+        from ..distributed.pararnn import STRATEGIES
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"{type(self).__name__}: sp_strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.sequence_parallel_group, self.sp_strategy = group, strategy
+
+    def _sp_forward(self, x: Tensor, s0: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """(y piece [B, T_r, N], final state [B, S, N]) of the sequence split over the group."""
+        from ..distributed.pararnn import final_state, grad_sum, pararnn as sp_pararnn
+
+        g = self.sequence_parallel_group
+        W, b = grad_sum(self.weight_ih, self.bias, group=g)  # used on this rank's steps only
+        U = input_projection(x, W.to(x.dtype), b.to(x.dtype))
+        S_all, info = sp_pararnn(
+            self.cell, U, self.weight_hh, getattr(self, "peephole", None), s0, group=g, strategy=self.sp_strategy,
+            mode=self.mode, max_iters=self.max_iters, tol=self.tol, on_nonconvergence=self.on_nonconvergence,
+            backend=self.backend, return_info=True,
+        )
+        self.last_info = info
+        S_all, last = final_state(S_all, group=g)
+        if last is None:  # no rank has a step
+            last = s0 if s0 is not None else x.new_zeros(x.shape[0], S_all.shape[2], self.hidden_size)
+        return S_all[:, :, -1], last
+
 
 class ParaGRU(_ParaRNN):
     """ParaGRU (SPEC.md §1.3): z = σ(a_z h₋ + W_z x + b_z), r = σ(a_r h₋ + W_r x + b_r),
@@ -173,7 +207,9 @@ class ParaGRU(_ParaRNN):
     Args: input_size, hidden_size, heads (default 2; both sizes divisible by it), batch_first,
     backend ("auto", "cuda", "triton", "cpp", "reference"), mode ("auto": sequential on the cpp
     backend, Newton elsewhere; "newton"; "sequential"), max_iters, tol, on_nonconvergence
-    (see ``nlseq.pararnn``), device, dtype.
+    (see ``nlseq.pararnn``), device, dtype; sequence_parallel_group (a ProcessGroup or 1-D
+    DeviceMesh: x and y are this rank's piece of the sequence, h_n the whole sequence's final state)
+    and sp_strategy ("all_to_all" or "state"), see ``nlseq.distributed.pararnn``.
     ``forward(x, h0=None) -> (y, h_n)``: y [B, T, N] (batch_first) and h_n [1, B, N].
     """
 
@@ -187,6 +223,9 @@ class ParaGRU(_ParaRNN):
         x, B, T = self._check_x(x)
         h0 = self._state(h0, "h0", B, x)
         s0 = None if h0 is None else h0.unsqueeze(1)  # [B, 1, N]
+        if self.sequence_parallel_group is not None:
+            y, last = self._sp_forward(x, s0)
+            return self._out(y), last[:, 0].unsqueeze(0)
         S_all = self._run(x, s0)
         y = S_all[:, :, 0]
         if T > 0:
@@ -223,6 +262,9 @@ class ParaLSTM(_ParaRNN):
                                  f"{type(state).__name__}{' of ' + str(len(state)) if isinstance(state, (tuple, list)) else ''}")
             h0, c0 = self._state(state[0], "h0", B, x), self._state(state[1], "c0", B, x)
             s0 = torch.stack([c0, h0], dim=1)  # [B, 2, N]
+        if self.sequence_parallel_group is not None:
+            y, last = self._sp_forward(x, s0)
+            return self._out(y), (last[:, 1].unsqueeze(0), last[:, 0].unsqueeze(0))  # (h_n, c_n), as torch
         S_all = self._run(x, s0)
         y = S_all[:, :, 1]
         if T > 0:
