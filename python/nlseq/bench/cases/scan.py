@@ -5,7 +5,9 @@ sequential loop ``nlseq.reference.scan.linear_recurrence_loop`` (forward only: a
 its per-step slice writes is O(T²)). Goal: cpp at least 5× faster than the loop, forward.
 GPU: cuda / triton / reference at the SPEC §1.4 sizes; GB/s over the measured copy bandwidth
 (SPEC §1.4 anchor: 2.04–2.17 TB/s for the reference CUDA reduction, copy ≈ 4 TB/s on an H200).
-The Triton interpreter (TRITON_INTERPRET=1) is checked on the CPU at a tiny size, never timed.
+The Triton interpreter (TRITON_INTERPRET=1) is checked on the CPU at a tiny size, never timed; the
+same tiny cases time cpp against the reference (the GPU check's dry run uses them).
+Headline (``--subset headline``): the SPEC §1.4 sizes in fp32 on the GPU, the goal case on the CPU.
 
 Inputs: diagonal A ~ U(0.5, 0.99) (decays as in gated linear RNNs; states stay O(10)); block A
 with entries U(-0.9/K, 0.9/K), so every K×K block has row sums of |A| below 0.9; b ~ N(0, 1);
@@ -22,7 +24,7 @@ import importlib.util
 import torch
 
 import nlseq
-from nlseq.bench import Case, Impl
+from nlseq.bench import Case, Goal, Impl
 from nlseq.reference import scan as ref
 
 FAMILY = "scan"
@@ -128,7 +130,7 @@ def _impls(device, *, loop=False, time_reference=True):
     return impls
 
 
-def _case(name, device, dtype, B, T, N, K=None, *, impls, baseline, note=""):
+def _case(name, device, dtype, B, T, N, K=None, *, impls, baseline, note="", goals=(), headline=False):
     """A diagonal (K None) or block-K case with the 3/5/8·BTN-style byte model."""
     s = torch.tensor([], dtype=dtype).element_size()
     if K is None:
@@ -149,7 +151,7 @@ def _case(name, device, dtype, B, T, N, K=None, *, impls, baseline, note=""):
         oracle=oracle, oracle_grads=oracle_grads, impls=impls, grad_inputs=("A", "b"),
         output_names=("h", "h_last"), atol=atol, rtol=rtol, grad_tol=GRAD_TOL[dtype], tolerance_note=TOL_NOTE[dtype],
         baseline=baseline, bytes={"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd},
-        mem_estimate={"cpp": outputs}, note=note,
+        mem_estimate={"cpp": outputs}, note=note, goals=goals, headline=headline,
     )
 
 
@@ -158,7 +160,8 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     if device.type == "cuda":
         sizes = GPU_SIZES[:2] if quick else GPU_SIZES
         out = [_case("diagonal", device, f32, *bts, impls=_impls(device), baseline="reference",
-                     note="SPEC §1.4: reference CUDA reduction 2.04-2.17 TB/s; bytes = 3·B·T·N·4 (fwd)")
+                     note="SPEC §1.4: reference CUDA reduction 2.04-2.17 TB/s; bytes = 3·B·T·N·4 (fwd)",
+                     headline=True)
                for bts in sizes]
         out.append(_case("diagonal", device, bf16, 16, 4096, 512, impls=_impls(device), baseline="reference"))
         out.append(_case("block", device, f32, 8, 2048, 1024, K=2, impls=_impls(device), baseline="reference"))
@@ -166,17 +169,20 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     big = (4, 4096, 256)
     return [
         _case("diagonal", device, f32, *big, impls=_impls(device, loop=True, time_reference=not quick),
-              baseline="loop", note="goal: cpp >= 5x faster than the sequential loop (fwd)"),
+              baseline="loop", note="goal: cpp >= 5x faster than the sequential loop (fwd)", headline=True,
+              goals=(Goal(("cpp",), "fwd", speedup=5.0, text="docs/spec.md §1.4: CPU kernel vs the loop"),)),
         _case("block", device, f32, 2, 4096, 128, K=2, impls=_impls(device, loop=True, time_reference=not quick),
               baseline="loop"),
         _case("diagonal", device, bf16, *((2, 1024, 256) if quick else big),
               impls=_impls(device, loop="fp32", time_reference=not quick), baseline="loop"),
-        # Triton interpreter: correctness only, tiny (T prime, past one block of 16 channels).
-        _case("diagonal-tiny", device, f32, 2, 37, 19, impls=_impls_triton_check(), baseline=None),
-        _case("block-tiny", device, f32, 2, 37, 5, K=2, impls=_impls_triton_check(), baseline=None),
+        # Triton interpreter: correctness only, tiny (T prime, past one block of 16 channels); cpp
+        # timed against the reference there too (cheap: the GPU check's dry run times these).
+        _case("diagonal-tiny", device, f32, 2, 37, 19, impls=_impls_tiny(device), baseline="reference"),
+        _case("block-tiny", device, f32, 2, 37, 5, K=2, impls=_impls_tiny(device), baseline="reference"),
     ]
 
 
-def _impls_triton_check():
-    return [Impl("triton", functools.partial(_nlseq, "triton"), backend="triton", timed=False, skip=_triton_skip(),
-                 note="Triton interpreter on the CPU: correctness only")]
+def _impls_tiny(device):
+    return _impls(device) + [
+        Impl("triton", functools.partial(_nlseq, "triton"), backend="triton", timed=False, skip=_triton_skip(),
+             note="Triton interpreter on the CPU: correctness only")]
