@@ -6,7 +6,7 @@ GPU: ``triton.testing.do_bench(..., quantiles=[0.5, 0.25, 0.75])`` (it flushes t
 between runs and clears the gradients named in ``grad_to_none``); CUDA-event quantiles when
 triton is missing. CPU: the median of per-call ``time.perf_counter`` measurements for calls of 1 ms and
 more (a per-call median is robust to the scheduler's occasional stall, which a block of calls
-averages in); ``torch.utils.benchmark.Timer.blocked_autorange`` (median over blocks) for faster
+averages in); ``torch.utils.benchmark.Timer`` (median over at least 7 blocks) for faster
 calls, where one call is too short to time alone (quartiles over the blocks). Both run on
 torch's thread count.
 """
@@ -81,11 +81,19 @@ def time_cpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Ten
         # Timer runs on ONE thread unless told otherwise: every row must use torch's thread count,
         # as the perf_counter path below does, or fast and slow rows are timed differently.
         threads = torch.get_num_threads()
-        m = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=threads).blocked_autorange(
-            min_run_time=budget.cpu_min_s)
-        med, q25, q75 = _quartiles(m.times)
-        return Timing(med, q25, q75, len(m.times), f"torch.utils.benchmark blocked_autorange median of "
-                      f"{len(m.times)} blocks x {m.number_per_run}, {threads} threads")
+        timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=threads)
+        # blocks of ``number`` calls lasting about a tenth of the budget each, and at least 7 of
+        # them: the quartiles over the blocks give the spread (blocked_autorange may time a single
+        # long block, which has none)
+        number = 1
+        while timer.timeit(number).median * number < budget.cpu_min_s / 10 and number < 10**7:
+            number *= 10
+        blocks: list = []
+        while len(blocks) < 7 or sum(blocks) * number < budget.cpu_min_s:
+            blocks.append(timer.timeit(number).median)
+        med, q25, q75 = _quartiles(blocks)
+        return Timing(med, q25, q75, len(blocks), f"torch.utils.benchmark Timer median of {len(blocks)} blocks x "
+                      f"{number}, {threads} threads")
     times = [first]
     while len(times) < budget.cpu_min_reps or sum(times) < budget.cpu_min_s:
         start = time.perf_counter()
