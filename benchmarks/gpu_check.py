@@ -239,6 +239,14 @@ print("ENV_JSON " + json.dumps(out))
 '''
 
 
+class Stopped(BaseException):
+    """SIGINT / SIGTERM to the check itself: stop the running phase, write the report, exit."""
+
+
+def _stop(signum, frame):
+    raise Stopped(signal.Signals(signum).name)
+
+
 class Check:
     """Runs the phases in order and keeps the report current."""
 
@@ -315,6 +323,9 @@ class Check:
             timed_out = killed = False
             try:
                 rc = proc.wait(timeout=max(limit, 1))
+            except Stopped:  # the check itself is being stopped: take the phase down with it
+                self._signal(proc, signal.SIGKILL)
+                raise
             except subprocess.TimeoutExpired:
                 timed_out = True
                 self.say(f"{name}: time limit {limit:.0f} s reached: {signal.Signals(soft).name}, "
@@ -394,6 +405,9 @@ class Check:
 
     def phase_tests(self, name: str) -> None:
         paths = self._test_paths(name)
+        if not paths:  # (pytest without paths would run its default test paths: everything)
+            self.cut(name, "no test paths (no tests/gpu folder in this checkout?)")
+            return
         results = self.work / f"{name}.jsonl"
         results.write_text("")
         env = dict(self.env, NLSEQ_GPU_CHECK_RESULTS=str(results), NLSEQ_AUTOTUNE_FIRST="1")
@@ -571,6 +585,20 @@ class Check:
         self.say(f"GPU check{' (DRY RUN on the CPU)' if self.dry else ''}: budget {self.budget:.0f} s, "
                  f"phases {', '.join(self.phases)}; work folder {self.work}; report {self.out}/gpu_report.json")
         self.save()
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        try:
+            self._run_phases()
+        except Stopped as e:
+            done = set(self.report["phases"])
+            for name in self.phases:
+                if name not in done:
+                    self.cut(name, f"not run or not finished: the check itself was stopped ({e.args[0]})")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        return self.finish()
+
+    def _run_phases(self) -> None:
         for name in self.phases:
             if self.left() - REPORT_RESERVE_S < 5:
                 self.cut(name, "not started: the budget was spent")
@@ -588,7 +616,6 @@ class Check:
                 self.phase_tests(name)
             else:
                 self.phase_bench(name)
-        return self.finish()
 
 
 def main() -> int:

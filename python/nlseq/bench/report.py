@@ -372,10 +372,11 @@ def draw(data: dict):
     for c in data["cases"]:
         for b in c["bars"]:
             seen.setdefault("peer (PyTorch, cuDNN, ...)" if not b["nlseq"] else f"nlseq {b['impl']}", b["color"])
-    ax.legend(handles=[Patch(color=v, label=k) for k, v in seen.items()], fontsize=6.5, loc="lower right")
+    fig.legend(handles=[Patch(color=v, label=k) for k, v in seen.items()], fontsize=7, loc="lower center",
+               ncol=len(seen), frameon=False)
     fig.suptitle(f"nlseq bench: {data['family']} on {data['machine']} ({data['device']}), {data['date']}",
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.28 / height, 1, 1))  # room for the legend below the axes
     return fig
 
 

@@ -77,7 +77,8 @@ def _compare(actual: Tensor, oracle: Tensor, atol: float, rtol: float) -> tuple[
     nan = bool(torch.isnan(a).any()) and not bool(torch.isnan(oracle).any())
     err = (a - oracle).abs()
     bound = atol + rtol * oracle.abs()
-    ratio = float((err / bound).max())
+    # err / bound, with 0 where both are 0 (an exact-match tolerance met exactly)
+    ratio = float(torch.where(err == 0, torch.zeros_like(err), err / bound).max())
     max_err = float(err.max())
     ok = not nan and bool((err <= bound).all())
     return ok, max_err, ratio, "NaN in output" if nan else ""
@@ -399,6 +400,9 @@ def run_case(case: Case, budget: Budget, ceilings: dict, only: Optional[set] = N
                 preps[key] = e
         return preps[key]
 
+    # the baseline first: when the time budget cuts the case short, the rows that did run can
+    # still be compared (the rows keep the case's order in the report)
+    todo.sort(key=lambda pair: pair[0].name != case.baseline)
     for impl, row in todo:
         if deadline is not None and time.monotonic() > deadline:
             row.update(status="CUT", reason="not run: the time budget (--time-budget) was spent")

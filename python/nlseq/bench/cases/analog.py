@@ -1,15 +1,15 @@
-"""Benchmark cases of the analog family: crossbar + NL-ADC simulation (SPEC.md §3.3).
+"""Benchmark cases of the analog family: crossbar + NL-ADC simulation (docs/spec.md §3.3).
 
 CPU, ``lstm`` and ``gru``: ``nlseq.nn.AnalogLSTM`` / ``AnalogGRU`` forward, T = 64, B = 8,
 I = H = 128, 5-bit NL-ADCs, read and output noise on (fresh Philox draws every step). Impls: ``cpp``
 (the whole-layer C++ kernel) and ``reference`` (the per-step PyTorch path, bucketize comparator). Goal: cpp <= 2.5 ms
-(SPEC §3.3: IBM aihwkit 25.3 ms, torch.nn.LSTM 1.19 ms on the 2-core CPU). The digital peers
+(docs/spec.md §3.3: IBM aihwkit 25.3 ms, torch.nn.LSTM 1.19 ms on the 2-core CPU). The digital peers
 (``nn.LSTM`` / ``nn.GRU`` with the same weights and inputs) sit in the same case, the baseline,
 checked against their own float64 run (their outputs are not the analog ones).
 GPU, ``linear``: the fused op at M×K×N = 65536×1024×4096 (8-bit sigmoid NL-ADC, noise on) for
 cuda / triton / reference, against the peer ``matmul+sigmoid`` (digital, the baseline) in the
 same case. Goal: fused within 1.15× of the digital row, i.e. a speedup >= 1/1.15 over it (eager
-PyTorch simulation: 1.58×, SPEC §3.3). Headline: ``linear`` on the GPU, ``lstm`` on the CPU.
+PyTorch simulation: 1.58×, docs/spec.md §3.3). Headline: ``linear`` on the GPU, ``lstm`` on the CPU.
 The ``-tiny`` CPU cases (T = 5, B = 2, H = 16) are cheap enough for the GPU check's dry run.
 
 Oracle: the ``reference`` path on the same inputs (float32; the analog result is a set of ADC
@@ -145,7 +145,7 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
                  baseline="matmul+sigmoid", flops=flops, bytes=byt, headline=True,
                  goals=(Goal(("cuda", "triton"), "fwd", speedup=1 / 1.15,
                              text="fused within 1.15x of digital matmul + sigmoid (docs/spec.md §3.3)"),),
-                 note="goal: fused (cuda/triton) <= 1.15x the digital row; eager simulation 1.58x (SPEC §3.3)"),
+                 note="goal: fused (cuda/triton) <= 1.15x the digital row; eager simulation 1.58x (docs/spec.md §3.3)"),
         ]
     out = []
     for kind in ("LSTM", "GRU"):
@@ -172,6 +172,6 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
                 tolerance_note="exact: binary-grid weights and inputs make every float32 sum order-independent",
                 baseline=f"nn.{kind}", flops={"fwd": _rnn_flops(t, b, h)}, goals=goals,
                 headline=kind == "LSTM" and not suffix,
-                note=("goal: cpp <= 2.5 ms (torch.nn.LSTM 1.19 ms, aihwkit 25.3 ms; SPEC §3.3)"
+                note=("goal: cpp <= 2.5 ms (torch.nn.LSTM 1.19 ms, aihwkit 25.3 ms; docs/spec.md §3.3)"
                       if goals else "")))
     return out

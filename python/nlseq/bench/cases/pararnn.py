@@ -1,8 +1,8 @@
-"""Benchmark cases of the pararnn family: ParaGRU / ParaLSTM forward and forward+backward (SPEC.md §1.4).
+"""Benchmark cases of the pararnn family: ParaGRU / ParaLSTM forward and forward+backward (docs/spec.md §1.4).
 
 Each case runs the module's computation functionally on the same inputs x [B, T, I] and
 parameters W [heads, I/heads, 3, N/heads], b [3, N], A [3, N] (and P [2, N] for the LSTM), drawn
-from the modules' default initialisation (SPEC.md §1.3) with I = N, heads = 2; the output is
+from the modules' default initialisation (docs/spec.md §1.3) with I = N, heads = 2; the output is
 y [B, T, N]. The input projection U = Wx + b is the same (nlseq.reference.pararnn.input_projection,
 one GEMM per head) in every implementation, so the rows differ only in how the recurrence is solved:
 
@@ -11,7 +11,7 @@ one GEMM per head) in every implementation, so the rows differ only in how the r
     cuda, triton  the fused Newton kernels (GPU)
     reference     Newton in PyTorch (Hillis–Steele scan)
     loop          the eager sequential loop of the same cell in PyTorch (one step per time step),
-                  the "sequential" column of SPEC §1.4 (on the GPU only at the smallest size,
+                  the "sequential" column of docs/spec.md §1.4 (on the GPU only at the smallest size,
                   forward only: seconds per call above it)
     nn.GRU/LSTM   torch.nn.GRU / LSTM (cuDNN on the GPU) at the same sizes, in the same case: a
                   different (dense) recurrence with its own weights, checked against its own
@@ -49,7 +49,7 @@ TOL_NOTE = {
     torch.bfloat16: "bf16 rounding of x, W, U and y (u = 2^-8): 4u on outputs",
 }
 
-# SPEC §1.4: (cell, B, T, N); the loop is omitted at T = 65536 (minutes per call, as in SPEC).
+# docs/spec.md §1.4: (cell, B, T, N); the loop is omitted at T = 65536 (minutes per call, as in docs/spec.md).
 GPU_SIZES = [("gru", 8, 2048, 1024), ("gru", 16, 4096, 512), ("gru", 2, 65536, 256), ("lstm", 8, 2048, 1024)]
 MODULES = {"gru": ParaGRU, "lstm": ParaLSTM}
 TORCH_RNN = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
@@ -185,7 +185,7 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
                              impls=_impls(cell, device, f32, B, T, N, loop=loop, loop_backward=False),
                              baseline="nn.GRU" if cell == "gru" else "nn.LSTM", goals=goals,
                              headline=(B, T, N) == (8, 2048, 1024),
-                             note="SPEC §1.4 reference code fused CUDA: see the module docstring for the goals"))
+                             note="docs/spec.md §1.4 reference code fused CUDA: see the module docstring for the goals"))
         for cell, B, T, N in sizes:
             out.append(_case(cell, device, bf16, B, T, N, impls=_impls(cell, device, bf16, B, T, N, loop=False),
                              baseline="nn.GRU" if cell == "gru" else "nn.LSTM"))

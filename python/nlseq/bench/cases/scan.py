@@ -1,20 +1,20 @@
-"""Benchmark cases of the scan family: ``nlseq.linear_recurrence`` (SPEC.md §1.1, §1.4).
+"""Benchmark cases of the scan family: ``nlseq.linear_recurrence`` (docs/spec.md §1.1, §1.4).
 
 CPU: the C++ kernel against the PyTorch reference (Hillis–Steele, ``backend="reference"``) and the
 sequential loop ``nlseq.reference.scan.linear_recurrence_loop`` (forward only: autograd through
 its per-step slice writes is O(T²)). Goal: cpp at least 5× faster than the loop, forward.
-GPU: cuda / triton / reference at the SPEC §1.4 sizes; GB/s over the measured copy bandwidth
-(SPEC §1.4 anchor: 2.04–2.17 TB/s for the reference CUDA reduction, copy ≈ 4 TB/s on an H200).
+GPU: cuda / triton / reference at the docs/spec.md §1.4 sizes; GB/s over the measured copy bandwidth
+(docs/spec.md §1.4 anchor: 2.04–2.17 TB/s for the reference CUDA reduction, copy ≈ 4 TB/s on an H200).
 The Triton interpreter (TRITON_INTERPRET=1) is checked on the CPU at a tiny size, never timed; the
 same tiny cases time cpp against the reference (the GPU check's dry run uses them).
-Headline (``--subset headline``): the SPEC §1.4 sizes in fp32 on the GPU, the goal case on the CPU.
+Headline (``--subset headline``): the docs/spec.md §1.4 sizes in fp32 on the GPU, the goal case on the CPU.
 
 Inputs: diagonal A ~ U(0.5, 0.99) (decays as in gated linear RNNs; states stay O(10)); block A
 with entries U(-0.9/K, 0.9/K), so every K×K block has row sums of |A| below 0.9; b ~ N(0, 1);
 h0 = 0. In --quick on the CPU the reference (Hillis–Steele, seconds per call there) is checked but
 not timed. The bf16 case's loop peer accumulates in float32 (a bf16-arithmetic loop would fail the
 check by design, not by accident).
-Oracle: the sequential loop in float64, and its backward (SPEC §1.2) with the loop as the scan.
+Oracle: the sequential loop in float64, and its backward (docs/spec.md §1.2) with the loop as the scan.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ TOL_NOTE = {
     torch.bfloat16: "2x the bf16 roundings: one for outputs (2^-8), two for dA = lambda*h (2^-7)",
 }
 
-GPU_SIZES = [(16, 4096, 512), (4, 16384, 1024), (64, 2048, 1024), (2, 65536, 256)]  # SPEC §1.4
+GPU_SIZES = [(16, 4096, 512), (4, 16384, 1024), (64, 2048, 1024), (2, 65536, 256)]  # docs/spec.md §1.4
 
 
 def diag_inputs(B, T, N, dtype, device):
@@ -76,7 +76,7 @@ def oracle(A, b):
 
 
 def oracle_grads(inputs, grad_outputs):
-    """dA, db of SPEC §1.2 in float64, with the sequential loop as the (reverse) scan."""
+    """dA, db of docs/spec.md §1.2 in float64, with the sequential loop as the (reverse) scan."""
     A, b = inputs["A"], inputs["b"]
     diagonal = b.dim() == 3
     Ab, bb = _to_block(A, b)
@@ -160,7 +160,7 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     if device.type == "cuda":
         sizes = GPU_SIZES[:2] if quick else GPU_SIZES
         out = [_case("diagonal", device, f32, *bts, impls=_impls(device), baseline="reference",
-                     note="SPEC §1.4: reference CUDA reduction 2.04-2.17 TB/s; bytes = 3·B·T·N·4 (fwd)",
+                     note="docs/spec.md §1.4: reference CUDA reduction 2.04-2.17 TB/s; bytes = 3·B·T·N·4 (fwd)",
                      headline=True)
                for bts in sizes]
         out.append(_case("diagonal", device, bf16, 16, 4096, 512, impls=_impls(device), baseline="reference"))

@@ -1,11 +1,11 @@
-"""Benchmark cases of the softplus_attention family: ``nlseq.softplus_attention`` (SPEC.md §2, §2.1).
+"""Benchmark cases of the softplus_attention family: ``nlseq.softplus_attention`` (docs/spec.md §2, §2.1).
 
-GPU (SPEC §2.1 sizes: bf16, causal, B = 4, H = 16, D = 128, N = 4096 and 16384; GPT-2 heads
+GPU (docs/spec.md §2.1 sizes: bf16, causal, B = 4, H = 16, D = 128, N = 4096 and 16384; GPT-2 heads
 B = 8, H = 12, D = 64): LSSA and LSSAR (p = 15) on the triton backend against FlexAttention with
 score_mod = log softplus (LSSAR: two calls, the first returning the log row sums) and the eager
 chunked reference; and, as the speed bar and baseline, PyTorch SDPA's flash kernel in the same case
 (softmax attention: a different function, checked against its own float64 softmax oracle).
-TFLOP/s use SPEC §2.1's count: forward 2·B·H·N²·D for causal, forward+backward 3.5× that.
+TFLOP/s use the count of docs/spec.md §2.1: forward 2·B·H·N²·D for causal, forward+backward 3.5× that.
 Goals (issue 4): LSSA >= SDPA flash TFLOP/s (>= 342 fwd, >= 318 fwd+bwd at 16384) and >= 2.5×
 FlexAttention; LSSAR >= 0.6× SDPA (checked as goals of the triton rows).
 Above N = 8192 the oracle checks the forward only (``check_grads=False``): a float64 backward of
@@ -87,7 +87,7 @@ def _softplus(x):
 
 
 def _flex_lssa(q, k, v, *, p=None):
-    """FlexAttention with score_mod = log softplus(c_i q̂·k̂): LSSA (SPEC §2 identity)."""
+    """FlexAttention with score_mod = log softplus(c_i q̂·k̂): LSSA (docs/spec.md §2 identity)."""
     D, N = q.shape[-1], q.shape[2]
     log_d = math.log(D)
     qh, kh = ref.normalize(q), ref.normalize(k)
@@ -141,7 +141,7 @@ def _flex_skip() -> str:
 
 
 def _flops(B, H, N, D):
-    fwd = 2 * B * H * N * N * D  # SPEC §2.1: causal forward
+    fwd = 2 * B * H * N * N * D  # docs/spec.md §2.1: causal forward
     return {"fwd": fwd, "bwd": 2.5 * fwd, "fwdbwd": 3.5 * fwd}
 
 
@@ -197,7 +197,7 @@ def _gpu_cases(device, quick):
                                    text="issue 4: LSSAR >= 0.6x SDPA flash") for m in ("fwd", "fwdbwd"))
             out.append(_case("lssa" if p is None else "lssar-p15", device, bf16, B, H, N, D, p=p, impls=impls,
                              baseline="sdpa-flash", goals=goals, headline=(B, H, N, D) == (4, 16, 16384, 128),
-                             note="SPEC §2.1 anchor for SDPA flash: 307/256 TFLOP/s at 4096, 342/318 at 16384 "
+                             note="docs/spec.md §2.1 anchor for SDPA flash: 307/256 TFLOP/s at 4096, 342/318 at 16384 "
                                   "(fwd / fwd+bwd)"))
     return out
 
