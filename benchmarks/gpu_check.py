@@ -78,6 +78,8 @@ REPORT_RESERVE_S = 10
 # Family test files that hold no GPU test (CPU emulation / CPU-only checks) or are not family tests.
 NOT_FAMILY_TESTS = {"test_bench.py", "test_gpu_check.py", "test_package.py", "test_cuda_emulation.py",
                     "test_pararnn_cuda_emulated.py", "test_triton_sm90.py", "test_hf_integration.py"}
+FAMILY_TEST_ORDER = ["test_pararnn.py", "test_softplus_attention.py", "test_analog.py", "test_pararnn_fused.py",
+                     "test_scan_triton.py", "test_scan.py"]
 # CUDA errors after which the context is unusable: every later CUDA call in the process fails.
 STICKY_CUDA = re.compile(r"illegal memory access|unspecified launch failure|misaligned address|"
                          r"device-side assert|illegal instruction|CUDA error: an? .*(fault|exception)", re.I)
@@ -401,7 +403,11 @@ class Check:
             return os.environ[var].split()
         if name == "tests-gpu":
             return ["tests/gpu"] if (ROOT / "tests" / "gpu").is_dir() else []
-        return sorted(f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py") if p.name not in NOT_FAMILY_TESTS)
+        # the files with few GPU parameters first, so that a phase cut by its limit has still run
+        # every family's kernels on the GPU (test_scan.py alone has ~300 of them)
+        names = sorted(p.name for p in (ROOT / "tests").glob("test_*.py") if p.name not in NOT_FAMILY_TESTS)
+        names.sort(key=lambda n: FAMILY_TEST_ORDER.index(n) if n in FAMILY_TEST_ORDER else len(FAMILY_TEST_ORDER))
+        return [f"tests/{n}" for n in names]
 
     def phase_tests(self, name: str) -> None:
         paths = self._test_paths(name)
@@ -527,6 +533,8 @@ class Check:
             status = {0: "ok", 1: "checks failed", 2: "nothing selected"}.get(res["rc"], self.status_of(res))
             if res["timed_out"]:
                 status = "timed_out"
+        elif res["rc"] == 2:
+            status = "nothing run (rc 2: bad options, nothing selected or no GPU; see its log)"
         else:
             status = self.status_of(res) if res["rc"] != 0 else "failed (no JSON)"
         for c in (doc or {}).get("cut", []):

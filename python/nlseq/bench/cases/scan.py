@@ -14,7 +14,9 @@ with entries U(-0.9/K, 0.9/K), so every K×K block has row sums of |A| below 0.9
 h0 = 0. In --quick on the CPU the reference (Hillis–Steele, seconds per call there) is checked but
 not timed. The bf16 case's loop peer accumulates in float32 (a bf16-arithmetic loop would fail the
 check by design, not by accident).
-Oracle: the sequential loop in float64, and its backward (docs/spec.md §1.2) with the loop as the scan.
+Oracle: the sequential loop in float64, and its backward (docs/spec.md §1.2) with the loop as the scan;
+on the GPU above T = 4096 the reference scan in float64 instead (a loop of 65536 Python steps
+costs seconds).
 """
 from __future__ import annotations
 
@@ -68,10 +70,22 @@ def _from_block(diagonal, *xs):
     return tuple(x[..., 0] for x in xs) if diagonal else xs
 
 
+# On the GPU a Python loop over T steps costs seconds at T = 16384 and 65536 (three launches per
+# step, forward and backward): there the oracle solves the same recurrence in float64 with the
+# reference scan (Hillis-Steele, O(log T) launches; tests/test_scan.py checks it against the loop).
+LOOP_ORACLE_MAX_T_GPU = 4096
+
+
+def _oracle_scan(A):
+    if A.is_cuda and A.shape[1] > LOOP_ORACLE_MAX_T_GPU:
+        return ref.linear_recurrence_scan
+    return ref.linear_recurrence_loop
+
+
 def oracle(A, b):
-    """float64 sequential loop: (h, h_last)."""
+    """float64 sequential loop (reference scan on the GPU for long T): (h, h_last)."""
     Ab, bb = _to_block(A, b)
-    h, h_last = ref.linear_recurrence_loop(Ab, bb)
+    h, h_last = _oracle_scan(A)(Ab, bb)
     return _from_block(b.dim() == 3, h, h_last)
 
 
@@ -80,11 +94,12 @@ def oracle_grads(inputs, grad_outputs):
     A, b = inputs["A"], inputs["b"]
     diagonal = b.dim() == 3
     Ab, bb = _to_block(A, b)
-    h, _ = ref.linear_recurrence_loop(Ab, bb)
+    scan = _oracle_scan(A)
+    h, _ = scan(Ab, bb)
     g, g_last = grad_outputs
     if diagonal:
         g, g_last = g[..., None], g_last[..., None]
-    dA, db, _ = ref.linear_recurrence_backward(Ab, h, None, g, g_last, False, scan_fn=ref.linear_recurrence_loop)
+    dA, db, _ = ref.linear_recurrence_backward(Ab, h, None, g, g_last, False, scan_fn=scan)
     if diagonal:
         dA, db = dA[..., 0, 0], db[..., 0]
     return {"A": dA, "b": db}
