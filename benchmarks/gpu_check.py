@@ -47,6 +47,11 @@ Environment (all optional):
     NLSEQ_GPU_CHECK_FAMILY_TESTS paths for tests-family (default: the family test files)
     NLSEQ_GPU_CHECK_WORK         work folder for the phases' own files (default: a new temp folder)
     NLSEQ_GPU_CHECK_BENCH_ARGS   extra arguments for every bench phase (e.g. "--backend cuda,triton")
+
+Set by the driver for the plugin (not for users): NLSEQ_GPU_CHECK_RESULTS (the per-test JSON
+lines file; the plugin is inactive without it), NLSEQ_GPU_CHECK_SELECT=params (keep the cuda /
+triton parameters), NLSEQ_GPU_CHECK_DESELECT (a file of node ids already reported, for a rerun),
+NLSEQ_GPU_CHECK_STICKY (inside pytest: the test after which the process ends).
 """
 from __future__ import annotations
 
