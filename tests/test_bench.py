@@ -2,12 +2,16 @@
 
 Timing numbers are never asserted (they depend on the machine); what is asserted is that a wrong
 implementation is reported as FAIL, a raising one as ERROR, an unavailable one as SKIP with its
-reason, and that a run writes a JSON file with the documented fields and a PNG.
+reason, that goals, warnings, peers with their own oracle, the time budget and interrupts are
+handled, and that a run writes a JSON file with the documented fields and a figure whose data
+(stored in the JSON, and the matplotlib artists) says what it should.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -17,7 +21,8 @@ import pytest
 import torch
 
 import nlseq.bench.cases
-from nlseq.bench import Case, Impl
+from nlseq.bench import Case, Goal, Impl
+from nlseq.bench import report
 from nlseq.bench.__main__ import main
 from nlseq.bench.runner import run_case
 from nlseq.bench.timing import Budget
@@ -41,10 +46,10 @@ class _WrongGrad(torch.autograd.Function):
         return 2.5 * g
 
 
-def _fake_case(impls, baseline=None):
+def _fake_case(impls, baseline=None, **kw):
     return Case(family="fake", name="double", device="cpu", dtype=torch.float32, shape={"N": 64}, inputs=_inputs,
                 oracle=lambda x: (2 * x, x.sum()), impls=impls, grad_inputs=("x",), output_names=("y", "s"),
-                atol=1e-6, rtol=1e-6, baseline=baseline, bytes={"fwd": 2 * 64 * 4})
+                atol=1e-6, rtol=1e-6, baseline=baseline, bytes={"fwd": 2 * 64 * 4}, **kw)
 
 
 def _raise(x):
@@ -79,6 +84,13 @@ def test_wrong_impls_fail_and_right_one_passes():
         assert rows[name]["GBps"]["fwd"] > 0 and rows[name]["pct_copy"]["fwd"] > 0
     assert rows["right"]["speedup"]["fwd"] == 1.0
     assert rows["raises"]["ms"] == {} and rows["absent"]["ms"] == {}
+    # the spread: quartiles around the median, and a speedup range that contains the speedup
+    for mode in ("fwd", "bwd", "fwdbwd"):
+        r = rows["off"]
+        assert r["ms_q25"][mode] <= r["ms"][mode] <= r["ms_q75"][mode] and r["spread"][mode] >= 0
+        assert r["speedup_lo"][mode] <= r["speedup"][mode] <= r["speedup_hi"][mode]
+    assert rows["right"]["warnings"] == [] or all("spread" in w for w in rows["right"]["warnings"])
+    assert rows["right"]["peer"] is True and rows["absent"]["peer"] is True  # no nlseq backend
 
 
 def test_forward_only_and_untimed_impls():
@@ -169,36 +181,55 @@ def test_broken_family_module_is_an_error_row(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_quick_scan_writes_json_and_png(tmp_path, capsys):
-    rc = main(["--quick", "--family", "scan", "--case", "/bf16/", "--backend", "cpp", "--device", "cpu",
+    rc = main(["--quick", "--family", "scan", "--case", "/bf16/", "--backend", "cpp,loop", "--device", "cpu",
                "--out", str(tmp_path)])
     assert rc == 0, capsys.readouterr().out
     doc = _only_json(tmp_path)
-    assert doc["schema"] == "nlseq-bench/1"
+    assert doc["schema"] == "nlseq-bench/2"
     m = doc["machine"]
     for key in ("device_name", "cpu_model", "cpu_count", "torch", "triton", "python", "git", "date"):
         assert key in m, key
     assert m["torch"] == torch.__version__ and m["cpu_count"] >= 1
     assert doc["ceilings"]["cpu"]["copy_GBps"] > 0
-    assert doc["options"]["quick"] is True and doc["options"]["backend"] == ["cpp"]
+    assert doc["options"]["quick"] is True and doc["options"]["backend"] == ["cpp", "loop"]
     assert doc["options"]["case"] == ["/bf16/"]
+    assert doc["complete"] is True and doc["cut"] == [] and doc["interrupted"] is None
+    assert len(m["loadavg_start"]) == 3 and len(m["loadavg_end"]) == 3
     rows = doc["rows"]
-    assert rows and {r["impl"] for r in rows} == {"cpp"} and {r["family"] for r in rows} == {"scan"}
+    assert rows and {r["impl"] for r in rows} == {"cpp", "loop"} and {r["family"] for r in rows} == {"scan"}
     for r in rows:
         assert r["status"] == "PASS", r
         assert r["dtype"] == "bf16" and r["shape"]["T"] > 0
-        assert set(r["ms"]) == {"fwd", "bwd", "fwdbwd"} and r["GBps"]["fwd"] > 0
-        assert r["case"] == "diagonal" and r["id"] in doc["cases"]
-    pngs = list(tmp_path.glob("nlseq-bench-*.png"))
+        assert r["GBps"]["fwd"] > 0 and r["case"] == "diagonal" and r["id"] in doc["cases"]
+    cpp = next(r for r in rows if r["impl"] == "cpp")
+    assert set(cpp["ms"]) == {"fwd", "bwd", "fwdbwd"} and cpp["grads_checked"] is True
+    pngs = list(tmp_path.glob("nlseq-bench-*-scan-cpu.png"))
     assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the figure's data, as stored in the JSON: cpp in colour against the grey loop baseline (fwd)
+    fig = doc["figures"]["scan/cpu"]
+    assert fig["png"] == pngs[0].name and len(fig["cases"]) == 1
+    case = fig["cases"][0]
+    assert case["mode"] == "fwd" and case["baseline"] == "loop"
+    bars = {b["impl"]: b for b in case["bars"]}
+    assert bars["loop"]["color"] == report.PEER_COLOR and bars["loop"]["speedup"] == 1.0 and bars["loop"]["baseline"]
+    assert bars["cpp"]["color"] == report.BACKEND_COLORS["cpp"] and bars["cpp"]["nlseq"]
+    assert bars["cpp"]["speedup"] == pytest.approx(cpp["speedup"]["fwd"])
+    assert bars["cpp"]["pct_roofline"] == pytest.approx(cpp["pct_copy"]["fwd"]) and bars["cpp"]["roofline"] == "copy"
     out = capsys.readouterr().out
     assert all(r["id"] in out for r in rows)  # the table names every case it ran
+    assert "GB/s" in out and "err/tol" in out and "load average" in out
 
 
-def test_bad_options_exit_2(capsys):
+def test_bad_options_exit_2(capsys, tmp_path):
     assert main(["--family", "nosuchfamily", "--no-plot"]) == 2
     assert main(["--family", "scan", "--backend", "nosuchimpl", "--no-plot"]) == 2
+    assert main(["--family", "scan", "--device", "cpu", "--case", "nosuchcase", "--no-plot"]) == 2
     err = capsys.readouterr().err
-    assert "nosuchfamily" in err and "nosuchimpl" in err
+    assert "nosuchfamily" in err and "nosuchimpl" in err and "nosuchcase" in err
+    if not torch.cuda.is_available():
+        assert main(["--family", "scan", "--device", "cuda", "--no-plot"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_module_entry_point_lists_cases():
@@ -226,5 +257,185 @@ def test_cpu_timing_runs_on_torch_thread_count(call_s):
         if call_s:
             time.sleep(call_s)
 
-    seconds, how = time_cpu(fn, Budget(0.05, 2, 10, 40))
-    assert seconds > 0 and seen and set(seen) == {outer}, (how, set(seen), outer)
+    t = time_cpu(fn, Budget(0.05, 2, 10, 40))
+    assert t.median > 0 and seen and set(seen) == {outer}, (t.how, set(seen), outer)
+    assert t.q25 <= t.median <= t.q75 and t.n >= 2
+
+
+def test_goals_met_missed_and_wrong_rows_meet_none():
+    impls = [Impl("base", lambda x: (2 * x, x.sum())), Impl("fast", lambda x: (2 * x, x.sum())),
+             Impl("wrong", lambda x: (2 * x + 1, x.sum()))]
+    goals = (Goal(("fast", "wrong"), "fwd", speedup=1e-6, text="any speed"),
+             Goal(("fast",), "fwd", max_ms=1e-9, text="impossible"))
+    rows = {r["impl"]: r for r in run_case(_fake_case(impls, baseline="base", goals=goals), TINY, {})}
+    fast = rows["fast"]["goals"]
+    assert [g["met"] for g in fast] == [True, False]
+    assert fast[0]["value"] == pytest.approx(rows["fast"]["speedup"]["fwd"])
+    assert fast[0]["as_speedup"] == pytest.approx(1e-6)
+    base_ms = rows["base"]["ms"]["fwd"]
+    assert fast[1]["as_speedup"] == pytest.approx(base_ms / 1e-9)  # where the figure draws the goal
+    assert rows["wrong"]["status"] == "FAIL" and rows["wrong"]["goals"][0]["met"] is False
+    assert rows["base"]["goals"] == []
+    with pytest.raises(ValueError, match="goal names"):
+        _fake_case(impls, goals=(Goal(("absent",), "fwd", speedup=2.0),))
+    with pytest.raises(ValueError, match="exactly one"):
+        Goal(("fast",), "fwd")
+
+
+def test_peer_with_its_own_oracle_in_the_same_case():
+    """A peer computing another function (as nn.GRU beside ParaGRU) is checked against its own oracle."""
+    own = dict(inputs=lambda: {"y": torch.linspace(0.0, 1.0, 16)}, oracle=lambda y: 3 * y, grad_inputs=("y",),
+               tol=(1e-6, 1e-6))
+    impls = [Impl("mine", lambda x: (2 * x, x.sum())), Impl("peer", lambda y: 3 * y, **own),
+             Impl("badpeer", lambda y: 3 * y + 0.1, **own)]
+    rows = {r["impl"]: r for r in run_case(_fake_case(impls, baseline="peer"), TINY, {})}
+    assert rows["mine"]["status"] == "PASS" and rows["peer"]["status"] == "PASS", rows
+    assert rows["badpeer"]["status"] == "FAIL" and rows["peer"]["own_oracle"] and not rows["mine"]["own_oracle"]
+    assert set(rows["peer"]["errors"]) == {"y", "dy"}  # named as the case names its outputs
+    assert rows["mine"]["speedup"]["fwd"] > 0  # compared with the peer in the same case
+
+
+def test_forward_only_oracle_times_but_does_not_check_gradients():
+    impls = [Impl("wronggrad", lambda x: (_WrongGrad.apply(x), x.sum()))]
+    rows = run_case(_fake_case(impls, check_grads=False), TINY, {})
+    r = rows[0]
+    assert r["status"] == "PASS" and r["grads_checked"] is False and "dx" not in r["errors"]
+    assert set(r["ms"]) == {"fwd", "bwd", "fwdbwd"}
+    assert any("not checked" in w for w in r["warnings"])
+
+
+def test_warning_above_the_ceiling():
+    rows = run_case(_fake_case([Impl("right", lambda x: (2 * x, x.sum()))]), TINY, {"copy_GBps": 1e-12})
+    assert rows[0]["pct_copy"]["fwd"] > 100
+    assert any("above the ceiling" in w for w in rows[0]["warnings"])
+
+
+def test_deadline_cuts_impls():
+    import time
+
+    rows = run_case(_fake_case([Impl("a", lambda x: (2 * x, x.sum()))]), TINY, {}, deadline=time.monotonic() - 1)
+    assert rows[0]["status"] == "CUT" and "time budget" in rows[0]["reason"] and rows[0]["ms"] == {}
+
+
+SLOW_FAMILY = '''
+import os, signal, time
+import torch
+from nlseq.bench import Case, Impl
+
+FAMILY = "slowfam"
+
+
+def _sigterm(x):
+    if os.environ.get("SLOWFAM_SIGTERM"):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a driver's time limit would
+    time.sleep(0.3)
+    return x * 1
+
+
+def cases(device, quick):
+    if device.type != "cpu":
+        return []
+    make = lambda name, **kw: Case(family=FAMILY, name=name, device=device, dtype=torch.float32, shape={"N": 4},
+                                   inputs=lambda: {"x": torch.ones(4)}, oracle=lambda x: x, atol=0.0, rtol=0.0,
+                                   baseline="fast", **kw)
+    return [make("first", impls=[Impl("fast", lambda x: x * 1), Impl("slow", _sigterm)]),
+            make("second", impls=[Impl("fast", lambda x: x * 1)]),
+            make("third", impls=[Impl("fast", lambda x: x * 1)], headline=True)]
+'''
+
+
+@pytest.fixture
+def slow_family(tmp_path, monkeypatch):
+    folder = tmp_path / "slow_cases"
+    folder.mkdir()
+    (folder / "slowfam.py").write_text(textwrap.dedent(SLOW_FAMILY))
+    monkeypatch.setattr(nlseq.bench.cases, "__path__", list(nlseq.bench.cases.__path__) + [str(folder)])
+    yield "slowfam"
+    sys.modules.pop("nlseq.bench.cases.slowfam", None)
+
+
+def test_time_budget_cuts_and_reports(slow_family, tmp_path, capsys):
+    rc = main(["--quick", "--family", slow_family, "--device", "cpu", "--out", str(tmp_path), "--no-plot",
+               "--time-budget", "0.001"])
+    assert rc == 0  # cut by the budget: reported, not a failure
+    doc = _only_json(tmp_path)
+    assert doc["complete"] is False and doc["interrupted"] is None
+    cut = {c["id"].split("/")[1] for c in doc["cut"]}
+    assert cut and cut <= {"first", "second", "third"} and all("budget" in c["reason"] for c in doc["cut"])
+    assert "cut (time budget spent)" in capsys.readouterr().out
+
+
+def test_sigterm_keeps_finished_rows(slow_family, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLOWFAM_SIGTERM", "1")
+    handler = signal.getsignal(signal.SIGTERM)
+    rc = main(["--quick", "--family", slow_family, "--device", "cpu", "--out", str(tmp_path), "--no-plot"])
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored
+    assert rc == 128 + signal.SIGTERM
+    doc = _only_json(tmp_path)
+    assert doc["interrupted"] == "SIGTERM" and doc["complete"] is False
+    status = {(r["case"], r["impl"]): r["status"] for r in doc["rows"]}
+    assert status == {("first", "fast"): "PASS", ("first", "slow"): "CUT"}, status
+    assert doc["rows"][0]["ms"]["fwd"] > 0  # the finished row kept its timing
+    assert {c["id"].split("/")[1] for c in doc["cut"]} == {"second", "third"}
+
+
+def test_subset_selects_headline_cases(slow_family, tmp_path):
+    rc = main(["--quick", "--family", slow_family, "--device", "cpu", "--out", str(tmp_path), "--no-plot",
+               "--subset", "headline"])
+    assert rc == 0
+    assert {r["case"] for r in _only_json(tmp_path)["rows"]} == {"third"}
+    assert main(["--quick", "--family", slow_family, "--device", "cpu", "--subset", "headline", "--case", "first",
+                 "--no-plot", "--out", str(tmp_path / "none")]) == 2
+
+
+def _figure_doc():
+    """A bench document with one case: an nlseq row, a peer, the baseline, a goal."""
+    def row(impl, backend, ms, q25, q75, base=(1.0, 0.9, 1.2), pct=None, goals=()):
+        return {"family": "fam", "device": "cpu", "id": "fam/c/N8/fp32/cpu", "impl": impl, "backend": backend,
+                "baseline": "base", "status": "PASS", "ms": {"fwd": ms}, "ms_q25": {"fwd": q25},
+                "ms_q75": {"fwd": q75}, "spread": {"fwd": (q75 - q25) / ms},
+                "speedup": {"fwd": base[0] / ms}, "speedup_lo": {"fwd": base[1] / q75},
+                "speedup_hi": {"fwd": base[2] / q25}, "pct_copy": {"fwd": pct} if pct else {}, "pct_matmul": {},
+                "goals": list(goals)}
+    goal = {"target": ">= 3x base (fwd)", "mode": "fwd", "value": 4.0, "met": True, "text": "", "as_speedup": 3.0}
+    rows = [row("cpp", "cpp", 0.25, 0.2, 0.3, pct=40.0, goals=[goal]), row("torch", None, 2.0, 1.8, 2.5),
+            row("base", None, 1.0, 0.9, 1.2)]
+    return {"rows": rows, "machine": {"device_name": "test cpu", "date": "2026-01-01"}}
+
+
+def test_figure_data_and_artists():
+    data = report.figure_data(_figure_doc(), "fam", "cpu")
+    assert report.figure_data(_figure_doc(), "other", "cpu") is None
+    (case,) = data["cases"]
+    bars = {b["impl"]: b for b in case["bars"]}
+    assert [b["impl"] for b in case["bars"]] == ["cpp", "torch", "base"]
+    assert bars["cpp"]["speedup"] == 4.0 and bars["cpp"]["color"] == report.BACKEND_COLORS["cpp"]
+    assert bars["cpp"]["lo"] == pytest.approx(0.9 / 0.3) and bars["cpp"]["hi"] == pytest.approx(1.2 / 0.2)
+    assert bars["torch"]["color"] == bars["base"]["color"] == report.PEER_COLOR  # peers in grey
+    assert bars["torch"]["speedup"] == 0.5 and bars["base"]["baseline"]
+    assert case["goals"] == [{"impl": "cpp", "target": ">= 3x base (fwd)", "as_speedup": 3.0, "met": True}]
+    assert data["xlim"][0] < 0.5 and data["xlim"][1] > 6.0  # every bar and error bar fits
+    fig = report.draw(data)
+    try:
+        ax, ax_roof = fig.axes[:2]
+        assert ax.get_xscale() == "log"
+        # one horizontal bar per row, from 1x to its speedup (left of 1x: slower than the baseline)
+        rects = [p for p in ax.patches if p.get_height() > 0.5]
+        assert len(rects) == 3
+        spans = sorted((round(r.get_x(), 6), round(r.get_x() + r.get_width(), 6)) for r in rects)
+        assert spans == [(1.0, 0.5), (1.0, 1.0), (1.0, 4.0)]
+        colours = {round(r.get_x() + r.get_width(), 6): r.get_facecolor()[:3] for r in rects}
+        import matplotlib.colors as mcolors
+
+        assert colours[4.0] == pytest.approx(mcolors.to_rgb(report.BACKEND_COLORS["cpp"]))
+        assert colours[0.5] == pytest.approx(mcolors.to_rgb(report.PEER_COLOR))
+        # the 1x line and the goal (dashed, at 3x)
+        xs = [tuple(l.get_xdata()) for l in ax.get_lines()]
+        assert (1.0, 1.0) in xs and (3.0, 3.0) in xs
+        roof = [p.get_width() for p in ax_roof.patches if p.get_height() > 0.5]
+        assert roof == [40.0]
+        assert math.isclose(ax_roof.get_lines()[0].get_xdata()[0], 100.0)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

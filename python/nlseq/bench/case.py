@@ -10,8 +10,14 @@ A family module in ``nlseq.bench.cases`` returns a list of :class:`Case` (see
 3. runs every :class:`Impl` once and compares every output and every gradient with the oracle:
    PASS when ``|impl - oracle| <= atol + rtol·|oracle|`` everywhere (``grad_tol`` for gradients)
    and nothing is NaN;
-4. times ``fwd`` / ``bwd`` / ``fwdbwd`` medians for the impls with ``timed=True``, and turns them
-   into GB/s (``bytes``), TFLOP/s (``flops``), speedups over ``baseline`` and peak memory.
+4. times ``fwd`` / ``bwd`` / ``fwdbwd`` medians (with quartiles) for the impls with
+   ``timed=True``, and turns them into GB/s (``bytes``), TFLOP/s (``flops``), speedups over
+   ``baseline`` and peak memory, and checks the case's :class:`Goal` s.
+
+A peer that computes a different function at the same size (nn.GRU next to ParaGRU, softmax SDPA
+next to softplus attention) sits in the same case, so that the table and the figure compare it
+with the nlseq rows directly; it brings its own ``inputs`` / ``oracle`` / tolerances (Impl fields)
+and is checked against its own float64 oracle.
 """
 from __future__ import annotations
 
@@ -45,6 +51,10 @@ class Impl:
     timed     False: correctness check only (e.g. the Triton interpreter on the CPU).
     skip      a non-empty reason skips it (the case knows something the registry does not).
     note      shown in the JSON row.
+    inputs, oracle, oracle_grads, grad_inputs, tol, grad_tol
+              a peer computing another function (see the module docstring): its own inputs
+              builder, float64 oracle (and gradients), differentiated inputs and (atol, rtol);
+              None = the case's.
     """
 
     name: str
@@ -54,6 +64,44 @@ class Impl:
     timed: bool = True
     skip: str = ""
     note: str = ""
+    inputs: Optional[Callable[[], dict]] = None
+    oracle: Optional[Callable[..., Outputs]] = None
+    oracle_grads: Optional[Callable[[dict, tuple], dict]] = None
+    grad_inputs: Optional[tuple] = None
+    tol: Optional[tuple] = None
+    grad_tol: Optional[tuple] = None
+
+    @property
+    def own_problem(self) -> bool:
+        """True when it brings its own inputs, oracle or gradients (a peer computing another function)."""
+        return self.inputs is not None or self.oracle is not None or self.grad_inputs is not None
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A speed goal of a case, checked on every run (the table says met / missed).
+
+    impls      the rows it applies to (e.g. ("cuda", "triton")); each is judged on its own.
+    mode       "fwd", "bwd" or "fwdbwd".
+    speedup    at least this many times faster than ``over`` (default: the case's baseline);
+    max_ms     or at most this median time;
+    min_tflops or at least this throughput.
+    text       where the number comes from (docs/spec.md section, issue).
+    """
+
+    impls: tuple
+    mode: str
+    speedup: Optional[float] = None
+    over: Optional[str] = None
+    max_ms: Optional[float] = None
+    min_tflops: Optional[float] = None
+    text: str = ""
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"Goal: mode must be one of {MODES}, got {self.mode!r}")
+        if sum(x is not None for x in (self.speedup, self.max_ms, self.min_tflops)) != 1:
+            raise ValueError("Goal: give exactly one of speedup, max_ms, min_tflops")
 
 
 @dataclass
@@ -80,7 +128,12 @@ class Case:
                    read or written once) and floating-point operations. Missing mode = no column.
     mem_estimate   per impl name, estimated peak extra bytes of one fwd(+bwd) call; reported on the
                    CPU only (on a GPU the runner measures torch.cuda.max_memory_allocated).
-    note           printed under the case's header (e.g. a goal).
+    note           printed under the case's header.
+    goals          :class:`Goal` s checked on every run (met / missed in the table and the JSON).
+    check_grads    False: the gradients are timed but not compared (the oracle runs forward
+                   only) -- for sizes whose float64 backward would not fit in memory.
+    headline       part of the headline set (``--subset headline``): the cases a short GPU
+                   check times first (docs/benchmarks.md).
     """
 
     family: str
@@ -103,6 +156,9 @@ class Case:
     flops: dict = field(default_factory=dict)
     mem_estimate: dict = field(default_factory=dict)
     note: str = ""
+    goals: tuple = ()
+    check_grads: bool = True
+    headline: bool = False
 
     def __post_init__(self):
         self.device = torch.device(self.device)
@@ -111,6 +167,10 @@ class Case:
             raise ValueError(f"bench case {self.family}/{self.name}: impl names must be unique, got {names}")
         if self.baseline is not None and self.baseline not in names:
             raise ValueError(f"bench case {self.family}/{self.name}: baseline {self.baseline!r} is not one of {names}")
+        for goal in self.goals:
+            unknown = [n for n in (*goal.impls, goal.over) if n is not None and n not in names]
+            if unknown:
+                raise ValueError(f"bench case {self.family}/{self.name}: goal names {unknown}, not in {names}")
         for table in (self.bytes, self.flops):
             bad = set(table) - set(MODES)
             if bad:

@@ -1,4 +1,8 @@
-"""Machine description, the printed table, the JSON file and the PNG plot of a bench run."""
+"""Machine description, the printed table, the JSON file and the per-family figures of a bench run.
+
+The figure of a family is drawn from plain data (:func:`figure_data`), which is also stored in
+the JSON under ``figures``: what a person sees is what a test can read back.
+"""
 from __future__ import annotations
 
 import datetime as _dt
@@ -16,7 +20,7 @@ import torch
 
 import nlseq
 
-SCHEMA = "nlseq-bench/1"
+SCHEMA = "nlseq-bench/2"
 
 
 def _version(dist: str) -> Optional[str]:
@@ -91,7 +95,11 @@ def _finite(x):
 
 
 def write_json(path: Path, doc: dict) -> None:
-    path.write_text(json.dumps(_finite(doc), indent=1, allow_nan=False) + "\n")
+    """Write atomically (a temporary file, then rename): a reader, or a run killed mid-write,
+    sees the previous complete file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_finite(doc), indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------- table
@@ -99,20 +107,24 @@ def _fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _ms(x) -> str:
+def _ms(row: dict, mode: str) -> str:
+    x = row["ms"].get(mode)
     if x is None:
         return "-"
-    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+    text = f"{x:.3g}" if x < 100 else f"{x:.0f}"
+    spread = row.get("spread", {}).get(mode)
+    return text + (f" ±{50 * spread:.0f}%" if spread is not None and spread == spread else "")
 
 
-def _rate(row: dict, mode: str) -> str:
-    if mode in row["GBps"]:
-        pct = row["pct_copy"].get(mode)
-        return f"{row['GBps'][mode]:.3g}" + (f" ({pct:.0f}%)" if pct is not None else "")
-    if mode in row["TFLOPs"]:
-        pct = row["pct_matmul"].get(mode)
-        return f"{row['TFLOPs'][mode]:.3g}T" + (f" ({pct:.0f}%)" if pct is not None else "")
-    return "-"
+def _num(table: dict, mode: str, spec: str = ".3g") -> str:
+    v = table.get(mode)
+    return "-" if v is None else format(v, spec)
+
+
+def _pct(row: dict, mode: str) -> str:
+    """% of the ceiling that bounds the row: matmul when the case counts flops, else copy."""
+    v = row["pct_matmul"].get(mode, row["pct_copy"].get(mode))
+    return "-" if v is None else f"{v:.0f}%" + ("!" if v > 100 else "")
 
 
 def _speed(row: dict, mode: str) -> str:
@@ -127,42 +139,74 @@ def _mem(row: dict) -> str:
     return f"{b / 2**20:.0f}" + ("*" if row["peak_mem_source"] and row["peak_mem_source"].startswith("estimate") else "")
 
 
+def _goal(row: dict) -> str:
+    goals = row.get("goals") or []
+    if not goals:
+        return "-"
+    if any(g["met"] is False for g in goals):
+        return "MISSED"
+    if all(g["met"] for g in goals):
+        return "met"
+    return "n/a"
+
+
+def _impl(row: dict) -> str:
+    return row["impl"] + (" (peer)" if row.get("peer") else "")
+
+
 COLUMNS = [
-    ("impl", lambda r: r["impl"]),
+    ("impl", _impl),
     ("check", lambda r: r["status"]),
     ("max err", lambda r: _fmt(r["max_abs_err"], ".1e")),
-    ("fwd ms", lambda r: _ms(r["ms"].get("fwd"))),
-    ("bwd ms", lambda r: _ms(r["ms"].get("bwd"))),
-    ("f+b ms", lambda r: _ms(r["ms"].get("fwdbwd"))),
-    ("fwd GB/s (%copy)", lambda r: _rate(r, "fwd")),
-    ("f+b GB/s (%copy)", lambda r: _rate(r, "fwdbwd")),
+    ("err/tol", lambda r: _fmt(r["max_err_over_tol"], ".2g")),
+    ("fwd ms ±IQR/2", lambda r: _ms(r, "fwd")),
+    ("bwd ms ±IQR/2", lambda r: _ms(r, "bwd")),
+    ("f+b ms ±IQR/2", lambda r: _ms(r, "fwdbwd")),
+    ("fwd GB/s", lambda r: _num(r["GBps"], "fwd")),
+    ("f+b GB/s", lambda r: _num(r["GBps"], "fwdbwd")),
+    ("fwd TFLOP/s", lambda r: _num(r["TFLOPs"], "fwd")),
+    ("f+b TFLOP/s", lambda r: _num(r["TFLOPs"], "fwdbwd")),
+    ("fwd %ceil", lambda r: _pct(r, "fwd")),
+    ("f+b %ceil", lambda r: _pct(r, "fwdbwd")),
     ("speedup fwd", lambda r: _speed(r, "fwd")),
     ("speedup f+b", lambda r: _speed(r, "fwdbwd")),
+    ("goal", _goal),
     ("peak MiB", _mem),
+    ("warn", lambda r: "!" if r.get("warnings") else ""),
 ]
 
 
 def _grid(header: list, lines: list) -> list[str]:
+    # drop the columns that say nothing for this case (all "-" or empty), keep impl and check
+    keep = [i for i, h in enumerate(header) if i < 2 or any(l[i] not in ("-", "") for l in lines)]
+    header = [header[i] for i in keep]
+    lines = [[l[i] for i in keep] for l in lines]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines]
 
 
 def table(doc: dict) -> str:
-    """The run as text: a header per case, one line per impl, then skip/fail reasons."""
+    """The run as text: a header per case, one line per impl, then reasons, goals and warnings."""
     m = doc["machine"]
     out = [f"nlseq bench  {m['date']}  {m['device_name']}  ({m['cpu_model']}, {m['cpu_count']} cores, "
            f"torch {m['torch']}, triton {m['triton']}, commit {(m['git']['commit'] or 'unknown')[:10]}"
            f"{'+dirty' if m['git']['dirty'] else ''})"]
+    load = [m.get("loadavg_start"), m.get("loadavg_end")]
+    if any(load):
+        out.append("load average (1/5/15 min): start " + " ".join(map(str, load[0] or [])) + ", end "
+                   + " ".join(map(str, load[1] or [])) + f"  ({m['cpu_count']} cores)")
     for dev, c in doc["ceilings"].items():
         parts = [f"copy {c['copy_GBps']:.1f} GB/s"]
         parts += [f"matmul {k} {v:.2f} TFLOP/s" for k, v in c.get("matmul_TFLOPs", {}).items()]
         out.append(f"ceiling {dev}: " + ", ".join(parts))
+    out.append("ms: median ± half the interquartile range (relative); %ceil: of the measured matmul "
+               "throughput when the case counts flops, else of the copy bandwidth")
     by_case: dict[str, list] = {}
     for r in doc["rows"]:
         by_case.setdefault(r["id"], []).append(r)
     header = [name for name, _ in COLUMNS]
-    notes = []
+    notes, goals, warns = [], [], []
     for cid, rows in by_case.items():
         r0 = rows[0]
         info = doc["cases"].get(cid, {})
@@ -178,12 +222,23 @@ def table(doc: dict) -> str:
         out += _grid(header, [[f(r) for _, f in COLUMNS] for r in rows])
         notes += [f"  {cid} {r['impl']}: {r['status']}: {r['reason']}" for r in rows if r["reason"]]
         notes += [f"  {cid} {r['impl']}: {r['note']}" for r in rows if r["note"] and not r["reason"]]
+        for r in rows:
+            for g in r.get("goals") or []:
+                verdict = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
+                value = "" if g["value"] is None else f": {g['value']:.3g}"
+                goals.append(f"  {cid} {r['impl']}: {g['target']}{value} {verdict}"
+                             + (f"  ({g['text']})" if g.get("text") else ""))
+            warns += [f"  {cid} {r['impl']}: {w}" for w in r.get("warnings") or []]
     if any(r["peak_mem_bytes"] is not None and (r["peak_mem_source"] or "").startswith("estimate")
            for r in doc["rows"]):
         out.append("\n* peak memory estimated by the case (outputs of fwd+bwd), not measured")
-    if notes:
-        out.append("\nnotes:")
-        out += notes
+    for title, lines in (("goals:", goals), ("warnings:", warns), ("notes:", notes)):
+        if lines:
+            out.append("\n" + title)
+            out += lines
+    if doc.get("cut"):
+        out.append(f"\ncut ({doc['cut'][0]['reason']}): {len(doc['cut'])} case(s) not run: "
+                   + ", ".join(c["id"] for c in doc["cut"][:12]) + (" ..." if len(doc["cut"]) > 12 else ""))
     counts = {}
     for r in doc["rows"]:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -191,52 +246,156 @@ def table(doc: dict) -> str:
     return "\n".join(out)
 
 
-# ------------------------------------------------------------------------------------------ plot
-def plot(doc: dict, path: Path) -> bool:
-    """One panel per timed case: median ms per impl for each mode (log scale). False: nothing timed."""
-    import matplotlib
+# ---------------------------------------------------------------------------------------- figure
+# nlseq backends in colour, peers (plain PyTorch, cuDNN, FlexAttention, SDPA) in grey.
+BACKEND_COLORS = {"cuda": "#2ca02c", "triton": "#9467bd", "cpp": "#1f77b4", "reference": "#ff7f0e"}
+OTHER_NLSEQ_COLOR = "#17becf"
+PEER_COLOR = "#9a9a9a"
 
+
+def _plot_mode(rows: list[dict]) -> Optional[str]:
+    """The mode a case is drawn in: forward+backward when the baseline and another row have it,
+    else forward (a forward-only baseline such as the sequential loop), else nothing."""
+    for mode in ("fwdbwd", "fwd"):
+        if sum(1 for r in rows if mode in r["speedup"]) >= 2:
+            return mode
+    return None
+
+
+def figure_data(doc: dict, family: str, device: str) -> Optional[dict]:
+    """What the family's figure shows, as plain data (None: no case of it has speedups).
+
+    One entry per case with a baseline and at least two timed rows: the mode drawn, and per row
+    (impl) its speedup over the baseline with the range from the quartiles, its colour (nlseq
+    backend or grey peer), its status, and its % of the measured roofline (matmul throughput when
+    the case counts flops, else copy bandwidth); plus the goals as speedups over the baseline.
+    """
+    by_case: dict[str, list] = {}
+    for r in doc["rows"]:
+        if r["family"] == family and r["device"] == device:
+            by_case.setdefault(r["id"], []).append(r)
+    cases = []
+    for cid, rows in by_case.items():
+        mode = _plot_mode(rows)
+        if mode is None:
+            continue
+        bars = []
+        for r in rows:
+            if mode not in r["speedup"]:
+                continue
+            nlseq_row = r["backend"] is not None
+            color = BACKEND_COLORS.get(r["impl"], OTHER_NLSEQ_COLOR) if nlseq_row else PEER_COLOR
+            roof, kind = r["pct_matmul"].get(mode), "matmul"
+            if roof is None:
+                roof, kind = r["pct_copy"].get(mode), "copy"
+            bars.append({"impl": r["impl"], "nlseq": nlseq_row, "color": color, "status": r["status"],
+                         "speedup": r["speedup"][mode], "lo": r["speedup_lo"].get(mode),
+                         "hi": r["speedup_hi"].get(mode), "ms": r["ms"][mode], "spread": r["spread"].get(mode),
+                         "pct_roofline": roof, "roofline": kind if roof is not None else None,
+                         "baseline": r["impl"] == r["baseline"]})
+        goals = [{"impl": r["impl"], "target": g["target"], "as_speedup": g["as_speedup"], "met": g["met"]}
+                 for r in rows for g in r.get("goals") or [] if g["mode"] == mode and g.get("as_speedup")]
+        cases.append({"id": cid, "label": cid.split("/", 1)[1].rsplit("/", 1)[0], "mode": mode,
+                      "baseline": rows[0]["baseline"], "bars": bars, "goals": goals})
+    if not cases:
+        return None
+    xs = [v for c in cases for b in c["bars"] for v in (b["speedup"], b["lo"], b["hi"]) if v]
+    xs += [g["as_speedup"] for c in cases for g in c["goals"]] + [1.0]
+    lo, hi = min(xs), max(xs)
+    return {"family": family, "device": device, "machine": doc["machine"]["device_name"],
+            "date": doc["machine"]["date"], "xlim": [lo / 1.6, hi * 2.2], "cases": cases}
+
+
+def draw(data: dict):
+    """The figure of :func:`figure_data`'s output: left, speedup bars on a shared log axis (1x
+    line, goal marks, quartile error bars); right, % of the measured roofline. Returns the
+    matplotlib Figure (the caller saves and closes it)."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("matplotlib is not installed: pip install matplotlib (the bench extra) "
+                          "to get the figures; the table and the JSON are complete without it") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_case: dict[str, list] = {}
-    for r in doc["rows"]:
-        if r["ms"]:
-            by_case.setdefault(r["id"], []).append(r)
-    if not by_case:
-        return False
-    n = len(by_case)
-    cols = min(n, 3)
-    nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.6 * nrows), squeeze=False)
-    modes = [("fwd", "fwd"), ("bwd", "bwd"), ("fwdbwd", "fwd+bwd")]
-    colors = {"fwd": "tab:blue", "bwd": "tab:orange", "fwdbwd": "tab:green"}
-    width = 0.8 / len(modes)
-    for ax, (cid, rows) in zip(axes.flat, by_case.items()):
-        labelled = set()
-        for i, r in enumerate(rows):
-            present = [(m, label) for m, label in modes if m in r["ms"]]
-            for j, (mode, label) in enumerate(present):  # the bars of one impl, centred on its tick
-                x = i + (j - (len(present) - 1) / 2) * width
-                ax.bar(x, r["ms"][mode], width, color=colors[mode], label=None if mode in labelled else label)
-                labelled.add(mode)
-                gb = r["GBps"].get(mode)
-                if gb is not None:
-                    ax.annotate(f"{gb:.3g}", (x, r["ms"][mode]), ha="center", va="bottom", fontsize=6)
-        times = [v for r in rows for v in r["ms"].values() if v > 0]
-        if times:  # log-scale bars need a floor below the shortest bar
-            ax.set_ylim(bottom=10 ** math.floor(math.log10(min(times)) - 0.3))
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([f"{r['impl']}\n{r['status']}" for r in rows], fontsize=8)
-        ax.set_yscale("log")
-        ax.set_ylabel("median ms (labels: GB/s)")
-        ax.set_title(cid, fontsize=8)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    m = doc["machine"]
-    fig.suptitle(f"nlseq bench  {m['device_name']}  {m['date']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    n_bars = sum(len(c["bars"]) for c in data["cases"])
+    height = 1.2 + 0.26 * n_bars + 0.42 * len(data["cases"])
+    fig, (ax, ax_roof) = plt.subplots(1, 2, figsize=(10.5, height), sharey=True,
+                                      gridspec_kw={"width_ratios": [3, 1.2]})
+    y, ticks, labels = 0.0, [], []
+    for case in data["cases"]:
+        top = y
+        ax.text(data["xlim"][0], y - 0.15, f"{case['label']}  ({case['mode']}, vs {case['baseline']})",
+                fontsize=7.5, fontweight="bold", va="bottom", ha="left")
+        y += 0.55
+        for b in case["bars"]:
+            xerr = None
+            if b["lo"] and b["hi"]:
+                xerr = [[max(b["speedup"] - b["lo"], 0)], [max(b["hi"] - b["speedup"], 0)]]
+            # bars start at 1x: right of the line = faster than the baseline, left = slower
+            ax.barh(y, b["speedup"] - 1.0, height=0.75, left=1.0, color=b["color"], xerr=xerr, ecolor="black",
+                    error_kw={"elinewidth": 0.7, "capsize": 2}, hatch=None if b["status"] == "PASS" else "xx",
+                    edgecolor="white" if b["status"] == "PASS" else "black", linewidth=0.4)
+            if b["baseline"]:
+                ax.plot([1.0], [y], marker="|", color=b["color"], markersize=9, markeredgewidth=3)
+            right = max(v for v in (b["speedup"], b["hi"], 1.0) if v)
+            ax.text(right * 1.05, y, f"{b['speedup']:.3g}x" + (" (baseline)" if b["baseline"] else ""),
+                    va="center", fontsize=6.5)
+            if b["pct_roofline"] is not None:
+                ax_roof.barh(y, b["pct_roofline"], height=0.75, color=b["color"])
+                ax_roof.text(b["pct_roofline"], y, f" {b['pct_roofline']:.0f}% {b['roofline']}",
+                             va="center", fontsize=6)
+            ticks.append(y)
+            labels.append(b["impl"] + ("" if b["status"] == "PASS" else f" [{b['status']}]"))
+            y += 1.0
+        for g in case["goals"]:
+            ax.plot([g["as_speedup"]] * 2, [top + 0.35, y - 0.3], color="#d62728", linestyle="--", linewidth=1.2)
+        y += 0.35
+    ax.axvline(1.0, color="black", linewidth=0.9)
+    ax.set_xscale("log")
+    ax.set_xlim(*data["xlim"])
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup over the case's baseline (log; error bars: quartiles; black line: 1x, "
+                  "red dashes: goal)", fontsize=7.5)
+    ax.grid(axis="x", which="both", linewidth=0.3, alpha=0.5)
+    ax_roof.axvline(100.0, color="black", linewidth=0.9)
+    top_pct = max([b["pct_roofline"] or 0 for c in data["cases"] for b in c["bars"]] + [100.0])
+    ax_roof.set_xlim(0, top_pct * 1.35)
+    ax_roof.set_xlabel("% of the measured roofline", fontsize=7.5)
+    ax_roof.tick_params(labelsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    from matplotlib.patches import Patch
+
+    seen = {}
+    for c in data["cases"]:
+        for b in c["bars"]:
+            seen.setdefault("peer (PyTorch, cuDNN, ...)" if not b["nlseq"] else f"nlseq {b['impl']}", b["color"])
+    fig.legend(handles=[Patch(color=v, label=k) for k, v in seen.items()], fontsize=7, loc="lower center",
+               ncol=len(seen), frameon=False)
+    fig.suptitle(f"nlseq bench: {data['family']} on {data['machine']} ({data['device']}), {data['date']}",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.28 / height, 1, 1))  # room for the legend below the axes
+    return fig
+
+
+def plot_families(doc: dict, json_path: Path) -> list[Path]:
+    """One PNG per (family, device) with speedups, next to the JSON; stores the drawn data in
+    ``doc["figures"]``. Returns the paths written."""
+    doc["figures"] = {}
+    paths = []
+    keys = sorted({(r["family"], r["device"]) for r in doc["rows"] if r["family"] and r["device"]})
+    for family, device in keys:
+        data = figure_data(doc, family, device)
+        if data is None:
+            continue
+        fig = draw(data)
+        path = json_path.with_name(f"{json_path.stem}-{family}-{device}.png")
+        fig.savefig(path, dpi=100)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        doc["figures"][f"{family}/{device}"] = {**data, "png": path.name}
+        paths.append(path)
+    return paths

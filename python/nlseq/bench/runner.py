@@ -2,12 +2,16 @@
 
 A row is one (case, impl). Status: PASS / FAIL (outside the tolerance, NaN, wrong shape or
 count) / ERROR (it raised; the exception is in ``reason``) / SKIP (unavailable here; the reason
-says why and how to fix it). Failures are reported, never hidden; timing still runs after a FAIL
-so that a wrong kernel cannot look fast unnoticed.
+says why and how to fix it) / CUT (not run: the run's time budget was spent). Failures are
+reported, never hidden; timing still runs after a FAIL so that a wrong kernel cannot look fast
+unnoticed. Each row also carries its goals (met / missed) and warnings (above 100 % of a measured
+ceiling, or a spread too wide to trust the median).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import time
 import traceback
 from typing import Callable, Optional, Sequence
 
@@ -16,8 +20,12 @@ from torch import Tensor
 
 from .. import registry as nlseq_registry
 from ..registry import triton_interpret
-from .case import MODES, Case, Impl, dtype_name
+from .case import MODES, Case, Goal, Impl, dtype_name
 from .timing import Budget, peak_memory, time_fn
+
+# A row whose interquartile range exceeds this fraction of its median gets a warning: its median
+# (and every speedup computed from it) is not to be trusted to better than that.
+SPREAD_WARN = 0.25
 
 
 def _as_tuple(out) -> tuple:
@@ -69,7 +77,8 @@ def _compare(actual: Tensor, oracle: Tensor, atol: float, rtol: float) -> tuple[
     nan = bool(torch.isnan(a).any()) and not bool(torch.isnan(oracle).any())
     err = (a - oracle).abs()
     bound = atol + rtol * oracle.abs()
-    ratio = float((err / bound).max())
+    # err / bound, with 0 where both are 0 (an exact-match tolerance met exactly)
+    ratio = float(torch.where(err == 0, torch.zeros_like(err), err / bound).max())
     max_err = float(err.max())
     ok = not nan and bool((err <= bound).all())
     return ok, max_err, ratio, "NaN in output" if nan else ""
@@ -94,7 +103,15 @@ class _Prepared:
             self.out64 = tuple(o.to(torch.float64) for o in _as_tuple(case.oracle(**inputs64)))
         self.grad_out: tuple = ()
         self.grads64: dict = {}
-        if needs_backward:
+        if needs_backward and not case.check_grads:
+            # gradients timed, not compared: draw the upstream gradients only (no float64 backward)
+            gen = torch.Generator(device=case.device).manual_seed(1)
+            self.grad_out = tuple(
+                torch.randn(o.shape, generator=gen, device=o.device, dtype=torch.float64).to(case.dtype)
+                for o in self.out64)
+            for leaf in self.leaves:
+                leaf.requires_grad_(True)
+        elif needs_backward:
             gen = torch.Generator(device=case.device).manual_seed(1)
             # drawn in float64, rounded to the case dtype; the oracle sees exactly those values
             self.grad_out = tuple(
@@ -129,19 +146,37 @@ def empty_row(**fields) -> dict:
         "family": None, "case": None, "id": None, "device": None, "dtype": None, "shape": {}, "impl": None,
         "backend": None, "baseline": None, "status": None, "reason": "", "atol": None, "rtol": None,
         "grad_atol": None, "grad_rtol": None, "max_abs_err": None, "max_err_over_tol": None, "errors": {},
-        "ms": {}, "GBps": {}, "pct_copy": {}, "TFLOPs": {}, "pct_matmul": {}, "speedup": {},
+        "ms": {}, "ms_q25": {}, "ms_q75": {}, "spread": {}, "GBps": {}, "pct_copy": {}, "TFLOPs": {},
+        "pct_matmul": {}, "speedup": {}, "speedup_lo": {}, "speedup_hi": {}, "peer": False, "own_oracle": False,
+        "grads_checked": None, "goals": [], "warnings": [],
         "peak_mem_bytes": None, "peak_mem_source": None, "timer": "", "note": "",
     }
     row.update(fields)
     return row
 
 
+def problem_of(case: Case, impl: Impl) -> Case:
+    """The case as ``impl`` is checked: the case itself, or a copy with the peer's own inputs,
+    oracle and tolerances (a peer computing another function at the same size)."""
+    if not impl.own_problem and impl.tol is None and impl.grad_tol is None:
+        return case
+    atol, rtol = impl.tol if impl.tol is not None else (case.atol, case.rtol)
+    return dataclasses.replace(
+        case, inputs=impl.inputs or case.inputs, oracle=impl.oracle or case.oracle,
+        oracle_grads=impl.oracle_grads if impl.own_problem else case.oracle_grads, atol=atol, rtol=rtol,
+        grad_inputs=impl.grad_inputs if impl.grad_inputs is not None else case.grad_inputs,
+        grad_tol=impl.grad_tol if impl.grad_tol is not None else (impl.tol if impl.tol is not None
+                                                                   else case.grad_tol))
+
+
 def _base_row(case: Case, impl: Impl) -> dict:
-    gatol, grtol = case.grad_atol_rtol
+    problem = problem_of(case, impl)
+    gatol, grtol = problem.grad_atol_rtol
     return empty_row(
         family=case.family, case=case.name, id=case.id, device=case.device.type, dtype=dtype_name(case.dtype),
         shape=dict(case.shape), impl=impl.name, backend=impl.backend, baseline=case.baseline,
-        atol=case.atol, rtol=case.rtol, grad_atol=gatol, grad_rtol=grtol, note=impl.note,
+        atol=problem.atol, rtol=problem.rtol, grad_atol=gatol, grad_rtol=grtol, note=impl.note,
+        peer=impl.backend is None, own_oracle=impl.own_problem,
     )
 
 
@@ -184,6 +219,11 @@ def _check(case: Case, impl: Impl, prep: _Prepared, row: dict) -> bool:
         problems.append(f"outside the tolerance (atol + rtol·|oracle|) in {', '.join(beyond)}")
     row["status"] = "FAIL" if (failed or problems) else "PASS"
     row["reason"] = "; ".join(problems)
+    if impl.backward and prep.leaves:
+        row["grads_checked"] = bool(case.check_grads)
+        if not case.check_grads:
+            row["warnings"].append("gradients timed but not checked (the float64 backward oracle would not fit "
+                                   "in memory at this size; the forward is checked)")
     return shapes_ok
 
 
@@ -214,10 +254,13 @@ def _time(case: Case, impl: Impl, prep: _Prepared, row: dict, budget: Budget, ce
         if mode not in fns:
             continue
         prep.reset()
-        seconds, timer = time_fn(dev, fns[mode], budget, reset=prep.leaves)
+        t = time_fn(dev, fns[mode], budget, reset=prep.leaves)
         prep.reset()
+        seconds = t.median
         row["ms"][mode] = seconds * 1e3
-        how.append(timer)
+        row["ms_q25"][mode], row["ms_q75"][mode] = t.q25 * 1e3, t.q75 * 1e3
+        row["spread"][mode] = t.spread
+        how.append(t.how)
         if mode in case.bytes:
             row["GBps"][mode] = case.bytes[mode] / seconds / 1e9
             copy = ceilings.get("copy_GBps")
@@ -242,6 +285,7 @@ def _time(case: Case, impl: Impl, prep: _Prepared, row: dict, budget: Budget, ce
 
 
 def _speedups(case: Case, rows: list[dict]) -> None:
+    """Speedups over the baseline, with a range from the quartiles (slowest base / fastest row ..)."""
     base = next((r for r in rows if r["impl"] == case.baseline and r["ms"]), None)
     if base is None:
         return
@@ -249,11 +293,85 @@ def _speedups(case: Case, rows: list[dict]) -> None:
         for mode, ms in r["ms"].items():
             if mode in base["ms"] and ms > 0:
                 r["speedup"][mode] = base["ms"][mode] / ms
+                lo_b, hi_b = base["ms_q25"].get(mode, base["ms"][mode]), base["ms_q75"].get(mode, base["ms"][mode])
+                lo_r, hi_r = r["ms_q25"].get(mode, ms), r["ms_q75"].get(mode, ms)
+                r["speedup_lo"][mode] = lo_b / hi_r if hi_r > 0 else None
+                r["speedup_hi"][mode] = hi_b / lo_r if lo_r > 0 else None
+
+
+def goal_speedup(goal: Goal, case: Case, rows: list[dict]) -> Optional[float]:
+    """The goal as a speedup over the case's baseline (where the figure draws it), or None."""
+    base = next((r for r in rows if r["impl"] == case.baseline and goal.mode in r["ms"]), None)
+    if base is None:
+        return None
+    base_ms = base["ms"][goal.mode]
+    if goal.speedup is not None:
+        if goal.over in (None, case.baseline):
+            return goal.speedup
+        over = next((r for r in rows if r["impl"] == goal.over and goal.mode in r["ms"]), None)
+        return goal.speedup * base_ms / over["ms"][goal.mode] if over else None
+    if goal.max_ms is not None:
+        return base_ms / goal.max_ms
+    flops = case.flops.get(goal.mode)
+    return base_ms / (flops / (goal.min_tflops * 1e12) * 1e3) if flops else None
+
+
+def _goals(case: Case, rows: list[dict]) -> None:
+    """Judge every goal on every row it names: met (True), missed (False) or not measured (None)."""
+    by_impl = {r["impl"]: r for r in rows}
+    for goal in case.goals:
+        for name in goal.impls:
+            r = by_impl.get(name)
+            if r is None or r["status"] in ("SKIP", "CUT"):
+                continue
+            ms = r["ms"].get(goal.mode)
+            value, target, met = None, "", None
+            if goal.speedup is not None:
+                over = goal.over or case.baseline
+                target = f">= {goal.speedup:g}x {over} ({goal.mode})"
+                o = by_impl.get(over)
+                if ms and o is not None and goal.mode in o["ms"]:
+                    value = o["ms"][goal.mode] / ms
+                    met = value >= goal.speedup
+            elif goal.max_ms is not None:
+                target = f"<= {goal.max_ms:g} ms ({goal.mode})"
+                if ms:
+                    value, met = ms, ms <= goal.max_ms
+            else:
+                target = f">= {goal.min_tflops:g} TFLOP/s ({goal.mode})"
+                tf = r["TFLOPs"].get(goal.mode)
+                if tf is not None:
+                    value, met = tf, tf >= goal.min_tflops
+            if r["status"] != "PASS" and met:
+                met = False  # a wrong result meets no speed goal
+            r["goals"].append({"target": target, "mode": goal.mode, "value": value, "met": met, "text": goal.text,
+                               "as_speedup": goal_speedup(goal, case, rows)})
+
+
+def _warnings(rows: list[dict]) -> None:
+    for r in rows:
+        for mode in r["ms"]:
+            for key, what in (("pct_copy", "copy bandwidth"), ("pct_matmul", "matmul throughput")):
+                pct = r[key].get(mode)
+                if pct is not None and pct > 100:
+                    r["warnings"].append(f"{mode}: {pct:.0f}% of the measured {what}: above the ceiling, so the "
+                                         "byte/flop model overcounts, the data sat in cache, or the ceiling was "
+                                         "measured under load")
+            spread = r["spread"].get(mode)
+            if spread is not None and spread > SPREAD_WARN:
+                r["warnings"].append(f"{mode}: spread (IQR) {100 * spread:.0f}% of the median: noisy, rerun on an "
+                                     "idle machine before trusting it")
 
 
 def run_case(case: Case, budget: Budget, ceilings: dict, only: Optional[set] = None,
-             on_impl: Callable[[str], None] = lambda label: None) -> list[dict]:
-    """Check and time the impls of ``case`` (those named in ``only``, when given); one row each."""
+             on_impl: Callable[[str], None] = lambda label: None, deadline: Optional[float] = None,
+             on_row: Callable[[list], None] = lambda rows: None) -> list[dict]:
+    """Check and time the impls of ``case`` (those named in ``only``, when given); one row each.
+
+    ``deadline`` (``time.monotonic()`` seconds): impls not started by then become CUT rows.
+    ``on_row(rows)`` is called with the case's rows so far each time one is finished (the CLI
+    writes its JSON there, so an interrupted run keeps every finished row).
+    """
     impls = [i for i in case.impls if only is None or i.name in only]
     rows, todo = [], []
     for impl in impls:
@@ -266,31 +384,57 @@ def run_case(case: Case, budget: Budget, ceilings: dict, only: Optional[set] = N
         else:
             todo.append((impl, row))
     if not todo:
+        on_row(rows)
         return rows
-    try:
-        prep = _Prepared(case, needs_backward=any(i.backward for i, _ in todo) and bool(case.grad_inputs))
-    except Exception as e:
-        for impl, row in todo:
-            row.update(status="ERROR", reason=f"building inputs/oracle: {_error(e)}")
-            on_impl(f"{case.id} {impl.name}")
-        return rows
+    preps: dict = {}  # one per problem (the case's, and each peer's own)
+
+    def prepared(impl: Impl):
+        key = id(impl) if impl.own_problem else None
+        if key not in preps:
+            problem = problem_of(case, impl)
+            users = [i for i, _ in todo if (id(i) if i.own_problem else None) == key]
+            try:
+                preps[key] = _Prepared(problem, needs_backward=any(i.backward for i in users)
+                                       and bool(problem.grad_inputs))
+            except Exception as e:
+                preps[key] = e
+        return preps[key]
+
+    # the baseline first: when the time budget cuts the case short, the rows that did run can
+    # still be compared (the rows keep the case's order in the report)
+    todo.sort(key=lambda pair: pair[0].name != case.baseline)
     for impl, row in todo:
+        if deadline is not None and time.monotonic() > deadline:
+            row.update(status="CUT", reason="not run: the time budget (--time-budget) was spent")
+            on_impl(f"{case.id} {impl.name}")
+            continue
+        prep = prepared(impl)
+        if isinstance(prep, Exception):
+            row.update(status="ERROR", reason=f"building inputs/oracle: {_error(prep)}")
+            on_impl(f"{case.id} {impl.name}")
+            on_row(rows)
+            continue
+        problem = problem_of(case, impl)
         shapes_ok = False
         try:
-            shapes_ok = _check(case, impl, prep, row)
+            shapes_ok = _check(problem, impl, prep, row)
         except Exception as e:
             row.update(status="ERROR", reason=f"check: {_error(e)}")
         if row["status"] != "ERROR" and impl.timed:
             try:
-                _time(case, impl, prep, row, budget, ceilings, shapes_ok)
+                _time(problem, impl, prep, row, budget, ceilings, shapes_ok)
             except Exception as e:
                 row.update(status="ERROR", reason=f"timing: {_error(e)}")
         elif not impl.timed:
             row["timer"] = "not timed (correctness check only)"
         prep.reset()
         on_impl(f"{case.id} {impl.name}")
+        on_row(rows)
     _speedups(case, rows)
-    del prep
+    _goals(case, rows)
+    _warnings(rows)
+    on_row(rows)
+    preps.clear()
     if case.device.type == "cuda":
         torch.cuda.empty_cache()
     return rows

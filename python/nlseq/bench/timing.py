@@ -1,11 +1,14 @@
-"""Median timers and the machine's measured ceilings (copy bandwidth, matmul throughput).
+"""Median timers with their spread, and the machine's measured ceilings (copy bandwidth, matmul).
 
-GPU: ``triton.testing.do_bench(..., return_mode="median")`` (it flushes the L2 cache between
-runs and clears the gradients named in ``grad_to_none``); CUDA-event medians when triton is
-missing. CPU: the median of per-call ``time.perf_counter`` measurements for calls of 1 ms and
+Every timer returns a :class:`Timing`: the median and the quartiles (25 % / 75 %) of the measured
+calls, so that a report can show the spread (IQR) beside the median and flag noisy rows.
+GPU: ``triton.testing.do_bench(..., quantiles=[0.5, 0.25, 0.75])`` (it flushes the L2 cache
+between runs and clears the gradients named in ``grad_to_none``); CUDA-event quantiles when
+triton is missing. CPU: the median of per-call ``time.perf_counter`` measurements for calls of 1 ms and
 more (a per-call median is robust to the scheduler's occasional stall, which a block of calls
-averages in); ``torch.utils.benchmark.Timer.blocked_autorange`` (median over blocks) for faster
-calls, where one call is too short to time alone. Both run on torch's thread count.
+averages in); ``torch.utils.benchmark.Timer`` (median over at least 7 blocks) for faster
+calls, where one call is too short to time alone (quartiles over the blocks). Both run on
+torch's thread count.
 """
 from __future__ import annotations
 
@@ -17,6 +20,29 @@ from typing import Callable, Optional, Sequence
 import torch
 
 FAST_CALL_S = 0.001  # below this, a CPU call is timed in blocks by torch.utils.benchmark
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: median and quartiles of ``n`` measurements, and how they were taken."""
+
+    median: float
+    q25: float
+    q75: float
+    n: int
+    how: str
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range relative to the median (0.1 = the middle half spans 10 %)."""
+        return (self.q75 - self.q25) / self.median if self.median > 0 else float("nan")
+
+
+def _quartiles(times: Sequence[float]) -> tuple[float, float, float]:
+    if len(times) < 2:
+        return times[0], times[0], times[0]
+    q = statistics.quantiles(times, n=4, method="inclusive")
+    return statistics.median(times), q[0], q[2]
 
 
 @dataclass(frozen=True)
@@ -38,8 +64,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_cpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Tensor] = ()) -> tuple[float, str]:
-    """Median seconds of ``fn()`` on the CPU, and how it was measured. The caller warmed fn up."""
+def time_cpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Tensor] = ()) -> Timing:
+    """Seconds per call of ``fn()`` on the CPU (median, quartiles). The caller warmed fn up."""
 
     def call():
         for t in reset:
@@ -55,28 +81,39 @@ def time_cpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Ten
         # Timer runs on ONE thread unless told otherwise: every row must use torch's thread count,
         # as the perf_counter path below does, or fast and slow rows are timed differently.
         threads = torch.get_num_threads()
-        m = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=threads).blocked_autorange(
-            min_run_time=budget.cpu_min_s)
-        return m.median, (f"torch.utils.benchmark blocked_autorange median of {len(m.times)} blocks x "
-                          f"{m.number_per_run}, {threads} threads")
+        timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=threads)
+        # blocks of ``number`` calls lasting about a tenth of the budget each, and at least 7 of
+        # them: the quartiles over the blocks give the spread (blocked_autorange may time a single
+        # long block, which has none)
+        number = 1
+        while timer.timeit(number).median * number < budget.cpu_min_s / 10 and number < 10**7:
+            number *= 10
+        blocks: list = []
+        while len(blocks) < 7 or sum(blocks) * number < budget.cpu_min_s:
+            blocks.append(timer.timeit(number).median)
+        med, q25, q75 = _quartiles(blocks)
+        return Timing(med, q25, q75, len(blocks), f"torch.utils.benchmark Timer median of {len(blocks)} blocks x "
+                      f"{number}, {threads} threads")
     times = [first]
     while len(times) < budget.cpu_min_reps or sum(times) < budget.cpu_min_s:
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), f"perf_counter median of {len(times)}"
+    med, q25, q75 = _quartiles(times)
+    return Timing(med, q25, q75, len(times), f"perf_counter median of {len(times)}")
 
 
-def time_gpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Tensor] = ()) -> tuple[float, str]:
-    """Median seconds of ``fn()`` on the current CUDA device, and how it was measured."""
+def time_gpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Tensor] = ()) -> Timing:
+    """Seconds per call of ``fn()`` on the current CUDA device (median, quartiles)."""
     try:
         from triton.testing import do_bench
     except ImportError:
         do_bench = None
     if do_bench is not None:
-        ms = do_bench(fn, warmup=budget.gpu_warmup_ms, rep=budget.gpu_rep_ms,
-                      grad_to_none=list(reset) or None, return_mode="median")
-        return ms * 1e-3, f"triton.testing.do_bench median (warmup {budget.gpu_warmup_ms} ms, rep {budget.gpu_rep_ms} ms)"
+        med, q25, q75 = do_bench(fn, warmup=budget.gpu_warmup_ms, rep=budget.gpu_rep_ms,
+                                 grad_to_none=list(reset) or None, quantiles=[0.5, 0.25, 0.75])
+        return Timing(med * 1e-3, q25 * 1e-3, q75 * 1e-3, 0, f"triton.testing.do_bench median "
+                      f"(warmup {budget.gpu_warmup_ms} ms, rep {budget.gpu_rep_ms} ms)")
     times = []
     deadline = time.perf_counter() + budget.gpu_rep_ms * 1e-3
     while len(times) < 5 or time.perf_counter() < deadline:
@@ -88,11 +125,12 @@ def time_gpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Ten
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e-3)
-    return statistics.median(times), f"CUDA events median of {len(times)} (triton not installed)"
+    med, q25, q75 = _quartiles(times)
+    return Timing(med, q25, q75, len(times), f"CUDA events median of {len(times)} (triton not installed)")
 
 
 def time_fn(device: torch.device, fn: Callable[[], object], budget: Budget,
-            reset: Sequence[torch.Tensor] = ()) -> tuple[float, str]:
+            reset: Sequence[torch.Tensor] = ()) -> Timing:
     if device.type == "cuda":
         return time_gpu(fn, budget, reset)
     return time_cpu(fn, budget, reset)
@@ -108,9 +146,9 @@ def copy_bandwidth(device: torch.device, quick: bool) -> dict:
     dst = torch.empty_like(src)
     dst.copy_(src)
     _sync(device)
-    seconds, how = time_fn(device, lambda: dst.copy_(src), Budget.for_run(quick))
+    t = time_fn(device, lambda: dst.copy_(src), Budget.for_run(quick))
     del src, dst
-    return {"copy_GBps": 2 * nbytes / seconds / 1e9, "copy_bytes": nbytes, "timer": how}
+    return {"copy_GBps": 2 * nbytes / t.median / 1e9, "copy_bytes": nbytes, "copy_spread": t.spread, "timer": t.how}
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype, quick: bool) -> dict:
@@ -124,8 +162,8 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, quick: bool) -> dict
     b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     a @ b
     _sync(device)
-    seconds, how = time_fn(device, lambda: a @ b, Budget.for_run(quick))
-    return {"matmul_TFLOPs": 2 * n**3 / seconds / 1e12, "matmul_n": n, "timer": how}
+    t = time_fn(device, lambda: a @ b, Budget.for_run(quick))
+    return {"matmul_TFLOPs": 2 * n**3 / t.median / 1e12, "matmul_n": n, "timer": t.how}
 
 
 def peak_memory(device: torch.device, fn: Callable[[], object]) -> Optional[int]:

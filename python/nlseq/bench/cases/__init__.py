@@ -15,5 +15,11 @@ reason, checks the others against the float64 ``oracle`` and times them (see
 ``--quick`` must stay under 2 minutes on a 2-core CPU for all families together: keep quick CPU
 cases to a few seconds each, and make slow peers check-only (``timed=False``) or absent there.
 
+Peers go into the case they are compared with (a peer computing another function brings its own
+``inputs`` / ``oracle`` / ``tol``, see ``Impl``). Mark ``headline=True`` on the few cases a short
+GPU run must time first (``--subset headline``; the GPU check runs them before the rest), and give
+speed goals as ``Goal`` s. A case whose name ends in ``-tiny`` (a few milliseconds, timed on the
+CPU) is what the GPU check's dry run runs of the family (docs/benchmarks.md).
+
 Modules whose name starts with "_" are ignored (shared helpers).
 """

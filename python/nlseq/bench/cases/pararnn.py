@@ -1,8 +1,8 @@
-"""Benchmark cases of the pararnn family: ParaGRU / ParaLSTM forward and forward+backward (SPEC.md §1.4).
+"""Benchmark cases of the pararnn family: ParaGRU / ParaLSTM forward and forward+backward (docs/spec.md §1.4).
 
 Each case runs the module's computation functionally on the same inputs x [B, T, I] and
 parameters W [heads, I/heads, 3, N/heads], b [3, N], A [3, N] (and P [2, N] for the LSTM), drawn
-from the modules' default initialisation (SPEC.md §1.3) with I = N, heads = 2; the output is
+from the modules' default initialisation (docs/spec.md §1.3) with I = N, heads = 2; the output is
 y [B, T, N]. The input projection U = Wx + b is the same (nlseq.reference.pararnn.input_projection,
 one GEMM per head) in every implementation, so the rows differ only in how the recurrence is solved:
 
@@ -11,13 +11,16 @@ one GEMM per head) in every implementation, so the rows differ only in how the r
     cuda, triton  the fused Newton kernels (GPU)
     reference     Newton in PyTorch (Hillis–Steele scan)
     loop          the eager sequential loop of the same cell in PyTorch (one step per time step),
-                  the "sequential" column of SPEC §1.4; baseline of the speedups
+                  the "sequential" column of docs/spec.md §1.4 (on the GPU only at the smallest size,
+                  forward only: seconds per call above it)
+    nn.GRU/LSTM   torch.nn.GRU / LSTM (cuDNN on the GPU) at the same sizes, in the same case: a
+                  different (dense) recurrence with its own weights, checked against its own
+                  float64 run, shown as the reference point users know
 
-cuDNN's / ATen's nn.GRU and nn.LSTM at the same sizes are separate cases ("nn.GRU", "nn.LSTM"):
-a different (dense) recurrence, shown as the reference point users know; compare their ms with
-the rows above by hand. Goals: CPU, ParaGRU forward (cpp) >= 10x the loop at B=4, T=4096, N=256;
-H200 (fp32): ParaGRU 8×2048×1024 forward <= 1.2 ms and forward+backward <= 4.0 ms (½ and ⅓ of the
-reference code's fused 2.38 / 12.06 ms), forward >= 665x the loop at 16×4096×512.
+Baselines: the loop on the CPU; nn.GRU / nn.LSTM (cuDNN) on the GPU. Goals: CPU, ParaGRU forward
+(cpp) >= 10x the loop at B=4, T=4096, N=256; H200 (fp32): ParaGRU 8×2048×1024 forward <= 1.2 ms and
+forward+backward <= 4.0 ms (½ and ⅓ of the reference code's fused 2.38 / 12.06 ms).
+Headline: ParaGRU and ParaLSTM 8×2048×1024 fp32 on the GPU, the goal case on the CPU.
 Oracle: the sequential loop in float64 (autograd through it for the gradients).
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ import importlib.util
 import torch
 
 import nlseq
-from nlseq.bench import Case, Impl
+from nlseq.bench import Case, Goal, Impl
 from nlseq.nn import ParaGRU, ParaLSTM
 from nlseq.reference import pararnn as ref
 
@@ -46,7 +49,7 @@ TOL_NOTE = {
     torch.bfloat16: "bf16 rounding of x, W, U and y (u = 2^-8): 4u on outputs",
 }
 
-# SPEC §1.4: (cell, B, T, N); the loop is omitted at T = 65536 (minutes per call, as in SPEC).
+# docs/spec.md §1.4: (cell, B, T, N); the loop is omitted at T = 65536 (minutes per call, as in docs/spec.md).
 GPU_SIZES = [("gru", 8, 2048, 1024), ("gru", 16, 4096, 512), ("gru", 2, 65536, 256), ("lstm", 8, 2048, 1024)]
 MODULES = {"gru": ParaGRU, "lstm": ParaLSTM}
 TORCH_RNN = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
@@ -97,7 +100,8 @@ def _cuda_skip() -> str:
     return "" if "cuda" in _implemented() else "nlseq._C has no CUDA kernel for pararnn_fwd"
 
 
-def _impls(cell, device, *, loop=True, time_reference=True, loop_backward=True):
+def _impls(cell, device, dtype, B, T, N, *, loop=True, time_reference=True, loop_backward=True,
+           torch_backward=True):
     p = functools.partial
     if device.type == "cuda":
         impls = [Impl("cuda", p(_nlseq, cell, "cuda", "newton"), backend="cuda", skip=_cuda_skip()),
@@ -113,25 +117,25 @@ def _impls(cell, device, *, loop=True, time_reference=True, loop_backward=True):
     if loop:
         impls.append(Impl("loop", p(_loop, cell), backward=loop_backward,
                           note="eager sequential loop of the same cell (PyTorch)"
-                          + ("" if loop_backward else "; --quick: forward only")))
+                          + ("" if loop_backward else "; forward only")))
+    impls.append(_torch_impl(cell, device, dtype, B, T, N, backward=torch_backward))
     return impls
 
 
-def _case(cell, device, dtype, B, T, N, *, impls, note=""):
+def _case(cell, device, dtype, B, T, N, *, impls, note="", baseline=None, goals=(), headline=False, suffix=""):
     s = torch.tensor([], dtype=dtype).element_size()
     btn = B * T * N * s
     fwd = btn + 3 * btn * 2 + btn  # read x, write + read U, write y (x is [B, T, I], I = N)
     bwd = btn * (1 + 3 + 1 + 3 + 1)  # read dy, U, y; write dU; write dx
     grad_inputs = ("x", "W", "b", "A") + (("P",) if cell == "lstm" else ())
     atol, rtol = TOL[dtype]
-    name = "ParaGRU" if cell == "gru" else "ParaLSTM"
-    baseline = "loop" if any(i.name == "loop" for i in impls) else "reference"
+    name = ("ParaGRU" if cell == "gru" else "ParaLSTM") + suffix
     return Case(
         family=FAMILY, name=name, device=device, dtype=dtype, shape={"B": B, "T": T, "N": N},
         inputs=functools.partial(_inputs, cell, B, T, N, dtype, device),
         oracle=functools.partial(oracle, cell), impls=impls, grad_inputs=grad_inputs, output_names=("y",),
         atol=atol, rtol=rtol, grad_tol=GRAD_TOL[dtype], tolerance_note=TOL_NOTE[dtype], baseline=baseline,
-        bytes={"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}, note=note,
+        bytes={"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}, note=note, goals=goals, headline=headline,
     )
 
 
@@ -151,19 +155,15 @@ def _torch_rnn(cell, x, **params):
     return torch.func.functional_call(m, params, (x,))[0]
 
 
-def _torch_case(cell, device, dtype, B, T, N, *, backward=True):
+def _torch_impl(cell, device, dtype, B, T, N, *, backward=True):
+    """nn.GRU / nn.LSTM as a peer in the ParaGRU / ParaLSTM case: its own weights and float64 oracle."""
     name = "nn.GRU" if cell == "gru" else "nn.LSTM"
-    atol, rtol = TOL[dtype]
-    return Case(
-        family=FAMILY, name=name, device=device, dtype=dtype, shape={"B": B, "T": T, "N": N},
-        inputs=functools.partial(_torch_inputs, cell, B, T, N, dtype, device),
-        oracle=functools.partial(_torch_rnn, cell),
-        impls=[Impl("torch", functools.partial(_torch_rnn, cell), backward=backward,
-                    note="torch.nn (cuDNN on the GPU): dense recurrence, the reference point users know")],
-        grad_inputs=("x",), output_names=("y",), atol=atol, rtol=rtol, grad_tol=GRAD_TOL[dtype],
-        tolerance_note=TOL_NOTE[dtype], baseline=None,
-        note=f"reference point for the {'ParaGRU' if cell == 'gru' else 'ParaLSTM'} case of the same size",
-    )
+    inputs = functools.partial(_torch_inputs, cell, B, T, N, dtype, device)
+    return Impl(name, functools.partial(_torch_rnn, cell), backward=backward, inputs=inputs,
+                oracle=functools.partial(_torch_rnn, cell), grad_inputs=("x",), tol=TOL[dtype],
+                grad_tol=GRAD_TOL[dtype],
+                note=f"torch.nn.{name[3:]} ({'cuDNN' if device.type == 'cuda' else 'ATen'}): dense recurrence, "
+                     "own weights, checked against its own float64 run" + ("" if backward else "; forward only"))
 
 
 def cases(device: torch.device, quick: bool) -> list[Case]:
@@ -171,22 +171,40 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     if device.type == "cuda":
         out = []
         sizes = GPU_SIZES[:1] if quick else GPU_SIZES
+        smallest = min(B * T * N for _, B, T, N in GPU_SIZES)
         for cell, B, T, N in sizes:
-            out.append(_case(cell, device, f32, B, T, N, impls=_impls(cell, device, loop=T < 65536),
-                             note="SPEC §1.4 reference code fused CUDA: see the module docstring for the goals"))
-            out.append(_torch_case(cell, device, f32, B, T, N))
+            # the eager loop only at the smallest size, forward only (seconds per call beyond)
+            loop = B * T * N == smallest
+            goals = ()
+            if (cell, B, T, N) == ("gru", 8, 2048, 1024):
+                goals = (Goal(("cuda", "triton"), "fwd", max_ms=1.2, text="1/2 of the reference code's fused "
+                              "2.38 ms (docs/spec.md §1.4)"),
+                         Goal(("cuda", "triton"), "fwdbwd", max_ms=4.0, text="1/3 of the reference code's fused "
+                              "12.06 ms (docs/spec.md §1.4)"))
+            out.append(_case(cell, device, f32, B, T, N,
+                             impls=_impls(cell, device, f32, B, T, N, loop=loop, loop_backward=False),
+                             baseline="nn.GRU" if cell == "gru" else "nn.LSTM", goals=goals,
+                             headline=(B, T, N) == (8, 2048, 1024),
+                             note="docs/spec.md §1.4 reference code fused CUDA: see the module docstring for the goals"))
         for cell, B, T, N in sizes:
-            out.append(_case(cell, device, bf16, B, T, N, impls=_impls(cell, device, loop=False)))
+            out.append(_case(cell, device, bf16, B, T, N, impls=_impls(cell, device, bf16, B, T, N, loop=False),
+                             baseline="nn.GRU" if cell == "gru" else "nn.LSTM"))
         return out
     # CPU: the goal size in the full run; in --quick a short sequence and nn.GRU forward only. The
     # loop is timed forward only (its autograd over 4096 steps takes minutes per call on 2 cores).
     B, T, N = (4, 256, 256) if quick else (4, 4096, 256)
+    goals = () if quick else (Goal(("cpp",), "fwd", speedup=10.0, text="CPU goal at B=4, T=4096, N=256"),)
     out = [
-        _case("gru", device, f32, B, T, N, impls=_impls("gru", device, time_reference=not quick,
-                                                        loop_backward=False),
+        _case("gru", device, f32, B, T, N,
+              impls=_impls("gru", device, f32, B, T, N, time_reference=not quick, loop_backward=False,
+                           torch_backward=not quick),
+              baseline="loop", goals=goals, headline=True,
               note="goal: cpp forward >= 10x faster than the eager loop at B=4, T=4096, N=256"),
-        _torch_case("gru", device, f32, B, T, N, backward=not quick),
     ]
     if not quick:
-        out.append(_case("lstm", device, f32, 2, 2048, 128, impls=_impls("lstm", device, loop_backward=False)))
+        out.append(_case("lstm", device, f32, 2, 2048, 128,
+                         impls=_impls("lstm", device, f32, 2, 2048, 128, loop_backward=False), baseline="loop"))
+    # tiny (T prime): cheap, timed; the GPU check's dry run uses it
+    out.append(_case("gru", device, f32, 2, 37, 16, impls=_impls("gru", device, f32, 2, 37, 16, loop_backward=False),
+                     baseline="loop", suffix="-tiny"))
     return out

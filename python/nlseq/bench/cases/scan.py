@@ -1,18 +1,22 @@
-"""Benchmark cases of the scan family: ``nlseq.linear_recurrence`` (SPEC.md §1.1, §1.4).
+"""Benchmark cases of the scan family: ``nlseq.linear_recurrence`` (docs/spec.md §1.1, §1.4).
 
 CPU: the C++ kernel against the PyTorch reference (Hillis–Steele, ``backend="reference"``) and the
 sequential loop ``nlseq.reference.scan.linear_recurrence_loop`` (forward only: autograd through
 its per-step slice writes is O(T²)). Goal: cpp at least 5× faster than the loop, forward.
-GPU: cuda / triton / reference at the SPEC §1.4 sizes; GB/s over the measured copy bandwidth
-(SPEC §1.4 anchor: 2.04–2.17 TB/s for the reference CUDA reduction, copy ≈ 4 TB/s on an H200).
-The Triton interpreter (TRITON_INTERPRET=1) is checked on the CPU at a tiny size, never timed.
+GPU: cuda / triton / reference at the docs/spec.md §1.4 sizes; GB/s over the measured copy bandwidth
+(docs/spec.md §1.4 anchor: 2.04–2.17 TB/s for the reference CUDA reduction, copy ≈ 4 TB/s on an H200).
+The Triton interpreter (TRITON_INTERPRET=1) is checked on the CPU at a tiny size, never timed; the
+same tiny cases time cpp against the reference (the GPU check's dry run uses them).
+Headline (``--subset headline``): the docs/spec.md §1.4 sizes in fp32 on the GPU, the goal case on the CPU.
 
 Inputs: diagonal A ~ U(0.5, 0.99) (decays as in gated linear RNNs; states stay O(10)); block A
 with entries U(-0.9/K, 0.9/K), so every K×K block has row sums of |A| below 0.9; b ~ N(0, 1);
 h0 = 0. In --quick on the CPU the reference (Hillis–Steele, seconds per call there) is checked but
 not timed. The bf16 case's loop peer accumulates in float32 (a bf16-arithmetic loop would fail the
 check by design, not by accident).
-Oracle: the sequential loop in float64, and its backward (SPEC §1.2) with the loop as the scan.
+Oracle: the sequential loop in float64, and its backward (docs/spec.md §1.2) with the loop as the scan;
+on the GPU above T = 4096 the reference scan in float64 instead (a loop of 65536 Python steps
+costs seconds).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import importlib.util
 import torch
 
 import nlseq
-from nlseq.bench import Case, Impl
+from nlseq.bench import Case, Goal, Impl
 from nlseq.reference import scan as ref
 
 FAMILY = "scan"
@@ -40,7 +44,7 @@ TOL_NOTE = {
     torch.bfloat16: "2x the bf16 roundings: one for outputs (2^-8), two for dA = lambda*h (2^-7)",
 }
 
-GPU_SIZES = [(16, 4096, 512), (4, 16384, 1024), (64, 2048, 1024), (2, 65536, 256)]  # SPEC §1.4
+GPU_SIZES = [(16, 4096, 512), (4, 16384, 1024), (64, 2048, 1024), (2, 65536, 256)]  # docs/spec.md §1.4
 
 
 def diag_inputs(B, T, N, dtype, device):
@@ -66,23 +70,36 @@ def _from_block(diagonal, *xs):
     return tuple(x[..., 0] for x in xs) if diagonal else xs
 
 
+# On the GPU a Python loop over T steps costs seconds at T = 16384 and 65536 (three launches per
+# step, forward and backward): there the oracle solves the same recurrence in float64 with the
+# reference scan (Hillis-Steele, O(log T) launches; tests/test_scan.py checks it against the loop).
+LOOP_ORACLE_MAX_T_GPU = 4096
+
+
+def _oracle_scan(A):
+    if A.is_cuda and A.shape[1] > LOOP_ORACLE_MAX_T_GPU:
+        return ref.linear_recurrence_scan
+    return ref.linear_recurrence_loop
+
+
 def oracle(A, b):
-    """float64 sequential loop: (h, h_last)."""
+    """float64 sequential loop (reference scan on the GPU for long T): (h, h_last)."""
     Ab, bb = _to_block(A, b)
-    h, h_last = ref.linear_recurrence_loop(Ab, bb)
+    h, h_last = _oracle_scan(A)(Ab, bb)
     return _from_block(b.dim() == 3, h, h_last)
 
 
 def oracle_grads(inputs, grad_outputs):
-    """dA, db of SPEC §1.2 in float64, with the sequential loop as the (reverse) scan."""
+    """dA, db of docs/spec.md §1.2 in float64, with the sequential loop as the (reverse) scan."""
     A, b = inputs["A"], inputs["b"]
     diagonal = b.dim() == 3
     Ab, bb = _to_block(A, b)
-    h, _ = ref.linear_recurrence_loop(Ab, bb)
+    scan = _oracle_scan(A)
+    h, _ = scan(Ab, bb)
     g, g_last = grad_outputs
     if diagonal:
         g, g_last = g[..., None], g_last[..., None]
-    dA, db, _ = ref.linear_recurrence_backward(Ab, h, None, g, g_last, False, scan_fn=ref.linear_recurrence_loop)
+    dA, db, _ = ref.linear_recurrence_backward(Ab, h, None, g, g_last, False, scan_fn=scan)
     if diagonal:
         dA, db = dA[..., 0, 0], db[..., 0]
     return {"A": dA, "b": db}
@@ -128,7 +145,7 @@ def _impls(device, *, loop=False, time_reference=True):
     return impls
 
 
-def _case(name, device, dtype, B, T, N, K=None, *, impls, baseline, note=""):
+def _case(name, device, dtype, B, T, N, K=None, *, impls, baseline, note="", goals=(), headline=False):
     """A diagonal (K None) or block-K case with the 3/5/8·BTN-style byte model."""
     s = torch.tensor([], dtype=dtype).element_size()
     if K is None:
@@ -149,7 +166,7 @@ def _case(name, device, dtype, B, T, N, K=None, *, impls, baseline, note=""):
         oracle=oracle, oracle_grads=oracle_grads, impls=impls, grad_inputs=("A", "b"),
         output_names=("h", "h_last"), atol=atol, rtol=rtol, grad_tol=GRAD_TOL[dtype], tolerance_note=TOL_NOTE[dtype],
         baseline=baseline, bytes={"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd},
-        mem_estimate={"cpp": outputs}, note=note,
+        mem_estimate={"cpp": outputs}, note=note, goals=goals, headline=headline,
     )
 
 
@@ -158,7 +175,8 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     if device.type == "cuda":
         sizes = GPU_SIZES[:2] if quick else GPU_SIZES
         out = [_case("diagonal", device, f32, *bts, impls=_impls(device), baseline="reference",
-                     note="SPEC §1.4: reference CUDA reduction 2.04-2.17 TB/s; bytes = 3·B·T·N·4 (fwd)")
+                     note="docs/spec.md §1.4: reference CUDA reduction 2.04-2.17 TB/s; bytes = 3·B·T·N·4 (fwd)",
+                     headline=True)
                for bts in sizes]
         out.append(_case("diagonal", device, bf16, 16, 4096, 512, impls=_impls(device), baseline="reference"))
         out.append(_case("block", device, f32, 8, 2048, 1024, K=2, impls=_impls(device), baseline="reference"))
@@ -166,17 +184,20 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     big = (4, 4096, 256)
     return [
         _case("diagonal", device, f32, *big, impls=_impls(device, loop=True, time_reference=not quick),
-              baseline="loop", note="goal: cpp >= 5x faster than the sequential loop (fwd)"),
+              baseline="loop", note="goal: cpp >= 5x faster than the sequential loop (fwd)", headline=True,
+              goals=(Goal(("cpp",), "fwd", speedup=5.0, text="docs/spec.md §1.4: CPU kernel vs the loop"),)),
         _case("block", device, f32, 2, 4096, 128, K=2, impls=_impls(device, loop=True, time_reference=not quick),
               baseline="loop"),
         _case("diagonal", device, bf16, *((2, 1024, 256) if quick else big),
               impls=_impls(device, loop="fp32", time_reference=not quick), baseline="loop"),
-        # Triton interpreter: correctness only, tiny (T prime, past one block of 16 channels).
-        _case("diagonal-tiny", device, f32, 2, 37, 19, impls=_impls_triton_check(), baseline=None),
-        _case("block-tiny", device, f32, 2, 37, 5, K=2, impls=_impls_triton_check(), baseline=None),
+        # Triton interpreter: correctness only, tiny (T prime, past one block of 16 channels); cpp
+        # timed against the reference there too (cheap: the GPU check's dry run times these).
+        _case("diagonal-tiny", device, f32, 2, 37, 19, impls=_impls_tiny(device), baseline="reference"),
+        _case("block-tiny", device, f32, 2, 37, 5, K=2, impls=_impls_tiny(device), baseline="reference"),
     ]
 
 
-def _impls_triton_check():
-    return [Impl("triton", functools.partial(_nlseq, "triton"), backend="triton", timed=False, skip=_triton_skip(),
-                 note="Triton interpreter on the CPU: correctness only")]
+def _impls_tiny(device):
+    return _impls(device) + [
+        Impl("triton", functools.partial(_nlseq, "triton"), backend="triton", timed=False, skip=_triton_skip(),
+             note="Triton interpreter on the CPU: correctness only")]

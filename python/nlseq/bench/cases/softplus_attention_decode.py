@@ -1,11 +1,11 @@
-"""Benchmark cases of the CUDA decoding kernel of softplus attention (SPEC.md §2):
+"""Benchmark cases of the CUDA decoding kernel of softplus attention (docs/spec.md §2):
 ``torch.ops.nlseq_ext.softplus_attention_decode`` (csrc/cuda/softplus_attention_decode.cu), GPU only.
 
 One new token per sequence (Tq = 1) against a long cache, GQA (H = 32 query heads on Hkv = 8 kv
 heads), D = 128, bf16, LSSA and LSSAR (p = 15). Decoding is memory-bound: the byte model is one
 read of K and V (LSSAR reads K twice; the model counts it once, so its GB/s shows that cost).
 Peer: the same formulas in eager PyTorch (float32 arithmetic on the bf16 inputs), the baseline.
-Oracle: SPEC §2 in float64 with the full score row.
+Oracle: docs/spec.md §2 in float64 with the full score row.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def decode_inputs(B, H, Hkv, Tk, D, p, dtype, device):
 
 
 def softplus_attention_formula(q, k, v, p, kv_offset):
-    """SPEC §2 for causal decoding rows, in the dtype of q (float64: the oracle). GQA by reshaping
+    """docs/spec.md §2 for causal decoding rows, in the dtype of q (float64: the oracle). GQA by reshaping
     q to [B, Hkv, G·Tq, D], so k and v are never repeated."""
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
