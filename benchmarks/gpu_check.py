@@ -282,7 +282,7 @@ class Check:
         self.t0 = _now()
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT / "python"), str(ROOT / "benchmarks")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+            [str(ROOT / "python")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
         self.env.setdefault("NLSEQ_CUDA_ARCHS", "90")
         self.env.setdefault("MAX_JOBS", "16")
         if not self.env.get("CUDA_HOME") and Path("/usr/local/cuda/bin/nvcc").exists():
@@ -421,7 +421,8 @@ class Check:
             return
         results = self.work / f"{name}.jsonl"
         results.write_text("")
-        env = dict(self.env, NLSEQ_GPU_CHECK_RESULTS=str(results), NLSEQ_AUTOTUNE_FIRST="1")
+        env = dict(self.env, NLSEQ_GPU_CHECK_RESULTS=str(results), NLSEQ_AUTOTUNE_FIRST="1",
+                   PYTHONPATH=os.pathsep.join([str(ROOT / "benchmarks"), self.env["PYTHONPATH"]]))  # -p gpu_check
         if name == "tests-family":
             env["NLSEQ_GPU_CHECK_SELECT"] = "params"
         xdist = not self.dry and self._has("xdist")

@@ -439,3 +439,20 @@ def test_figure_data_and_artists():
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+def test_softmax_oracle_chunked_backward_matches_autograd():
+    """The SDPA peer's float64 oracle gradients (explicit, one chunk of probabilities at a time)
+    equal autograd through the chunked forward; N spans two chunks and is not a multiple of one."""
+    from nlseq.bench.cases import softplus_attention as sa
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(1, 2, 1100, 8, generator=g, dtype=torch.float64) for _ in range(4))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = sa._softmax_oracle(*leaves)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(out, sdpa, atol=1e-12, rtol=0)
+    expected = torch.autograd.grad(out, leaves, do)
+    got = sa._softmax_oracle_grads({"q": q, "k": k, "v": v}, (do,))
+    for name, e in zip("qkv", expected):
+        assert torch.allclose(got[name], e, atol=1e-12, rtol=0), name

@@ -75,7 +75,7 @@ def dry_run(tmp_path_factory):
         "NLSEQ_GPU_CHECK_FAMILY_TESTS": str(tmp / "test_fake_family.py"),
         "NLSEQ_GPU_CHECK_HANG": "bench-rest",
         "NLSEQ_GPU_CHECK_LIMITS": "tests-family=12,bench-rest=4",
-        "NLSEQ_GPU_CHECK_GRACE": "4",
+        "NLSEQ_GPU_CHECK_GRACE": "3",
         # the cpp and reference rows only: the Triton interpreter rows are slow and tested elsewhere
         "NLSEQ_GPU_CHECK_BENCH_ARGS": "--backend cpp,reference",
     }
@@ -150,7 +150,7 @@ def test_hanging_phase_is_killed_and_reported(dry_run):
     phase = report["phases"]["bench-rest"]
     # the forced hang ignores SIGTERM: it is killed after the grace period
     assert phase["timed_out"] and phase["killed"] and phase["status"] == "timed_out"
-    assert phase["seconds"] < phase["limit_s"] + 4 + 10
+    assert phase["seconds"] < phase["limit_s"] + 3 + 10
     assert "forced hang" in phase["log_tail"]
     assert any(c["what"] == "bench-rest" for c in report["cut"])
 
