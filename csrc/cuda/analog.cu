@@ -14,16 +14,22 @@ namespace {
 
 constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4;
 constexpr int kThreads = (BM / TM) * (BN / TN);  // 256
+#ifndef NLSEQ_ANALOG_MAX_GRID_Y  // a smaller value only for the CPU emulation test (tiling at small M)
+#define NLSEQ_ANALOG_MAX_GRID_Y 65535
+#endif
+constexpr int64_t kMaxGridY = NLSEQ_ANALOG_MAX_GRID_Y;  // gridDim.y limit (row tiles per launch)
+constexpr int64_t kMaxGridX = 0x7fffffff;  // gridDim.x limit (column tiles)
 
 __global__ void __launch_bounds__(kThreads)
-analog_mvm_fwd_kernel(const AnalogMvmArgs a, const analog::Dac dac, const bool noisy) {
+analog_mvm_fwd_kernel(const AnalogMvmArgs a, const analog::Dac dac, const bool noisy, const int64_t m_tile0) {
   __shared__ float s_x[BK][BM + 4];  // quantised x, transposed: [k][m]
   __shared__ float s_w[BK][BN + 4];  // weights, transposed: [k][n]
   __shared__ float s_ssq[BM];
 
   const int tid = threadIdx.x;
   const int tm = tid / (BN / TN), tn = tid % (BN / TN);
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
+  // blockIdx.y counts row tiles from m_tile0: the launcher tiles M in slabs of kMaxGridY row tiles
+  const int64_t m0 = (m_tile0 + static_cast<int64_t>(blockIdx.y)) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
   const int64_t M = a.M, N = a.N, K = a.K;
 
   float acc[TM][TN];
@@ -101,10 +107,20 @@ analog_mvm_fwd_kernel(const AnalogMvmArgs a, const analog::Dac dac, const bool n
 cudaError_t analog_mvm_fwd(const AnalogMvmArgs& args, cudaStream_t stream) {
   const analog::Dac dac = analog::Dac::make(args.in_bits, args.x_max);
   const bool noisy = args.noise_a != 0.0f || args.noise_b != 0.0f;
-  const dim3 grid(static_cast<unsigned>((args.N + BN - 1) / BN), static_cast<unsigned>((args.M + BM - 1) / BM));
-  analog_mvm_fwd_kernel<<<grid, kThreads, 0, stream>>>(args, dac, noisy);
-  return cudaGetLastError();
+  const int64_t n_tiles = (args.N + BN - 1) / BN, m_tiles = (args.M + BM - 1) / BM;
+  if (n_tiles > kMaxGridX) return cudaErrorInvalidValue;  // N > 2^37: the binding rejects it first
+  // gridDim.y is at most 65535: row tiles beyond that run in further launches (M > 4,194,240)
+  for (int64_t t0 = 0; t0 < m_tiles; t0 += kMaxGridY) {
+    const int64_t count = m_tiles - t0 < kMaxGridY ? m_tiles - t0 : kMaxGridY;
+    const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(count));
+    analog_mvm_fwd_kernel<<<grid, kThreads, 0, stream>>>(args, dac, noisy, t0);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
+
+int64_t analog_mvm_fwd_launches(int64_t M) { return ((M + BM - 1) / BM + kMaxGridY - 1) / kMaxGridY; }
 
 }  // namespace cuda
 }  // namespace nlseq

@@ -24,8 +24,11 @@ struct AnalogMvmArgs {
   uint64_t seed, offset;
 };
 
-// Launches the fused kernel on `stream`; returns the launch error (cudaSuccess when fine).
+// Launches the fused kernel on `stream`; returns the launch error (cudaSuccess when fine), or
+// cudaErrorInvalidValue when ceil(N / 64) passes the grid's x limit (2^31 − 1). M is unbounded:
+// gridDim.y (at most 65535 row tiles of 64) is tiled over analog_mvm_fwd_launches(M) launches.
 cudaError_t analog_mvm_fwd(const AnalogMvmArgs& args, cudaStream_t stream);
+int64_t analog_mvm_fwd_launches(int64_t M);
 
 }  // namespace cuda
 }  // namespace nlseq

@@ -48,10 +48,13 @@ constexpr int kCarryThreads = 256;          // threads per block of scan_carry_k
 constexpr int kMinBlocksPerSm = 2;          // register cap (128 per thread) for the tile kernels
 constexpr int64_t kMaxSegments = 65535;     // gridDim.y limit
 
-// Steps a thread holds in registers per round: about 32 floats of (A, b) per thread.
+// Steps a thread holds in registers per round. The tile kernels double-buffer them (the next
+// round's steps load while this round's are composed), so a thread holds 2·L·(K² + K) floats:
+// 64 for K = 1, 40-48 for K = 2..4, which fits the 128-register cap of kMinBlocksPerSm without
+// spills (ptxas -v, sm_90; L = 8/4/2 for K = 2/3/4 with the second buffer spilled 4-56 bytes).
 template <int K>
 struct StepsPerThread {
-  static constexpr int value = K == 1 ? 16 : K == 2 ? 8 : K == 3 ? 4 : 2;
+  static constexpr int value = K == 1 ? 16 : K == 2 ? 4 : K == 3 ? 2 : 1;
 };
 template <int K>
 constexpr int64_t round_len() { return int64_t(kWarps) * StepsPerThread<K>::value; }
@@ -244,12 +247,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) scan_aggregate_kern
 
   Affine<K, float> agg = Affine<K, float>::identity();
   if (active) {
-    for (int64_t i0 = p0; i0 < p1; i0 += L) {
-      const int cnt = steps_before<L>(i0, p1);
-      Affine<K, float> step[L];
+    // Double-buffered: the L loads of the next group are issued before the current group is
+    // composed (a chain of dependent multiply-adds), so loads stay in flight during the compose.
+    Affine<K, float> step[L], next[L];
+    int cnt_next = steps_before<L>(p0, p1);
 #pragma unroll
-      for (int j = 0; j < L; ++j)  // all loads first: L independent loads in flight
-        if (j < cnt) p.load(bi, g.time_of(i0 + j), n, step[j]);
+    for (int j = 0; j < L; ++j)
+      if (j < cnt_next) p.load(bi, g.time_of(p0 + j), n, next[j]);
+    for (int64_t i0 = p0; i0 < p1; i0 += L) {
+      const int cnt = cnt_next;
+#pragma unroll
+      for (int j = 0; j < L; ++j)
+        if (j < cnt) step[j] = next[j];
+      cnt_next = steps_before<L>(i0 + L, p1);
+#pragma unroll
+      for (int j = 0; j < L; ++j)  // the next group's loads: L independent loads in flight
+        if (j < cnt_next) p.load(bi, g.time_of(i0 + L + j), n, next[j]);
 #pragma unroll
       for (int j = 0; j < L; ++j)
         if (j < cnt) agg = scan::compose<K, float>(step[j], agg);
@@ -337,15 +350,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) scan_segment_kernel
   float x[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) x[k] = 0.f;
+  // Double-buffered: the next round's L steps are loaded into `next` before this round's steps
+  // are composed and applied (dependent multiply-adds, barriers, stores), so each warp keeps its
+  // loads in flight across the whole round instead of waiting for them at the round's start.
+  Affine<K, float> step[L], next[L];
+  int cnt_next = active ? steps_before<L>(i_begin + int64_t(warp) * L, i_end) : 0;
+#pragma unroll
+  for (int j = 0; j < L; ++j)
+    if (j < cnt_next) p.load(bi, g.time_of(i_begin + int64_t(warp) * L + j), n, next[j]);
   // The loop bounds are uniform over the block, so every thread meets every barrier.
   for (int64_t base = i_begin; base < i_end; base += R) {
     const int64_t i0 = base + int64_t(warp) * L;  // this warp's first step of the round
-    const int cnt = active ? steps_before<L>(i0, i_end) : 0;
-    Affine<K, float> step[L];
-    Affine<K, float> agg = Affine<K, float>::identity();
+    const int cnt = cnt_next;
 #pragma unroll
     for (int j = 0; j < L; ++j)
-      if (j < cnt) p.load(bi, g.time_of(i0 + j), n, step[j]);
+      if (j < cnt) step[j] = next[j];
+    cnt_next = active ? steps_before<L>(i0 + R, i_end) : 0;
+#pragma unroll
+    for (int j = 0; j < L; ++j)  // the next round's loads, before anything waits on this round's
+      if (j < cnt_next) p.load(bi, g.time_of(i0 + R + j), n, next[j]);
+    Affine<K, float> agg = Affine<K, float>::identity();
 #pragma unroll
     for (int j = 0; j < L; ++j)
       if (j < cnt) agg = scan::compose<K, float>(step[j], agg);

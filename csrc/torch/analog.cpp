@@ -130,6 +130,9 @@ at::Tensor analog_mvm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, co
   args.noise_b = static_cast<float>(noise_b);
   args.seed = static_cast<uint64_t>(seed);
   args.offset = static_cast<uint64_t>(offset);
+  // the kernel tiles M over launches (gridDim.y <= 65535); N goes on gridDim.x in tiles of 64
+  TORCH_CHECK(args.N <= int64_t(0x7fffffff) * 64, kOp, ": the CUDA kernel takes at most 2^31 - 1 column tiles of 64, got N = ",
+              args.N);
   const cudaError_t err = cuda::analog_mvm_fwd(args, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, kOp, ": CUDA kernel failed: ", cudaGetErrorString(err));
   return y;

@@ -13,7 +13,8 @@ Layouts (the launcher contract of ``nlseq.ops.pararnn``; S = 1 for the GRU, 2 fo
 - ``pararnn_fwd_reference`` / ``pararnn_bwd_reference``: the reference launchers (Newton with the
   reference scan; backward = the reverse recurrence of SPEC.md §1.2 and autograd VJPs of
   ``cell_step``), computed in the accumulation dtype (float32; float64 for float64).
-- ``input_projection``: U = Wx + b with the block-diagonal W [heads, I/heads, 3, N/heads].
+- ``input_projection``: U = Wx + b with the block-diagonal W [heads, I/heads, 3, N/heads], written
+  in place (``_HeadsProjection``).
 """
 from __future__ import annotations
 
@@ -28,14 +29,53 @@ from .scan import acc_dtype, linear_recurrence_scan
 STATE_SIZE = {"gru": 1, "lstm": 2}
 
 
+class _HeadsProjection(torch.autograd.Function):
+    """U = Wx + b for heads > 1, written in place: G batched GEMMs over the heads (gate g of every
+    head in one ``baddbmm``), each into its strided view U[:, g] of the preallocated [M, G, heads,
+    N/heads] output, the layout the recurrence reads. Nothing is copied or stacked afterwards; the
+    strides (row stride G·N, unit column stride) are ones BLAS and cuBLAS take as they are.
+    The GEMMs run in the inputs' dtype with PyTorch's own settings: TF32 for float32 only when
+    torch.backends.cuda.matmul.allow_tf32 is set, bf16/fp16 only for bf16/fp16 inputs."""
+
+    @staticmethod
+    def forward(ctx, x2: Tensor, W: Tensor, b: Tensor) -> Tensor:
+        heads, ih, G, nh = W.shape
+        M = x2.shape[0]
+        U = x2.new_empty(M, G, heads, nh)
+        xh = x2.view(M, heads, ih).transpose(0, 1)  # [heads, M, ih], a view
+        bh = b.view(G, heads, 1, nh)
+        for g in range(G):
+            torch.baddbmm(bh[g], xh, W[:, :, g, :], out=U[:, g].transpose(0, 1))  # [heads, M, nh] views
+        ctx.save_for_backward(x2, W)
+        return U
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dU: Tensor):
+        x2, W = ctx.saved_tensors
+        heads, ih, G, nh = W.shape
+        M = x2.shape[0]
+        # one GEMM per head for dx and dW, as an addmm per head would: dU in [heads, M, G·nh]
+        dUh = dU.permute(2, 0, 1, 3).reshape(heads, M, G * nh)
+        dx = dW = db = None
+        if ctx.needs_input_grad[0]:
+            dx = x2.new_empty(M, heads * ih)
+            torch.bmm(dUh, W.reshape(heads, ih, G * nh).transpose(1, 2), out=dx.view(M, heads, ih).transpose(0, 1))
+        if ctx.needs_input_grad[1]:
+            dW = torch.bmm(x2.view(M, heads, ih).permute(1, 2, 0), dUh).view(heads, ih, G, nh)
+        if ctx.needs_input_grad[2]:
+            db = dU.sum(0).reshape(G, heads * nh)
+        return dx, dW, db
+
+
 def input_projection(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """U [B, T, G, N] = Wx + b for x [B, T, I], W [heads, I/heads, G, N/heads], b [G, N].
 
     Gate g, channel (head h, index j) = Σ_i x[.., h, i] W[h, i, g, j] + b[g, h N/heads + j]
-    (SPEC.md §1.3). One ``addmm`` per head on a column slice of x (MKL takes the strided slice
-    as is), then one ``stack`` into the [.., G, heads, N/heads] layout: about twice as fast on the
-    CPU as an einsum, which permutes x and W into a batched GEMM and the result back. No ``out=``,
-    so autograd and torch.compile see plain ops.
+    (SPEC.md §1.3). One head: one ``addmm`` straight into U. Several heads: ``_HeadsProjection``,
+    G batched GEMMs written in place into the [.., G, heads, N/heads] layout (no ``stack`` copy of
+    U). Under torch.compile the plain-op form (an ``addmm`` per head and one ``stack``) is traced
+    instead: the compiler sees ordinary ops and fuses the copy itself.
     """
     heads, ih, G, nh = W.shape
     if x.shape[-1] != heads * ih:
@@ -47,12 +87,14 @@ def input_projection(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     x2 = x.reshape(math.prod(lead), heads * ih)
     if heads == 1:
         U = torch.addmm(b.reshape(G * nh), x2, W[0].reshape(ih, G * nh))
-    else:
+    elif torch.compiler.is_compiling():
         U = torch.stack(
             [torch.addmm(b[:, h * nh:(h + 1) * nh].reshape(G * nh), x2[:, h * ih:(h + 1) * ih],
                          W[h].reshape(ih, G * nh)).view(-1, G, nh) for h in range(heads)],
             dim=2,
         )  # [B·T, G, heads, nh]
+    else:
+        U = _HeadsProjection.apply(x2, W, b)  # [B·T, G, heads, nh]
     return U.reshape(*lead, G, heads * nh)
 
 
