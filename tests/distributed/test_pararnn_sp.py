@@ -125,7 +125,7 @@ def _check_modules(rank, P):
             h0 = torch.randn(1, B, N, generator=g, dtype=F64) if with_h0 else None
             lstm = cls is ParaLSTM
 
-            def run(m, xx, Wyy, own_final):
+            def run(m, xx, Wyy, own_final, h0=h0, Wh=Wh, lstm=lstm, batch_first=batch_first):
                 xx = xx.clone().requires_grad_(True)
                 hh = None if h0 is None else h0.clone().requires_grad_(True)
                 xin = xx if batch_first else xx.transpose(0, 1)

@@ -41,7 +41,6 @@ from torch import Tensor
 from .._checks import check_same, check_shape, check_tensor
 from ..ops import pararnn as _op
 from ..ops.pararnn import CELLS, MODES, ON_NONCONVERGENCE, STATE_SIZE, NewtonInfo
-from ..reference.scan import acc_dtype
 from ._group import GroupInfo, resolve_group
 
 OP = "distributed.pararnn"
@@ -67,7 +66,7 @@ def _seq_to_chan(x: Tensor, lengths: list[int], info: GroupInfo) -> Tensor:
 
 def _chan_to_seq(y: Tensor, lengths: list[int], info: GroupInfo) -> Tensor:
     """[B, T, M, N/P] channel piece → [B, T_r, M, N] time piece (one all_to_all_single)."""
-    B, T, M, n = y.shape
+    B, _, M, n = y.shape
     Pn, Tr = info.size, lengths[info.rank]
     send = y.permute(1, 0, 2, 3).contiguous()  # [T, B, M, n]: rank s's steps are rows [off_s, off_s + T_s)
     recv = y.new_empty(Pn * Tr, B, M, n)  # rank s's channels of my steps, in rank (= channel) order
@@ -218,7 +217,7 @@ class _AllToAllPararnn(torch.autograd.Function):
 def _chan_to_seq_T(dS: Optional[Tensor], S_ch: Tensor, lengths: list[int], info: GroupInfo) -> Tensor:
     """The transpose of _chan_to_seq: a time piece of dS back to the channel split."""
     if dS is None:  # this rank's loss did not use S: its piece of the gradient is zero (still join the collective)
-        B, T, M, n = S_ch.shape
+        B, _, M, n = S_ch.shape
         dS = S_ch.new_zeros(B, lengths[info.rank], M, n * info.size)
     return _seq_to_chan(dS.contiguous(), lengths, info)
 
