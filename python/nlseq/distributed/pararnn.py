@@ -270,10 +270,12 @@ def _all_to_all(cell, U, A, P, s0, info, mode, max_iters, tol, on_nonconvergence
                 s0 is not None, MODES.index(rmode), grad and U.requires_grad, grad and A.requires_grad,
                 grad and P is not None and P.requires_grad, grad and s0 is not None and s0.requires_grad]
     except (ValueError, TypeError) as e:
-        if not isinstance(U, Tensor):
-            raise  # nothing to communicate with
         error, meta[0] = e, 1
-    lengths = _agree(error, [int(v) for v in meta], U.device, info)
+    if isinstance(U, Tensor):
+        device = U.device
+    else:  # still join the agreement, on a device the group can move, so the other ranks raise too
+        device = torch.device("cuda", torch.cuda.current_device()) if info.backend == "nccl" else torch.device("cpu")
+    lengths = _agree(error, [int(v) for v in meta], device, info)
     max_iters = _op.DEFAULT_MAX_ITERS if max_iters is None else int(max_iters)
     tol = _op.default_tol(U.dtype) if tol is None else float(tol)
     opts = (mode, rmode, max_iters, tol, on_nonconvergence, backend)
