@@ -19,7 +19,7 @@ are); each rank computes the gradient of its channels and one all_gather complet
 ``loss.backward()`` every rank holds the full single-process gradient of A, P and s0 — no extra
 all-reduce over the sequence-parallel group (do not add one: it would count it P times).
 
-Collectives per call (all_to_all strategy): forward 3 (one all_gather of a small metadata vector
+Collectives per call (all_to_all strategy): forward 3 (one all_gather of a 16-int64 metadata vector
 that also checks that the ranks agree, and the two all-to-alls), plus one 2-element all_reduce
 (MAX) of the Newton iteration count and residual in Newton mode; backward 3 (two all-to-alls and
 one all_gather of the parameter gradients).
@@ -31,6 +31,7 @@ a rank whose loss does not use its output would leave the others waiting (add ``
 """
 from __future__ import annotations
 
+import struct
 import warnings
 from typing import Any, Optional
 
@@ -94,7 +95,13 @@ def _gather_channels(pieces: list[Optional[Tensor]], shapes: list[tuple[int, ...
 
 
 # ---------------------------------------------------------------- argument checks, agreed by every rank
-_META = ("error", "T_r", "B", "N", "cell", "dtype", "has_P", "has_s0", "mode", "grad_U", "grad_A", "grad_P", "grad_s0")
+_META = ("error", "T_r", "B", "N", "cell", "dtype", "has_P", "has_s0", "mode", "grad_U", "grad_A", "grad_P", "grad_s0",
+         "max_iters", "tol", "on_nonconvergence")
+
+
+def _float_bits(x: Optional[float]) -> int:
+    """A float (or None) as an int64 the ranks can compare exactly."""
+    return -1 if x is None else struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
 def _local_checks(cell, U, A, P, s0, mode, on_nonconvergence, max_iters, size) -> None:
@@ -268,7 +275,8 @@ def _all_to_all(cell, U, A, P, s0, info, mode, max_iters, tol, on_nonconvergence
         grad = torch.is_grad_enabled()
         meta = [0, U.shape[1], U.shape[0], U.shape[3], CELLS.index(cell), _DTYPES.index(U.dtype), P is not None,
                 s0 is not None, MODES.index(rmode), grad and U.requires_grad, grad and A.requires_grad,
-                grad and P is not None and P.requires_grad, grad and s0 is not None and s0.requires_grad]
+                grad and P is not None and P.requires_grad, grad and s0 is not None and s0.requires_grad,
+                -1 if max_iters is None else int(max_iters), _float_bits(tol), ON_NONCONVERGENCE.index(on_nonconvergence)]
     except (ValueError, TypeError) as e:
         error, meta[0] = e, 1
     if isinstance(U, Tensor):
