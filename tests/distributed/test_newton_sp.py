@@ -55,12 +55,12 @@ def _pararnn_case(rank, P, cell, heads, with_s0, kind, seed):
 
     torch.manual_seed(seed)
     lengths = _lengths(kind, P)
-    B, I, N, T = 2, 4, 6, sum(lengths)
-    mod = (ParaGRU if cell == "gru" else ParaLSTM)(I, N, heads=heads, dtype=torch.float64)
+    B, n_in, N, T = 2, 4, 6, sum(lengths)
+    mod = (ParaGRU if cell == "gru" else ParaLSTM)(n_in, N, heads=heads, dtype=torch.float64)
     with torch.no_grad():  # recurrent weights of order one, so that Newton needs a few iterations
         mod.weight_hh.normal_(0.0, 0.8)
         mod.bias.normal_(0.0, 0.5)
-    x = torch.randn(B, T, I, dtype=torch.float64)
+    x = torch.randn(B, T, n_in, dtype=torch.float64)
     S = 1 if cell == "gru" else 2
     s0 = torch.randn(B, S, N, dtype=torch.float64) if with_s0 else None
     Wg = torch.randn(B, T, S, N, dtype=torch.float64)
@@ -124,7 +124,8 @@ def _solve_case(rank, P, jacobian, damping, with_h0, kind, seed):
     if jacobian == "diag":
         step = _diag_cell
         x = torch.randn(B, T, N, generator=g, dtype=torch.float64)
-        prm = [torch.rand(N, generator=g, dtype=torch.float64) * 1.6 - 0.8, torch.randn(N, generator=g, dtype=torch.float64)]
+        prm = [torch.rand(N, generator=g, dtype=torch.float64) * 1.6 - 0.8,
+               torch.randn(N, generator=g, dtype=torch.float64)]
         state = (N,)
         kw = {}
     else:
@@ -278,7 +279,7 @@ def test_pararnn_state_matches_single_process(P):
     for rank, (cases, _, _, _, _) in enumerate(part(P, "newton")):
         assert len(cases) == 8
         for key, (errs, (iters, iters_ref)) in cases.items():
-            assert iters == iters_ref >= 1, f"P={P} rank {rank} {key}: {iters} Newton iterations, single process {iters_ref}"
+            assert iters == iters_ref >= 1, f"P={P} rank {rank} {key}: {iters} Newton iterations, single {iters_ref}"
             for what, e in errs.items():
                 assert e <= TOL, f"P={P} rank {rank} {key}: {what} relative error {e:.3e} > {TOL:g}"
 
