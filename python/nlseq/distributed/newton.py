@@ -308,6 +308,21 @@ _SOLVE_LABELS = {"jacobian": "jacobian structure", "K": "block_size", "B": "batc
 _JACOBIANS = ("diag", "block")
 
 
+class _ZeroGradTo(torch.autograd.Function):
+    """``x`` unchanged, with ``other`` in the graph to receive a zero gradient (h0 off rank 0, so that
+    ``all_reduce(h0.grad)`` works on every rank; ``x + 0 * h0`` would turn an inf in h0 into NaN)."""
+
+    @staticmethod
+    def forward(ctx, x, other):
+        ctx.other = (other.shape, other.dtype, other.device)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        shape, dtype, device = ctx.other
+        return g, torch.zeros(shape, dtype=dtype, device=device)
+
+
 class _ImplicitGrad(torch.autograd.Function):
     """Identity on y = f(h*_{t−1}, x_t) whose backward turns ∂L/∂h into λ (docs/spec.md §1.2), with
     λ_t = g_t + J_{t+1}ᵀ λ_{t+1} solved across ranks by the sequence-parallel adjoint scan."""
@@ -465,7 +480,7 @@ def newton_solve(
     if is_first:
         lead = init if h0 is None else h0.to(dtype)
     else:
-        lead = first if h0 is None else first + 0 * h0
+        lead = first if h0 is None else _ZeroGradTo.apply(first, h0)
     h_prev = torch.cat([lead.unsqueeze(1), H[:, :-1].detach()], dim=1)
     y = _op._call(step, params, h_prev, x)
     # As in one process, the implicit backward hooks in where y needs a gradient. Every rank must agree
