@@ -256,3 +256,11 @@ def test_bad_input_is_the_same_clear_error_on_every_rank():
     assert "U must be a torch.Tensor" in res[0]["not_a_tensor"]
     assert "rank(s) [0] of the group rejected their arguments" in res[1]["not_a_tensor"]
     assert "rank(s) [1] of the group rejected their arguments" in res[0]["one_rank_bad"]
+
+
+def test_module_rejects_an_unknown_strategy():
+    from nlseq.nn import ParaGRU, ParaLSTM
+
+    for cls in (ParaGRU, ParaLSTM):
+        with pytest.raises(ValueError, match=f"{cls.__name__}: sp_strategy must be one of"):
+            cls(4, 4, sp_strategy="ring")
