@@ -17,7 +17,7 @@ def _model_bytes(B=2, T=64, N=16, P=2, layers=2, heads=2, f=4):
     """The communication model of docs/distributed.md for this run (float32, every rank sends the same)."""
     Tr, n = T // P, N // P
     per_layer = (
-        13 * 8 * (P - 1)                      # metadata all_gather (13 int64)
+        16 * 8 * (P - 1)                      # metadata all_gather (16 int64)
         + 2 * B * Tr * 3 * n * (P - 1) * f    # U and dU all-to-alls: the pieces for the other ranks
         + 2 * B * Tr * 1 * n * (P - 1) * f    # S and dS all-to-alls (GRU: S = 1)
         + (1 + B * N) * (P - 1) * f           # final state all_gather (flag + state)

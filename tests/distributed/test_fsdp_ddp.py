@@ -104,13 +104,61 @@ def _train_and_compare(rank, P):
                 if not e <= tol:
                     raise AssertionError(f"{name} {wrap}: eval output off by {e:.2e} after program()")
             report[(name, wrap)] = worst
+    report["mixed_precision"] = _mixed_precision(rank, P, mesh)
     dist.barrier()
     return report
+
+
+def _mixed_precision(rank, P, mesh):
+    """FSDP2 with param_dtype=bfloat16: ParaGRU and AnalogLinear train, with float32 gradients within
+    bf16 rounding of single-process float32 training."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from nlseq.analog.config import CrossbarConfig
+    from nlseq.nn import AnalogLinear, ParaGRU
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    torch.manual_seed(5)
+    ref = ParaGRU(4, 8, heads=2, backend="cpp")
+    model = fully_shard(copy.deepcopy(ref), mesh=mesh, mp_policy=policy)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(4, 16, 4, generator=g)
+    w = torch.randn(4, 16, 8, generator=g)
+    (ref(x)[0] * w).sum().div(4).backward()
+    lo = rank * 2
+    y = model(x[lo:lo + 2])[0]
+    assert y.dtype == torch.bfloat16, y.dtype
+    (y.float() * w[lo:lo + 2]).sum().div(2).backward()
+    worst = 0.0
+    for (name, p_ref), p in zip(ref.named_parameters(), model.parameters()):
+        assert p.grad.dtype == torch.float32, (name, p.grad.dtype)
+        e = _rel_err(p.grad, p_ref.grad)
+        worst = max(worst, e)
+        if not e <= 5e-2:  # bf16 parameters and inputs: 2^-8 per rounding, through a 16-step recurrence
+            raise AssertionError(f"ParaGRU fsdp2 bf16: grad of {name} off by {e:.2e}")
+    # the analog modules program their crossbar in float32 from the bf16 parameters and take bf16 inputs
+    torch.manual_seed(6)
+    ref = AnalogLinear(4, 4, config=CrossbarConfig(read_noise=0.0, out_noise=0.0, prog_noise=0.0))
+    model = fully_shard(copy.deepcopy(ref), mesh=mesh, mp_policy=policy)
+    xa = torch.randn(4, 4, generator=g)
+    wa = torch.randn(4, 4, generator=g)
+    (ref(xa) * wa).sum().div(4).backward()
+    ya = model(xa[lo:lo + 2])
+    assert ya.dtype == torch.bfloat16, ya.dtype
+    (ya.float() * wa[lo:lo + 2]).sum().div(2).backward()
+    for (name, p_ref), p in zip(ref.named_parameters(), model.parameters()):
+        assert p.grad.dtype == torch.float32, (name, p.grad.dtype)
+        e = _rel_err(p.grad, p_ref.grad)
+        worst = max(worst, e)
+        if not e <= 5e-2:
+            raise AssertionError(f"AnalogLinear fsdp2 bf16: grad of {name} off by {e:.2e}")
+    return worst
 
 
 def test_every_module_trains_under_ddp_and_fsdp2_like_one_process():
     res = run_ranks(_train_and_compare, 2)
     names = set(_builders())
     for rank_report in res:
+        assert rank_report.pop("mixed_precision") <= 5e-2
         assert {n for n, _ in rank_report} == names
         assert {w for _, w in rank_report} == {"ddp", "fsdp2"}

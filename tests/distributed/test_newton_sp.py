@@ -55,12 +55,12 @@ def _pararnn_case(rank, P, cell, heads, with_s0, kind, seed):
 
     torch.manual_seed(seed)
     lengths = _lengths(kind, P)
-    B, I, N, T = 2, 4, 6, sum(lengths)
-    mod = (ParaGRU if cell == "gru" else ParaLSTM)(I, N, heads=heads, dtype=torch.float64)
+    B, n_in, N, T = 2, 4, 6, sum(lengths)
+    mod = (ParaGRU if cell == "gru" else ParaLSTM)(n_in, N, heads=heads, dtype=torch.float64)
     with torch.no_grad():  # recurrent weights of order one, so that Newton needs a few iterations
         mod.weight_hh.normal_(0.0, 0.8)
         mod.bias.normal_(0.0, 0.5)
-    x = torch.randn(B, T, I, dtype=torch.float64)
+    x = torch.randn(B, T, n_in, dtype=torch.float64)
     S = 1 if cell == "gru" else 2
     s0 = torch.randn(B, S, N, dtype=torch.float64) if with_s0 else None
     Wg = torch.randn(B, T, S, N, dtype=torch.float64)
@@ -124,7 +124,8 @@ def _solve_case(rank, P, jacobian, damping, with_h0, kind, seed):
     if jacobian == "diag":
         step = _diag_cell
         x = torch.randn(B, T, N, generator=g, dtype=torch.float64)
-        prm = [torch.rand(N, generator=g, dtype=torch.float64) * 1.6 - 0.8, torch.randn(N, generator=g, dtype=torch.float64)]
+        prm = [torch.rand(N, generator=g, dtype=torch.float64) * 1.6 - 0.8,
+               torch.randn(N, generator=g, dtype=torch.float64)]
         state = (N,)
         kw = {}
     else:
@@ -251,6 +252,61 @@ def _errors(rank, P):
     return out
 
 
+def _low_precision(rank, P):
+    """float32 I/O: the error against the float64 sequential oracle (on the same float32 inputs) of
+    pararnn_state next to that of the single-process Newton op (both iterate in float32)."""
+    import nlseq
+    import nlseq.distributed as nd
+
+    torch.manual_seed(11)
+    lengths = _lengths("uneven", P)
+    sl = _piece(lengths, rank)
+    out = {}
+    for cell in ("gru", "lstm"):
+        N = 8
+        U = torch.randn(2, sum(lengths), 3, N)
+        A = torch.randn(3, N) * 0.6
+        Pp = torch.randn(2, N) * 0.6 if cell == "lstm" else None
+        exact = nlseq.pararnn(cell, U.double(), A.double(), None if Pp is None else Pp.double(), mode="sequential",
+                              backend="reference")[:, sl]
+        single = nlseq.pararnn(cell, U, A, Pp, mode="newton", backend="reference")[:, sl]
+        mine = nd.pararnn_state(cell, U[:, sl], A, Pp, backend="cpp")
+        assert mine.dtype == torch.float32
+        out[cell] = (_rel(single.double(), exact), _rel(mine.double(), exact))
+    return out
+
+
+def _groups(rank, P):
+    """A 1-D DeviceMesh as the group, and a subgroup of ranks 1..P-1 (group ranks differ from global
+    ranks: the sequential pass broadcasts from the right process)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    import nlseq
+    import nlseq.distributed as nd
+
+    mesh = init_device_mesh("cpu", (P,))
+    sub = dist.new_group(ranks=list(range(1, P)))  # every rank takes part in creating it
+    torch.manual_seed(5)
+    out = {}
+    lengths = _lengths("uneven", P)
+    A, b = torch.rand(2, sum(lengths), 3, dtype=torch.float64), torch.randn(2, sum(lengths), 3, dtype=torch.float64)
+    h_ref, _ = nlseq.linear_recurrence(A, b)
+    sl = _piece(lengths, rank)
+    out["mesh scan"] = _rel(nd.linear_recurrence(A[:, sl], b[:, sl], group=mesh)[0], h_ref[:, sl])
+    if rank == 0:
+        return out
+    Q, q = P - 1, rank - 1
+    lengths = _lengths("uneven", Q) if Q > 1 else [4]
+    sl = _piece(lengths, q)
+    U = torch.randn(2, sum(lengths), 3, 4, dtype=torch.float64)
+    Aw = torch.randn(3, 4, dtype=torch.float64)
+    S_ref = nlseq.pararnn("gru", U, Aw, mode="sequential", backend="reference")
+    out["sub sequential"] = _rel(nd.pararnn_state("gru", U[:, sl], Aw, mode="sequential", group=sub), S_ref[:, sl])
+    out["sub newton"] = _rel(nd.pararnn_state("gru", U[:, sl], Aw, max_iters=30, tol=1e-13, group=sub), S_ref[:, sl])
+    return out
+
+
 def run_rank(rank, P):
     """Every Newton case on this rank (run by _sp_runs, together with test_scan_sp's cases)."""
     cases = {}
@@ -270,22 +326,23 @@ def run_rank(rank, P):
                 solves[f"{jac}-damping={damping}-h0={with_h0}-{kind}"] = _solve_case(rank, P, jac, damping, with_h0,
                                                                                       kind, 200 + i)
                 i += 1
-    return cases, solves, _nonconvergence(rank, P), _counts(rank, P), _errors(rank, P)
+    return (cases, solves, _nonconvergence(rank, P), _counts(rank, P), _errors(rank, P), _low_precision(rank, P),
+            _groups(rank, P))
 
 
 @pytest.mark.parametrize("P", [2, 3, 4])
 def test_pararnn_state_matches_single_process(P):
-    for rank, (cases, _, _, _, _) in enumerate(part(P, "newton")):
+    for rank, (cases, *_) in enumerate(part(P, "newton")):
         assert len(cases) == 8
         for key, (errs, (iters, iters_ref)) in cases.items():
-            assert iters == iters_ref >= 1, f"P={P} rank {rank} {key}: {iters} Newton iterations, single process {iters_ref}"
+            assert iters == iters_ref >= 1, f"P={P} rank {rank} {key}: {iters} Newton iterations, single {iters_ref}"
             for what, e in errs.items():
                 assert e <= TOL, f"P={P} rank {rank} {key}: {what} relative error {e:.3e} > {TOL:g}"
 
 
 @pytest.mark.parametrize("P", [2, 3, 4])
 def test_newton_solve_matches_single_process(P):
-    for rank, (_, solves, _, _, _) in enumerate(part(P, "newton")):
+    for rank, (_, solves, *_) in enumerate(part(P, "newton")):
         assert len(solves) == 8
         for key, (errs, (iters, iters_ref), (res, res_ref)) in solves.items():
             assert iters == iters_ref >= 1, f"P={P} rank {rank} {key}: {iters} iterations, single process {iters_ref}"
@@ -341,3 +398,19 @@ def test_bad_input_raises_on_every_rank(P):
             assert "at least one step" in err["empty"][1], err["empty"]
         else:
             assert "rank(s) [1]" in err["empty"][1], err["empty"]
+
+
+@pytest.mark.parametrize("P", [2, 3, 4])
+def test_float32_is_as_accurate_as_the_single_process_op(P):
+    for rank, o in enumerate(part(P, "newton")):
+        for cell, (e_single, e_mine) in o[5].items():
+            assert e_mine <= max(4 * e_single, 1e-5), f"P={P} rank {rank} {cell}: {e_mine:.2e} vs {e_single:.2e}"
+
+
+@pytest.mark.parametrize("P", [2, 3, 4])
+def test_device_mesh_and_subgroups(P):
+    for rank, o in enumerate(part(P, "newton")):
+        errs = o[6]
+        assert set(errs) == ({"mesh scan"} if rank == 0 else {"mesh scan", "sub sequential", "sub newton"})
+        for what, e in errs.items():
+            assert e <= TOL, f"P={P} rank {rank} {what}: {e:.3e}"

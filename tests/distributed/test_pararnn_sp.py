@@ -45,17 +45,20 @@ def _compare(what, got, want, exact):
         got, want = got.detach(), want.detach()
         return [] if torch.equal(got, want) else [f"{what}: not equal, max err {float((got - want).abs().max()):.3e}"]
     got, want = got.detach(), want.detach()
+    if want.numel() == 0:
+        return []
     err = float((got - want).abs().max())
     scale = float(want.abs().max())
     return [] if err <= 1e-12 * max(scale, 1e-300) else [f"{what}: max err {err:.3e} > 1e-12 x {scale:.3e}"]
 
 
 def _op_cases(rank, P):
-    """(cell, T, N, s0?, mode) cases; T=P gives one step per rank, T not divisible by P uneven pieces."""
+    """(cell, T, N, s0?, mode) cases; T=P gives one step per rank, T not divisible by P uneven pieces,
+    T = P − 1 an empty piece on rank 0."""
     out = []
     for cell in ("gru", "lstm"):
         for T, with_s0, mode in ((5 * P + 2, True, "sequential"), (P, False, "newton"), (3 * P + 1, False, "auto"),
-                                 (4 * P, True, "newton")):
+                                 (4 * P, True, "newton"), (P - 1, True, "sequential")):  # last: rank 0 holds no step
             out.append((cell, T, 2 * P, with_s0, mode))
     return out
 
@@ -125,7 +128,7 @@ def _check_modules(rank, P):
             h0 = torch.randn(1, B, N, generator=g, dtype=F64) if with_h0 else None
             lstm = cls is ParaLSTM
 
-            def run(m, xx, Wyy, own_final):
+            def run(m, xx, Wyy, own_final, h0=h0, Wh=Wh, lstm=lstm, batch_first=batch_first):
                 xx = xx.clone().requires_grad_(True)
                 hh = None if h0 is None else h0.clone().requires_grad_(True)
                 xin = xx if batch_first else xx.transpose(0, 1)
@@ -221,6 +224,11 @@ def _bad_inputs(rank, P):
         sp_pararnn(cell, torch.randn(2, 3, 3, 4, dtype=F64), torch.randn(3, 4, dtype=F64))
     except ValueError as e:
         out["one_rank_bad"] = str(e)
+    U_bad = [1.0] if rank == 0 else torch.randn(2, 3, 3, 4, dtype=F64)  # not a tensor on rank 0 only
+    try:
+        sp_pararnn("gru", U_bad, torch.randn(3, 4, dtype=F64))
+    except (TypeError, ValueError) as e:
+        out["not_a_tensor"] = str(e)
     try:
         sp_pararnn("gru", torch.randn(2, 3, 3, 4, dtype=F64), torch.randn(3, 4, dtype=F64), strategy="ring")
     except ValueError as e:
@@ -245,4 +253,14 @@ def test_bad_input_is_the_same_clear_error_on_every_rank():
         assert "strategy must be one of" in out["strategy"]
         assert "Newton did not converge" in out["nonconvergence"]
     assert "lstm cell needs the peepholes" in res[1]["one_rank_bad"]
+    assert "U must be a torch.Tensor" in res[0]["not_a_tensor"]
+    assert "rank(s) [0] of the group rejected their arguments" in res[1]["not_a_tensor"]
     assert "rank(s) [1] of the group rejected their arguments" in res[0]["one_rank_bad"]
+
+
+def test_module_rejects_an_unknown_strategy():
+    from nlseq.nn import ParaGRU, ParaLSTM
+
+    for cls in (ParaGRU, ParaLSTM):
+        with pytest.raises(ValueError, match=f"{cls.__name__}: sp_strategy must be one of"):
+            cls(4, 4, sp_strategy="ring")

@@ -127,6 +127,8 @@ def _errors(rank, P):
     out["shape"] = attempt(A[..., :2] if rank == 1 else A, b)  # rank 1's A does not match its b
     out["device"] = attempt(*(t.to("meta") for t in ok())) if rank == 0 else attempt(*ok())
     out["K"] = attempt(torch.rand(2, 2, 3, 5, 5), torch.rand(2, 2, 3, 5))
+    A, b = ok()
+    out["grad"] = attempt(A.requires_grad_(rank == 0), b)  # only rank 0 would run the backward's collective
     # the group is still usable afterwards: every failed call made the same collectives on every rank
     h, _ = nd.linear_recurrence(*ok())
     out["after"] = h.shape
@@ -207,7 +209,8 @@ def test_sequence_parallel_scan_matches_single_process(P):
         else:
             assert "rank(s) [0]" in n_err["device"][1], n_err["device"]
         assert "block size K" in n_err["K"][1], n_err["K"]
-        for k in ("N", "dtype", "h0", "reverse", "shape", "device", "K"):
+        assert "autograd state" in n_err["grad"][1] and "[1, 0" in n_err["grad"][1], n_err["grad"]
+        for k in ("N", "dtype", "h0", "reverse", "shape", "device", "K", "grad"):
             assert n_err[k][1].startswith("nlseq.distributed.linear_recurrence:"), (k, n_err[k])
         assert n_err["after"] == (2, 2, 3)
 

@@ -158,6 +158,11 @@ def _to_scan(x: Tensor) -> Tensor:  # [B, T, S, N] <-> [B, T, N, S]
     return x.transpose(-1, -2)
 
 
+def _shift(H: Tensor, first: Tensor) -> Tensor:
+    """The states before each local step, [first, H_1, .., H_{T−1}]; empty for an empty piece."""
+    return _ref._shift(H, first) if H.shape[1] else H
+
+
 def _pararnn_newton(cell, U, A, P, init, lengths, max_iters, tol, name, info):
     """Newton across ranks in the accumulation dtype (U, A, P, init already in it).
     Returns (S [B, T, S, N], the state before this rank's first step, iterations, global residual)."""
@@ -173,7 +178,7 @@ def _pararnn_newton(cell, U, A, P, init, lengths, max_iters, tol, name, info):
     first = init if before is None else lasts[before]
     iters = 0
     while True:
-        prev = _ref._shift(H, first)
+        prev = _shift(H, first)
         f, J = _ref.cell_step_jac(cell, U, A, P, prev)
         residual = _global_residual((H - f).abs().max() if H.numel() else H.new_zeros(()), info)
         if math.isnan(residual) or residual <= tol or iters >= max_iters:
@@ -222,7 +227,7 @@ class _PararnnState(torch.autograd.Function):
         U, A, P, s0, S_all, first = ctx.saved_tensors
         info = ctx.info
         Ua, Aa, Pa, _ = _ref._in_acc(ctx.cell, U, A, P, s0)
-        prev = _ref._shift(S_all.to(Ua.dtype), first)
+        prev = _shift(S_all.to(Ua.dtype), first)
         _, J = _ref.cell_step_jac(ctx.cell, Ua, Aa, Pa, prev)  # [B, T, N, S, S] at the solution
         g = torch.zeros_like(prev) if dS is None else dS.to(Ua.dtype)
         # λ_t = g_t + J_{t+1}ᵀ λ_{t+1} across ranks: the adjoint of the recurrence with A = J (its db).
@@ -303,6 +308,21 @@ _SOLVE_LABELS = {"jacobian": "jacobian structure", "K": "block_size", "B": "batc
 _JACOBIANS = ("diag", "block")
 
 
+class _ZeroGradTo(torch.autograd.Function):
+    """``x`` unchanged, with ``other`` in the graph to receive a zero gradient (h0 off rank 0, so that
+    ``all_reduce(h0.grad)`` works on every rank; ``x + 0 * h0`` would turn an inf in h0 into NaN)."""
+
+    @staticmethod
+    def forward(ctx, x, other):
+        ctx.other = (other.shape, other.dtype, other.device)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        shape, dtype, device = ctx.other
+        return g, torch.zeros(shape, dtype=dtype, device=device)
+
+
 class _ImplicitGrad(torch.autograd.Function):
     """Identity on y = f(h*_{t−1}, x_t) whose backward turns ∂L/∂h into λ (docs/spec.md §1.2), with
     λ_t = g_t + J_{t+1}ᵀ λ_{t+1} solved across ranks by the sequence-parallel adjoint scan."""
@@ -318,7 +338,7 @@ class _ImplicitGrad(torch.autograd.Function):
     def backward(ctx, g):
         (J,) = ctx.saved_tensors
         gs = g.reshape(ctx.flat_shape).contiguous()
-        B, T, N, K = gs.shape
+        B, _, N, K = gs.shape
         # the adjoint of s_t = J_t s_{t−1} + b_t; its dA is unused, so g stands in for the states
         _, lam, _, _ = adjoint(J, gs, gs.new_zeros(B, N, K), gs, None, _product(J.to(acc_dtype(J.dtype)), False),
                                False, ctx.name, ctx.info)
@@ -460,10 +480,12 @@ def newton_solve(
     if is_first:
         lead = init if h0 is None else h0.to(dtype)
     else:
-        lead = first if h0 is None else first + 0 * h0
+        lead = first if h0 is None else _ZeroGradTo.apply(first, h0)
     h_prev = torch.cat([lead.unsqueeze(1), H[:, :-1].detach()], dim=1)
     y = _op._call(step, params, h_prev, x)
-    if torch.is_grad_enabled() and y.requires_grad:  # the same on every rank when step is (see Collectives)
+    # As in one process, the implicit backward hooks in where y needs a gradient. Every rank must agree
+    # (the same step everywhere; the metadata checked x, h0 and params), or the adjoint scan would wait.
+    if torch.is_grad_enabled() and y.requires_grad:
         y = _ImplicitGrad.apply(y, _as_blocks(J, jacobian, B, T), (B, T, -1, K), name, info)
     if return_info:
         return y, NewtonInfo(iters, residual, tol_, "newton", on_nonconvergence)

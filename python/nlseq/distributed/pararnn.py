@@ -19,7 +19,7 @@ are); each rank computes the gradient of its channels and one all_gather complet
 ``loss.backward()`` every rank holds the full single-process gradient of A, P and s0 — no extra
 all-reduce over the sequence-parallel group (do not add one: it would count it P times).
 
-Collectives per call (all_to_all strategy): forward 3 (one all_gather of a small metadata vector
+Collectives per call (all_to_all strategy): forward 3 (one all_gather of a 16-int64 metadata vector
 that also checks that the ranks agree, and the two all-to-alls), plus one 2-element all_reduce
 (MAX) of the Newton iteration count and residual in Newton mode; backward 3 (two all-to-alls and
 one all_gather of the parameter gradients).
@@ -31,6 +31,7 @@ a rank whose loss does not use its output would leave the others waiting (add ``
 """
 from __future__ import annotations
 
+import struct
 import warnings
 from typing import Any, Optional
 
@@ -41,7 +42,6 @@ from torch import Tensor
 from .._checks import check_same, check_shape, check_tensor
 from ..ops import pararnn as _op
 from ..ops.pararnn import CELLS, MODES, ON_NONCONVERGENCE, STATE_SIZE, NewtonInfo
-from ..reference.scan import acc_dtype
 from ._group import GroupInfo, resolve_group
 
 OP = "distributed.pararnn"
@@ -67,7 +67,7 @@ def _seq_to_chan(x: Tensor, lengths: list[int], info: GroupInfo) -> Tensor:
 
 def _chan_to_seq(y: Tensor, lengths: list[int], info: GroupInfo) -> Tensor:
     """[B, T, M, N/P] channel piece → [B, T_r, M, N] time piece (one all_to_all_single)."""
-    B, T, M, n = y.shape
+    B, _, M, n = y.shape
     Pn, Tr = info.size, lengths[info.rank]
     send = y.permute(1, 0, 2, 3).contiguous()  # [T, B, M, n]: rank s's steps are rows [off_s, off_s + T_s)
     recv = y.new_empty(Pn * Tr, B, M, n)  # rank s's channels of my steps, in rank (= channel) order
@@ -95,7 +95,13 @@ def _gather_channels(pieces: list[Optional[Tensor]], shapes: list[tuple[int, ...
 
 
 # ---------------------------------------------------------------- argument checks, agreed by every rank
-_META = ("error", "T_r", "B", "N", "cell", "dtype", "has_P", "has_s0", "mode", "grad_U", "grad_A", "grad_P", "grad_s0")
+_META = ("error", "T_r", "B", "N", "cell", "dtype", "has_P", "has_s0", "mode", "grad_U", "grad_A", "grad_P", "grad_s0",
+         "max_iters", "tol", "on_nonconvergence")
+
+
+def _float_bits(x: Optional[float]) -> int:
+    """A float (or None) as an int64 the ranks can compare exactly."""
+    return -1 if x is None else struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
 def _local_checks(cell, U, A, P, s0, mode, on_nonconvergence, max_iters, size) -> None:
@@ -218,7 +224,7 @@ class _AllToAllPararnn(torch.autograd.Function):
 def _chan_to_seq_T(dS: Optional[Tensor], S_ch: Tensor, lengths: list[int], info: GroupInfo) -> Tensor:
     """The transpose of _chan_to_seq: a time piece of dS back to the channel split."""
     if dS is None:  # this rank's loss did not use S: its piece of the gradient is zero (still join the collective)
-        B, T, M, n = S_ch.shape
+        B, _, M, n = S_ch.shape
         dS = S_ch.new_zeros(B, lengths[info.rank], M, n * info.size)
     return _seq_to_chan(dS.contiguous(), lengths, info)
 
@@ -269,12 +275,15 @@ def _all_to_all(cell, U, A, P, s0, info, mode, max_iters, tol, on_nonconvergence
         grad = torch.is_grad_enabled()
         meta = [0, U.shape[1], U.shape[0], U.shape[3], CELLS.index(cell), _DTYPES.index(U.dtype), P is not None,
                 s0 is not None, MODES.index(rmode), grad and U.requires_grad, grad and A.requires_grad,
-                grad and P is not None and P.requires_grad, grad and s0 is not None and s0.requires_grad]
+                grad and P is not None and P.requires_grad, grad and s0 is not None and s0.requires_grad,
+                -1 if max_iters is None else int(max_iters), _float_bits(tol), ON_NONCONVERGENCE.index(on_nonconvergence)]
     except (ValueError, TypeError) as e:
-        if not isinstance(U, Tensor):
-            raise  # nothing to communicate with
         error, meta[0] = e, 1
-    lengths = _agree(error, [int(v) for v in meta], U.device, info)
+    if isinstance(U, Tensor):
+        device = U.device
+    else:  # still join the agreement, on a device the group can move, so the other ranks raise too
+        device = torch.device("cuda", torch.cuda.current_device()) if info.backend == "nccl" else torch.device("cpu")
+    lengths = _agree(error, [int(v) for v in meta], device, info)
     max_iters = _op.DEFAULT_MAX_ITERS if max_iters is None else int(max_iters)
     tol = _op.default_tol(U.dtype) if tol is None else float(tol)
     opts = (mode, rmode, max_iters, tol, on_nonconvergence, backend)

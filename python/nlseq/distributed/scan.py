@@ -83,7 +83,7 @@ def agree(op: str, info: GroupInfo, local_error: Optional[BaseException], fields
     if bad:
         raise ValueError(f"nlseq.distributed.{op}: rank(s) {bad} of the group rejected their arguments (their own "
                          "error says why); every rank stops here instead of waiting for them")
-    per_rank = [dict(zip(names, rw[1:])) for rw in rows]
+    per_rank = [dict(zip(names, rw[1:], strict=True)) for rw in rows]
     labels = labels or {}
     for k in same:
         values = [d[k] for d in per_rank]
@@ -203,7 +203,7 @@ class _LinearRecurrence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_h, g_last):
         A, h, s_in, M = ctx.saved_tensors
-        B, T, N, K = h.shape
+        B, _, N, K = h.shape
         g_h = torch.zeros_like(h) if g_h is None else g_h
         g_last = h.new_zeros(B, N, K) if g_last is None else g_last
         dA, db, d_in, _ = adjoint(A, h, s_in, g_h, g_last, M, ctx.reverse, ctx.name, ctx.info)
@@ -216,10 +216,10 @@ class _LinearRecurrence(torch.autograd.Function):
 # ---------------------------------------------------------------- public function
 _DIAG = "(diagonal layout: A and b [B, T_local, N], h0 [B, N])"
 _BLOCK = "(block layout: A [B, T_local, N, K, K], b [B, T_local, N, K], h0 [B, N, K])"
-_FIELDS = ("layout", "B", "N", "K", "dtype", "h0", "reverse")
+_FIELDS = ("layout", "B", "N", "K", "dtype", "h0", "reverse", "grad")
 LABELS = {"layout": "layout (diagonal or block)", "B": "batch size B", "N": "channel count N", "K": "block size K",
           "dtype": "dtype", "h0": "h0 (given on every rank, or on none)", "reverse": "reverse flag",
-          "T": "local length"}
+          "grad": "autograd state (grad mode and requires_grad of A, b, h0)", "T": "local length"}
 
 
 def _check_local(A, b, h0, reverse, backend, info: GroupInfo):
@@ -285,9 +285,10 @@ def linear_recurrence(
         Every rank must run the backward through this op (a rank whose loss does not use its
         outputs would leave the others waiting; add ``0 * h_local.sum()``). No double backward.
 
-    Collectives: forward 2 all_gathers (9 int64 of metadata per rank, checking that the ranks
-    agree on layout, B, N, K, dtype, h0 and reverse, and that no rank rejected its arguments, so
-    that bad input raises on every rank instead of hanging; then the summaries [B, N, K·K + K] in
+    Collectives: forward 2 all_gathers (10 int64 of metadata per rank, checking that the ranks
+    agree on layout, B, N, K, dtype, h0, reverse and whether autograd records the call, and that
+    no rank rejected its arguments, so that bad input raises on every rank instead of hanging;
+    then the summaries [B, N, K·K + K] in
     the accumulation dtype); backward 1 all_gather ([B, N, K·K + 2K]). See
     docs/sequence_parallel_scan.md.
     """
@@ -296,8 +297,10 @@ def linear_recurrence(
     fields = dict.fromkeys(_FIELDS + ("T",), -1)
     try:
         diagonal, B, T, N, K, name = _check_local(A, b, h0, reverse, backend, info)
+        # the backward is a collective too: every rank must build the autograd graph, or none
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (A, b, h0))
         fields = dict(layout=1 if diagonal else 2, B=B, N=N, K=K, dtype=_DTYPE_CODES[b.dtype], h0=int(h0 is not None),
-                      reverse=int(reverse), T=T)
+                      reverse=int(reverse), grad=int(grad), T=T)
     except (TypeError, ValueError, RuntimeError) as e:
         err = e
     agree(OP, info, err, fields, _FIELDS, LABELS)
