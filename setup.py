@@ -209,8 +209,12 @@ def _cmdclass_and_extensions():
     global _NO_TORCH_DETAIL
     torch, _NO_TORCH_DETAIL = _import_torch()
     if torch is None:
+        # Stop at the first step that can only lead to a wheel (pip's prepare_metadata_for_build_wheel
+        # runs dist_info right after installing the build requirements), before anything is built.
+        if any(cmd in sys.argv for cmd in _WHEEL_COMMANDS):
+            sys.exit(NO_TORCH_MESSAGE.format(detail=_NO_TORCH_DETAIL))
         # The placeholder keeps the wheel platform-specific and makes build_ext run (and stop);
-        # the sdist and the metadata need no torch.
+        # the sdist and its metadata (egg_info) need no torch.
         return {"build_ext": _NoTorchBuildExt}, [Extension("nlseq._C", sources=[])]
     wants_cuda_toolkit = torch.version.cuda is not None or _flag("NLSEQ_FORCE_CUDA")
     if wants_cuda_toolkit and not _flag("NLSEQ_SKIP_CUDA") and not os.environ.get("CUDA_HOME"):
@@ -259,6 +263,7 @@ def _cmdclass_and_extensions():
 
 
 _NO_TORCH_DETAIL = None
+_WHEEL_COMMANDS = ("dist_info", "bdist_wheel", "editable_wheel", "build_ext", "build", "develop", "install")
 
 
 def _install_requires() -> list[str]:

@@ -4,7 +4,8 @@
   before triton (or nlseq.kernels) is imported, so it is set here, at collection time.
 - The fast loop is ``pytest -m "not slow"``: the hook below marks ``slow`` every test that runs
   Triton kernels in the CPU interpreter (a ``triton`` parameter without a GPU, or a module of
-  SLOW_MODULES), compiles CUDA sources for the CPU stand-in, or compiles Triton kernels for sm_90;
+  SLOW_MODULES), compiles CUDA sources for the CPU stand-in, compiles Triton kernels for sm_90,
+  or starts distributed ranks (calls ``run_ranks``);
   mark any other test that takes seconds with ``@pytest.mark.slow``. CI runs everything.
 - Outputs are NaN-poisoned: NLSEQ_POISON=1 makes the compiled kernels' output buffers NaN before
   they are written, and torch.empty / torch.empty_like are patched to do the same for the Python
@@ -44,9 +45,16 @@ def _runs_triton_interpreter(item) -> bool:
     )
 
 
+def _spawns_ranks(item) -> bool:
+    # tests/distributed: a test that calls run_ranks starts one process per rank, each importing
+    # torch (seconds per test).
+    code = getattr(getattr(item, "obj", None), "__code__", None)
+    return code is not None and "run_ranks" in code.co_names
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in SLOW_MODULES or _runs_triton_interpreter(item):
+        if item.path.name in SLOW_MODULES or _runs_triton_interpreter(item) or _spawns_ranks(item):
             item.add_marker(pytest.mark.slow)
 
 

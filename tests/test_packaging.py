@@ -7,7 +7,9 @@ from a folder outside the source tree. Compiling nlseq._C again takes minutes, s
 marked ``packaging`` (deselected by the default ``pytest`` run, see pyproject.toml) and .ci/run
 runs it as its own step: ``pytest -m packaging tests/test_packaging.py``.
 
-Environment: NLSEQ_PACKAGING_TORCH (default: the torch pin of requirements.txt), MAX_JOBS.
+Environment: NLSEQ_PACKAGING_TORCH (default: the torch pin of requirements.txt), MAX_JOBS,
+NLSEQ_PACKAGING_TIMEOUT (seconds per step, default 3600: a loaded 2-core machine needs over 30
+minutes for the compile).
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def _clean_env(**extra) -> dict:
     return env
 
 
-def _run(cmd, cwd, timeout=1800, check=True, **env) -> subprocess.CompletedProcess:
+STEP_TIMEOUT = int(os.environ.get("NLSEQ_PACKAGING_TIMEOUT", "3600"))
+
+
+def _run(cmd, cwd, timeout=STEP_TIMEOUT, check=True, **env) -> subprocess.CompletedProcess:
     r = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_clean_env(**env)
     )
