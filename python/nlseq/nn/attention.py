@@ -27,11 +27,20 @@ class SoftplusAttention(nn.Module):
     ``kv_cache`` is ``(k, v)`` with k, v [B, Hkv, T_past, D] from an earlier call (or None); the
     returned cache holds the past and the new keys/values, and the new queries attend causally
     with kv_offset = T_past.
+
+    Context parallelism (docs/context_parallel.md): with ``context_parallel_group`` (a
+    ProcessGroup, a 1-D DeviceMesh) x is this rank's shard [B, T_local, E] of the sequence in
+    ``cp_layout`` ("contiguous" or "zigzag"), attention runs through
+    ``nlseq.distributed.softplus_attention(strategy=cp_strategy)`` and the returned cache holds
+    this rank's shards. Decoding with a cache stays single-rank: gather the cache once with
+    ``gather_kv_cache`` (an all_gather) and pass the full cache with the new tokens (the same on
+    every rank); a call with a cache runs the single-device op.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: Optional[int] = None, *, causal: bool = True,
                  reweight_p: Optional[float] = None, qk_norm: bool = True, bias: bool = False, backend: str = "auto",
-                 device=None, dtype=None):
+                 device=None, dtype=None, context_parallel_group=None, cp_strategy: str = "all_gather",
+                 cp_layout: str = "contiguous"):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if embed_dim % num_heads != 0:
@@ -46,6 +55,7 @@ class SoftplusAttention(nn.Module):
         self.k_proj = nn.Linear(embed_dim, num_kv_heads * self.head_dim, bias=bias, **f)
         self.v_proj = nn.Linear(embed_dim, num_kv_heads * self.head_dim, bias=bias, **f)
         self.o_proj = nn.Linear(num_heads * self.head_dim, embed_dim, bias=bias, **f)
+        self._init_context_parallel(context_parallel_group, cp_strategy, cp_layout)
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         B, T, _ = x.shape
@@ -63,11 +73,42 @@ class SoftplusAttention(nn.Module):
             k_past, v_past = kv_cache
             past = k_past.shape[2]
             k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
-        o = softplus_attention(q, k, v, causal=self.causal, reweight_p=self.reweight_p, qk_norm=self.qk_norm,
-                               kv_offset=past if self.causal else 0, backend=self.backend)
+        if self.context_parallel_group is not None and kv_cache is None:
+            o = self._context_parallel_attention(q, k, v)
+        else:
+            o = softplus_attention(q, k, v, causal=self.causal, reweight_p=self.reweight_p, qk_norm=self.qk_norm,
+                                   kv_offset=past if self.causal else 0, backend=self.backend)
         out = self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         return out, (k, v)
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
                 f"causal={self.causal}, reweight_p={self.reweight_p}, qk_norm={self.qk_norm}")
+
+    # ---------------------------------------------------------------- context parallelism
+    def _init_context_parallel(self, group, strategy: str, layout: str) -> None:
+        from ..distributed.attention import STRATEGIES
+        from ..distributed.sharding import LAYOUTS
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"SoftplusAttention: cp_strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"SoftplusAttention: cp_layout must be one of {LAYOUTS}, got {layout!r}")
+        self.context_parallel_group, self.cp_strategy, self.cp_layout = group, strategy, layout
+
+    def _context_parallel_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        from ..distributed.attention import softplus_attention as cp_attention
+
+        return cp_attention(q, k, v, group=self.context_parallel_group, strategy=self.cp_strategy,
+                            layout=self.cp_layout, causal=self.causal, reweight_p=self.reweight_p,
+                            qk_norm=self.qk_norm, backend=self.backend)
+
+    def gather_kv_cache(self, kv_cache: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """The full (k, v) cache from this rank's shards after a context-parallel call (one all_gather
+        of the lengths and one of the data per tensor), for single-rank decoding."""
+        from ..distributed.sharding import unshard
+
+        if self.context_parallel_group is None:
+            return kv_cache
+        return tuple(unshard(t, dim=2, group=self.context_parallel_group, layout=self.cp_layout)  # type: ignore[return-value]
+                     for t in kv_cache)
