@@ -4,9 +4,9 @@
 
 For every strategy (all_gather, all_to_all, ring) and for the single-process op (run on rank 0
 while the other ranks wait), one forward and one forward+backward in float32, B=1, H=8 (Hkv=8),
-D=64, causal, zigzag layout for the ring (contiguous for the others): wall time, peak resident
-memory above the level before the call (a sampling thread reads /proc/self/statm every 2 ms: an
-approximation that misses memory the allocator keeps), and bytes sent per rank (the algorithmic
+D=64, causal, contiguous and zigzag layouts: wall time, peak resident memory above the level
+before the call (a sampling thread reads /proc/self/statm every 2 ms; MALLOC_MMAP_THRESHOLD_=64 KiB
+so freed tensors leave the resident set: an approximation), and bytes sent per rank (the algorithmic
 volume of each collective: all_gather x·(P−1), reduce-scatter/all_to_all in·(P−1)/P, isend x).
 Each rank runs one thread (OMP_NUM_THREADS=1), so P ranks use P cores. One measurement per cell:
 on a shared machine the times are noisy. Prints a markdown table.
@@ -120,8 +120,8 @@ def _rank(rank, P, init, args, out):
     else:
         for _ in range(2):
             dist.barrier()  # the barrier of each of rank 0's two measurements
-    for strategy in ("all_gather", "all_to_all", "ring"):
-        layout = "zigzag" if strategy == "ring" else "contiguous"
+    for strategy, layout in (("all_gather", "contiguous"), ("all_gather", "zigzag"), ("all_to_all", "contiguous"),
+                             ("ring", "contiguous"), ("ring", "zigzag")):
         loc = [shard(t, dim=2, layout=layout)[0].contiguous() for t in full]
         res = measure(lambda q, k, v: cp(q, k, v, strategy=strategy, layout=layout, reweight_p=p,
                                          backend=args.backend), loc)
@@ -138,6 +138,9 @@ def main():
     ap.add_argument("--reweight", type=float, default=0.0, help="LSSAR exponent p (0: LSSA)")
     ap.add_argument("--backend", default="cpp")
     args = ap.parse_args()
+    # Blocks over 64 KiB come from mmap and go back to the system when freed, so the resident set
+    # follows live tensors (glibc would otherwise keep freed memory and hide later peaks).
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024))
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(_rank, args=(args.p, os.path.join(tmp, "init"), args, tmp), nprocs=args.p,
                            start_method="spawn")

@@ -22,6 +22,9 @@ from nlseq.distributed import shard
 from nlseq.distributed import softplus_attention as cp_attention
 
 RTOL = 1e-12
+# float32 / bfloat16 inputs: both sides accumulate in float32 in another order, then round o and the
+# gradients to the input dtype (bfloat16: 8 bits of mantissa, one rounding step is 2^-8 ≈ 4e-3)
+RTOL_LOW = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2}
 CPP = bool(registry.backend_status("cpp"))
 BACKEND = "cpp" if CPP else "reference"
 
@@ -95,8 +98,11 @@ def _expected_counts(strategy, P, reweight):
 def _run_case(rank, P, c, counter):
     T, H, Hkv, D = c["T"], c.get("H", 8), c.get("Hkv", 2), c.get("D", 8)
     q, k, v, w = _inputs(T, H, Hkv, D, c.get("seed", 0), c.get("same_keys", False))
+    dtype = c.get("dtype", torch.float64)
+    q, k, v, w = (t.to(dtype) for t in (q, k, v, w))
+    rtol = RTOL_LOW.get(dtype, RTOL)
     if c.get("rows") is not None:  # a loss on a few rows only
-        mask = torch.zeros(T, dtype=torch.float64)
+        mask = torch.zeros(T, dtype=dtype)
         mask[c["rows"]] = 1.0
         w = w * mask[:, None]
     cu = None if c.get("cu") is None else torch.tensor(c["cu"])
@@ -132,8 +138,10 @@ def _run_case(rank, P, c, counter):
             failures.append(f"{name}: {what} shape {tuple(got.shape)} != {tuple(exp.shape)}")
         elif c.get("exact") and not torch.equal(got, exp):
             failures.append(f"{name}: {what} not bitwise equal (rel err {_rel(got, exp):.2e})")
-        elif _rel(got, exp) > RTOL:
-            failures.append(f"{name}: {what} rel err {_rel(got, exp):.2e} > {RTOL}")
+        elif got.dtype != exp.dtype:
+            failures.append(f"{name}: {what} dtype {got.dtype} != {exp.dtype}")
+        elif _rel(got.double(), exp.double()) > rtol:
+            failures.append(f"{name}: {what} rel err {_rel(got.double(), exp.double()):.2e} > {rtol}")
     if c.get("nonzero_grads") and not all(bool(g.abs().max() > 0) for g in runs[0][2:]):
         failures.append(f"{name}: dk/dv are zero on rank {rank}, which owns no loss row")
     if len(runs) == 2 and not all(torch.equal(a, b) for a, b in zip(runs[0], runs[1])):
@@ -198,6 +206,9 @@ def _extra(P, T):
         out.append(dict(name=f"{s}/one token per rank", strategy=s, T=P, p=1.0, twice=True))
         out.append(dict(name=f"{s}/same keys (all-zero LSSAR rows)", strategy=s, T=T, p=15.0, same_keys=True))
         out.append(dict(name=f"{s}/reference backend", strategy=s, T=T, p=15.0, layout="zigzag", backend="reference"))
+        for dt in (torch.float32, torch.bfloat16):
+            out.append(dict(name=f"{s}/{dt}", strategy=s, T=T, p=15.0, layout="zigzag", dtype=dt))
+            out.append(dict(name=f"{s}/{dt}/LSSA", strategy=s, T=T, layout="zigzag", dtype=dt))
     for s in ("all_gather", "all_to_all", "ring"):
         heads = dict(H=2 * P, Hkv=P) if s == "all_to_all" else {}  # all_to_all: P | Hkv
         for causal, p in ((True, None), (True, 15.0), (False, 2.0)):
