@@ -148,15 +148,11 @@ def main():
     kind = f"LSSAR p={args.reweight:g}" if args.reweight > 0 else "LSSA"
     print(f"\nB=1, H=8, D=64, N={args.n}, P={args.p}, float32, causal, {kind}, backend={args.backend}, "
           f"1 thread per rank; one measurement per cell (shared machine: noisy)\n")
-    print("| strategy | fwd s | fwd+bwd s | peak MiB fwd+bwd (per rank) | MiB sent fwd+bwd (per rank) |")
+    print("| strategy | fwd s (slowest rank) | fwd+bwd s (slowest rank) | peak MiB fwd+bwd (rank 0 / 1 / ..) "
+          "| MiB sent fwd+bwd (rank 0 / 1 / ..) |")
     print("|---|---|---|---|---|")
-    for i, (name, _) in enumerate(per_rank[0]):
-        cells = []
-        for r in range(args.p):
-            if i < len(per_rank[r]) and per_rank[r][i][0] == name:
-                cells.append(per_rank[r][i][1])
-        if name == "single process":
-            cells = [per_rank[0][i][1]]
+    for name, _ in per_rank[0]:
+        cells = [dict(rows)[name] for rows in per_rank if name in dict(rows)]  # single process: rank 0 only
         fwd = max(c["fwd"][0] for c in cells)
         fb = max(c["fwd+bwd"][0] for c in cells)
         mem = " / ".join(f"{c['fwd+bwd'][1] / 2**20:.0f}" for c in cells)
