@@ -10,6 +10,12 @@
 // passes (row max of s and L_i, then the re-weighted terms divided by the row's largest one).
 // Backward: phase A, per query tile: (LSSAR) Γ_i in a pass of its own, then dq̂; phase B, per key
 // tile and for every query head of its group: dk̂ and dv. Both recompute the scores.
+//
+// Context parallelism (python/nlseq/distributed/attention.py) runs the same loops on one block of
+// a longer sequence: a signed kv_offset places the key block, n_offset >= 0 gives the global N_i
+// (sa::row_length), the "partial" forward returns the unnormalised Σ_j w_ij v_j with the row sums
+// (blocks merge by addition) or, for LSSAR, takes the global (L, M) of its statistics pass; the
+// backward takes the global Γ_i or returns this block's share of it.
 #include "softplus_attention.h"
 
 #include <ATen/ATen.h>
@@ -108,26 +114,33 @@ struct Problem {
   int64_t B, H, Hkv, Tq, Tk, D;
   bool causal;
   acc p, log_d;
-  int64_t kv_offset;
+  int64_t kv_offset, n_offset = -1;
   std::vector<Seq> seqs;
 
   // Offsets of row 0 of (sequence z, query head h) / (sequence z, kv head g).
   int64_t qrow(const Seq& s, int64_t h) const { return (s.b * H + h) * Tq + s.q0; }
   int64_t krow(const Seq& s, int64_t g) const { return (s.b * Hkv + g) * Tk + s.k0; }
-  int64_t n_of(int64_t i, const Seq& s) const { return sa::visible_count(i, s.nk, causal, kv_offset); }
+  int64_t vis_of(int64_t i, const Seq& s) const { return sa::visible_count(i, s.nk, causal, kv_offset); }
+  int64_t n_of(int64_t i, const Seq& s) const { return sa::row_length(i, vis_of(i, s), causal, n_offset); }
 };
 
+// partial_o (context parallelism): write the unnormalised Σ_j w_ij v_j there (not o) and the
+// partial stats (Σ_j w_ij, max_j s_ij, Σ_j t_ij^p). stats_in (LSSAR): the global (L, M) rows; the
+// statistics pass is skipped. LSSAR with partial_o and no stats_in runs the statistics pass only.
 template <typename scalar_t>
-void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stats) {
+void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stats, acc_t<scalar_t>* partial_o = nullptr,
+                  const acc_t<scalar_t>* stats_in = nullptr) {
   using acc = acc_t<scalar_t>;
   const int64_t D = P.D, G = P.H / P.Hkv;
   const int64_t plane = P.B * P.H * P.Tq;  // stats [3, B, H, Tq]
   const bool reweight = P.p > acc(0);
+  const bool partial = partial_o != nullptr, given = reweight && stats_in != nullptr;
+  const int first_pass = given ? 1 : 0, last_pass = reweight && (given || !partial) ? 1 : 0;
   const std::vector<Tile> work = tiles(P.seqs, P.H, false, kBlockQ);
   at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> Qh(kBlockQ * D), Kh(kBlockK * D), V(kBlockK * D), S(kBlockQ * kBlockK), O(kBlockQ * D);
     std::vector<acc> c(kBlockQ), L(kBlockQ), m(kBlockQ), M(kBlockQ), R(kBlockQ);
-    std::vector<int64_t> n(kBlockQ);
+    std::vector<int64_t> n(kBlockQ), nvis(kBlockQ);
     for (int64_t it = begin; it < end; ++it) {
       const Tile& t = work[it];
       const Seq& s = P.seqs[t.seq];
@@ -135,24 +148,29 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
       const int64_t q_off = P.qrow(s, t.head) + t.start, k_off = P.krow(s, g);
       load_rows(P.q + q_off * D, P.rq + q_off, t.len, D, Qh.data());
       for (int64_t r = 0; r < t.len; ++r) {
+        nvis[r] = P.vis_of(t.start + r, s);
         n[r] = P.n_of(t.start + r, s);
         c[r] = sa::length_scale(P.log_d, n[r]);
         L[r] = acc(0); R[r] = acc(0);
         m[r] = -std::numeric_limits<acc>::infinity();
       }
       std::fill(O.begin(), O.end(), acc(0));
-      const int64_t kv_end = n[t.len - 1];  // rows see keys [0, n_r); n grows with r
+      const int64_t kv_end = nvis[t.len - 1];  // rows see keys [0, nvis_r); nvis grows with r
       // scores of key tile [k0, k0 + bk) into S [len, bk]
       auto scores = [&](int64_t k0, int64_t bk) {
         load_rows(P.k + (k_off + k0) * D, P.rk + k_off + k0, bk, D, Kh.data());
         mm_nt(Qh.data(), Kh.data(), S.data(), t.len, bk, D, false);
       };
-      const int passes = reweight ? 2 : 1;
-      for (int pass = 0; pass < passes; ++pass) {
-        const bool accumulate = pass == passes - 1;
+      for (int pass = first_pass; pass <= last_pass; ++pass) {
+        const bool accumulate = pass == 1 || !reweight;
         if (reweight && pass == 1)
           for (int64_t r = 0; r < t.len; ++r) {
-            M[r] = sa::lssar_base_max(m[r], L[r], n[r]);
+            if (given) {
+              L[r] = stats_in[q_off + r];
+              M[r] = stats_in[plane + q_off + r];
+            } else {
+              M[r] = sa::lssar_base_max(m[r], L[r], n[r]);
+            }
             m[r] = sa::lssar_score_floor(L[r], n[r]);  // pass 2: scores at or below give weight 0
           }
         for (int64_t k0 = 0; k0 < kv_end; k0 += kBlockK) {
@@ -160,7 +178,7 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
           scores(k0, bk);
           for (int64_t r = 0; r < t.len; ++r) {
             acc* Sr = S.data() + r * bk;
-            const int64_t vis = std::min(bk, std::max<int64_t>(n[r] - k0, 0));
+            const int64_t vis = std::min(bk, std::max<int64_t>(nvis[r] - k0, 0));
             const acc nr = static_cast<acc>(n[r]), off = sa::reweight_offset<acc>(n[r]);
             for (int64_t j = 0; j < bk; ++j) {
               if (j >= vis) { Sr[j] = acc(0); continue; }
@@ -169,6 +187,7 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
               if (!reweight) {
                 L[r] += w;
                 Sr[j] = w;
+                if (partial) m[r] = std::max(m[r], sc);
               } else if (pass == 0) {
                 L[r] += w;
                 m[r] = std::max(m[r], sc);
@@ -188,6 +207,16 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
           }
         }
       }
+      if (partial) {  // unnormalised sums: blocks of keys merge by addition
+        std::copy(O.begin(), O.begin() + t.len * D, partial_o + q_off * D);
+        for (int64_t r = 0; r < t.len; ++r) {
+          const int64_t row = q_off + r;
+          stats[row] = L[r];
+          stats[plane + row] = given ? M[r] : m[r];
+          stats[2 * plane + row] = given ? R[r] : acc(0);
+        }
+        continue;
+      }
       for (int64_t r = 0; r < t.len; ++r) {
         const acc denom = reweight ? R[r] : L[r];
         const acc inv = (denom > acc(0) && (!reweight || M[r] > acc(0))) ? acc(1) / denom : acc(0);
@@ -202,9 +231,12 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
   });
 }
 
+// gamma_in (LSSAR, context parallelism): the global Γ_i rows; its pass is skipped. gamma_out:
+// write this block's Σ_j dbase_ij w_ij (not yet divided by L_i) there and compute nothing else.
 template <typename scalar_t>
 void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t* dout, const acc_t<scalar_t>* stats,
-                   acc_t<scalar_t>* dqh, acc_t<scalar_t>* dkh, acc_t<scalar_t>* dv) {
+                   acc_t<scalar_t>* dqh, acc_t<scalar_t>* dkh, acc_t<scalar_t>* dv,
+                   const acc_t<scalar_t>* gamma_in = nullptr, acc_t<scalar_t>* gamma_out = nullptr) {
   using acc = acc_t<scalar_t>;
   using Row = sa::Row<acc>;
   const int64_t D = P.D, G = P.H / P.Hkv;
@@ -236,14 +268,14 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
     std::vector<acc> Qh(kBlockQ * D), dO(kBlockQ * D), Kh(kBlockK * D), V(kBlockK * D), S(kBlockQ * kBlockK),
         dP(kBlockQ * kBlockK), dQ(kBlockQ * D);
     std::vector<Row> rows(kBlockQ);
-    std::vector<int64_t> n(kBlockQ);
+    std::vector<int64_t> n(kBlockQ);  // keys visible to each row
     for (int64_t it = begin; it < end; ++it) {
       const Tile& t = qwork[it];
       const Seq& s = P.seqs[t.seq];
       const int64_t q_off = P.qrow(s, t.head) + t.start, k_off = P.krow(s, t.head / G);
       load_rows(P.q + q_off * D, P.rq + q_off, t.len, D, Qh.data());
       load_rows<scalar_t, acc>(dout + q_off * D, nullptr, t.len, D, dO.data());
-      for (int64_t r = 0; r < t.len; ++r) { n[r] = P.n_of(t.start + r, s); rows[r] = row_of(s, t.start + r, q_off + r); }
+      for (int64_t r = 0; r < t.len; ++r) { n[r] = P.vis_of(t.start + r, s); rows[r] = row_of(s, t.start + r, q_off + r); }
       std::fill(dQ.begin(), dQ.end(), acc(0));
       const int64_t kv_end = n[t.len - 1];
       auto tile_products = [&](int64_t k0, int64_t bk) {
@@ -252,7 +284,9 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
         mm_nt(Qh.data(), Kh.data(), S.data(), t.len, bk, D, false);
         mm_nt(dO.data(), V.data(), dP.data(), t.len, bk, D, false);
       };
-      if (reweight) {  // Γ_i = Σ_j dbase_ij w_ij / L_i
+      if (reweight && gamma_in) {
+        for (int64_t r = 0; r < t.len; ++r) rows[r].gamma = gamma[q_off + r] = gamma_in[q_off + r];
+      } else if (reweight) {  // Γ_i = Σ_j dbase_ij w_ij / L_i
         for (int64_t k0 = 0; k0 < kv_end; k0 += kBlockK) {
           const int64_t bk = std::min(kBlockK, kv_end - k0);
           tile_products(k0, bk);
@@ -265,6 +299,10 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
             }
             rows[r].gamma += sum;
           }
+        }
+        if (gamma_out) {
+          for (int64_t r = 0; r < t.len; ++r) gamma_out[q_off + r] = rows[r].gamma;
+          continue;
         }
         for (int64_t r = 0; r < t.len; ++r) {
           rows[r].gamma = rows[r].L > acc(0) ? rows[r].gamma / rows[r].L : acc(0);
@@ -288,6 +326,7 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
     }
   });
 
+  if (gamma_out) return;
   // Phase B: per key tile, dk̂ and dv summed over the query heads of its group.
   const std::vector<Tile> kwork = tiles(P.seqs, P.Hkv, true, kBlockK);
   at::parallel_for(0, static_cast<int64_t>(kwork.size()), 1, [&](int64_t begin, int64_t end) {
@@ -313,8 +352,7 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
           mm_nt(dO.data(), V.data(), dP.data(), bq, t.len, D, false);
           for (int64_t r = 0; r < bq; ++r) {
             const Row row = row_of(s, i0 + r, q_off + r);
-            const int64_t n = P.n_of(i0 + r, s);
-            const int64_t vis = std::min(t.len, std::max<int64_t>(n - t.start, 0));
+            const int64_t vis = std::min(t.len, std::max<int64_t>(P.vis_of(i0 + r, s) - t.start, 0));
             for (int64_t j = 0; j < t.len; ++j) {
               acc Pij = 0, ds = 0;
               if (j < vis) sa::score_backward(row, row.c * S[r * t.len + j], dP[r * t.len + j], P.p, Pij, ds);
@@ -335,14 +373,15 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
 template <typename scalar_t>
 Problem<scalar_t> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rq,
                                const at::Tensor& rk, bool causal, double p, int64_t kv_offset,
-                               const c10::optional<at::Tensor>& cu_q, const c10::optional<at::Tensor>& cu_k) {
+                               const c10::optional<at::Tensor>& cu_q, const c10::optional<at::Tensor>& cu_k,
+                               int64_t n_offset = -1) {
   using acc = acc_t<scalar_t>;
   Problem<scalar_t> P;
   P.q = q.data_ptr<scalar_t>(); P.k = k.data_ptr<scalar_t>(); P.v = v.data_ptr<scalar_t>();
   P.rq = rq.data_ptr<acc>(); P.rk = rk.data_ptr<acc>();
   P.B = q.size(0); P.H = q.size(1); P.Tq = q.size(2); P.D = q.size(3);
   P.Hkv = k.size(1); P.Tk = k.size(2);
-  P.causal = causal; P.p = static_cast<acc>(p); P.kv_offset = kv_offset;
+  P.causal = causal; P.p = static_cast<acc>(p); P.kv_offset = kv_offset; P.n_offset = n_offset;
   P.log_d = std::log(static_cast<acc>(P.D));
   P.seqs = sequences(P.B, P.Tq, P.Tk, cu_q, cu_k);
   return P;
@@ -371,6 +410,32 @@ void softplus_attention_bwd(const at::Tensor& q, const at::Tensor& k, const at::
     const auto P = make_problem<scalar_t>(q, k, v, rq, rk, causal, p, kv_offset, cu_q, cu_k);
     backward_impl(P, o.data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(), stats.data_ptr<acc>(), dqh.data_ptr<acc>(),
                   dkh.data_ptr<acc>(), dv.data_ptr<acc>());
+  });
+}
+
+void softplus_attention_fwd_partial(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rq,
+                                    const at::Tensor& rk, bool causal, double p, int64_t kv_offset, int64_t n_offset,
+                                    const c10::optional<at::Tensor>& stats_in, at::Tensor& o_partial,
+                                    at::Tensor& stats) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "softplus_attention_fwd_partial", [&] {
+    using acc = acc_t<scalar_t>;
+    const auto P = make_problem<scalar_t>(q, k, v, rq, rk, causal, p, kv_offset, c10::nullopt, c10::nullopt, n_offset);
+    forward_impl(P, static_cast<scalar_t*>(nullptr), stats.data_ptr<acc>(), o_partial.data_ptr<acc>(),
+                 stats_in.has_value() ? stats_in->data_ptr<acc>() : nullptr);
+  });
+}
+
+void softplus_attention_bwd_partial(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rq,
+                                    const at::Tensor& rk, const at::Tensor& o, const at::Tensor& dout,
+                                    const at::Tensor& stats, bool causal, double p, int64_t kv_offset, int64_t n_offset,
+                                    const c10::optional<at::Tensor>& gamma, at::Tensor& dqh, at::Tensor& dkh,
+                                    at::Tensor& dv, at::Tensor* gamma_out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "softplus_attention_bwd_partial", [&] {
+    using acc = acc_t<scalar_t>;
+    const auto P = make_problem<scalar_t>(q, k, v, rq, rk, causal, p, kv_offset, c10::nullopt, c10::nullopt, n_offset);
+    backward_impl(P, o.data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(), stats.data_ptr<acc>(), dqh.data_ptr<acc>(),
+                  dkh.data_ptr<acc>(), dv.data_ptr<acc>(), gamma.has_value() ? gamma->data_ptr<acc>() : nullptr,
+                  gamma_out ? gamma_out->data_ptr<acc>() : nullptr);
   });
 }
 

@@ -25,10 +25,19 @@ template <typename T> NLSEQ_HD T softplus(T x) {
 template <typename T> NLSEQ_HD T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
 // Number of keys local query row i may see: causal rows see keys j <= i + kv_offset (j < len_k).
+// kv_offset < 0 (context parallelism: a key block that starts after the row) may leave none.
 NLSEQ_HD int64_t visible_count(int64_t i, int64_t len_k, bool causal, int64_t kv_offset) {
   if (!causal) return len_k;
   const int64_t n = i + 1 + kv_offset;
-  return n < len_k ? n : len_k;
+  return n < 0 ? 0 : (n < len_k ? n : len_k);
+}
+
+// N_i of local row i: the visible count, or, with a global row-length offset n_offset >= 0 (the
+// keys are one block of a longer sequence: context parallelism), N_i = n_offset + i + 1 for causal
+// rows (n_offset = global position of row 0) and N_i = n_offset for non-causal rows (the key count).
+NLSEQ_HD int64_t row_length(int64_t i, int64_t visible, bool causal, int64_t n_offset) {
+  if (n_offset < 0) return visible;
+  return causal ? n_offset + i + 1 : n_offset;
 }
 
 // c_i = ln D · ln N_i (0 for N_i <= 1).

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from ._group import GroupInfo, resolve_group
 from .sharding import Shard, shard, shard_bounds, unshard, zigzag_bounds
+from .attention import softplus_attention
 
-__all__ = ["GroupInfo", "resolve_group", "Shard", "shard", "shard_bounds", "unshard", "zigzag_bounds"]
+__all__ = ["GroupInfo", "resolve_group", "Shard", "shard", "shard_bounds", "unshard", "zigzag_bounds",
+           "softplus_attention"]
 
 from .pararnn import final_state, grad_sum, pararnn  # noqa: E402  (sequence-parallel ParaRNN, docs/distributed.md)
 from .traffic import CommCounter  # noqa: E402

@@ -55,11 +55,21 @@ class SoftplusAttention(nn.Module):
     from an earlier call (or None); the returned cache holds the past and the new keys/values (keys
     already rotated), and the new queries attend causally with kv_offset = T_past. ``positions``
     ([T] or [B, T]) are the rotary positions of x's rows, by default T_past, T_past + 1, ...
+
+    Context parallelism (docs/context_parallel.md): with ``context_parallel_group`` (a
+    ProcessGroup, a 1-D DeviceMesh) x is this rank's shard [B, T_local, E] of the sequence in
+    ``cp_layout`` ("contiguous" or "zigzag"), attention runs through
+    ``nlseq.distributed.softplus_attention(strategy=cp_strategy)`` and the returned cache holds
+    this rank's shards; the rotary positions default to the shard's global positions. Decoding
+    with a cache stays single-rank: gather the cache once with ``gather_kv_cache`` (an
+    all_gather) and pass the full cache with the new tokens (the same on every rank); a call with
+    a cache runs the single-device op.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: Optional[int] = None, *, causal: bool = True,
                  reweight_p: Optional[float] = None, qk_norm: bool = True, bias: bool = False, backend: str = "auto",
-                 rope_theta: Optional[float] = None, rotary: Optional[Rotary] = None, device=None, dtype=None):
+                 rope_theta: Optional[float] = None, rotary: Optional[Rotary] = None, device=None, dtype=None,
+                 context_parallel_group=None, cp_strategy: str = "all_gather", cp_layout: str = "contiguous"):
         super().__init__()
         check_int(_OP, "embed_dim", embed_dim, lo=1)
         check_int(_OP, "num_heads", num_heads, lo=1)
@@ -92,6 +102,7 @@ class SoftplusAttention(nn.Module):
         self.k_proj = nn.Linear(embed_dim, num_kv_heads * self.head_dim, bias=bias, **f)
         self.v_proj = nn.Linear(embed_dim, num_kv_heads * self.head_dim, bias=bias, **f)
         self.o_proj = nn.Linear(num_heads * self.head_dim, embed_dim, bias=bias, **f)
+        self._init_context_parallel(context_parallel_group, cp_strategy, cp_layout)
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         B, T, _ = x.shape
@@ -101,7 +112,9 @@ class SoftplusAttention(nn.Module):
         if self.rope_theta is None and self.rotary is None:
             return q, k
         T = q.shape[2]
-        if positions is None:
+        if positions is None and self.context_parallel_group is not None and past == 0:
+            positions = self._cp_positions(T, q.device)
+        elif positions is None:
             positions = torch.arange(past, past + T, device=q.device)
         elif not isinstance(positions, Tensor) or positions.shape[-1] != T or positions.dim() not in (1, 2):
             raise ValueError(f"nlseq.{_OP}: positions must be a tensor [T] or [B, T] with T = {T}, got "
@@ -127,8 +140,11 @@ class SoftplusAttention(nn.Module):
         q, k = self._rotate(q, k, positions, past)
         if kv_cache is not None:
             k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
-        o = softplus_attention(q, k, v, causal=self.causal, reweight_p=self.reweight_p, qk_norm=self.qk_norm,
-                               kv_offset=past if self.causal else 0, backend=self.backend)
+        if self.context_parallel_group is not None and kv_cache is None:
+            o = self._context_parallel_attention(q, k, v)
+        else:
+            o = softplus_attention(q, k, v, causal=self.causal, reweight_p=self.reweight_p, qk_norm=self.qk_norm,
+                                   kv_offset=past if self.causal else 0, backend=self.backend)
         out = self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         return out, (k, v)
 
@@ -152,3 +168,48 @@ class SoftplusAttention(nn.Module):
                 f"causal={self.causal}, reweight_p={self.reweight_p}, qk_norm={self.qk_norm}"
                 + (f", rope_theta={self.rope_theta}" if self.rope_theta is not None else "")
                 + (", rotary=<callable>" if self.rotary is not None else ""))
+
+    # ---------------------------------------------------------------- context parallelism
+    def _init_context_parallel(self, group, strategy: str, layout: str) -> None:
+        from ..distributed.attention import STRATEGIES
+        from ..distributed.sharding import LAYOUTS
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"nlseq.{_OP}: cp_strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"nlseq.{_OP}: cp_layout must be one of {LAYOUTS}, got {layout!r}")
+        self.context_parallel_group, self.cp_strategy, self.cp_layout = group, strategy, layout
+
+    def _context_parallel_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        from ..distributed.attention import softplus_attention as cp_attention
+
+        return cp_attention(q, k, v, group=self.context_parallel_group, strategy=self.cp_strategy,
+                            layout=self.cp_layout, causal=self.causal, reweight_p=self.reweight_p,
+                            qk_norm=self.qk_norm, backend=self.backend)
+
+    def _cp_positions(self, T_local: int, device) -> Tensor:
+        """Global positions of this rank's rows (one all_gather of the shard lengths)."""
+        import torch.distributed as dist
+
+        from ..distributed._group import resolve_group
+        from ..distributed.sharding import layout_shard
+
+        info = resolve_group(self.context_parallel_group, op="nn.SoftplusAttention")
+        n = torch.tensor([T_local], dtype=torch.int64)
+        lengths = [torch.zeros_like(n) for _ in range(info.size)]
+        dist.all_gather(lengths, n, group=info.group)
+        lengths = [int(t) for t in lengths]
+        if self.cp_layout == "zigzag":
+            return layout_shard(sum(lengths), info.size, info.rank, "zigzag").positions(device)
+        start = sum(lengths[:info.rank])
+        return torch.arange(start, start + T_local, device=device)
+
+    def gather_kv_cache(self, kv_cache: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """The full (k, v) cache from this rank's shards after a context-parallel call (one all_gather
+        of the lengths and one of the data per tensor), for single-rank decoding."""
+        from ..distributed.sharding import unshard
+
+        if self.context_parallel_group is None:
+            return kv_cache
+        return tuple(unshard(t, dim=2, group=self.context_parallel_group, layout=self.cp_layout)  # type: ignore[return-value]
+                     for t in kv_cache)

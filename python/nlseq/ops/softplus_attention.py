@@ -317,3 +317,44 @@ def softplus_attention(
     o, _ = _softplus_attention_op(q.contiguous(), k.contiguous(), v.contiguous(), causal, p, qk_norm, kv_offset,
                                   cu_seqlens_q, cu_seqlens_k, name)
     return o
+
+
+# ---------------------------------------------------------------- context parallelism: key blocks
+# Launchers of one key block of a longer sequence, for nlseq.distributed.softplus_attention (ring):
+#   partial_fwd(q, k, v, qk_norm, causal, p, kv_offset, n_offset, stats_in) -> (U, stats)
+#   partial_bwd(q, k, v, qk_norm, o, do, stats, causal, p, kv_offset, n_offset, gamma) -> (dq̂, dk̂, dv)
+#   partial_gamma(q, k, v, qk_norm, o, do, stats, causal, p, kv_offset, n_offset) -> Σ_j dbase w [B, H, Tq]
+# kv_offset may be negative, n_offset >= 0 gives the global N_i (reference ``visible``); U and the
+# stats are unnormalised partials that merge over blocks by addition (see
+# reference.softplus_attention.partial_fwd). Backends: cpp and reference (Triton and CUDA: not yet).
+def _partial_fwd_cpp(q, k, v, qk_norm, causal, p, kv_offset, n_offset, stats_in):
+    rq, rk = _scales(q, qk_norm), _scales(k, qk_norm)
+    return _ext_ops().softplus_attention_fwd_partial(q, k, v, rq, rk, causal, p, kv_offset, n_offset, stats_in)
+
+
+def _partial_bwd_cpp(q, k, v, qk_norm, o, do, stats, causal, p, kv_offset, n_offset, gamma):
+    rq, rk = _scales(q, qk_norm), _scales(k, qk_norm)
+    return tuple(_ext_ops().softplus_attention_bwd_partial(q, k, v, rq, rk, o, do, stats, causal, p, kv_offset,
+                                                           n_offset, gamma))
+
+
+def _partial_gamma_cpp(q, k, v, qk_norm, o, do, stats, causal, p, kv_offset, n_offset):
+    rq, rk = _scales(q, qk_norm), _scales(k, qk_norm)
+    return _ext_ops().softplus_attention_bwd_gamma(q, k, v, rq, rk, o, do, stats, causal, p, kv_offset, n_offset)
+
+
+def _partial_fwd_reference(q, k, v, qk_norm, causal, p, kv_offset, n_offset, stats_in):
+    return _ref.partial_fwd(q, k, v, causal, _p_or_none(p), qk_norm, kv_offset, n_offset, stats_in)
+
+
+def _partial_bwd_reference(q, k, v, qk_norm, o, do, stats, causal, p, kv_offset, n_offset, gamma):
+    return _ref.partial_bwd(q, k, v, o, do, stats, causal, _p_or_none(p), qk_norm, kv_offset, n_offset, gamma)
+
+
+def _partial_gamma_reference(q, k, v, qk_norm, o, do, stats, causal, p, kv_offset, n_offset):
+    return _ref.partial_bwd_gamma(q, k, v, o, do, stats, causal, _p_or_none(p), qk_norm, kv_offset, n_offset)
+
+
+PARTIAL_FWD = {"cpp": _partial_fwd_cpp, "reference": _partial_fwd_reference}
+PARTIAL_BWD = {"cpp": _partial_bwd_cpp, "reference": _partial_bwd_reference}
+PARTIAL_GAMMA = {"cpp": _partial_gamma_cpp, "reference": _partial_gamma_reference}

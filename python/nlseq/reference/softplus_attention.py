@@ -55,11 +55,15 @@ def softplus(x: Tensor) -> Tensor:
     return torch.clamp_min(x, 0) + torch.log1p(torch.exp(-x.abs()))
 
 
-def visible(Tq: int, Tk: int, causal: bool, kv_offset: int, device, rows: Optional[slice] = None):
+def visible(Tq: int, Tk: int, causal: bool, kv_offset: int, device, rows: Optional[slice] = None,
+            n_offset: int = -1):
     """(mask [Tq', Tk] bool, N [Tq'] int64) for query rows ``rows`` (default all) of one sequence.
 
     Causal: row i sees keys j <= i + kv_offset (and j < Tk), so N_i = min(i + 1 + kv_offset, Tk).
     Non-causal: every key, N_i = Tk.
+    Context parallelism (the keys are one block of a longer sequence): kv_offset may be negative
+    (the block starts after the row: N_i clamps at 0), and ``n_offset >= 0`` sets the global N_i =
+    n_offset + i + 1 (causal; n_offset = global position of row 0) or N_i = n_offset (non-causal).
     """
     i = torch.arange(Tq, device=device)
     if rows is not None:
@@ -67,10 +71,12 @@ def visible(Tq: int, Tk: int, causal: bool, kv_offset: int, device, rows: Option
     j = torch.arange(Tk, device=device)
     if causal:
         mask = j[None, :] <= (i[:, None] + kv_offset)
-        n = torch.clamp(i + 1 + kv_offset, max=Tk)
+        n = torch.clamp(i + 1 + kv_offset, min=0, max=Tk)
     else:
         mask = torch.ones(i.numel(), Tk, dtype=torch.bool, device=device)
         n = torch.full_like(i, Tk)
+    if n_offset >= 0:
+        n = n_offset + i + 1 if causal else torch.full_like(i, n_offset)
     return mask, n
 
 
@@ -183,7 +189,7 @@ def softplus_attention_naive(
 
 
 # --------------------------------------------------------------- chunked reference backend
-def _row_weights(qc, k, rows, Tq, causal, reweight_p, kv_offset, stats=None):
+def _row_weights(qc, k, rows, Tq, causal, reweight_p, kv_offset, stats=None, n_offset=-1):
     """Recompute one chunk of rows. qc [B, Hkv, G, C, D] (already normalised), k [B, Hkv, 1, Tk, D].
 
     Returns s, a = w / L, g = σ(s) / L (see ``over_sum``), P, mask, n, c and the row statistics
@@ -191,7 +197,7 @@ def _row_weights(qc, k, rows, Tq, causal, reweight_p, kv_offset, stats=None):
     instead of being recomputed.
     """
     D, Tk = qc.shape[-1], k.shape[-2]
-    mask, n = visible(Tq, Tk, causal, kv_offset, qc.device, rows)
+    mask, n = visible(Tq, Tk, causal, kv_offset, qc.device, rows, n_offset)
     c = length_scale(n, D, qc.dtype)
     s = (qc @ k.transpose(-1, -2)) * c[:, None]  # [B, Hkv, G, C, Tk]
     zero_t = torch.zeros((), dtype=s.dtype, device=s.device)
@@ -257,8 +263,13 @@ def _fwd_dense(q, k, v, causal, reweight_p, qk_norm, kv_offset, chunk):
     return o, stats
 
 
-def _bwd_dense(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, chunk):
-    """Gradients w.r.t. q̂, k̂ (float32/float64, before the QK-norm backward) and v."""
+def _bwd_dense(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, chunk, n_offset=-1, gamma=None,
+               gamma_out=None):
+    """Gradients w.r.t. q̂, k̂ (float32/float64, before the QK-norm backward) and v.
+
+    Context parallelism: ``gamma`` [B, H, Tq] supplies the global Γ_i (LSSAR); with ``gamma_out``
+    [B, H, Tq] only this key block's Σ_j dbase_ij w_ij is written there (see partial_bwd_gamma).
+    """
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     G = H // Hkv
@@ -274,7 +285,7 @@ def _bwd_dense(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, ch
         rows = slice(start, min(start + chunk, Tq))
         qc, doc, dl = qg[:, :, :, rows], dog[:, :, :, rows], delta[..., rows]
         s, a, g, P, mask, n, c, (L, M, R) = _row_weights(
-            qc, kg, rows, Tq, causal, reweight_p, kv_offset, stats=st[..., rows]
+            qc, kg, rows, Tq, causal, reweight_p, kv_offset, stats=st[..., rows], n_offset=n_offset
         )
         dv += (P.transpose(-1, -2) @ doc).sum(2)
         dP = doc @ vg.transpose(-1, -2)  # [B, Hkv, G, C, Tk]
@@ -289,8 +300,12 @@ def _bwd_dense(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, ch
             t = torch.where(mask & (base > 0) & (M > 0)[..., None], base / Msafe, torch.zeros_like(base))
             dbase = (dP - dl[..., None]) * reweight_p * t ** (reweight_p - 1) / (Msafe * Rsafe)
             dbase = torch.where(t > 0, dbase, torch.zeros_like(dbase))
-            gamma = (dbase * a).sum(-1, keepdim=True)  # Γ_i = Σ_j dbase_ij w_ij / L_i
-            dsg = nf * (dbase - gamma)
+            gsum = (dbase * a).sum(-1, keepdim=True)  # this key block's share of Γ_i = Σ_j dbase_ij w_ij / L_i
+            if gamma_out is not None:  # context parallelism: the block's Σ_j dbase_ij w_ij (L > 0, unshifted)
+                gamma_out[:, :, rows] = (gsum * torch.where(L > 0, L, torch.zeros_like(L))[..., None]).view(B, H, -1)
+                continue
+            g_row = gsum if gamma is None else gamma.to(acc).view(B, Hkv, G, Tq)[..., rows, None]
+            dsg = nf * (dbase - g_row)
         ds = torch.where(mask, dsg * g, torch.zeros_like(dsg)) * c[:, None]  # includes c_i
         ds = torch.where(mask, _nan_rows(ds, L, M), ds)
         dq[:, :, :, rows] = ds @ kg
@@ -345,3 +360,68 @@ def softplus_attention_bwd(q, k, v, o, do, stats, causal, reweight_p, qk_norm, k
         parts.append(_bwd_dense(q[:, :, rq], k[:, :, rk], v[:, :, rk], o[:, :, rq], do[:, :, rq],
                                 stats[:, :, :, rq], causal, reweight_p, qk_norm, kv_offset, chunk))
     return tuple(torch.cat([p[i] for p in parts], dim=2) for i in range(3))
+
+
+# --------------------------------------------------------------- context parallelism: key blocks
+# One block of keys of a longer sequence (python/nlseq/distributed/attention.py): kv_offset is
+# signed and n_offset gives the global N_i (see ``visible``). Partials of the blocks of one row merge
+# by addition; the cpp backend has the same three functions (nlseq_ext::softplus_attention_*_partial,
+# softplus_attention_bwd_gamma).
+
+def partial_fwd(q, k, v, causal, reweight_p, qk_norm, kv_offset, n_offset, stats_in=None, chunk: int = CHUNK):
+    """Unnormalised forward of one key block: (U [B, H, Tq, D], stats [3, B, H, Tq]), accumulation dtype.
+
+    LSSA: U = Σ_j w_ij v_j, stats = (Σ_j w_ij, max_j s_ij, 0) (max −inf for a row without visible keys).
+    LSSAR without ``stats_in``: the statistics pass only, U = 0, stats = (Σ_j softplus(s_ij), max_j s_ij, 0).
+    LSSAR with the global ``stats_in`` = (L, M, ·): U = Σ_j t_ij^p v_j, stats = (L, M, Σ_j t_ij^p),
+    t_ij = ReLU(N_i w_ij / L_i − O_i) / M_i.
+    """
+    B, H, Tq, D = q.shape
+    Hkv = k.shape[1]
+    acc = acc_dtype(q.dtype)
+    qg, kg, vg = _prepare(q, k, v, qk_norm)
+    U = torch.zeros(B, H, Tq, D, dtype=acc, device=q.device)
+    stats = torch.zeros(3, B, H, Tq, dtype=acc, device=q.device)
+    st_in = None  # (L, M, 1): with R = 1, _row_weights returns the unnormalised t^p
+    if stats_in is not None:
+        st_in = torch.stack((stats_in[0], stats_in[1], torch.ones_like(stats_in[0]))).to(acc)
+        st_in = st_in.view(3, B, Hkv, H // Hkv, Tq)
+    ninf = torch.full((), -math.inf, dtype=acc, device=q.device)
+    for start in range(0, Tq, chunk):
+        rows = slice(start, min(start + chunk, Tq))
+        if reweight_p is None or st_in is None:
+            s, _, _, _, mask, _, _, _ = _row_weights(qg[:, :, :, rows], kg, rows, Tq, causal, None, kv_offset,
+                                                     n_offset=n_offset)
+            # unshifted weights: partials of one row from different key blocks must share one scale to
+            # merge by addition (so the underflow shift of SHIFT_BELOW does not apply across ranks)
+            w = torch.where(mask, softplus(s), torch.zeros((), dtype=s.dtype, device=s.device))
+            L = w.sum(-1)
+            m = _rowmax(torch.where(mask, s, ninf))
+            if reweight_p is None:
+                U[:, :, rows] = (w @ vg).view(B, H, -1, D)
+            R = torch.zeros_like(L)
+        else:
+            _, _, _, Pn, _, _, _, (L, m, R) = _row_weights(qg[:, :, :, rows], kg, rows, Tq, causal, reweight_p,
+                                                           kv_offset, stats=st_in[..., rows], n_offset=n_offset)
+            r = Pn  # = t^p, since R = 1 in st_in
+            U[:, :, rows] = (r @ vg).view(B, H, -1, D)
+            R = r.sum(-1)
+        stats[:, :, :, rows] = torch.stack((L, m, R)).view(3, B, H, -1)
+    return U, stats
+
+
+def partial_bwd(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, n_offset, gamma=None,
+                chunk: int = CHUNK):
+    """Backward of one key block with the global o, stats (L, M, R) and, for LSSAR, Γ [B, H, Tq]:
+    (this block's share of dq̂, dk̂ and dv of this block's keys from these rows), accumulation dtype."""
+    if reweight_p is not None and gamma is None:
+        raise ValueError("nlseq.reference.softplus_attention.partial_bwd: LSSAR needs the global gamma")
+    return _bwd_dense(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, chunk, n_offset, gamma)
+
+
+def partial_bwd_gamma(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, n_offset, chunk: int = CHUNK):
+    """This key block's Σ_j dbase_ij w_ij [B, H, Tq] (LSSAR); Γ_i = (Σ over blocks) / L_i."""
+    B, H, Tq, _ = q.shape
+    out = torch.zeros(B, H, Tq, dtype=acc_dtype(q.dtype), device=q.device)
+    _bwd_dense(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, chunk, n_offset, gamma_out=out)
+    return out
