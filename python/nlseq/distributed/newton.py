@@ -193,6 +193,7 @@ def _pararnn_newton(cell, U, A, P, init, lengths, max_iters, tol, name, info):
 def _pararnn_sequential(cell, U, A, P, init, lengths, name, info):
     """The exact sequential pass, rank after rank (one broadcast of the end state per rank with steps)."""
     U, A, P = U.contiguous(), A.contiguous(), None if P is None else P.contiguous()
+    _op._implemented()  # registers the CUDA sequential kernel where the extension has one
     local = lambda s: _op._sequential(name, cell, U, A, P, s.contiguous())  # noqa: E731  (reference loop where none)
     S, first = _broadcast_chain(local, init, lengths, info)
     if S is None:
