@@ -25,5 +25,6 @@ def test_an_error_on_one_rank_fails_with_its_traceback():
 
 
 def test_a_hung_rank_is_killed_and_reported():
-    with pytest.raises(AssertionError, match=r"ranks \[1\] of 2 did not finish within 10 s"):
-        run_ranks(_hang_on_rank_one, 2, timeout=10)
+    # 30 s: rank 0 must have started and returned by then, even on a loaded machine
+    with pytest.raises(AssertionError, match=r"ranks \[1\] of 2 did not finish within 30 s"):
+        run_ranks(_hang_on_rank_one, 2, timeout=30)
