@@ -163,7 +163,7 @@ def _affine_combine(a1, x1, a2, x2):
 
 
 @triton.autotune(configs=_diag_configs(), key=_KEY, prune_configs_by=_PRUNE)
-@triton.jit
+@triton.jit(do_not_specialize=["LOG2_BXN", "LOG2_T"])  # key-only arguments: no recompiles
 def _diag_chunk_kernel(
     A, X, S0, SIN, AS, XS, H, FIN, HF, H0, DA,
     T, N, L, LOG2_BXN, LOG2_T, K: tl.constexpr,
@@ -286,7 +286,7 @@ def _diag_chunk_kernel(
 
 # ---------------------------------------------------------------- K = 2..4: K×K blocks
 @triton.autotune(configs=_block_configs(), key=_KEY, prune_configs_by=_PRUNE)
-@triton.jit
+@triton.jit(do_not_specialize=["LOG2_BXN", "LOG2_T"])  # key-only arguments: no recompiles
 def _block_chunk_kernel(
     A, X, S0, SIN, AS, XS, H, FIN, HF, H0, DA,
     T, N, L, LOG2_BXN, LOG2_T, K: tl.constexpr,

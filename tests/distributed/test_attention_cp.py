@@ -255,8 +255,11 @@ def _check(P, cases, errors, extras=()):
 
 def test_two_ranks_every_strategy_and_case_module_and_transformers():
     P, T = 2, 12
-    _check(P, _matrix(P, T, ("all_gather", "all_to_all", "ring")) + _extra(P, T), _errors(P, T),
-           extras=("ring_backend_missing", "module_and_hf"))
+    cases = _matrix(P, T, ("all_gather", "all_to_all", "ring")) + _extra(P, T)
+    if registry.backend_status("triton"):  # the single-device op on Triton (interpreted on CPU: tests/conftest.py)
+        cases += [dict(name=f"{s}/triton/p={p}", strategy=s, T=8, H=4, Hkv=2, p=p, layout="zigzag",
+                       dtype=torch.float32, backend="triton") for s in ("all_gather", "all_to_all") for p in (None, 15.0)]
+    _check(P, cases, _errors(P, T), extras=("ring_backend_missing", "module_and_hf"))
 
 
 def test_three_ranks_a_middle_rank():
