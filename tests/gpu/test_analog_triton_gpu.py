@@ -23,7 +23,8 @@ def _problem(M, K, N, L=256, seed=0):
 
 def test_in_kernel_noise_codes_match_cpp_bit_for_bit():
     x, w, cs, thr, lev = _problem(192, 40, 320)
-    kw = dict(in_bits=8, x_max=2.0, noise_a=0.25, noise_b=0.5, seed=0x5EADBEEFCAFEBABE, offset=7)
+    # in_bits = 0 (clamp only, x_max above every x): dyadic x and w, so the GEMM is exact in any order
+    kw = dict(in_bits=0, x_max=4.0, noise_a=0.25, noise_b=0.5, seed=0x5EADBEEFCAFEBABE, offset=7)
     y_cpp = nlseq.analog_mvm(x, w, cs, thr, lev, backend="cpp", **kw)
     y_tri = nlseq.analog_mvm(*(t.cuda() for t in (x, w, cs, thr, lev)), backend="triton", **kw).cpu()
     assert torch.equal(y_tri, y_cpp), f"{(y_tri != y_cpp).sum().item()} codes differ"
@@ -34,9 +35,9 @@ def test_int64_offsets_past_2_31():
     if torch.cuda.get_device_properties(0).total_memory < 12 * 2**30:
         pytest.skip("needs ~9 GB of GPU memory")
     x, w, cs, thr, lev = _problem(M, K, N, L=16)
-    y = nlseq.analog_mvm(*(t.cuda() for t in (x, w, cs, thr, lev)), in_bits=8, x_max=2.0, noise_a=0.0,
+    y = nlseq.analog_mvm(*(t.cuda() for t in (x, w, cs, thr, lev)), in_bits=0, x_max=4.0, noise_a=0.0,
                          noise_b=0.0, seed=0, offset=0, backend="triton")
     rows = torch.tensor([0, M // 2, M - 2, M - 1])  # the last rows lie past 2^31 elements
-    y_cpp = nlseq.analog_mvm(x[rows], w, cs, thr, lev, in_bits=8, x_max=2.0, noise_a=0.0, noise_b=0.0, seed=0,
+    y_cpp = nlseq.analog_mvm(x[rows], w, cs, thr, lev, in_bits=0, x_max=4.0, noise_a=0.0, noise_b=0.0, seed=0,
                              offset=0, backend="cpp")
     assert torch.equal(y[rows.cuda()].cpu(), y_cpp)
