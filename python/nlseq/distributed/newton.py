@@ -296,7 +296,7 @@ def pararnn_state(
     S_all, iters, residual = _PararnnState.apply(U, A, P, s0, cell, lengths,
                                                  (run_mode, max_iters_, tol_, on_nonconvergence, name), info)
     if return_info:
-        return S_all, NewtonInfo(iters, residual, tol_, run_mode, on_nonconvergence)
+        return S_all, NewtonInfo(int(iters), float(residual), tol_, run_mode, on_nonconvergence)
     return S_all
 
 

@@ -229,6 +229,13 @@ def _chan_to_seq_T(dS: Optional[Tensor], S_ch: Tensor, lengths: list[int], info:
     return _seq_to_chan(dS.contiguous(), lengths, info)
 
 
+def _info_tensors(inf, like: Tensor) -> tuple[Tensor, Tensor]:
+    """NewtonInfo's iterations and residual as 0-dim tensors on ``like``'s device (for the collectives)."""
+    acc = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return (torch.as_tensor(inf.iterations, dtype=torch.int64, device=like.device),
+            torch.as_tensor(inf.residual, dtype=acc, device=like.device))
+
+
 def _solve(cell, U_ch, A_r, P_r, s0_r, opts, info):
     """The single-process op on this rank's channels; Newton's outcome is agreed by every rank
     (all_reduce MAX of the iteration count and residual) so that non-convergence is raised,
@@ -237,16 +244,18 @@ def _solve(cell, U_ch, A_r, P_r, s0_r, opts, info):
     if rmode != "newton" or U_ch.shape[1] == 0:
         S, inf = _op.pararnn(cell, U_ch, A_r, P_r, s0_r, mode=mode, max_iters=max_iters, tol=tol,
                              on_nonconvergence=on_nc, backend=backend, return_info=True)
-        return S, (inf.iterations, inf.residual)
+        return S, _info_tensors(inf, U_ch)
     with warnings.catch_warnings():  # this rank's verdict is not the group's: decided below
         warnings.simplefilter("ignore", RuntimeWarning)
         S, inf = _op.pararnn(cell, U_ch, A_r, P_r, s0_r, mode="newton", max_iters=max_iters, tol=tol,
                              on_nonconvergence="warn", backend=backend, return_info=True)
-    res = inf.residual.detach().to(torch.float64)
+    iters_t, res = _info_tensors(inf, U_ch)
+    res_dtype = res.dtype
+    res = res.to(torch.float64)
     res = torch.where(torch.isnan(res), torch.full_like(res, float("inf")), res)  # NaN never converges
-    both = torch.stack([res, inf.iterations.to(torch.float64)])
+    both = torch.stack([res, iters_t.to(torch.float64)])
     dist.all_reduce(both, op=dist.ReduceOp.MAX, group=info.group)
-    residual = both[0].to(inf.residual.dtype)
+    residual = both[0].to(res_dtype)
     iters = both[1].to(torch.int64)
     r = float(both[0])
     if not r <= tol:
@@ -289,7 +298,7 @@ def _all_to_all(cell, U, A, P, s0, info, mode, max_iters, tol, on_nonconvergence
     opts = (mode, rmode, max_iters, tol, on_nonconvergence, backend)
     S, iters, residual = _AllToAllPararnn.apply(U, A, P, s0, cell, lengths, info, opts)
     if return_info:
-        return S, NewtonInfo(iters, residual, tol, rmode, on_nonconvergence)
+        return S, NewtonInfo(int(iters), float(residual), tol, rmode, on_nonconvergence)
     return S
 
 
