@@ -246,7 +246,7 @@ def test_unclear_messages_now_name_the_argument(backend):
     A, b = torch.rand(2, 5, 3), torch.rand(2, 5, 3)
     with pytest.raises(TypeError, match="linear_recurrence: h0 must be a torch.Tensor"):
         nlseq.linear_recurrence(A, b, 0.0, backend=backend)
-    with pytest.raises(ValueError, match="b has N = 4"):  # b is the odd one: A and h0 agree on N = 3
+    with pytest.raises(ValueError, match=r"b must have shape \(2, 5, 3\) \(N = 3, as A and h0 give\)"):  # b is the odd one: A and h0 agree on N = 3
         nlseq.linear_recurrence(A, torch.rand(2, 5, 4), torch.rand(2, 3), backend=backend)
     with pytest.raises(ValueError, match="num_heads"):
         nlseq.nn.SoftplusAttention(8, 0)

@@ -208,7 +208,8 @@ class TestBadInput:
 
     def test_shape_mismatch(self):
         A, b, h0 = self._ok()
-        with pytest.raises(ValueError, match=r"A must have shape \(2, 5, 3\)"):
+        # two tensors that disagree on T: both are named (no majority says which one is wrong)
+        with pytest.raises(ValueError, match=r"disagree on T: A \(2, 4, 3\) has T = 4, b \(2, 5, 3\) has T = 5"):
             nlseq.linear_recurrence(A[:, :4], b, backend="reference")
         with pytest.raises(ValueError, match=r"h0 must have shape \(2, 3\)"):
             nlseq.linear_recurrence(A, b, h0[:1], backend="reference")
@@ -217,7 +218,7 @@ class TestBadInput:
         A, b, _ = self._ok()
         with pytest.raises(ValueError, match="b must have 3 or 4 dimensions"):
             nlseq.linear_recurrence(A, b[0], backend="reference")
-        with pytest.raises(ValueError, match="A must have 3 dimensions"):
+        with pytest.raises(ValueError, match="A must have 3 or 5 dimensions"):
             nlseq.linear_recurrence(A[..., None], b, backend="reference")
 
     def test_block_size_out_of_range(self):

@@ -445,10 +445,7 @@ std::pair<int64_t, double> pararnn_newton_fwd(pararnn::CellKind cell, const at::
           const acc* prev = t > 0 ? h + (row - 1) * N * S : h0 + bi * N * S;
           linearise_dispatch<scalar_t, acc>(cell, u_row, a, pz, prev, h + row * N * S, jac + row * N * S * S,
                                             rhs + row * N * S, dev.data(), N);
-          acc m = acc(0);
-          for (acc d : dev)
-            if (!(d <= m)) m = d;  // NaN propagates into the residual
-          row_max[row] = m;
+          row_max[row] = nan_max(dev.data(), static_cast<int64_t>(dev.size()));
         }
       });
     };
@@ -457,11 +454,9 @@ std::pair<int64_t, double> pararnn_newton_fwd(pararnn::CellKind cell, const at::
     evaluate(true);
     for (int64_t k = 0;; ++k) {
       evaluate(false);
-      acc m = acc(0);
-      for (acc v : row_max)
-        if (!(v <= m)) m = v;
-      residual = static_cast<double>(m);
-      if (residual <= tol || k >= max_iters) break;
+      residual = static_cast<double>(nan_max(row_max.data(), static_cast<int64_t>(row_max.size())));
+      // A NaN or inf residual stops at once: no further iteration can make it finite (issue 12).
+      if (residual <= tol || k >= max_iters || !std::isfinite(residual)) break;
       scan_fwd(J, R, init, false, H, H_last);  // H <- solution of the linearised system
       ++iters;
     }

@@ -6,8 +6,10 @@
 // O(Tq·Tk). Tile products are matrix multiplications (at::mm_out on the thread's buffers; inside
 // a parallel region they run single-threaded); the elementwise math is the shared header.
 //
-// Forward: LSSA is one pass (|s| is bounded, no running max is needed: SPEC.md §2); LSSAR is two
-// passes (row max of s and L_i, then the re-weighted terms divided by the row's largest one).
+// Forward: LSSA is one pass; LSSAR is two passes (row max of s and L_i, then the re-weighted
+// terms divided by the row's largest one). Both keep a running row max only to shift rows whose
+// scores all lie below −40 (qk_norm=False), which would otherwise underflow to an all-zero row
+// (nlseq/softplus_attention.h, kShiftBelow); other rows use softplus(s) unchanged.
 // Backward: phase A, per query tile: (LSSAR) Γ_i in a pass of its own, then dq̂; phase B, per key
 // tile and for every query head of its group: dk̂ and dv. Both recompute the scores.
 //
@@ -127,6 +129,7 @@ struct Problem {
 // partial_o (context parallelism): write the unnormalised Σ_j w_ij v_j there (not o) and the
 // partial stats (Σ_j w_ij, max_j s_ij, Σ_j t_ij^p). stats_in (LSSAR): the global (L, M) rows; the
 // statistics pass is skipped. LSSAR with partial_o and no stats_in runs the statistics pass only.
+// Partials never shift a row (the blocks of one row must share one scale to merge by addition).
 template <typename scalar_t>
 void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stats, acc_t<scalar_t>* partial_o = nullptr,
                   const acc_t<scalar_t>* stats_in = nullptr) {
@@ -139,7 +142,7 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
   const std::vector<Tile> work = tiles(P.seqs, P.H, false, kBlockQ);
   at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> Qh(kBlockQ * D), Kh(kBlockK * D), V(kBlockK * D), S(kBlockQ * kBlockK), O(kBlockQ * D);
-    std::vector<acc> c(kBlockQ), L(kBlockQ), m(kBlockQ), M(kBlockQ), R(kBlockQ);
+    std::vector<acc> c(kBlockQ), L(kBlockQ), m(kBlockQ), sh(kBlockQ), M(kBlockQ), R(kBlockQ);
     std::vector<int64_t> n(kBlockQ), nvis(kBlockQ);
     for (int64_t it = begin; it < end; ++it) {
       const Tile& t = work[it];
@@ -151,7 +154,7 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
         nvis[r] = P.vis_of(t.start + r, s);
         n[r] = P.n_of(t.start + r, s);
         c[r] = sa::length_scale(P.log_d, n[r]);
-        L[r] = acc(0); R[r] = acc(0);
+        L[r] = acc(0); R[r] = acc(0); sh[r] = acc(0);
         m[r] = -std::numeric_limits<acc>::infinity();
       }
       std::fill(O.begin(), O.end(), acc(0));
@@ -165,10 +168,11 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
         const bool accumulate = pass == 1 || !reweight;
         if (reweight && pass == 1)
           for (int64_t r = 0; r < t.len; ++r) {
-            if (given) {
+            if (given) {  // the global (L, M) of the statistics pass over every key block
               L[r] = stats_in[q_off + r];
               M[r] = stats_in[plane + q_off + r];
             } else {
+              L[r] = sa::stored_sum(L[r], sh[r]);  // from here on L as stored (log form if shifted)
               M[r] = sa::lssar_base_max(m[r], L[r], n[r]);
             }
             m[r] = sa::lssar_score_floor(L[r], n[r]);  // pass 2: scores at or below give weight 0
@@ -180,21 +184,35 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
             acc* Sr = S.data() + r * bk;
             const int64_t vis = std::min(bk, std::max<int64_t>(nvis[r] - k0, 0));
             const acc nr = static_cast<acc>(n[r]), off = sa::reweight_offset<acc>(n[r]);
+            if (pass == 0 && vis > 0) {
+              // running row max (NaN-propagating) and the row's shift; when the shift moves,
+              // rescale what was summed so far (online, as FlashAttention's running max)
+              acc mx = m[r];
+              for (int64_t j = 0; j < vis; ++j) {
+                const acc sc = c[r] * Sr[j];
+                if ((sc > mx || sc != sc) && mx == mx) mx = sc;
+              }
+              const acc sh_new = partial ? acc(0) : sa::row_shift(mx);
+              if (sh_new != sh[r] && m[r] > -std::numeric_limits<acc>::infinity()) {
+                const acc f = std::exp(sh[r] - sh_new);  // <= 1: the shift only rises
+                L[r] *= f;
+                if (!reweight)
+                  for (int64_t d = 0; d < D; ++d) O[r * D + d] *= f;
+              }
+              m[r] = mx;
+              sh[r] = sh_new;
+            }
             for (int64_t j = 0; j < bk; ++j) {
               if (j >= vis) { Sr[j] = acc(0); continue; }
               const acc sc = c[r] * Sr[j];
-              const acc w = (reweight && pass == 1 && (sc <= m[r] || !(M[r] > acc(0)))) ? acc(0) : sa::softplus(sc);
-              if (!reweight) {
+              if (!reweight || pass == 0) {
+                const acc w = sa::shifted_weight(sc, sh[r]);
                 L[r] += w;
                 Sr[j] = w;
-                if (partial) m[r] = std::max(m[r], sc);
-              } else if (pass == 0) {
-                L[r] += w;
-                m[r] = std::max(m[r], sc);
               } else if (sc <= m[r] || !(M[r] > acc(0))) {
                 Sr[j] = acc(0);  // base <= 0 (or an all-zero row): no softplus, no power
               } else {
-                const acc base = nr * w / L[r] - off;
+                const acc base = nr * sa::weight_over_sum(sc, L[r]) - off;
                 const acc wt = M[r] > acc(0) && base > acc(0) ? sa::pow_ratio(base / M[r], P.p) : acc(0);
                 R[r] += wt;
                 Sr[j] = wt;
@@ -219,11 +237,12 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
       }
       for (int64_t r = 0; r < t.len; ++r) {
         const acc denom = reweight ? R[r] : L[r];
-        const acc inv = (denom > acc(0) && (!reweight || M[r] > acc(0))) ? acc(1) / denom : acc(0);
+        acc inv = (denom > acc(0) && (!reweight || M[r] > acc(0))) ? acc(1) / denom : acc(0);
+        if (L[r] != L[r] || M[r] != M[r]) inv = L[r] + M[r];  // NaN in the row: NaN out (issue 12)
         scalar_t* orow = o + (q_off + r) * D;
         for (int64_t d = 0; d < D; ++d) orow[d] = static_cast<scalar_t>(O[r * D + d] * inv);
         const int64_t row = q_off + r;  // = (b * H + h) * Tq + i
-        stats[row] = L[r];
+        stats[row] = reweight ? L[r] : sa::stored_sum(L[r], sh[r]);  // LSSAR's L is stored form already
         stats[plane + row] = reweight ? M[r] : acc(0);
         stats[2 * plane + row] = reweight ? R[r] : acc(0);
       }
@@ -233,6 +252,7 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
 
 // gamma_in (LSSAR, context parallelism): the global Γ_i rows; its pass is skipped. gamma_out:
 // write this block's Σ_j dbase_ij w_ij (not yet divided by L_i) there and compute nothing else.
+// (Γ accumulates Σ_j dbase_ij a_ij with a = w / L, i.e. already divided by L_i.)
 template <typename scalar_t>
 void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t* dout, const acc_t<scalar_t>* stats,
                    acc_t<scalar_t>* dqh, acc_t<scalar_t>* dkh, acc_t<scalar_t>* dv,
@@ -293,21 +313,20 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
           for (int64_t r = 0; r < t.len; ++r) {
             const int64_t vis = std::min(bk, std::max<int64_t>(n[r] - k0, 0));
             acc sum = 0;
+            if (rows[r].L == acc(0)) continue;  // a row without keys: Γ = 0
             for (int64_t j = 0; j < vis; ++j) {
-              const acc w = sa::softplus(rows[r].c * S[r * bk + j]);
-              sum += sa::lssar_dbase(rows[r], w, dP[r * bk + j], P.p) * w;
+              const acc a = sa::weight_over_sum(rows[r].c * S[r * bk + j], rows[r].L);  // w / L
+              sum += sa::lssar_dbase(rows[r], a, dP[r * bk + j], P.p) * a;
             }
             rows[r].gamma += sum;
           }
         }
-        if (gamma_out) {
-          for (int64_t r = 0; r < t.len; ++r) gamma_out[q_off + r] = rows[r].gamma;
+        if (gamma_out) {  // this block's Σ_j dbase_ij w_ij (partials are never shifted: L > 0 or a row without keys)
+          for (int64_t r = 0; r < t.len; ++r)
+            gamma_out[q_off + r] = rows[r].L > acc(0) ? rows[r].gamma * rows[r].L : acc(0);
           continue;
         }
-        for (int64_t r = 0; r < t.len; ++r) {
-          rows[r].gamma = rows[r].L > acc(0) ? rows[r].gamma / rows[r].L : acc(0);
-          gamma[q_off + r] = rows[r].gamma;
-        }
+        for (int64_t r = 0; r < t.len; ++r) gamma[q_off + r] = rows[r].gamma;
       }
       for (int64_t k0 = 0; k0 < kv_end; k0 += kBlockK) {
         const int64_t bk = std::min(kBlockK, kv_end - k0);

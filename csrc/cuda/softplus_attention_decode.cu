@@ -337,7 +337,9 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const D
     den += ws.part_sum[s * rows + row];
   }
   const bool zero = !(den > 0.f) || (kLssar && !(ws.row_M[row] > 0.f));
-  out[e] = from_float<scalar_t>(zero ? 0.f : num / den);
+  // NaN in the row's scores (den or M is NaN) gives NaN, not the all-zero row (docs/numerics.md)
+  const bool nan_row = den != den || (kLssar && ws.row_M[row] != ws.row_M[row]);
+  out[e] = from_float<scalar_t>(nan_row ? __int_as_float(0x7fc00000) : zero ? 0.f : num / den);
 }
 
 // ------------------------------------------------------------------------------- host side

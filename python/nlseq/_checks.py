@@ -99,9 +99,10 @@ def check_dims(op: str, layout: str, **specs: tuple[Optional[torch.Tensor], str]
 
     ``specs`` maps an argument name to ``(tensor or None, "B T N")``: one name per dim of the
     tensor (ranks are checked before), ``_`` for a dim that is not shared. When the tensors give a
-    dim different sizes, the message blames the odd one out — the tensor(s) whose size differs
-    from the one most of the others agree on — and names both sides when there is no majority
-    (two tensors that disagree): the argument that is wrong, not the first one checked.
+    dim different sizes, the message blames the odd one out — the tensor whose size differs from
+    the one most of the others agree on ("h0 must have shape (2, 3) (B = 2, as A and b give), got
+    (1, 3)") — and names both sides when there is no majority (two tensors that disagree): the
+    argument that is wrong, not the first one checked.
     """
     seen: dict[str, list[tuple[str, int, tuple]]] = {}
     for arg, (t, dims) in specs.items():
@@ -126,9 +127,11 @@ def check_dims(op: str, layout: str, **specs: tuple[Optional[torch.Tensor], str]
         agree = [arg for arg, size, _ in entries if size == top]
         for arg, size, shape in entries:
             if size != top:
+                names = specs[arg][1].split()
+                want = tuple(top if n == d else s for n, s in zip(names, shape))
                 raise ValueError(
-                    f"nlseq.{op}: {arg} has {d} = {size} (shape {shape}), but {' and '.join(agree)} give "
-                    f"{d} = {top} {layout}".rstrip()
+                    f"nlseq.{op}: {arg} must have shape {want} ({d} = {top}, as {' and '.join(agree)} give), "
+                    f"got {shape} {layout}".rstrip()
                 )
     return sizes
 

@@ -86,6 +86,8 @@ def _masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: Optional
         r = torch.where(live, torch.relu(base) / Msafe, zero) ** p  # overflow-safe: every term <= 1
         R = r.sum(-1, keepdim=True)
         P = r / torch.where(R > 0, R, torch.ones_like(R))
+        # a NaN score keeps its row NaN, as every backend does (docs/numerics.md)
+        P = torch.where(L.isnan() | M.isnan(), torch.full((), float("nan"), dtype=acc, device=q.device), P)
     return (P @ v.to(acc)).to(dtype)
 
 

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .. import registry as _registry
 from .._checks import (FLOAT_DTYPES, check_backend, check_bool, check_choice, check_dims, check_float, check_int, check_same,
-                      check_tensor)
+                      check_shape, check_tensor)
 from ..reference import pararnn as _ref
 from ..reference.scan import acc_dtype, linear_recurrence_scan
 from .scan import MAX_BLOCK_SIZE, linear_recurrence
@@ -296,14 +296,18 @@ def pararnn(
         check_same(op, "U", U, s0=s0)
     if U.shape[2] != 3:
         raise ValueError(f"nlseq.{op}: U must have shape [B, T, 3, N] (three gates), got {tuple(U.shape)}")
-    if A.shape[0] != 3:
-        raise ValueError(f"nlseq.{op}: A must have shape [3, N] (one row per gate), got {tuple(A.shape)}")
-    if P is not None and P.shape[0] != 2:
-        raise ValueError(f"nlseq.{op}: P must have shape [2, N] (p_f, p_o), got {tuple(P.shape)}")
-    if s0 is not None and s0.shape[1] != S:
-        raise ValueError(f"nlseq.{op}: s0 must have shape [B, {S}, N] for the {cell} cell, got {tuple(s0.shape)}")
-    dims = check_dims(op, layout, U=(U, "B T _ N"), A=(A, "_ N"), P=(P, "_ N"), s0=(s0, "B _ N"))
-    B, T, N = dims["B"], dims["T"], dims["N"]
+    # U is the data and fixes B, T, N, unless the other tensors agree with each other against it
+    # (then U is the odd one: check_dims blames it); otherwise each is checked against U's shape.
+    others = {n: (t, d) for n, t, d in (("A", A, "_ N"), ("P", P, "_ N"), ("s0", s0, "B _ N")) if t is not None}
+    n_others = {t.shape[-1] for t, _ in others.values()}
+    if len(others) >= 2 and len(n_others) == 1 and n_others != {U.shape[-1]}:
+        check_dims(op, layout, U=(U, "B T _ N"), **others)
+    B, T, _, N = U.shape
+    check_shape("A", A, (3, N), op=op, layout=layout)
+    if P is not None:
+        check_shape("P", P, (2, N), op=op, layout=layout)
+    if s0 is not None:
+        check_shape("s0", s0, (B, S, N), op=op, layout=layout)
     check_choice(op, "mode", mode, MODES)
     check_choice(op, "on_nonconvergence", on_nonconvergence, ON_NONCONVERGENCE)
     check_bool(op, "return_info", return_info)

@@ -135,8 +135,8 @@ def linear_recurrence(
     check_backend(OP, backend)
     check_bool(OP, "reverse", reverse)
     both = f"{_DIAG} or {_BLOCK}"
-    check_tensor("A", A, op=OP, ndim=(3, 5), layout=both)
     check_tensor("b", b, op=OP, ndim=(3, 4), layout=both)
+    check_tensor("A", A, op=OP, ndim=(3, 5), layout=both)
     if h0 is not None:
         check_tensor("h0", h0, op=OP, ndim=(2, 3), layout=both)
     # The layout is what the ranks say; when they disagree, blame the tensor the others outvote.
