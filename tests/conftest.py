@@ -5,7 +5,7 @@
 - The fast loop is ``pytest -m "not slow"``: the hook below marks ``slow`` every test that runs
   Triton kernels in the CPU interpreter (a ``triton`` parameter without a GPU, or a module of
   SLOW_MODULES), compiles CUDA sources for the CPU stand-in, compiles Triton kernels for sm_90,
-  or starts distributed ranks (calls ``run_ranks``);
+  starts distributed ranks (calls ``run_ranks``), or takes a sequence parameter T >= LONG_T;
   mark any other test that takes seconds with ``@pytest.mark.slow``. CI runs everything.
 - Outputs are NaN-poisoned: NLSEQ_POISON=1 makes the compiled kernels' output buffers NaN before
   they are written, and torch.empty / torch.empty_like are patched to do the same for the Python
@@ -52,9 +52,25 @@ def _spawns_ranks(item) -> bool:
     return code is not None and "run_ranks" in code.co_names
 
 
+# Sequences this long make the float64 oracles (Python loops over t, autograd through them) take
+# seconds per case; the short cases of the same tests stay in the fast loop.
+LONG_T = 1000
+
+
+def _long_sequence(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    T = callspec.params.get("T") if callspec is not None else None
+    return isinstance(T, int) and T >= LONG_T
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in SLOW_MODULES or _runs_triton_interpreter(item) or _spawns_ranks(item):
+        if (
+            item.path.name in SLOW_MODULES
+            or _runs_triton_interpreter(item)
+            or _spawns_ranks(item)
+            or _long_sequence(item)
+        ):
             item.add_marker(pytest.mark.slow)
 
 

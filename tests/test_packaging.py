@@ -139,7 +139,7 @@ def test_wheel_metadata(built):
     with zipfile.ZipFile(wheel) as z:
         (meta,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
         msg = email.parser.Parser().parsestr(z.read(meta).decode())
-    version = re.search(r'"(.+)"', (ROOT / "python/nlseq/_version.py").read_text()).group(1)
+    version = re.search(r'^__version__ = "([^"]+)"$', (ROOT / "python/nlseq/_version.py").read_text(), re.M).group(1)
     assert msg["Name"] == "nlseq" and msg["Version"] == version
     assert "Apache-2.0" in (msg["License-Expression"] or msg["License"] or "")
     assert msg["Summary"] and msg["Requires-Python"] == ">=3.10"

@@ -116,6 +116,7 @@ def test_forward_fp64(backend, cell, mode):
 @pytest.mark.parametrize("mode", ["newton", "sequential"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("backend", backend_params("cpp", "reference"))
+@pytest.mark.slow
 def test_long_sequence(backend, cell, mode):
     """T = 16384: states stay accurate over a long horizon (no drift in the carried state)."""
     B, T, N = 1, 16384, 8
@@ -308,6 +309,7 @@ def _long_module_oracle(cell):
 @pytest.mark.parametrize("mode", ["newton", "sequential"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("backend", CPU)
+@pytest.mark.slow
 def test_module_gradients_fp32_long(backend, cell, mode):
     """float32, T = 4099: y and the gradients of x and every parameter (sums over 4099 steps,
     compared within 1e-4 of their largest entry)."""
@@ -385,6 +387,7 @@ def test_module_init_follows_spec(cell):
     assert abs(m.weight_hh.std().item() - 2 / (5 * 96) ** 0.5) < 0.05  # 288 samples of N(0, (2/√(5N))²)
 
 
+@pytest.mark.slow
 def test_module_default_init_converges():
     """Newton with the defaults converges at the paper's initialisation (T = 2048, N = 64)."""
     for cls in (ParaGRU, ParaLSTM):
@@ -552,6 +555,7 @@ def test_newton_solve_elman_forward(backend):
 
 
 @pytest.mark.parametrize("backend", CPU)
+@pytest.mark.slow
 def test_newton_solve_elman_gradcheck(backend):
     a, W, b = _elman_params()
     x = torch.randn(2, 7, 3, dtype=torch.float64)
@@ -562,6 +566,7 @@ def test_newton_solve_elman_gradcheck(backend):
 
 
 @pytest.mark.parametrize("backend", CPU)
+@pytest.mark.slow
 def test_newton_solve_block_cell_gradcheck(backend):
     g = torch.Generator().manual_seed(12)
     N, I = 3, 2

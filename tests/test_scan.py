@@ -162,6 +162,7 @@ def test_gradients_low_precision(backend, dtype):
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("K", [0, 1, 2, 3, 4], ids=["diag", "K1", "K2", "K3", "K4"])
 @pytest.mark.parametrize("backend", COMPILED_CPU)
+@pytest.mark.slow
 def test_gradcheck_float64(backend, K, reverse):
     A, b, h0 = make_inputs(2, 9, 3, K, with_h0=True, dtype=torch.float64, device="cpu")
     inputs = tuple(x.requires_grad_() for x in (A, b, h0))
