@@ -96,6 +96,7 @@ def test_fp64_tight(backend, p):
     check_against_oracle(backend, q, k, v, causal=True, reweight_p=p, tol=F64, grad_tol=dict(atol=1e-9, rtol=1e-9))
 
 
+@pytest.mark.slow
 def test_fp64_gradcheck_cpp():
     if not nlseq.backends()["cpp"]:
         pytest.skip(str(nlseq.backends()["cpp"]))
