@@ -24,3 +24,21 @@ def test_two_ranks_ring_on_triton():
         dict(base, name="ring/triton/varlen/p=15", T=8, cu=[0, 1, 3, 5, 8], p=15.0),
     ]
     _check(P, cases, [])
+
+
+def _float64_on_triton(rank, P):
+    from nlseq.distributed import softplus_attention as cp_attention
+
+    q = torch.zeros(1, 2, 3, 4, dtype=torch.float64)
+    try:
+        cp_attention(q, q, q, strategy="ring", backend="triton")
+    except TypeError as e:
+        return [] if "backend 'triton' accepts float32" in str(e) else [f"rank {rank}: {e}"]
+    return [f"rank {rank}: float64 on the triton ring did not raise"]
+
+
+def test_float64_on_the_triton_ring_is_refused_on_every_rank():
+    from _harness import run_ranks
+
+    failures = [f for r in run_ranks(_float64_on_triton, 2, timeout=120.0) for f in r]
+    assert not failures, "\n".join(failures)
