@@ -180,3 +180,35 @@ def test_blockwise_forward_on_triton_is_the_single_device_op():
         want = ref.softplus_attention_naive(q.double(), k.double(), v.double(), causal=True, reweight_p=p)
         torch.testing.assert_close(o.double(), want, **F32)
         assert math.isfinite(o.abs().max().item())
+
+
+_SM90 = r"""
+from nlseq.kernels import softplus_attention_partial as kp
+
+# every constexpr branch for bf16 at D = 128 (first GPU config); the widest head in float32 with the
+# smallest tiles for the LSSAR branches only (each compile takes tens of seconds on a CPU)
+cfgs = kp._configs()
+for dtype, causal, bd, cfg, everything in [("bf16", True, 128, cfgs[0], True), ("fp32", True, 256, cfgs[-1], False)]:
+    ptrs = dict(q_ptr=dtype, k_ptr=dtype, v_ptr=dtype, do_ptr=dtype, rq_ptr="fp32", rk_ptr="fp32", u_ptr="fp32",
+                st_ptr="fp32", sin_ptr="fp32", dl_ptr="fp32", gam_ptr="fp32", dq_ptr="fp32", dk_ptr="fp32",
+                dv_ptr="fp32")
+    floats = ("logD", "p")
+    w = dict(cfg.kwargs, BD=bd, CAUSAL=causal)
+    for mode in ((0, 1, 2) if everything else (2,)):
+        compile_kernel(kp._partial_fwd_kernel, ptrs, dict(w, MODE=mode), cfg.num_warps, cfg.num_stages, floats)
+    for reweight, gamma in (((False, False), (True, False), (True, True)) if everything else ((True, True),)):
+        compile_kernel(kp._partial_dq_kernel, ptrs, dict(w, REWEIGHT=reweight, GAMMA=gamma), cfg.num_warps,
+                       cfg.num_stages, floats)
+    for reweight in ((False, True) if everything else (True,)):
+        compile_kernel(kp._partial_dkv_kernel, ptrs, dict(w, REWEIGHT=reweight), cfg.num_warps, cfg.num_stages,
+                       floats)
+print("compiled")
+"""
+
+
+def test_partial_kernels_compile_for_sm90():
+    """The interpreter never lowers the kernels: compile the variants a GPU launches for sm_90
+    (first and last GPU autotune config, every constexpr branch) without a GPU (tests/_triton_aot.py)."""
+    from _triton_aot import compile_sm90
+
+    compile_sm90(_SM90)
