@@ -134,7 +134,7 @@ def _partial_fwd_kernel(
     CAUSAL: tl.constexpr, MODE: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):
     # MODE 0: LSSA (U = Σ w v); 1: LSSAR statistics pass (U = 0); 2: LSSAR pass 2 with stats_in
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    pid_m, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: B·H·T·D may pass 2^31
     b, h = bh // H, bh % H
     bkv = b * (H // G) + h // G
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -224,7 +224,7 @@ def _partial_dq_kernel(
     BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):
     # GAMMA: write this block's Σ_j dbase_ij w_ij into gam_ptr instead of dq̂ (partial_bwd_gamma)
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    pid_m, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: B·H·T·D may pass 2^31
     b, h = bh // H, bh % H
     bkv = b * (H // G) + h // G
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -268,7 +268,7 @@ def _partial_dkv_kernel(
     H, G, Tq, Tk, D, BH, kv_offset, n_offset, logD, p,
     CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):
-    pid_n, bkv = tl.program_id(0), tl.program_id(1)
+    pid_n, bkv = tl.program_id(0), tl.program_id(1).to(tl.int64)
     Hkv = H // G
     b, hk = bkv // Hkv, bkv % Hkv
     offs_n = pid_n * BN + tl.arange(0, BN)

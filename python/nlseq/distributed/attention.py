@@ -17,7 +17,8 @@ its own rows of o, and autograd gives each rank the gradients of its own shards.
   passes K alone around the ring for each row's global Σ_j softplus(s_ij) and max s_ij, then
   re-weights with those statistics. Backward: dQ stays local, dK/dV accumulate on a second ring
   that travels with the blocks and ends at their owners (LSSAR: one more K/V pass first for Γ_i).
-  Backends cpp and reference (the partial kernels); Triton/CUDA are not implemented for it yet.
+  Backends triton, cpp and reference (the partial kernels; 'auto' on a CUDA device picks triton);
+  CUDA has no partial kernels yet.
 
 Every call first all-gathers a small metadata vector (shapes, dtype, flags, lengths, a checksum of
 cu_seqlens, and whether the rank's own checks passed), so bad input raises a clear error on every
@@ -209,8 +210,8 @@ def softplus_attention(
     ``cu_seqlens``: packed sequences (B = 1), the *global* cumulative lengths [S + 1] ending at T,
     the same tensor on every rank; sequences may cross shard boundaries.
     ``strategy``: "all_gather", "all_to_all" or "ring" (module docstring; costs in
-    docs/context_parallel.md). ``backend`` as for ``nlseq.softplus_attention``; "ring" needs cpp
-    or reference. ``group``: a ProcessGroup, a 1-D DeviceMesh or None (the world).
+    docs/context_parallel.md). ``backend`` as for ``nlseq.softplus_attention``; "ring" needs triton,
+    cpp or reference. ``group``: a ProcessGroup, a 1-D DeviceMesh or None (the world).
 
     Differentiable in q, k and v. Every rank must call it with the same arguments (collectives);
     inconsistent or bad input raises on every rank.
