@@ -17,7 +17,8 @@ its own rows of o, and autograd gives each rank the gradients of its own shards.
   passes K alone around the ring for each row's global Σ_j softplus(s_ij) and max s_ij, then
   re-weights with those statistics. Backward: dQ stays local, dK/dV accumulate on a second ring
   that travels with the blocks and ends at their owners (LSSAR: one more K/V pass first for Γ_i).
-  Backends cpp and reference (the partial kernels); Triton/CUDA are not implemented for it yet.
+  Backends triton, cpp and reference (the partial kernels; 'auto' on a CUDA device picks triton);
+  CUDA has no partial kernels yet.
 
 Every call first all-gathers a small metadata vector (shapes, dtype, flags, lengths, a checksum of
 cu_seqlens, and whether the rank's own checks passed), so bad input raises a clear error on every
@@ -113,12 +114,15 @@ def _local_checks(q, k, v, strategy, layout, causal, reweight_p, qk_norm, cu_seq
         n_cu = float(len(c))
         checksum = float(sum((i + 1) * x for i, x in enumerate(c)) % (2 ** 50))
     if strategy == "ring":
-        name = _registry.resolve(backend, q.device, OP, _ops.IMPLEMENTED)
+        name = _registry.resolve(backend, q.device, OP, _ring_backends(backend))
         if name not in _ops.PARTIAL_FWD:
             raise NotImplementedError(
                 f"{WHERE}: strategy='ring' runs on the backends {tuple(_ops.PARTIAL_FWD)} (its partial key-block "
                 f"kernels); backend {name!r} does not have them yet. Use strategy='all_gather' or 'all_to_all', "
                 f"which run the single-device op on every backend.")
+        if name == "triton" and q.dtype == torch.float64:
+            raise TypeError(f"{WHERE}: backend 'triton' accepts float32, bfloat16 and float16; float64 runs on "
+                            f"backend='cpp' or 'reference'")
     return [0.0, B, H, Hkv, D, float(_DTYPES.index(q.dtype)), float(causal),
             float(reweight_p or 0.0), float(qk_norm), float(LAYOUTS.index(layout)),
             float(STRATEGIES.index(strategy)), float((_BACKENDS + ("auto",)).index(backend)), n_cu, checksum, T]
@@ -130,6 +134,14 @@ def _exchange(info: GroupInfo, meta: list[float], device) -> list[list[float]]:
     out = [torch.empty_like(t) for _ in range(info.size)]
     dist.all_gather(out, t, group=info.group)
     return [o.tolist() for o in out]
+
+
+def _ring_backends(backend: str) -> tuple[str, ...]:
+    """The backends the ring may resolve ``backend`` to: for 'auto' those with partial key-block
+    kernels (on a CUDA device: triton, since cuda has none); a named backend resolves as for the
+    single-device op, and _local_checks says when it has no partial kernels."""
+    ring = tuple(b for b in _ops.IMPLEMENTED if b in _ops.PARTIAL_FWD)
+    return ring if backend == "auto" and ring else _ops.IMPLEMENTED
 
 
 def _plan(info, metas, errors_here, q, strategy, layout, causal, reweight_p, qk_norm, cu_seqlens, backend) -> _Plan:
@@ -176,7 +188,7 @@ def _plan(info, metas, errors_here, q, strategy, layout, causal, reweight_p, qk_
         segs = list(zip(c, c[1:]))
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     if strategy == "ring":
-        backend = _registry.resolve(backend, q.device, OP, _ops.IMPLEMENTED)
+        backend = _registry.resolve(backend, q.device, OP, _ring_backends(backend))
     return _Plan(info, strategy, layout, causal, float(reweight_p or 0.0), qk_norm, backend, T, lengths, bounds,
                  segs, cu)
 
@@ -198,8 +210,8 @@ def softplus_attention(
     ``cu_seqlens``: packed sequences (B = 1), the *global* cumulative lengths [S + 1] ending at T,
     the same tensor on every rank; sequences may cross shard boundaries.
     ``strategy``: "all_gather", "all_to_all" or "ring" (module docstring; costs in
-    docs/context_parallel.md). ``backend`` as for ``nlseq.softplus_attention``; "ring" needs cpp
-    or reference. ``group``: a ProcessGroup, a 1-D DeviceMesh or None (the world).
+    docs/context_parallel.md). ``backend`` as for ``nlseq.softplus_attention``; "ring" needs triton,
+    cpp or reference. ``group``: a ProcessGroup, a 1-D DeviceMesh or None (the world).
 
     Differentiable in q, k and v. Every rank must call it with the same arguments (collectives);
     inconsistent or bad input raises on every rank.

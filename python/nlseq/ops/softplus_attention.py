@@ -326,7 +326,8 @@ def softplus_attention(
 #   partial_gamma(q, k, v, qk_norm, o, do, stats, causal, p, kv_offset, n_offset) -> Σ_j dbase w [B, H, Tq]
 # kv_offset may be negative, n_offset >= 0 gives the global N_i (reference ``visible``); U and the
 # stats are unnormalised partials that merge over blocks by addition (see
-# reference.softplus_attention.partial_fwd). Backends: cpp and reference (Triton and CUDA: not yet).
+# reference.softplus_attention.partial_fwd). Backends: triton (kernels/softplus_attention_partial.py),
+# cpp and reference (CUDA: not yet).
 def _partial_fwd_cpp(q, k, v, qk_norm, causal, p, kv_offset, n_offset, stats_in):
     rq, rk = _scales(q, qk_norm), _scales(k, qk_norm)
     return _ext_ops().softplus_attention_fwd_partial(q, k, v, rq, rk, causal, p, kv_offset, n_offset, stats_in)
@@ -355,6 +356,27 @@ def _partial_gamma_reference(q, k, v, qk_norm, o, do, stats, causal, p, kv_offse
     return _ref.partial_bwd_gamma(q, k, v, o, do, stats, causal, _p_or_none(p), qk_norm, kv_offset, n_offset)
 
 
-PARTIAL_FWD = {"cpp": _partial_fwd_cpp, "reference": _partial_fwd_reference}
-PARTIAL_BWD = {"cpp": _partial_bwd_cpp, "reference": _partial_bwd_reference}
-PARTIAL_GAMMA = {"cpp": _partial_gamma_cpp, "reference": _partial_gamma_reference}
+def _partial_fwd_triton(q, k, v, qk_norm, causal, p, kv_offset, n_offset, stats_in):
+    from ..kernels import softplus_attention_partial as _tp
+
+    rq, rk = _scales(q, qk_norm), _scales(k, qk_norm)
+    return _tp.partial_fwd(q, k, v, rq, rk, causal, p, kv_offset, n_offset, stats_in)
+
+
+def _partial_bwd_triton(q, k, v, qk_norm, o, do, stats, causal, p, kv_offset, n_offset, gamma):
+    from ..kernels import softplus_attention_partial as _tp
+
+    rq, rk = _scales(q, qk_norm), _scales(k, qk_norm)
+    return _tp.partial_bwd(q, k, v, rq, rk, o, do, stats, causal, p, kv_offset, n_offset, gamma)
+
+
+def _partial_gamma_triton(q, k, v, qk_norm, o, do, stats, causal, p, kv_offset, n_offset):
+    from ..kernels import softplus_attention_partial as _tp
+
+    rq, rk = _scales(q, qk_norm), _scales(k, qk_norm)
+    return _tp.partial_bwd_gamma(q, k, v, rq, rk, o, do, stats, causal, p, kv_offset, n_offset)
+
+
+PARTIAL_FWD = {"triton": _partial_fwd_triton, "cpp": _partial_fwd_cpp, "reference": _partial_fwd_reference}
+PARTIAL_BWD = {"triton": _partial_bwd_triton, "cpp": _partial_bwd_cpp, "reference": _partial_bwd_reference}
+PARTIAL_GAMMA = {"triton": _partial_gamma_triton, "cpp": _partial_gamma_cpp, "reference": _partial_gamma_reference}
