@@ -55,22 +55,90 @@ def _bwd_configs():
     ]
 
 
+# The GPU path uses the SFU's approximate log2 (MUFU.LG2, PTX lg2.approx.f32) and reciprocal
+# (rcp.approx.f32): the accurate libdevice log is ~20 instructions and an IEEE division ~10 plus a
+# slow-path call, per score. lg2.approx·ln2 is CUDA's __logf, whose documented bound is an absolute
+# error of 2^-21.41 for x in [0.5, 2]: the log is only ever taken of 1 + e with e in (0, 1], so
+# softplus is off by at most 2^-21.41 absolute (docs/compiled_code.md has the error analysis).
+# Under TRITON_INTERPRET=1 there is no inline PTX: tl.log and a true division instead; float64
+# inputs (whose scores are float64) keep the accurate functions everywhere.
+_FAST_MATH = tl.constexpr(not triton_interpret())
+_LN2 = tl.constexpr(0.6931471805599453)
+
+
 @triton.jit
-def _log1p(u):
-    # log(1 + u) for u in (0, 1], to ~1 ulp: log(t)·u/(t − 1) with t = 1 + u (exact when t == 1).
-    t = 1.0 + u
-    return tl.where(t == 1.0, u, tl.log(t) * (u / tl.where(t == 1.0, 1.0, t - 1.0)))
+def _log(x):
+    """ln x: lg2.approx · ln 2 on the GPU, tl.log under the interpreter."""
+    if _FAST_MATH and x.dtype == tl.float32:
+        lg2 = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                        is_pure=True, pack=1)
+        return lg2 * _LN2
+    else:
+        return tl.log(x)
+
+
+@triton.jit
+def _exp2(x):
+    """2^x: ex2.approx.ftz.f32 on the GPU (no denormal fix-up: results below 2^-126 flush to 0, which
+    only happens for |s| > 87, where e only ever adds to 1), tl.exp2 under the interpreter."""
+    if _FAST_MATH and x.dtype == tl.float32:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _rcp(x):
+    """1 / x: rcp.approx.f32 (at most 1 ulp) on the GPU, a division under the interpreter."""
+    if _FAST_MATH and x.dtype == tl.float32:
+        return tl.inline_asm_elementwise("rcp.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def _softplus_e(s):
+    """(softplus(s), e = exp(−|s|)): log1p(e) taken as ln(1 + e), no division. e is returned so the
+    backward's sigmoid reuses it (σ(s) = 1/(1 + e) for s >= 0, e/(1 + e) below)."""
+    e = _exp2(tl.abs(s) * -1.4426950408889634)
+    return tl.maximum(s, 0.0) + _log(1.0 + e), e
 
 
 @triton.jit
 def _softplus(x):
-    return tl.maximum(x, 0.0) + _log1p(tl.exp(-tl.abs(x)))
+    return _softplus_e(x)[0]
 
 
 @triton.jit
-def _pow(t, p):
-    # t^p for t > 0 (0 for t <= 0)
-    return tl.where(t > 0.0, tl.exp2(p * tl.log2(tl.where(t > 0.0, t, 1.0))), 0.0)
+def _pow_int(t, P: tl.constexpr):
+    """t^P for a compile-time integer 1 <= P < 64, by squaring (t^15: six multiplies)."""
+    r = t * 0.0 + 1.0
+    b = t
+    for i in tl.static_range(6):
+        if (P >> i) & 1:
+            r = r * b
+        if (P >> (i + 1)) != 0:
+            b = b * b
+    return r
+
+
+@triton.jit
+def _pow(t, p, P_INT: tl.constexpr):
+    """t^p for t >= 0 (0 at t = 0, p > 0): by multiplies when p is the integer P_INT, else exp2(p log2 t)."""
+    if P_INT > 0:
+        return _pow_int(t, P_INT)
+    else:
+        return tl.where(t > 0.0, tl.exp2(p * (_log(tl.where(t > 0.0, t, 1.0)) * 1.4426950408889634)), 0.0)
+
+
+@triton.jit
+def _lssar_weight(w, a_i, b_i, p, P_INT: tl.constexpr):
+    """LSSAR's t^p from the softplus weight w: t = ReLU(N w / L − O) / M = ReLU(w a_i − b_i) with the
+    per-row a_i = N / (L M), b_i = O / M (one FMA per score)."""
+    t = tl.maximum(w * a_i[:, None] - b_i[:, None], 0.0)
+    return _pow(t, p, P_INT), t
 
 
 @triton.jit
@@ -156,7 +224,7 @@ def _fwd_kernel(
     q, k, v, rq, rk, o, stats, cu_q, cu_k,
     Tq, Tk, H, G, D, plane, kv_offset, log_d, p, zero_tol,
     CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
-    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, P_INT: tl.constexpr = 0,
 ):
     i_m, i_zh = tl.program_id(0), tl.program_id(1)
     nq, nk, row0, krow0, o_m = _q_block(i_m, i_zh, cu_q, cu_k, Tq, Tk, H, G, IS_VARLEN, BM)
@@ -187,18 +255,20 @@ def _fwd_kernel(
         b_M = nf * _softplus(tl.where(b_L > 0, b_mx, 0.0)) / L_safe - off
         b_M = tl.where((b_L > 0) & (b_M > zero_tol), b_M, 0.0)
         inv_M = tl.where(b_M > 0, 1.0 / tl.where(b_M > 0, b_M, 1.0), 0.0)
+        a_i = nf / L_safe * inv_M  # t = ReLU(w a_i − b_i): per-row constants
+        b_i = off * inv_M
         b_R = tl.zeros([BM], dtype=tl.float32)
     for start_n in range(0, kv_end, BN):
         o_n = start_n + tl.arange(0, BN)
         b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)  # [BN, BD], [BN, BD], [BN]
         b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)  # [BM, BN]
         m_vis = o_n[None, :] < n_i[:, None]
-        b_w = tl.where(m_vis, _softplus(b_s), 0.0)  # [BM, BN]
+        b_w = _softplus(b_s)  # [BM, BN]
         if REWEIGHT:
-            base = nf[:, None] * b_w / L_safe[:, None] - off[:, None]
-            b_w = tl.where(m_vis, _pow(base * inv_M[:, None], p), 0.0)
+            b_w = tl.where(m_vis, _lssar_weight(b_w, a_i, b_i, p, P_INT)[0], 0.0)
             b_R += tl.sum(b_w, 1)
         else:
+            b_w = tl.where(m_vis, b_w, 0.0)
             b_L += tl.sum(b_w, 1)
         b_acc += tl.dot(b_w.to(b_v.dtype), b_v, input_precision=DOT_PREC)
     if REWEIGHT:
@@ -217,37 +287,69 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, delta, gamma, c_i, p, REWEIGHT: tl.constexpr):
-    """(P, ds·c, dbase·w) of one tile from its scores s and dP = do·v (see score_backward in
-    csrc/include/nlseq/softplus_attention.h for the formulas)."""
-    b_w = tl.where(m_vis, _softplus(b_s), 0.0)
-    sig = tl.sigmoid(b_s)
+def _bwd_row_consts(L, M, R, delta, gamma, nf, off, c_i, rq, p, REWEIGHT: tl.constexpr):
+    """Per query row, the constants of the per-score backward (so each score costs FMAs, not
+    divisions): (1/L, a_i, b_i of t = ReLU(w a_i − b_i), 1/R, g1 = p/(M R), g2 = c_i rq_i N/L or
+    c_i rq_i /L, Δ, Γ). g2 folds the score scale c_i and the query's inverse norm rq_i into ds, so
+    dk̂ = dsᵀ q directly and dq̂ = ds k̂ / rq (k̂ = rk k)."""
     inv_L = tl.where(L > 0, 1.0 / tl.where(L > 0, L, 1.0), 0.0)
     if REWEIGHT:
         inv_M = tl.where(M > 0, 1.0 / tl.where(M > 0, M, 1.0), 0.0)
         inv_R = tl.where(R > 0, 1.0 / tl.where(R > 0, R, 1.0), 0.0)
-        base = nf[:, None] * b_w * inv_L[:, None] - off[:, None]
-        t = tl.where(m_vis, base * inv_M[:, None], 0.0)
-        b_P = _pow(t, p) * inv_R[:, None]
-        dbase = tl.where(t > 0, (b_dP - delta[:, None]) * p * _pow(t, p - 1.0) * (inv_M * inv_R)[:, None], 0.0)
-        ds = sig * (nf * inv_L)[:, None] * (dbase - gamma[:, None])
-        gw = dbase * b_w
+        a_i = nf * inv_L * inv_M
+        b_i = off * inv_M
+        g1 = p * inv_M * inv_R
+        g2 = nf * inv_L * c_i * rq
     else:
-        b_P = b_w * inv_L[:, None]
-        ds = sig * (b_dP - delta[:, None]) * inv_L[:, None]
-        gw = b_P * 0.0
-    ds = tl.where(m_vis, ds * c_i[:, None], 0.0)
+        a_i = inv_L
+        b_i = inv_L * 0.0
+        inv_R = inv_L
+        g1 = inv_L
+        g2 = inv_L * c_i * rq
+    return a_i, b_i, inv_R, g1, g2
+
+
+@triton.jit
+def _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, delta, gamma, p,
+                     REWEIGHT: tl.constexpr, P_INT: tl.constexpr):
+    """(P, ds_row, dbase·w) of one [BM, BN] tile from its scores s and dP = do·v (formulas: score_backward
+    in csrc/include/nlseq/softplus_attention.h). ds_row = ds · c_i rq_i (see _bwd_row_consts); the
+    sigmoid reuses softplus's e = exp(−|s|): σ(s) = (s >= 0 ? 1 : e) / (1 + e)."""
+    b_w, e = _softplus_e(b_s)
+    sig = tl.where(b_s >= 0.0, 1.0, e) * _rcp(1.0 + e)
+    if REWEIGHT:
+        t = tl.maximum(b_w * a_i[:, None] - b_i[:, None], 0.0)
+        if P_INT > 1:
+            tp1 = _pow_int(t, P_INT - 1)  # t^(p−1), 0 at t = 0
+            b_P = tl.where(m_vis, tp1 * t * inv_R[:, None], 0.0)
+            dbase = (b_dP - delta[:, None]) * tp1 * g1[:, None]
+        else:
+            tp = _pow(t, p, P_INT)
+            if P_INT == 1:
+                tp1 = tl.where(t > 0.0, 1.0, 0.0)
+            else:
+                tp1 = tl.where(t > 0.0, _pow(t, p - 1.0, 0), 0.0)
+            b_P = tl.where(m_vis, tp * inv_R[:, None], 0.0)
+            dbase = (b_dP - delta[:, None]) * tp1 * g1[:, None]
+        ds = tl.where(m_vis, sig * (dbase - gamma[:, None]) * g2[:, None], 0.0)
+        gw = tl.where(m_vis, dbase * b_w, 0.0)
+    else:
+        b_P = tl.where(m_vis, b_w * a_i[:, None], 0.0)
+        ds = tl.where(m_vis, sig * (b_dP - delta[:, None]) * g2[:, None], 0.0)
+        gw = ds
     return b_P, ds, gw
 
 
 @triton.autotune(configs=_bwd_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"])
 @triton.jit
-def _bwd_dq_kernel(
-    q, k, v, rq, rk, do, stats, delta, gamma, dq, cu_q, cu_k,
+def _bwd_gamma_kernel(
+    q, k, v, rq, rk, do, stats, delta, gamma, cu_q, cu_k,
     Tq, Tk, H, G, D, plane, kv_offset, log_d, p,
     CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
-    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, P_INT: tl.constexpr = 0,
 ):
+    """LSSAR only: Γ_i = Σ_j dbase_ij w_ij / L_i of each query row, which every ds of the row needs
+    before the fused pass can run (two matmuls per tile pair: s and dP)."""
     i_m, i_zh = tl.program_id(0), tl.program_id(1)
     nq, nk, row0, krow0, o_m = _q_block(i_m, i_zh, cu_q, cu_k, Tq, Tk, H, G, IS_VARLEN, BM)
     if i_m * BM >= nq:
@@ -261,40 +363,35 @@ def _bwd_dq_kernel(
     b_rq = tl.load(rq + row0 + o_m, mask=m_m, other=0.0)
     L, M, R, b_delta = _row_stats(stats, delta, plane, row0, o_m, m_m)
     n_i, nf, off, c_i = _row_consts(o_m, nk, kv_offset, log_d, CAUSAL)
+    a_i, b_i, inv_R, g1, g2 = _bwd_row_consts(L, M, R, b_delta, b_delta, nf, off, c_i, b_rq, p, REWEIGHT)
     b_cq = c_i * b_rq
     kv_end = tl.max(tl.where(m_m, n_i, 0), 0)
     b_gamma = tl.zeros([BM], dtype=tl.float32)
-    if REWEIGHT:  # Γ_i = Σ_j dbase_ij w_ij / L_i: a pass of its own
-        for start_n in range(0, kv_end, BN):
-            o_n = start_n + tl.arange(0, BN)
-            b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)
-            b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)
-            b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
-            m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
-            _, _, gw = _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, b_delta, b_gamma, c_i, p, REWEIGHT)
-            b_gamma += tl.sum(gw, 1)
-        b_gamma = tl.where(L > 0, b_gamma / tl.where(L > 0, L, 1.0), 0.0)
-        tl.store(gamma + row0 + o_m, b_gamma, mask=m_m)
-    b_dq = tl.zeros([BM, BD], dtype=tl.float32)
     for start_n in range(0, kv_end, BN):
         o_n = start_n + tl.arange(0, BN)
-        b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)  # [BN, BD], [BN, BD], [BN]
-        b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)  # [BM, BN]
-        b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)  # [BM, BN]
+        b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)
+        b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)
+        b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
         m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
-        _, ds, _ = _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, b_delta, b_gamma, c_i, p, REWEIGHT)
-        b_dq += tl.dot((ds * b_rk[None, :]).to(b_k.dtype), b_k, input_precision=DOT_PREC)  # dq̂ = Σ ds c rk k
-    tl.store(dq + (row0 + o_m[:, None]) * D + o_d[None, :], b_dq, mask=m_qd)
+        _, _, gw = _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, b_delta, b_delta, p,
+                                    REWEIGHT, P_INT)
+        b_gamma += tl.sum(gw, 1)
+    b_gamma = tl.where(L > 0, b_gamma / tl.where(L > 0, L, 1.0), 0.0)
+    tl.store(gamma + row0 + o_m, b_gamma, mask=m_m)
 
 
-@triton.autotune(configs=_bwd_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"])
+@triton.autotune(configs=_bwd_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"], reset_to_zero=["dq"])
 @triton.jit
-def _bwd_dkdv_kernel(
+def _bwd_kernel(
     q, k, v, rq, rk, do, stats, delta, gamma, dk, dv, cu_q, cu_k,
     Tq, Tk, H, G, D, plane, kv_offset, log_d, p,
     CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
-    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, dq, P_INT: tl.constexpr = 0,
 ):
+    """FlashAttention-2's backward: one program per key block streams the query blocks of its heads
+    and does 5 matmuls per tile pair (s = q kᵀ, dP = do vᵀ, dv += Pᵀ do, dk̂ += dsᵀ q, dq̂ += ds k̂);
+    dq̂ is accumulated across key blocks with float32 atomic adds (dq zeroed by the launcher, which
+    divides it by rq afterwards, see _bwd_row_consts)."""
     i_n, i_zg = tl.program_id(0), tl.program_id(1)
     Hkv = H // G
     i_z, i_g = i_zg // Hkv, i_zg % Hkv
@@ -307,6 +404,7 @@ def _bwd_dkdv_kernel(
     m_d = o_d < D
     m_kd = (o_n < nk)[:, None] & m_d[None, :]
     b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)  # [BN, BD], [BN, BD], [BN]
+    b_kh = (b_k.to(tl.float32) * b_rk[:, None]).to(b_k.dtype)  # k̂ = rk k, for dq̂
     b_dk = tl.zeros([BN, BD], dtype=tl.float32)
     b_dv = tl.zeros([BN, BD], dtype=tl.float32)
     # the first query row that sees key i_n·BN: i + kv_offset >= i_n·BN
@@ -327,15 +425,24 @@ def _bwd_dkdv_kernel(
             L, M, R, b_delta = _row_stats(stats, delta, plane, row0, o_m, m_m)
             b_gamma = tl.load(gamma + row0 + o_m, mask=m_m, other=0.0)
             n_i, nf, off, c_i = _row_consts(o_m, nk, kv_offset, log_d, CAUSAL)
-            b_s = _scores(b_q, b_k, c_i * b_rq, b_rk, DOT_PREC)
+            a_i, b_i, inv_R, g1, g2 = _bwd_row_consts(L, M, R, b_delta, b_gamma, nf, off, c_i, b_rq, p, REWEIGHT)
+            b_s = _scores(b_q, b_k, c_i * b_rq, b_rk, DOT_PREC)  # [BM, BN]
             b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)  # [BM, BN]
             m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
-            b_P, ds, _ = _scores_backward(b_s, b_dP, m_vis, nf, off, L, M, R, b_delta, b_gamma, c_i, p, REWEIGHT)
-            b_P = tl.where(m_vis, b_P, 0.0)
+            b_P, ds, _ = _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, b_delta, b_gamma, p,
+                                          REWEIGHT, P_INT)
             b_dv += tl.dot(tl.trans(b_P.to(b_do.dtype)), b_do, input_precision=DOT_PREC)  # dv += Pᵀ do
-            b_dk += tl.dot(tl.trans((ds * b_rq[:, None]).to(b_q.dtype)), b_q, input_precision=DOT_PREC)  # dk̂
+            b_ds = ds.to(b_q.dtype)
+            b_dk += tl.dot(tl.trans(b_ds), b_q, input_precision=DOT_PREC)  # dk̂ += dsᵀ q
+            b_dq = tl.dot(b_ds, b_kh, input_precision=DOT_PREC)  # rq_i dq̂_i, this key block's part
+            tl.atomic_add(dq + (row0 + o_m[:, None]) * D + o_d[None, :], b_dq, mask=m_qd, sem="relaxed")
     tl.store(dk + (krow0 + o_n[:, None]) * D + o_d[None, :], b_dk, mask=m_kd)
     tl.store(dv + (krow0 + o_n[:, None]) * D + o_d[None, :], b_dv, mask=m_kd)
+
+
+def _p_int(p) -> int:
+    """p as the compile-time integer of the t^p multiplies (1..63), or 0 for the general exp2/log2 path."""
+    return int(p) if 0 < p < 64 and float(p).is_integer() else 0
 
 
 def _common(q, k, cu_q, cu_k):
@@ -379,7 +486,7 @@ def softplus_attention_fwd(q, k, v, rq, rk, causal, p, kv_offset, cu_q, cu_k):
         q, k, v, rq.contiguous(), rk.contiguous(), o, stats, c["cu_q"], c["cu_k"],
         c["Tq"], c["Tk"], c["H"], c["H"] // c["Hkv"], c["D"], c["B"] * c["H"] * c["Tq"], kv_offset,
         math.log(c["D"]), float(p), ZERO_ROW_TOL,
-        CAUSAL=causal, REWEIGHT=p > 0, IS_VARLEN=c["varlen"], DOT_PREC=c["prec"], BD=c["BD"],
+        CAUSAL=causal, REWEIGHT=p > 0, IS_VARLEN=c["varlen"], DOT_PREC=c["prec"], BD=c["BD"], P_INT=_p_int(p),
     )
     return o, stats
 
@@ -391,18 +498,23 @@ def softplus_attention_bwd(q, k, v, rq, rk, o, do, stats, causal, p, kv_offset, 
     stats = stats.to(torch.float32).contiguous()
     delta = (do.float() * o.float()).sum(-1).contiguous()  # Δ_i = do_i·o_i  [B, H, Tq]
     gamma = torch.zeros_like(delta)  # Γ_i (LSSAR), written by the dq kernel
-    dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # atomically accumulated
     dk = torch.empty(k.shape, dtype=torch.float32, device=q.device)
     dv = torch.empty(v.shape, dtype=torch.float32, device=q.device)
     rq, rk = rq.contiguous(), rk.contiguous()
     args = (c["Tq"], c["Tk"], c["H"], c["H"] // c["Hkv"], c["D"], c["B"] * c["H"] * c["Tq"], kv_offset,
             math.log(c["D"]), float(p))
     meta = dict(CAUSAL=causal, REWEIGHT=p > 0, IS_VARLEN=c["varlen"], DOT_PREC=c["prec"], BD=c["BD"])
-    if c["max_q"] > 0:
+    if p > 0 and c["max_q"] > 0:
         grid_q = lambda META: (triton.cdiv(c["max_q"], META["BM"]), c["S"] * c["H"])  # noqa: E731
-        _bwd_dq_kernel[grid_q](q, k, v, rq, rk, do, stats, delta, gamma, dq, c["cu_q"], c["cu_k"], *args, **meta)
+        _bwd_gamma_kernel[grid_q](q, k, v, rq, rk, do, stats, delta, gamma, c["cu_q"], c["cu_k"], *args, **meta,
+                                  P_INT=_p_int(p))
     if c["max_k"] > 0:
         grid_k = lambda META: (triton.cdiv(c["max_k"], META["BN"]), c["S"] * c["Hkv"])  # noqa: E731
-        _bwd_dkdv_kernel[grid_k](q, k, v, rq, rk, do, stats, delta, gamma, dk, dv, c["cu_q"], c["cu_k"],
-                                 *args, **meta)
+        _bwd_kernel[grid_k](q, k, v, rq, rk, do, stats, delta, gamma, dk, dv, c["cu_q"], c["cu_k"],
+                            *args, **meta, dq=dq, P_INT=_p_int(p))
+    else:
+        dk.zero_()
+        dv.zero_()
+    dq /= rq.unsqueeze(-1)  # the kernel accumulates rq_i dq̂_i (rq > 0: 1 / max(‖q‖, eps) or 1)
     return dq, dk, dv
