@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from ..registry import triton_interpret
+from ._autotune import tuned
 from ..reference.softplus_attention import ZERO_ROW_TOL
 
 
@@ -36,30 +37,29 @@ def _configs():
     # ones for D = 256 and short sequences; 32x32 single-stage is the one that fits the shared
     # memory for float32 at D = 256 (configs that do not fit are skipped by the autotuner).
     # All compile for sm_90 (checked offline); the choice among them is still to be timed on a GPU.
-    return [
+    return tuned([
         triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
         for BM, BN, w, s in [
-            (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
-            (64, 32, 4, 2), (128, 32, 4, 3), (64, 128, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1),
+            (128, 64, 8, 3), (64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1),
         ]
-    ]
+    ])
 
 
 def _bwd_configs():
     if triton_interpret():
         return [triton.Config({"BM": 16, "BN": 16}, num_warps=1, num_stages=1)]
-    return [
+    return tuned([
         triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
-        for BM, BN, w, s in [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2),
-                             (32, 32, 4, 1)]
-    ]
+        for BM, BN, w, s in [(64, 32, 4, 1), (32, 32, 4, 1)]
+    ])
 
 
-# The GPU path uses the SFU's approximate log2 (MUFU.LG2, PTX lg2.approx.f32) and reciprocal
-# (rcp.approx.f32): the accurate libdevice log is ~20 instructions and an IEEE division ~10 plus a
-# slow-path call, per score. lg2.approx·ln2 is CUDA's __logf, whose documented bound is an absolute
-# error of 2^-21.41 for x in [0.5, 2]: the log is only ever taken of 1 + e with e in (0, 1], so
-# softplus is off by at most 2^-21.41 absolute (docs/compiled_code.md has the error analysis).
+# On the GPU the per-score math uses the SFU: ex2.approx (what tl.exp compiles to anyway), and, for
+# 16-bit inputs, lg2.approx·ln2 for the log of softplus (CUDA's __logf: absolute error <= 2^-21.41
+# for x in [0.5, 2]; the log is only taken of 1 + e, e in (0, 1]) and rcp.approx for 1/(1 + e):
+# the accurate libdevice log is ~20 instructions and an IEEE division ~10 plus a slow-path call, per
+# score. That error is far below bf16/fp16 rounding; float32 inputs keep the accurate log (the
+# fast one would exceed 2x PyTorch's own float32 error, see docs/compiled_code.md).
 # Under TRITON_INTERPRET=1 there is no inline PTX: tl.log and a true division instead; float64
 # inputs (whose scores are float64) keep the accurate functions everywhere.
 _FAST_MATH = tl.constexpr(not triton_interpret())
@@ -99,16 +99,23 @@ def _rcp(x):
 
 
 @triton.jit
-def _softplus_e(s):
-    """(softplus(s), e = exp(−|s|)): log1p(e) taken as ln(1 + e), no division. e is returned so the
-    backward's sigmoid reuses it (σ(s) = 1/(1 + e) for s >= 0, e/(1 + e) below)."""
+def _softplus_e(s, FAST: tl.constexpr):
+    """(softplus(s), e = exp(−|s|)), no division. e is returned so the backward's sigmoid reuses it
+    (σ(s) = 1/(1 + e) for s >= 0, e/(1 + e) below). FAST (16-bit inputs): log1p(e) as the SFU's
+    ln(1 + e); else (float32 inputs) the accurate log plus the rounding error of 1 + e, which makes
+    it log1p to ~1 ulp (docs/compiled_code.md: why float32 keeps it)."""
     e = _exp2(tl.abs(s) * -1.4426950408889634)
-    return tl.maximum(s, 0.0) + _log(1.0 + e), e
+    t = 1.0 + e
+    if FAST:
+        l1p = _log(t)
+    else:
+        l1p = tl.log(t) + (e - (t - 1.0)) * _rcp(t)
+    return tl.maximum(s, 0.0) + l1p, e
 
 
 @triton.jit
-def _softplus(x):
-    return _softplus_e(x)[0]
+def _softplus(x, FAST: tl.constexpr):
+    return _softplus_e(x, FAST)[0]
 
 
 @triton.jit
@@ -226,6 +233,7 @@ def _fwd_kernel(
     CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
     BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, P_INT: tl.constexpr = 0,
 ):
+    FAST: tl.constexpr = DOT_PREC != "ieee"  # 16-bit inputs: the SFU log (see _softplus_e)
     i_m, i_zh = tl.program_id(0), tl.program_id(1)
     nq, nk, row0, krow0, o_m = _q_block(i_m, i_zh, cu_q, cu_k, Tq, Tk, H, G, IS_VARLEN, BM)
     if i_m * BM >= nq:
@@ -249,10 +257,10 @@ def _fwd_kernel(
             b_k, _, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, False)
             b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)  # [BM, BN]
             m_vis = o_n[None, :] < n_i[:, None]
-            b_L += tl.sum(tl.where(m_vis, _softplus(b_s), 0.0), 1)
+            b_L += tl.sum(tl.where(m_vis, _softplus(b_s, FAST), 0.0), 1)
             b_mx = tl.maximum(b_mx, tl.max(tl.where(m_vis, b_s, float("-inf")), 1))
         L_safe = tl.where(b_L > 0, b_L, 1.0)
-        b_M = nf * _softplus(tl.where(b_L > 0, b_mx, 0.0)) / L_safe - off
+        b_M = nf * _softplus(tl.where(b_L > 0, b_mx, 0.0), FAST) / L_safe - off
         b_M = tl.where((b_L > 0) & (b_M > zero_tol), b_M, 0.0)
         inv_M = tl.where(b_M > 0, 1.0 / tl.where(b_M > 0, b_M, 1.0), 0.0)
         a_i = nf / L_safe * inv_M  # t = ReLU(w a_i − b_i): per-row constants
@@ -263,7 +271,7 @@ def _fwd_kernel(
         b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)  # [BN, BD], [BN, BD], [BN]
         b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)  # [BM, BN]
         m_vis = o_n[None, :] < n_i[:, None]
-        b_w = _softplus(b_s)  # [BM, BN]
+        b_w = _softplus(b_s, FAST)  # [BM, BN]
         if REWEIGHT:
             b_w = tl.where(m_vis, _lssar_weight(b_w, a_i, b_i, p, P_INT)[0], 0.0)
             b_R += tl.sum(b_w, 1)
@@ -311,11 +319,11 @@ def _bwd_row_consts(L, M, R, delta, gamma, nf, off, c_i, rq, p, REWEIGHT: tl.con
 
 @triton.jit
 def _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, delta, gamma, p,
-                     REWEIGHT: tl.constexpr, P_INT: tl.constexpr):
+                     REWEIGHT: tl.constexpr, P_INT: tl.constexpr, FAST: tl.constexpr):
     """(P, ds_row, dbase·w) of one [BM, BN] tile from its scores s and dP = do·v (formulas: score_backward
     in csrc/include/nlseq/softplus_attention.h). ds_row = ds · c_i rq_i (see _bwd_row_consts); the
     sigmoid reuses softplus's e = exp(−|s|): σ(s) = (s >= 0 ? 1 : e) / (1 + e)."""
-    b_w, e = _softplus_e(b_s)
+    b_w, e = _softplus_e(b_s, FAST)
     sig = tl.where(b_s >= 0.0, 1.0, e) * _rcp(1.0 + e)
     if REWEIGHT:
         t = tl.maximum(b_w * a_i[:, None] - b_i[:, None], 0.0)
@@ -350,6 +358,7 @@ def _bwd_gamma_kernel(
 ):
     """LSSAR only: Γ_i = Σ_j dbase_ij w_ij / L_i of each query row, which every ds of the row needs
     before the fused pass can run (two matmuls per tile pair: s and dP)."""
+    FAST: tl.constexpr = DOT_PREC != "ieee"  # 16-bit inputs: the SFU log (see _softplus_e)
     i_m, i_zh = tl.program_id(0), tl.program_id(1)
     nq, nk, row0, krow0, o_m = _q_block(i_m, i_zh, cu_q, cu_k, Tq, Tk, H, G, IS_VARLEN, BM)
     if i_m * BM >= nq:
@@ -374,7 +383,7 @@ def _bwd_gamma_kernel(
         b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
         m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
         _, _, gw = _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, b_delta, b_delta, p,
-                                    REWEIGHT, P_INT)
+                                    REWEIGHT, P_INT, FAST)
         b_gamma += tl.sum(gw, 1)
     b_gamma = tl.where(L > 0, b_gamma / tl.where(L > 0, L, 1.0), 0.0)
     tl.store(gamma + row0 + o_m, b_gamma, mask=m_m)
@@ -392,6 +401,7 @@ def _bwd_kernel(
     and does 5 matmuls per tile pair (s = q kᵀ, dP = do vᵀ, dv += Pᵀ do, dk̂ += dsᵀ q, dq̂ += ds k̂);
     dq̂ is accumulated across key blocks with float32 atomic adds (dq zeroed by the launcher, which
     divides it by rq afterwards, see _bwd_row_consts)."""
+    FAST: tl.constexpr = DOT_PREC != "ieee"  # 16-bit inputs: the SFU log (see _softplus_e)
     i_n, i_zg = tl.program_id(0), tl.program_id(1)
     Hkv = H // G
     i_z, i_g = i_zg // Hkv, i_zg % Hkv
@@ -430,7 +440,7 @@ def _bwd_kernel(
             b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)  # [BM, BN]
             m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
             b_P, ds, _ = _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, b_delta, b_gamma, p,
-                                          REWEIGHT, P_INT)
+                                          REWEIGHT, P_INT, FAST)
             b_dv += tl.dot(tl.trans(b_P.to(b_do.dtype)), b_do, input_precision=DOT_PREC)  # dv += Pᵀ do
             b_ds = ds.to(b_q.dtype)
             b_dk += tl.dot(tl.trans(b_ds), b_q, input_precision=DOT_PREC)  # dk̂ += dsᵀ q
