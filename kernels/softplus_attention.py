@@ -4,7 +4,9 @@ Never forms the [Tq, Tk] matrix: each program owns a tile of BM query rows (forw
 keys (dk, dv) and streams the other side in tiles; the backward recomputes the scores.
 
     s_ij = c_i rq_i rk_j (q_i·k_j)      c_i = ln D · ln N_i, rq/rk = reciprocal QK norms
-    LSSA   one pass, no running max (|s| <= c_i is bounded): acc += softplus(s) v, L += softplus(s)
+    LSSA   one pass, no running max: acc += softplus(s) v, L += softplus(s); rows whose sum is so
+           small that all their scores may lie below SHIFT_BELOW (e.g. qk_norm=False) are redone
+           by _fwd_shift_kernel (two passes: row max, then e^(s − max) weights; docs/numerics.md)
     LSSAR  two passes: (row max of s, L), then t = ReLU(N w / L − O) / M with M the row's largest
            base (from the max), acc += t^p v, R += t^p: every term is <= 1, nothing overflows.
 
@@ -27,7 +29,7 @@ import triton.language as tl
 
 from ..registry import triton_interpret
 from ._autotune import tuned
-from ..reference.softplus_attention import ZERO_ROW_TOL
+from ..reference.softplus_attention import SHIFT_BELOW, ZERO_ROW_TOL
 
 
 def _configs():
@@ -108,17 +110,80 @@ def _softplus_e(s, FAST: tl.constexpr):
     ln(1 + e); else (float32 inputs) the accurate log plus the rounding error of 1 + e, which makes
     it log1p to ~1 ulp (docs/compiled_code.md: why float32 keeps it)."""
     e = _exp2(tl.abs(s) * -1.4426950408889634)
+    return _softplus_of_e(s, e, FAST), e
+
+
+@triton.jit
+def _softplus_of_e(s, e, FAST: tl.constexpr):
+    """softplus(s) from e = exp(−|s|)."""
     t = 1.0 + e
     if FAST:
         l1p = _log(t)
     else:
         l1p = tl.log(t) + (e - (t - 1.0)) * _rcp(t)
-    return tl.maximum(s, 0.0) + l1p, e
+    return tl.maximum(s, 0.0) + l1p
 
 
 @triton.jit
 def _softplus(x, FAST: tl.constexpr):
     return _softplus_e(x, FAST)[0]
+
+
+# -- underflow-safe rows (issue 12, docs/numerics.md; the reference's row_shift / shifted_weights /
+# stored_sum / over_sum): a row whose largest visible score m lies below SHIFT_BELOW uses the
+# weights e^(s − m) instead of softplus(s) (equal up to a factor e^m and ~1e-18 relative, but
+# softplus(s) underflows to 0 in float32 for s < −87), and stores L = ln(row sum) + m < 0, so the
+# backward reads w / L and σ(s) / L as e^(s − L) there without any other statistic.
+# Ordinary rows pay one select per score: exp's argument −|s| gets a per-row constant
+# (k = −shift·log2 e, 0 on ordinary rows) in the same FMA, which gives e = e^(s − shift) on a
+# shifted row (every visible s < 0 there); the weight is then e itself instead of softplus(s).
+# Everything else (the shift, the rescale factor, ln of the sum) is per row.
+_SHIFT_BELOW = tl.constexpr(SHIFT_BELOW)
+# LSSA flags a row for _fwd_shift_kernel when L < N·_REDO_BELOW: 2·softplus(SHIFT_BELOW) (> N·softplus(m)
+# >= L for every row with max m < SHIFT_BELOW, with room for rounding). It also catches rows whose
+# 16-bit-input fast log flushed every weight to 0 (all scores below ~−17), which it redoes accurately.
+_REDO_BELOW = tl.constexpr(2.0 * math.exp(SHIFT_BELOW))
+
+
+@triton.jit
+def _weight_e(s, k_row, sh_row, FAST: tl.constexpr):
+    """(w, e) for a [BM, BN] tile: e = exp(−|s| + k_row·ln 2), w = softplus(s) on ordinary rows and
+    e on shifted rows (sh_row). Scores set to −inf (invisible keys) give w = e = 0."""
+    e = _exp2(tl.abs(s) * -1.4426950408889634 + k_row[:, None])
+    return tl.where(sh_row[:, None], e, _softplus_of_e(s, e, FAST)), e
+
+
+@triton.jit
+def _online_shift(b_s, b_mx, b_sh):
+    """Running row max over the masked scores b_s (invisible = −inf): (max, shift = max where it is
+    finite and < SHIFT_BELOW else 0, factor e^(old shift − new shift) (<= 1) that rescales what
+    was summed under the old shift). The shift only moves up; from the initial 0 (no key seen yet)
+    to a first shift the factor is 1 (nothing summed)."""
+    mx = tl.maximum(b_mx, tl.max(b_s, 1))
+    sh = tl.where((mx < _SHIFT_BELOW) & (mx > float("-inf")), mx, 0.0)
+    f = tl.exp(tl.minimum(b_sh - sh, 0.0))
+    return mx, sh, f
+
+
+@triton.jit
+def _stored_sum(sum_, sh):
+    """L as stored: the row sum, or ln(row sum) + shift (< 0) on shifted rows."""
+    return tl.where(sh < 0.0, tl.log(tl.where(sh < 0.0, sum_, 1.0)) + sh, sum_)
+
+
+@triton.jit
+def _inv_sum(L):
+    """Per row, the factor that turns the per-score weight of _weight_e into w / L: 1/L on ordinary
+    rows, 1 on shifted rows (the weight e^(s − L) is already divided), 0 on rows without keys, NaN
+    on NaN rows (a NaN score the row sees: NaN in, NaN out)."""
+    r = tl.where(L > 0.0, 1.0 / tl.where(L > 0.0, L, 1.0), tl.where(L < 0.0, 1.0, 0.0))
+    return tl.where(L != L, L, r)
+
+
+@triton.jit
+def _exp_shift(L):
+    """k_row of _weight_e from the stored L: −L·log2 e on shifted rows (L < 0), else 0."""
+    return tl.where(L < 0.0, L * -1.4426950408889634, 0.0)
 
 
 @triton.jit
@@ -254,38 +319,50 @@ def _fwd_kernel(
     b_L = tl.zeros([BM], dtype=tl.float32)
     b_acc = tl.zeros([BM, BD], dtype=tl.float32)
     if REWEIGHT:
-        b_mx = tl.full([BM], float("-inf"), dtype=tl.float32)
+        b_mx = tl.full([BM], float("-inf"), dtype=tl.float32)  # running row max (visible scores)
+        b_sh = tl.zeros([BM], dtype=tl.float32)  # row shift (< 0 on underflow-safe rows, see _weight_e)
+        # invisible scores are set to −inf once: their weight (softplus or shifted) is then exactly 0
+        # and they drop out of the row max, so no second mask per score is needed
         for start_n in range(0, kv_end, BN):
             o_n = start_n + tl.arange(0, BN)
             b_k, _, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, False)
             b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)  # [BM, BN]
-            m_vis = o_n[None, :] < n_i[:, None]
-            b_L += tl.sum(tl.where(m_vis, _softplus(b_s, FAST), 0.0), 1)
-            b_mx = tl.maximum(b_mx, tl.max(tl.where(m_vis, b_s, float("-inf")), 1))
+            b_s = tl.where(o_n[None, :] < n_i[:, None], b_s, float("-inf"))
+            b_mx, b_sh, f = _online_shift(b_s, b_mx, b_sh)
+            b_w, _ = _weight_e(b_s, b_sh * -1.4426950408889634, b_sh < 0.0, FAST)
+            b_L = b_L * f + tl.sum(b_w, 1)
+        b_L = _stored_sum(b_L, b_sh)  # from here on L as stored (ln of the row sum + shift if shifted)
         L_safe = tl.where(b_L > 0, b_L, 1.0)
-        b_M = nf * _softplus(tl.where(b_L > 0, b_mx, 0.0), FAST) / L_safe - off
-        b_M = tl.where((b_L > 0) & (b_M > zero_tol), b_M, 0.0)
+        # M = N·(w/L at the row max) − O: softplus(m)/L, or e^(m − L) on a shifted row
+        b_M = nf * tl.where(b_L < 0.0, tl.exp(tl.minimum(b_mx - b_L, 0.0)),
+                            _softplus(tl.where(b_L > 0, b_mx, 0.0), FAST) / L_safe) - off
+        b_M = tl.where((b_L != 0.0) & (b_M > zero_tol), b_M, 0.0)
+        b_M = tl.where(b_L != b_L, b_L, b_M)  # a NaN score keeps the row NaN (docs/numerics.md)
         inv_M = tl.where(b_M > 0, 1.0 / tl.where(b_M > 0, b_M, 1.0), 0.0)
-        a_i = nf / L_safe * inv_M  # t = ReLU(w a_i − b_i): per-row constants
+        # t = ReLU(w a_i − b_i): per-row constants (w = e^(s − L) = w/L already on a shifted row)
+        a_i = tl.where(b_L < 0.0, nf, nf / L_safe) * inv_M
         b_i = off * inv_M
+        k_row = _exp_shift(b_L)
+        sh_row = b_L < 0.0
         b_R = tl.zeros([BM], dtype=tl.float32)
     for start_n in range(0, kv_end, BN):
         o_n = start_n + tl.arange(0, BN)
         b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)  # [BN, BD], [BN, BD], [BN]
         b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)  # [BM, BN]
-        m_vis = o_n[None, :] < n_i[:, None]
-        b_w = _softplus(b_s, FAST)  # [BM, BN]
         if REWEIGHT:
-            b_w = tl.where(m_vis, _lssar_weight(b_w, a_i, b_i, p, P_INT)[0], 0.0)
+            b_w, _ = _weight_e(b_s, k_row, sh_row, FAST)  # [BM, BN]
+            b_w = tl.where(o_n[None, :] < n_i[:, None], _lssar_weight(b_w, a_i, b_i, p, P_INT)[0], 0.0)
             b_R += tl.sum(b_w, 1)
         else:
-            b_w = tl.where(m_vis, b_w, 0.0)
+            b_w = tl.where(o_n[None, :] < n_i[:, None], _softplus(b_s, FAST), 0.0)  # [BM, BN]
             b_L += tl.sum(b_w, 1)
         b_acc += tl.dot(b_w.to(b_v.dtype), b_v, input_precision=DOT_PREC)
     if REWEIGHT:
         inv = tl.where((b_M > 0) & (b_R > 0), 1.0 / tl.where(b_R > 0, b_R, 1.0), 0.0)
+        inv = tl.where(b_M != b_M, b_M, inv)  # NaN row: NaN out, not the all-zero row
     else:
         inv = tl.where(b_L > 0, 1.0 / tl.where(b_L > 0, b_L, 1.0), 0.0)
+        inv = tl.where(b_L != b_L, b_L, inv)
     b_o = b_acc * inv[:, None]
     tl.store(o + (row0 + o_m[:, None]) * D + o_d[None, :], b_o.to(o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
     tl.store(stats + row0 + o_m, b_L, mask=m_m)
@@ -293,8 +370,66 @@ def _fwd_kernel(
         tl.store(stats + plane + row0 + o_m, b_M, mask=m_m)
         tl.store(stats + 2 * plane + row0 + o_m, b_R, mask=m_m)
     else:
-        tl.store(stats + plane + row0 + o_m, b_L * 0.0, mask=m_m)
+        # LSSA has no running max (no per-score cost for it): a row whose sum is this small may have
+        # every score below SHIFT_BELOW (L <= N·softplus(max)), so _fwd_shift_kernel redoes it
+        # with the row max; the M plane (0 for LSSA) carries the flag there and is reset to 0.
+        redo = b_L < nf * _REDO_BELOW
+        tl.store(stats + plane + row0 + o_m, tl.where(redo, 1.0, 0.0), mask=m_m)
         tl.store(stats + 2 * plane + row0 + o_m, b_L * 0.0, mask=m_m)
+
+
+@triton.jit
+def _fwd_shift_kernel(
+    q, k, v, rq, rk, o, stats, cu_q, cu_k,
+    Tq, Tk, H, G, D, plane, kv_offset, log_d,
+    CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+):
+    """LSSA rows flagged by _fwd_kernel (a tiny row sum, see _REDO_BELOW), redone by the rule of
+    docs/numerics.md: pass 1 the row max m, pass 2 the weights (e^(s − m) on a row with
+    m < SHIFT_BELOW, else softplus(s) with the accurate log) and o; stores o and L of the flagged
+    rows and clears the flags. A block without a flagged row (every block, in ordinary use) only
+    reads its BM flags."""
+    i_m, i_zh = tl.program_id(0), tl.program_id(1)
+    nq, nk, row0, krow0, o_m = _q_block(i_m, i_zh, cu_q, cu_k, Tq, Tk, H, G, IS_VARLEN, BM)
+    if i_m * BM >= nq:
+        return
+    m_m = o_m < nq
+    redo = tl.load(stats + plane + row0 + o_m, mask=m_m, other=0.0) != 0.0
+    if tl.max(redo.to(tl.int32), 0) == 0:
+        return
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    b_q = tl.load(q + (row0 + o_m[:, None]) * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_rq = tl.load(rq + row0 + o_m, mask=m_m, other=0.0)
+    n_i, nf, off, c_i = _row_consts(o_m, nk, kv_offset, log_d, CAUSAL)
+    b_cq = c_i * b_rq
+    kv_end = tl.max(tl.where(m_m, n_i, 0), 0)
+    b_mx = tl.full([BM], float("-inf"), dtype=tl.float32)
+    for start_n in range(0, kv_end, BN):
+        o_n = start_n + tl.arange(0, BN)
+        b_k, _, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, False)
+        b_s = tl.where(o_n[None, :] < n_i[:, None], _scores(b_q, b_k, b_cq, b_rk, DOT_PREC), float("-inf"))
+        b_mx = tl.maximum(b_mx, tl.max(b_s, 1))
+    b_sh = tl.where((b_mx < _SHIFT_BELOW) & (b_mx > float("-inf")), b_mx, 0.0)
+    k_row = b_sh * -1.4426950408889634
+    sh_row = b_sh < 0.0
+    b_L = tl.zeros([BM], dtype=tl.float32)
+    b_acc = tl.zeros([BM, BD], dtype=tl.float32)
+    for start_n in range(0, kv_end, BN):
+        o_n = start_n + tl.arange(0, BN)
+        b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)
+        b_s = tl.where(o_n[None, :] < n_i[:, None], _scores(b_q, b_k, b_cq, b_rk, DOT_PREC), float("-inf"))
+        b_w, _ = _weight_e(b_s, k_row, sh_row, False)  # invisible: −inf, weight 0
+        b_L += tl.sum(b_w, 1)
+        b_acc += tl.dot(b_w.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+    inv = tl.where(b_L > 0, 1.0 / tl.where(b_L > 0, b_L, 1.0), 0.0)
+    inv = tl.where(b_L != b_L, b_L, inv)
+    b_o = b_acc * inv[:, None]
+    m_r = m_m & redo
+    tl.store(o + (row0 + o_m[:, None]) * D + o_d[None, :], b_o.to(o.dtype.element_ty), mask=m_r[:, None] & m_d[None, :])
+    tl.store(stats + row0 + o_m, _stored_sum(b_L, b_sh), mask=m_r)
+    tl.store(stats + plane + row0 + o_m, b_L * 0.0, mask=m_r)
 
 
 @triton.jit
@@ -302,32 +437,42 @@ def _bwd_row_consts(L, M, R, delta, gamma, nf, off, c_i, rq, p, REWEIGHT: tl.con
     """Per query row, the constants of the per-score backward (so each score costs FMAs, not
     divisions): (1/L, a_i, b_i of t = ReLU(w a_i − b_i), 1/R, g1 = p/(M R), g2 = c_i rq_i N/L or
     c_i rq_i /L, Δ, Γ). g2 folds the score scale c_i and the query's inverse norm rq_i into ds, so
-    dk̂ = dsᵀ q directly and dq̂ = ds k̂ / rq (k̂ = rk k)."""
-    inv_L = tl.where(L > 0, 1.0 / tl.where(L > 0, L, 1.0), 0.0)
+    dk̂ = dsᵀ q directly and dq̂ = ds k̂ / rq (k̂ = rk k).
+    On a shifted row (L < 0, see _weight_e) the per-score weight and sigmoid are both e^(s − L),
+    already divided by the sum: "1/L" is 1 there (_inv_sum). A NaN row (NaN L or M: a NaN score it
+    sees) makes a_i, 1/R, g1 and g2 NaN, so P and ds of its visible scores come out NaN (a failed
+    comparison would otherwise give an all-zero row). Also returns (k_row, sh_row) of _weight_e."""
+    inv_L = _inv_sum(L)
     if REWEIGHT:
+        nan = (L != L) | (M != M)
         inv_M = tl.where(M > 0, 1.0 / tl.where(M > 0, M, 1.0), 0.0)
         inv_R = tl.where(R > 0, 1.0 / tl.where(R > 0, R, 1.0), 0.0)
         a_i = nf * inv_L * inv_M
         b_i = off * inv_M
         g1 = p * inv_M * inv_R
         g2 = nf * inv_L * c_i * rq
+        a_i = tl.where(nan, float("nan"), a_i)
+        inv_R = tl.where(nan, float("nan"), inv_R)
+        g1 = tl.where(nan, float("nan"), g1)
+        g2 = tl.where(nan, float("nan"), g2)
     else:
         a_i = inv_L
         b_i = inv_L * 0.0
         inv_R = inv_L
         g1 = inv_L
         g2 = inv_L * c_i * rq
-    return a_i, b_i, inv_R, g1, g2
+    return a_i, b_i, inv_R, g1, g2, _exp_shift(L), L < 0.0
 
 
 @triton.jit
-def _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, delta, gamma, p,
+def _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, k_row, sh_row, delta, gamma, p,
                      REWEIGHT: tl.constexpr, P_INT: tl.constexpr, FAST: tl.constexpr):
     """(P, ds_row, dbase·w) of one [BM, BN] tile from its scores s and dP = do·v (formulas: score_backward
     in csrc/include/nlseq/softplus_attention.h). ds_row = ds · c_i rq_i (see _bwd_row_consts); the
-    sigmoid reuses softplus's e = exp(−|s|): σ(s) = (s >= 0 ? 1 : e) / (1 + e)."""
-    b_w, e = _softplus_e(b_s, FAST)
-    sig = tl.where(b_s >= 0.0, 1.0, e) * _rcp(1.0 + e)
+    sigmoid reuses softplus's e = exp(−|s|): σ(s) = (s >= 0 ? 1 : e) / (1 + e). On a shifted row
+    (sh_row) both are e = e^(s − L) (s < 0 there, σ(s) = e^s to ~1e-18): the 1 + e becomes 1."""
+    b_w, e = _weight_e(b_s, k_row, sh_row, FAST)
+    sig = tl.where(b_s >= 0.0, 1.0, e) * _rcp(1.0 + e * tl.where(sh_row, 0.0, 1.0)[:, None])
     if REWEIGHT:
         t = tl.maximum(b_w * a_i[:, None] - b_i[:, None], 0.0)
         if P_INT > 1:
@@ -375,7 +520,8 @@ def _bwd_gamma_kernel(
     b_rq = tl.load(rq + row0 + o_m, mask=m_m, other=0.0)
     L, M, R, b_delta = _row_stats(stats, delta, plane, row0, o_m, m_m)
     n_i, nf, off, c_i = _row_consts(o_m, nk, kv_offset, log_d, CAUSAL)
-    a_i, b_i, inv_R, g1, g2 = _bwd_row_consts(L, M, R, b_delta, b_delta, nf, off, c_i, b_rq, p, REWEIGHT)
+    a_i, b_i, inv_R, g1, g2, k_row, sh_row = _bwd_row_consts(L, M, R, b_delta, b_delta, nf, off, c_i, b_rq, p,
+                                                             REWEIGHT)
     b_cq = c_i * b_rq
     kv_end = tl.max(tl.where(m_m, n_i, 0), 0)
     b_gamma = tl.zeros([BM], dtype=tl.float32)
@@ -385,10 +531,12 @@ def _bwd_gamma_kernel(
         b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)
         b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
         m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
-        _, _, gw = _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, b_delta, b_delta, p,
-                                    REWEIGHT, P_INT, FAST)
+        _, _, gw = _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, k_row, sh_row, b_delta,
+                                    b_delta, p, REWEIGHT, P_INT, FAST)
         b_gamma += tl.sum(gw, 1)
-    b_gamma = tl.where(L > 0, b_gamma / tl.where(L > 0, L, 1.0), 0.0)
+    # Σ dbase·w / L: the weights of a shifted row are already divided (_inv_sum); NaN rows stay NaN
+    b_gamma = tl.where(L > 0, b_gamma / tl.where(L > 0, L, 1.0), tl.where(L < 0, b_gamma, 0.0))
+    b_gamma = tl.where((L != L) | (M != M), float("nan"), b_gamma)
     tl.store(gamma + row0 + o_m, b_gamma, mask=m_m)
 
 
@@ -438,12 +586,13 @@ def _bwd_kernel(
             L, M, R, b_delta = _row_stats(stats, delta, plane, row0, o_m, m_m)
             b_gamma = tl.load(gamma + row0 + o_m, mask=m_m, other=0.0)
             n_i, nf, off, c_i = _row_consts(o_m, nk, kv_offset, log_d, CAUSAL)
-            a_i, b_i, inv_R, g1, g2 = _bwd_row_consts(L, M, R, b_delta, b_gamma, nf, off, c_i, b_rq, p, REWEIGHT)
+            a_i, b_i, inv_R, g1, g2, k_row, sh_row = _bwd_row_consts(L, M, R, b_delta, b_gamma, nf, off, c_i,
+                                                                     b_rq, p, REWEIGHT)
             b_s = _scores(b_q, b_k, c_i * b_rq, b_rk, DOT_PREC)  # [BM, BN]
             b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)  # [BM, BN]
             m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
-            b_P, ds, _ = _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, b_delta, b_gamma, p,
-                                          REWEIGHT, P_INT, FAST)
+            b_P, ds, _ = _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, k_row, sh_row, b_delta,
+                                          b_gamma, p, REWEIGHT, P_INT, FAST)
             b_dv += tl.dot(tl.trans(b_P.to(b_do.dtype)), b_do, input_precision=DOT_PREC)  # dv += Pᵀ do
             b_ds = ds.to(b_q.dtype)
             b_dk += tl.dot(tl.trans(b_ds), b_q, input_precision=DOT_PREC)  # dk̂ += dsᵀ q
@@ -501,6 +650,14 @@ def softplus_attention_fwd(q, k, v, rq, rk, causal, p, kv_offset, cu_q, cu_k):
         math.log(c["D"]), float(p), ZERO_ROW_TOL,
         CAUSAL=causal, REWEIGHT=p > 0, IS_VARLEN=c["varlen"], DOT_PREC=c["prec"], BD=c["BD"], P_INT=_p_int(p),
     )
+    if not p > 0:  # the rows flagged in the M plane (tiny sums): nearly free when there are none
+        bm = 16 if triton_interpret() else 64
+        _fwd_shift_kernel[(triton.cdiv(c["max_q"], bm), c["S"] * c["H"])](
+            q, k, v, rq.contiguous(), rk.contiguous(), o, stats, c["cu_q"], c["cu_k"],
+            c["Tq"], c["Tk"], c["H"], c["H"] // c["Hkv"], c["D"], c["B"] * c["H"] * c["Tq"], kv_offset,
+            math.log(c["D"]), CAUSAL=causal, IS_VARLEN=c["varlen"], DOT_PREC=c["prec"], BD=c["BD"],
+            BM=bm, BN=16 if triton_interpret() else 32, num_warps=1 if triton_interpret() else 4, num_stages=1,
+        )
     return o, stats
 
 

@@ -38,6 +38,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 EPS = 1e-12  # norm clamp of the QK-norm (as torch.nn.functional.normalize)
+# A row whose largest visible score is below this is shifted (weights e^(s − m) instead of
+# softplus(s)), so that it cannot underflow to an all-zero row; L then stores ln Σ softplus(s) < 0
+# (nlseq/softplus_attention.h kShiftBelow, docs/numerics.md).
+SHIFT_BELOW = -40.0
 ZERO_ROW_TOL = 1e-4  # an LSSAR row whose largest base N·a − O is <= this is an all-zero row
 CHUNK = 256  # query rows per chunk of the chunked reference
 
@@ -92,6 +96,36 @@ def _rowmax(x: Tensor, keepdim: bool = False) -> Tensor:
     return x.amax(-1, keepdim=keepdim)
 
 
+def row_shift(m: Tensor) -> Tensor:
+    """The shift of rows with largest visible score m: m where finite and < SHIFT_BELOW, else 0."""
+    return torch.where((m < SHIFT_BELOW) & (m > -math.inf), m, torch.zeros_like(m))
+
+
+def shifted_weights(s: Tensor, shift: Tensor) -> Tensor:
+    """softplus(s), or e^(s − shift) on shifted rows (shift [..., rows] < 0)."""
+    sh = shift[..., None]
+    return torch.where(sh < 0, torch.exp(torch.clamp_max(s - sh, 0.0)), softplus(s))
+
+
+def stored_sum(sum_: Tensor, shift: Tensor) -> Tensor:
+    """L as stored: the row sum, or ln(row sum) + shift (< 0) on shifted rows."""
+    return torch.where(shift < 0, torch.log(sum_) + shift, sum_)
+
+
+def over_sum(s: Tensor, L: Tensor) -> tuple[Tensor, Tensor]:
+    """(softplus(s) / L, sigmoid(s) / L) from the stored L [..., rows] (both e^(s − L) on shifted
+    rows, 0 on rows without keys). Entries of s that the row does not see must be masked after."""
+    Lc = L[..., None]
+    shifted = Lc < 0
+    e = torch.exp(torch.clamp_max(torch.where(shifted, s - Lc, torch.zeros_like(s)), 0.0))
+    Lsafe = torch.where(Lc > 0, Lc, torch.ones_like(Lc))
+    a = torch.where(shifted, e, softplus(s) / Lsafe)
+    g = torch.where(shifted, e, torch.sigmoid(s) / Lsafe)
+    empty = Lc == 0
+    zero = torch.zeros((), dtype=s.dtype, device=s.device)
+    return torch.where(empty, zero, a), torch.where(empty, zero, g)
+
+
 def _split(x: Tensor, cu: Tensor) -> list[Tensor]:
     bounds = cu.tolist()
     return [x[:, :, bounds[z]:bounds[z + 1]] for z in range(len(bounds) - 1)]
@@ -109,7 +143,9 @@ def _naive_dense(q, k, v, causal, reweight_p, qk_norm, kv_offset):
     mask, n = visible(Tq, Tk, causal, kv_offset, q.device)
     c = length_scale(n, D, q.dtype)
     s = c[:, None] * (q @ k.transpose(-1, -2))
-    w = torch.where(mask, softplus(s), torch.zeros((), dtype=s.dtype, device=s.device))
+    shift = row_shift(_rowmax(torch.where(mask, s, torch.full((), -math.inf, dtype=s.dtype, device=s.device))))
+    # weights scaled by e^(−shift) on rows whose scores all lie below SHIFT_BELOW: P is unchanged
+    w = torch.where(mask, shifted_weights(s, shift), torch.zeros((), dtype=s.dtype, device=s.device))
     L = w.sum(-1, keepdim=True)
     a = w / torch.where(L > 0, L, torch.ones_like(L))
     if reweight_p is None:
@@ -150,40 +186,51 @@ def softplus_attention_naive(
 def _row_weights(qc, k, rows, Tq, causal, reweight_p, kv_offset, stats=None):
     """Recompute one chunk of rows. qc [B, Hkv, G, C, D] (already normalised), k [B, Hkv, 1, Tk, D].
 
-    Returns s, w, P, mask, n, c and the row statistics (L, M, R) [B, Hkv, G, C]; when ``stats``
-    is given (the backward) L, M, R are taken from it instead of being recomputed.
+    Returns s, a = w / L, g = σ(s) / L (see ``over_sum``), P, mask, n, c and the row statistics
+    (L, M, R) [B, Hkv, G, C]; when ``stats`` is given (the backward) L, M, R are taken from it
+    instead of being recomputed.
     """
     D, Tk = qc.shape[-1], k.shape[-2]
     mask, n = visible(Tq, Tk, causal, kv_offset, qc.device, rows)
     c = length_scale(n, D, qc.dtype)
     s = (qc @ k.transpose(-1, -2)) * c[:, None]  # [B, Hkv, G, C, Tk]
     zero_t = torch.zeros((), dtype=s.dtype, device=s.device)
-    w = torch.where(mask, softplus(s), zero_t)
+    m = _rowmax(torch.where(mask, s, torch.full((), -math.inf, dtype=s.dtype, device=s.device)))
     if stats is None:
-        L = w.sum(-1)
+        shift = row_shift(m)
+        L = stored_sum(torch.where(mask, shifted_weights(s, shift), zero_t).sum(-1), shift)
     else:
         L = stats[0]
-    Lsafe = torch.where(L > 0, L, torch.ones_like(L))
+    a, g = over_sum(s, L)  # w / L and σ(s) / L
+    a, g = torch.where(mask, a, zero_t), torch.where(mask, g, zero_t)
     if reweight_p is None:
-        P = w / Lsafe[..., None] * (L > 0)[..., None]
+        P = _nan_rows(a, L)
         M = R = torch.zeros_like(L)
-        return s, w, P, mask, n, c, (L, M, R)
+        return s, a, g, P, mask, n, c, (L, M, R)
     nf = n.to(s.dtype)
     O = reweight_offset(n, s.dtype)
     if stats is None:  # M from the row max of s: softplus is monotonic (SPEC.md §2)
-        m = _rowmax(torch.where(mask, s, torch.full((), -math.inf, dtype=s.dtype, device=s.device)))
-        M = nf * softplus(m) / Lsafe - O
-        M = torch.where((M > ZERO_ROW_TOL) & (L > 0), M, torch.zeros_like(M))
+        M = nf * over_sum(m[..., None], L)[0][..., 0] - O
+        M = torch.where(((M > ZERO_ROW_TOL) & (L != 0)) | M.isnan(), M, torch.zeros_like(M))  # NaN stays NaN
     else:
         M = stats[1]
     Msafe = torch.where(M > 0, M, torch.ones_like(M))
-    base = nf[:, None] * w / Lsafe[..., None] - O[:, None]
+    base = nf[:, None] * a - O[:, None]
     t = torch.where(mask & (M > 0)[..., None], torch.relu(base) / Msafe[..., None], zero_t)
     r = t ** reweight_p
     R = r.sum(-1) if stats is None else stats[2]
     Rsafe = torch.where(R > 0, R, torch.ones_like(R))
-    P = r / Rsafe[..., None]
-    return s, w, P, mask, n, c, (L, M, R)
+    P = _nan_rows(r / Rsafe[..., None], L, M)
+    return s, a, g, P, mask, n, c, (L, M, R)
+
+
+def _nan_rows(P: Tensor, *row_stats: Tensor) -> Tensor:
+    """P with every row whose statistics are NaN (a NaN score it sees) set to NaN: NaN in, NaN out,
+    where a failed comparison (L > 0, M > 0) would otherwise turn the row into an all-zero row."""
+    bad = torch.zeros_like(row_stats[0], dtype=torch.bool)
+    for st in row_stats:
+        bad = bad | st.isnan()
+    return torch.where(bad[..., None], torch.full((), math.nan, dtype=P.dtype, device=P.device), P)
 
 
 def _prepare(q, k, v, qk_norm):
@@ -204,7 +251,7 @@ def _fwd_dense(q, k, v, causal, reweight_p, qk_norm, kv_offset, chunk):
     stats = torch.empty(3, B, H, Tq, dtype=acc_dtype(q.dtype), device=q.device)
     for start in range(0, Tq, chunk):
         rows = slice(start, min(start + chunk, Tq))
-        _, _, P, _, _, _, st = _row_weights(qg[:, :, :, rows], kg, rows, Tq, causal, reweight_p, kv_offset)
+        _, _, _, P, _, _, _, st = _row_weights(qg[:, :, :, rows], kg, rows, Tq, causal, reweight_p, kv_offset)
         o[:, :, rows] = (P @ vg).view(B, H, -1, D).to(q.dtype)
         stats[:, :, :, rows] = torch.stack(st).view(3, B, H, -1)
     return o, stats
@@ -226,25 +273,26 @@ def _bwd_dense(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, ch
     for start in range(0, Tq, chunk):
         rows = slice(start, min(start + chunk, Tq))
         qc, doc, dl = qg[:, :, :, rows], dog[:, :, :, rows], delta[..., rows]
-        s, w, P, mask, n, c, (L, M, R) = _row_weights(
+        s, a, g, P, mask, n, c, (L, M, R) = _row_weights(
             qc, kg, rows, Tq, causal, reweight_p, kv_offset, stats=st[..., rows]
         )
         dv += (P.transpose(-1, -2) @ doc).sum(2)
         dP = doc @ vg.transpose(-1, -2)  # [B, Hkv, G, C, Tk]
-        Lsafe = torch.where(L > 0, L, torch.ones_like(L))[..., None]
-        if reweight_p is None:  # P = w / L
-            dw = (dP - dl[..., None]) / Lsafe * (L > 0)[..., None]
-        else:  # P = t^p / R, t = ReLU(base)/M, base = N w / L − O
+        # with a = w / L and g = σ(s) / L (over_sum): ds = g · L · dP/dw
+        if reweight_p is None:  # P = a: ds = g (dP − Δ)
+            dsg = dP - dl[..., None]
+        else:  # P = t^p / R, t = ReLU(base)/M, base = N a − O
             Msafe = torch.where(M > 0, M, torch.ones_like(M))[..., None]
             Rsafe = torch.where(R > 0, R, torch.ones_like(R))[..., None]
             nf = n.to(acc)[:, None]
-            base = nf * w / Lsafe - reweight_offset(n, acc)[:, None]
+            base = nf * a - reweight_offset(n, acc)[:, None]
             t = torch.where(mask & (base > 0) & (M > 0)[..., None], base / Msafe, torch.zeros_like(base))
             dbase = (dP - dl[..., None]) * reweight_p * t ** (reweight_p - 1) / (Msafe * Rsafe)
             dbase = torch.where(t > 0, dbase, torch.zeros_like(dbase))
-            gamma = (dbase * w).sum(-1, keepdim=True) / Lsafe  # Γ_i = Σ_j dbase_ij w_ij / L_i
-            dw = nf / Lsafe * (dbase - gamma)
-        ds = torch.where(mask, dw * torch.sigmoid(s), torch.zeros_like(dw)) * c[:, None]  # includes c_i
+            gamma = (dbase * a).sum(-1, keepdim=True)  # Γ_i = Σ_j dbase_ij w_ij / L_i
+            dsg = nf * (dbase - gamma)
+        ds = torch.where(mask, dsg * g, torch.zeros_like(dsg)) * c[:, None]  # includes c_i
+        ds = torch.where(mask, _nan_rows(ds, L, M), ds)
         dq[:, :, :, rows] = ds @ kg
         dk += (ds.transpose(-1, -2) @ qc).sum(2)
     return dq.view(B, H, Tq, D), dk, dv
