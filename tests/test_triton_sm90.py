@@ -15,7 +15,8 @@ cfg_f, cfg_b = sa._configs()[0], sa._bwd_configs()[0]
 for dtype, causal, reweight, varlen in [("bf16", True, False, False), ("fp16", True, True, True),
                                         ("fp32", False, True, False)]:
     prec = "ieee" if dtype == "fp32" else "tf32"
-    consts = dict(CAUSAL=causal, REWEIGHT=reweight, IS_VARLEN=varlen, DOT_PREC=prec, BD=128)
+    consts = dict(CAUSAL=causal, REWEIGHT=reweight, IS_VARLEN=varlen, DOT_PREC=prec, BD=128,
+                  P_INT=15 if reweight and dtype != "fp32" else 0)  # fp32: the non-integer p path
     # fp32 at D = 128 fits the shared memory with the smallest tiles (the autotuner skips the others)
     wf = cfg_f if dtype != "fp32" else sa._configs()[-1]
     wb = cfg_b if dtype != "fp32" else sa._bwd_configs()[-1]
@@ -23,8 +24,9 @@ for dtype, causal, reweight, varlen in [("bf16", True, False, False), ("fp16", T
                 gamma="fp32", dq="fp32", dk="fp32", dv="fp32", cu_q="i32", cu_k="i32")
     floats = ("log_d", "p", "zero_tol")
     compile_kernel(sa._fwd_kernel, ptrs, dict(consts, **wf.kwargs), wf.num_warps, wf.num_stages, floats)
-    compile_kernel(sa._bwd_dq_kernel, ptrs, dict(consts, **wb.kwargs), wb.num_warps, wb.num_stages, floats)
-    compile_kernel(sa._bwd_dkdv_kernel, ptrs, dict(consts, **wb.kwargs), wb.num_warps, wb.num_stages, floats)
+    if reweight:
+        compile_kernel(sa._bwd_gamma_kernel, ptrs, dict(consts, **wb.kwargs), wb.num_warps, wb.num_stages, floats)
+    compile_kernel(sa._bwd_kernel, ptrs, dict(consts, **wb.kwargs), wb.num_warps, wb.num_stages, floats)
 print("compiled")
 """
 
