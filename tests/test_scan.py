@@ -170,13 +170,89 @@ def test_gradcheck_float64(backend, K, reverse):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
+@pytest.fixture
+def cpu_threads(request):
+    """Run the test with ``request.param`` intra-op threads (the cpp kernel picks its work split,
+    channel blocks or time chunks, from the thread count)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("cpu_threads", [2], indirect=True)
 @pytest.mark.parametrize("backend", COMPILED_CPU)
-def test_gradcheck_long_chunked_cpp(backend):
-    # B = 1, N = 1 and T >= 512 forces the cpp kernel's three-phase chunked path over T.
-    A, b, h0 = make_inputs(1, 600, 1, 2, with_h0=True, dtype=torch.float64, device="cpu")
+def test_gradcheck_long_chunked_cpp(backend, cpu_threads):
+    # B = 1, N = 1, two threads and B*T*N*K*K >= 2^15 elements of A (the kernel's minimum for a
+    # parallel run) force the cpp kernel's three-phase chunked path over T (chunks of ~2500 steps).
+    A, b, h0 = make_inputs(1, 8209, 1, 2, with_h0=True, dtype=torch.float64, device="cpu")
     inputs = tuple(x.requires_grad_() for x in (A, b, h0))
     fn = lambda A, b, h0: nlseq.linear_recurrence(A, b, h0, backend=backend)  # noqa: E731
     assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+
+
+def _oracle_grads_linear(A, b, h0, reverse, gh, gl):
+    """float64 gradients via the reference backward (docs/spec.md §1.2) with the sequential loop as
+    its scan: O(T), for lengths where autograd through the loop (O(T^2) slice writes) is too slow."""
+    from nlseq.reference.scan import linear_recurrence_backward
+
+    diag = b.dim() == 3
+    d = lambda x: None if x is None else x.detach().double().cpu()  # noqa: E731
+    A64, b64, h064, gh64, gl64 = d(A), d(b), d(h0), d(gh), d(gl)
+    if diag:
+        A64, b64, gh64, gl64 = A64[..., None, None], b64[..., None], gh64[..., None], gl64[..., None]
+        h064 = None if h064 is None else h064[..., None]
+    h, _ = linear_recurrence_loop(A64, b64, h064, reverse)
+    dA, db, dh0 = linear_recurrence_backward(A64, h, h064, gh64, gl64, reverse, scan_fn=linear_recurrence_loop)
+    if diag:
+        dA, db, dh0 = dA[..., 0, 0], db[..., 0], None if dh0 is None else dh0[..., 0]
+    return dA, db, dh0
+
+
+# Shapes that reach each of the cpp kernel's work splits (B*T*N*K*K >= 2^15 so that it runs in
+# parallel at all): time chunks with 2 threads (B = 1, N = 3: one channel block), with 4 threads
+# (one item: 4 phase-1 jobs and 12 re-run chunks; two batches: 2 threads per item), and channel
+# blocks of unequal width (N = 37 over 2 threads: 32 + 5 channels, K = 3 too). T is prime.
+SPLIT_SHAPES = [(2, (1, 11003, 3, 0)), (4, (1, 3761, 5, 2)), (4, (2, 3761, 9, 0)), (2, (1, 907, 37, 0)),
+                (2, (1, 907, 37, 3))]
+
+
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero_h0", "h0"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("cpu_threads,shape", SPLIT_SHAPES, ids=[f"threads{n}-{_id(*s)}" for n, s in SPLIT_SHAPES],
+                         indirect=["cpu_threads"])
+@pytest.mark.parametrize("backend", backend_params("cpp"))
+def test_cpp_work_splits(backend, cpu_threads, shape, reverse, with_h0):
+    B, T, N, K = shape
+    A, b, h0 = make_inputs(B, T, N, K, with_h0=with_h0, dtype=torch.float32, device="cpu", seed=3)
+    A.requires_grad_(), b.requires_grad_()
+    if h0 is not None:
+        h0.requires_grad_()
+    h, h_last = nlseq.linear_recurrence(A, b, h0, reverse=reverse, backend=backend)
+    h_ref, last_ref = oracle(A, b, h0, reverse)
+    assert_close_to_oracle(h, h_ref, **TOL[torch.float32], what="h")
+    assert_close_to_oracle(h_last, last_ref, **TOL[torch.float32], what="h_last")
+    # h_last is the state the last step wrote, not a second computation of it
+    assert torch.equal(h_last, h[:, 0] if reverse else h[:, -1])
+    g = torch.Generator().manual_seed(4)
+    gh, gl = torch.randn(h.shape, generator=g), torch.randn(h_last.shape, generator=g)
+    leaves = (A, b) if h0 is None else (A, b, h0)
+    grads = torch.autograd.grad((h * gh).sum() + (h_last * gl).sum(), leaves)
+    refs = _oracle_grads_linear(A, b, h0, reverse, gh, gl)
+    for name, got, want in zip(("dA", "db", "dh0"), grads, refs):
+        assert_close_to_oracle(got, want, **GRAD_TOL[torch.float32], what=name)
+
+
+@pytest.mark.parametrize("cpu_threads", [2], indirect=True)
+@pytest.mark.parametrize("backend", backend_params("cpp"))
+def test_cpp_chunked_float64(backend, cpu_threads):
+    # The chunked path in float64 keeps float64 accuracy (composed maps, carried states in float64).
+    A, b, h0 = make_inputs(1, 11003, 3, 0, with_h0=True, dtype=torch.float64, device="cpu", seed=5)
+    for reverse in (False, True):
+        h, h_last = nlseq.linear_recurrence(A, b, h0, reverse=reverse, backend=backend)
+        h_ref, last_ref = oracle(A, b, h0, reverse)
+        assert_close_to_oracle(h, h_ref, **TOL[torch.float64], what="h")
+        assert_close_to_oracle(h_last, last_ref, **TOL[torch.float64], what="h_last")
 
 
 @pytest.mark.parametrize("backend", ALL)

@@ -173,13 +173,16 @@ def linear_recurrence(
         )
 
     if diagonal:  # the diagonal layout is the block layout with K = 1: views, no copies
-        A, b = A[..., None, None], b[..., None]
-        h0 = None if h0 is None else h0[..., None]
+        A, b = A.unsqueeze(-1).unsqueeze(-1), b.unsqueeze(-1)
+        h0 = None if h0 is None else h0.unsqueeze(-1)
     if T == 0:
         h_last = b.new_zeros(B, N, K) if h0 is None else h0.clone()
         h = b.new_empty(b.shape)
     else:
         h, h_last = _linear_recurrence_op(A.contiguous(), b.contiguous(), None if h0 is None else h0.contiguous(), reverse, name)
     if diagonal:
-        h, h_last = h[..., 0], h_last[..., 0]
+        # squeeze, not h[..., 0]: the backward of a squeeze is a view of the gradient, while that
+        # of an index allocates a zero tensor of h's size and copies the gradient into it (two
+        # extra passes over B*T*N in every backward).
+        h, h_last = h.squeeze(-1), h_last.squeeze(-1)
     return h, h_last

@@ -3,6 +3,11 @@
 CPU: the C++ kernel against the PyTorch reference (Hillis–Steele, ``backend="reference"``) and the
 sequential loop ``nlseq.reference.scan.linear_recurrence_loop`` (forward only: autograd through
 its per-step slice writes is O(T²)). Goal: cpp at least 5× faster than the loop, forward.
+The scan is memory-bound, so the fp32 cases of issue 15 (4×4096×256 and 1×65536×64, diagonal and
+block K = 2) also hold a ``copy`` peer: a clone that moves exactly the bytes of the case's model
+(forward: read A, b, write h; backward: read A, h, dh, write dA, db) in the same process, right
+next to the kernel, so its time is the copy bandwidth at this size under the same load. Goals:
+cpp forward >= 60 % and backward >= 45 % of that bandwidth (speedup 0.6 / 0.45 over ``copy``).
 GPU: cuda / triton / reference at the docs/spec.md §1.4 sizes; GB/s over the measured copy bandwidth
 (docs/spec.md §1.4 anchor: 2.04–2.17 TB/s for the reference CUDA reduction, copy ≈ 4 TB/s on an H200).
 The Triton interpreter (TRITON_INTERPRET=1) is checked on the CPU at a tiny size, never timed; the
@@ -122,6 +127,42 @@ def _loop_fp32(A, b):
     return h.to(b.dtype), h_last.to(b.dtype)
 
 
+class _CopyPeer(torch.autograd.Function):
+    """out = x.clone(); the backward returns ``y.clone()`` as y's gradient (a pseudo-gradient:
+    it exists to move the backward's bytes at copy speed, allocating like the kernel does)."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(y)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        return None, y.clone()
+
+
+def _copy_peer(device, dtype, fwd_bytes, bwd_bytes) -> Impl:
+    """A copy moving the case's fwd bytes forward and its bwd bytes backward (half read, half written)."""
+    s = torch.tensor([], dtype=dtype).element_size()
+
+    def inputs():
+        g = torch.Generator().manual_seed(0)
+        return {"x": torch.randn(fwd_bytes // (2 * s), generator=g).to(device=device, dtype=dtype),
+                "y": torch.randn(bwd_bytes // (2 * s), generator=g).to(device=device, dtype=dtype)}
+
+    return Impl("copy", _CopyPeer.apply, inputs=inputs, oracle=lambda x, y: x.clone(),
+                oracle_grads=lambda inputs64, grads64: {"y": inputs64["y"]}, grad_inputs=("y",), tol=(0.0, 0.0),
+                grad_tol=(0.0, 0.0),
+                note="clone of the case's byte model: fwd bytes/2 read + written forward, bwd bytes/2 "
+                     "backward (its gradient is a copy, not a derivative): the copy bandwidth at this size")
+
+
+def _copy_goals(fwd=0.6, bwd=0.45):
+    return (Goal(("cpp",), "fwd", speedup=fwd, over="copy", text=f"issue 15: forward >= {fwd:.0%} of copy bandwidth"),
+            Goal(("cpp",), "bwd", speedup=bwd, over="copy", text=f"issue 15: backward >= {bwd:.0%} of copy bandwidth"))
+
+
 def _triton_skip() -> str:
     if importlib.util.find_spec("nlseq.kernels.scan") is None:
         return "nlseq.kernels.scan (kernels/scan.py) is not in this tree"
@@ -135,7 +176,7 @@ def _impls(device, *, loop=False, time_reference=True):
         timed = time_reference or n != "reference"
         impls.append(Impl(n, functools.partial(_nlseq, n), backend=n, timed=timed,
                           skip=_triton_skip() if n == "triton" else "",
-                          note="" if timed else "--quick: checked, not timed (seconds per call on the CPU)"))
+                          note="" if timed else "checked, not timed (seconds per call on the CPU)"))
     if loop == "fp32":  # low-precision inputs: a loop in bf16 arithmetic would not be a fair peer
         impls.append(Impl("loop", _loop_fp32, backward=False,
                           note="sequential loop accumulating in float32, outputs rounded; forward only"))
@@ -145,7 +186,7 @@ def _impls(device, *, loop=False, time_reference=True):
     return impls
 
 
-def _case(name, device, dtype, B, T, N, K=None, *, impls, baseline, note="", goals=(), headline=False):
+def _case(name, device, dtype, B, T, N, K=None, *, impls, baseline, note="", goals=(), headline=False, copy=False):
     """A diagonal (K None) or block-K case with the 3/5/8·BTN-style byte model."""
     s = torch.tensor([], dtype=dtype).element_size()
     if K is None:
@@ -161,6 +202,9 @@ def _case(name, device, dtype, B, T, N, K=None, *, impls, baseline, note="", goa
     bwd = (2 * a + 3 * v) * btn  # read A, h, dh; write dA, db
     outputs = (v + a + v) * btn + 2 * B * N * v * s  # h, dA, db, h_last, dh0
     atol, rtol = TOL[dtype]
+    if copy:
+        impls = [*impls, _copy_peer(device, dtype, fwd, bwd)]
+        goals = (*goals, *_copy_goals())
     return Case(
         family=FAMILY, name=name, device=device, dtype=dtype, shape=shape, inputs=inputs,
         oracle=oracle, oracle_grads=oracle_grads, impls=impls, grad_inputs=("A", "b"),
@@ -181,13 +225,20 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
         out.append(_case("diagonal", device, bf16, 16, 4096, 512, impls=_impls(device), baseline="reference"))
         out.append(_case("block", device, f32, 8, 2048, 1024, K=2, impls=_impls(device), baseline="reference"))
         return out
-    big = (4, 4096, 256)
+    big, long = (4, 4096, 256), (1, 65536, 64)  # issue 15: many channels; few channels, long T
+    copy_note = "goals: cpp >= 60% (fwd) / 45% (bwd) of the copy peer's bandwidth (issue 15)"
     return [
         _case("diagonal", device, f32, *big, impls=_impls(device, loop=True, time_reference=not quick),
-              baseline="loop", note="goal: cpp >= 5x faster than the sequential loop (fwd)", headline=True,
+              baseline="loop", note="goal: cpp >= 5x faster than the sequential loop (fwd); " + copy_note,
+              headline=True, copy=True,
               goals=(Goal(("cpp",), "fwd", speedup=5.0, text="docs/spec.md §1.4: CPU kernel vs the loop"),)),
-        _case("block", device, f32, 2, 4096, 128, K=2, impls=_impls(device, loop=True, time_reference=not quick),
-              baseline="loop"),
+        # Long T: no loop peer (65536 Python steps per call); the reference is checked, not timed.
+        _case("diagonal", device, f32, *long, impls=_impls(device, time_reference=False), baseline="copy",
+              note=copy_note, copy=True),
+        _case("block", device, f32, *big, K=2, impls=_impls(device, loop=True, time_reference=not quick),
+              baseline="loop", note=copy_note, copy=True),
+        _case("block", device, f32, *long, K=2, impls=_impls(device, time_reference=False), baseline="copy",
+              note=copy_note, copy=True),
         _case("diagonal", device, bf16, *((2, 1024, 256) if quick else big),
               impls=_impls(device, loop="fp32", time_reference=not quick), baseline="loop"),
         # Triton interpreter: correctness only, tiny (T prime, past one block of 16 channels); cpp
