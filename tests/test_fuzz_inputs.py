@@ -231,8 +231,9 @@ MODULE_BAD = [
      ["h0"]),
     ("paragru-h0-layers", lambda: _gru()(_t(2, 3, 4), torch.zeros(2, 2, 4)), ValueError, ["h0"]),
     ("paralstm-state-1", lambda: nlseq.nn.ParaLSTM(4, 4)(_t(2, 3, 4), (torch.zeros(2, 4),)), ValueError, ["state"]),
-    ("paralstm-c0-bool", lambda: nlseq.nn.ParaLSTM(4, 4)(_t(2, 3, 4), (torch.zeros(2, 4, dtype=torch.bool),
-                                                                        torch.zeros(2, 4))), TypeError, ["c0"]),
+    ("paralstm-c0-bool", lambda: nlseq.nn.ParaLSTM(4, 4)(_t(2, 3, 4), (torch.zeros(2, 4),  # state = (h0, c0)
+                                                                        torch.zeros(2, 4, dtype=torch.bool))),
+     TypeError, ["c0"]),
     ("attnmod-heads-0", lambda: nlseq.nn.SoftplusAttention(8, 0), ValueError, ["num_heads"]),
     ("attnmod-embed-float", lambda: nlseq.nn.SoftplusAttention(8.0, 2), TypeError, ["embed_dim"]),
     ("attnmod-kv-heads", lambda: nlseq.nn.SoftplusAttention(8, 2, 3), ValueError, ["num_kv_heads"]),

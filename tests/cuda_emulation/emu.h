@@ -83,6 +83,7 @@ inline const char* emu_cudaGetErrorString(cudaError_t) { return "emulated CUDA e
 #define cudaGetErrorString ::emu::emu_cudaGetErrorString
 
 inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof f); return f; }  // the CUDA intrinsic
 inline float __shfl_xor_sync(unsigned, float x, int o) {
   const unsigned t = threadIdx.x;
   auto& b = *emu::warp_barriers[t / 32];

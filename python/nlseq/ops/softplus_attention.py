@@ -105,9 +105,12 @@ def _refuse_other_layout(q: Tensor, k: Tensor, v: Tensor) -> None:
     as_bhtd = fits(q.shape[1], k.shape[1], k.shape[2], v.shape[2], v.shape[1])
     as_bthd = fits(q.shape[2], k.shape[2], k.shape[1], v.shape[1], v.shape[2])
     if not as_bhtd and as_bthd and q.shape[0] == k.shape[0] == v.shape[0] and q.shape[3] == k.shape[3] == v.shape[3]:
+        H, Hkv = q.shape[1], k.shape[1]
+        why = (f"the number of query heads H = {H} must be a multiple of the number of key/value heads Hkv = {Hkv}"
+               if Hkv == 0 or H % Hkv else "k and v must have the same shape")
         raise ValueError(
-            f"nlseq.{OP}: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit the default layout "
-            f"'bhtd' {_LAYOUT} but fit 'bthd' [B, T, H, D]: pass layout='bthd' for the flash-attn layout")
+            f"nlseq.{OP}: {why} {_LAYOUT}; q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} would fit the "
+            f"flash-attn layout [B, T, H, D]: pass layout='bthd' if that is what they are")
 
 
 def _p_or_none(p: float) -> Optional[float]:
