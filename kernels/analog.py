@@ -1,4 +1,4 @@
-"""Triton kernel of the fused analog crossbar + NL-ADC op (SPEC.md §3.1–3.2).
+"""Triton kernel of the fused analog crossbar + NL-ADC op (docs/spec.md §3.1–3.2).
 
 One program computes a [BM, BN] block of y: it DAC-quantises x block by block along K while
 accumulating xq @ weightᵀ (fp32, ``tl.dot``) and each row's Σ xq², then runs the epilogue in

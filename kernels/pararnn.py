@@ -1,5 +1,5 @@
 """Triton kernels of the ParaRNN family: fused Newton forward and fused implicit backward for the
-built-in cells ParaGRU and ParaLSTM (SPEC.md §1.1–1.3).
+built-in cells ParaGRU and ParaLSTM (docs/spec.md §1.1–1.3).
 
 Launcher contract (the same for every backend):
 
@@ -44,7 +44,7 @@ nothing once it is ≤ tol (or NaN), so the launch sequence is fixed and graph-c
 ``iters`` is the number of Newton updates behind S_all (0 when the first sweep already met tol,
 e.g. a single chunk, which is the exact sequential recurrence).
 
-Backward (SPEC.md §1.2): λ_t = g_t + J_{t+1}ᵀ λ_{t+1} with g_T += ds_last is linear, so it is a
+Backward (docs/spec.md §1.2): λ_t = g_t + J_{t+1}ᵀ λ_{t+1} with g_T += ds_last is linear, so it is a
 chunked reverse scan: (A) each chunk runs its reverse recurrence from a zero carry, giving the
 affine map carry_out = Q_c carry_in + q_c; (carry) a sequential pass over chunks per channel
 gives every chunk's incoming carry; (B) each chunk reruns the reverse recurrence with its true
@@ -75,7 +75,7 @@ def _tanh(x):
 
 @triton.jit
 def _gru_step_jac(h, uz, ur, uc, az, ar, ac):
-    """h = f(h₋) and J = ∂h/∂h₋ (SPEC.md §1.3, ParaGRU)."""
+    """h = f(h₋) and J = ∂h/∂h₋ (docs/spec.md §1.3, ParaGRU)."""
     z = tl.sigmoid(az * h + uz)
     r = tl.sigmoid(ar * h + ur)
     c = _tanh(ac * (h * r) + uc)
@@ -86,7 +86,7 @@ def _gru_step_jac(h, uz, ur, uc, az, ar, ac):
 
 @triton.jit
 def _lstm_step_jac(cp, hp, uf, uo, uc, af, ao, ac, pf, po):
-    """(c, h) = f(c₋, h₋) and the 2×2 Jacobian ∂(c, h)/∂(c₋, h₋) (SPEC.md §1.3, ParaLSTM)."""
+    """(c, h) = f(c₋, h₋) and the 2×2 Jacobian ∂(c, h)/∂(c₋, h₋) (docs/spec.md §1.3, ParaLSTM)."""
     f = tl.sigmoid(af * hp + pf * cp + uf)
     ct = _tanh(ac * hp + uc)
     c = f * cp + (1.0 - f) * ct

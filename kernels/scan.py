@@ -1,4 +1,4 @@
-"""Triton kernels of ``nlseq.linear_recurrence`` (SPEC.md §1.1–1.2): h_t = A_t h_{t-1} + b_t.
+"""Triton kernels of ``nlseq.linear_recurrence`` (docs/spec.md §1.1–1.2): h_t = A_t h_{t-1} + b_t.
 
 Layout (the launchers' contract, see python/nlseq/ops/scan.py): A [B, T, N, K, K], b [B, T, N, K],
 h0 [B, N, K] or None, contiguous, float32 / bfloat16 / float16; the carried state is float32 and
@@ -26,7 +26,7 @@ Two kernels, one per block size:
         elements), matrix-vector and matrix-matrix products as broadcast-and-sum over the K axes.
 Under the interpreter both scan whole tiles with DOT_SCAN (see the configs below).
 
-The backward (SPEC.md §1.2) is the same machinery run the other way (flag BWD): in its scan order
+The backward (docs/spec.md §1.2) is the same machinery run the other way (flag BWD): in its scan order
 q (reverse time for a forward recurrence), λ_q = A'_q λ_{q−1} + g_q with A'_q = A_{q−1}ᵀ (the
 forward A one step later in forward time, read shifted inside the kernel: no shifted copy), A'_0 = I
 and λ_{−1} = ḡ (the gradient of h_last), which puts ḡ on the first step. The epilogue writes

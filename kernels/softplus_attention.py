@@ -1,4 +1,4 @@
-"""Triton kernels of softplus attention, LSSA and LSSAR (SPEC.md §2), FlashAttention style.
+"""Triton kernels of softplus attention, LSSA and LSSAR (docs/spec.md §2), FlashAttention style.
 
 Never forms the [Tq, Tk] matrix: each program owns a tile of BM query rows (forward, dq) or BN
 keys (dk, dv) and streams the other side in tiles; the backward recomputes the scores.

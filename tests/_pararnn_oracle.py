@@ -1,8 +1,8 @@
 """float64 sequential oracle of the built-in ParaRNN cells for the fused-kernel tests
 (tests/test_pararnn_fused.py, tests/test_pararnn_cuda_emulated.py, tests/gpu/test_pararnn_cuda.py).
 
-Written here from the equations of SPEC.md §1.3 as a plain loop; gradients come from autograd
-through it, so the kernels' Newton forward and implicit backward (SPEC.md §1.2) are checked
+Written here from the equations of docs/spec.md §1.3 as a plain loop; gradients come from autograd
+through it, so the kernels' Newton forward and implicit backward (docs/spec.md §1.2) are checked
 against an independent derivation. Device-agnostic: the oracle runs where its inputs are.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def make_inputs(cell, B, T, N, *, dtype, with_s0, device, peepholes=True, scale_
 
 
 def cell_step(cell, s, u, A, P):
-    """One step of SPEC.md §1.3 in whatever dtype it is given; s [B, S, N], u [B, 3, N]."""
+    """One step of docs/spec.md §1.3 in whatever dtype it is given; s [B, S, N], u [B, 3, N]."""
     if cell == "gru":
         h = s[:, 0]
         z = torch.sigmoid(A[0] * h + u[:, 0])

@@ -1,4 +1,4 @@
-"""Analog crossbar + NL-ADC family (SPEC.md §3): converters, device model, fused op, modules."""
+"""Analog crossbar + NL-ADC family (docs/spec.md §3): converters, device model, fused op, modules."""
 from __future__ import annotations
 
 import math
@@ -17,7 +17,7 @@ ALL = backend_params("cuda", "triton", "cpp", "reference")
 KERNELS = backend_params("cuda", "triton", "cpp")
 
 
-# ---------------------------------------------------------------- NL-ADC (SPEC.md §3.2)
+# ---------------------------------------------------------------- NL-ADC (docs/spec.md §3.2)
 @pytest.mark.parametrize("bits", [3, 4, 5, 6, 7, 8], ids=lambda b: f"bits{b}")
 @pytest.mark.parametrize("fn", ["sigmoid", "tanh", "hardtanh"])
 def test_nladc_ideal_within_half_lsb(fn, bits):
@@ -85,7 +85,7 @@ def test_ramp_programming_error_accumulates():
     assert p.offsets.abs().max() <= 8.0 / 32 / 2 + 1e-12 < raw.offsets.abs().max()
 
 
-# ---------------------------------------------------------------- device model (SPEC.md §3.1)
+# ---------------------------------------------------------------- device model (docs/spec.md §3.1)
 def test_programming_replays_and_stuck_devices():
     W = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
     cfg = CrossbarConfig(prog_noise=0.03, p_stuck_off=0.2)

@@ -1,4 +1,4 @@
-"""ParaRNN (SPEC.md §1): built-in cells, modules and newton_solve against float64 sequential oracles."""
+"""ParaRNN (docs/spec.md §1): built-in cells, modules and newton_solve against float64 sequential oracles."""
 from __future__ import annotations
 
 import functools
@@ -27,7 +27,7 @@ TOL64 = dict(atol=1e-9, rtol=1e-9)  # Newton tol 1e-10, same amplification
 
 
 def _make(cell, B, T, N, *, dtype=torch.float32, with_s0=True, a_scale=0.5, seed=0):
-    """Contracting inputs (|a|, |p| <= a_scale/…, SPEC.md §1.3 clips them at 0.5) rounded to dtype."""
+    """Contracting inputs (|a|, |p| <= a_scale/…, docs/spec.md §1.3 clips them at 0.5) rounded to dtype."""
     g = torch.Generator().manual_seed(seed)
     S = R.STATE_SIZE[cell]
     U = torch.randn(B, T, 3, N, generator=g, dtype=torch.float64)
@@ -52,7 +52,7 @@ def _oracle(cell, B, T, N, dtype=torch.float32, with_s0=True, seed=0):
 # ---------------------------------------------------------------- cell math
 @pytest.mark.parametrize("cell", CELLS)
 def test_cell_jacobian_matches_autograd(cell):
-    """The analytic per-channel Jacobian (SPEC.md §1.3; the same formulas as nlseq/pararnn.h)
+    """The analytic per-channel Jacobian (docs/spec.md §1.3; the same formulas as nlseq/pararnn.h)
     equals torch.func.jacrev of the step, including the LSTM's 2×2 block."""
     U, A, P, s0 = _make(cell, 3, 1, 7, dtype=torch.float64, a_scale=1.5)
     U, s = U[:, 0], s0 * 3  # larger states exercise every term
@@ -164,7 +164,7 @@ def test_op_gradcheck_fp64():
 
 # ---------------------------------------------------------------- input projection
 def _projection_by_spec(x, W, b):
-    """SPEC.md §1.3 literally: gate g of head h is x[.., h-th slice] @ W[h, :, g, :] + its slice of b."""
+    """docs/spec.md §1.3 literally: gate g of head h is x[.., h-th slice] @ W[h, :, g, :] + its slice of b."""
     heads, ih, G, nh = W.shape
     gates = []
     for g in range(G):
@@ -197,7 +197,7 @@ PROJ_HEADS = [1, 2, 4]
 @pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
 @pytest.mark.parametrize("heads", PROJ_HEADS, ids=[f"heads{h}" for h in PROJ_HEADS])
 def test_input_projection_fp64(heads, transposed):
-    """U and the gradients of x, W, b against the per-head, per-gate formula of SPEC.md §1.3."""
+    """U and the gradients of x, W, b against the per-head, per-gate formula of docs/spec.md §1.3."""
     x, W, b, dU = _projection_case(heads, transposed=transposed)
     ours = _value_and_grads(R.input_projection, x, W, b, dU)
     oracle = _value_and_grads(_projection_by_spec, x, W, b, dU)
@@ -330,7 +330,7 @@ def test_module_gradients_fp32_long(backend, cell, mode):
 def test_module_bf16(backend, cell):
     """bf16 inputs and parameters, float32 inside: error against the float64 oracle (on the same
     bf16 values) at most 2× that of PyTorch's own bf16 sequential loop, + 2^-9 for the rounding of
-    the output (STYLE.md §5)."""
+    the output (docs/design.md)."""
     B, T, I, N = 2, 257, 8, 16
     m = _module_pair(cell, I, N, 2, backend=backend, mode="newton", dtype=torch.bfloat16)
     x = torch.randn(B, T, I, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)

@@ -1,7 +1,7 @@
 """Fused ParaRNN kernels (Triton; CUDA when a GPU is present) against a float64 sequential oracle.
 
-The oracle (tests/_pararnn_oracle.py) is a plain float64 loop of the equations of SPEC.md §1.3 and
-its gradients come from autograd, so the kernels' Newton forward and implicit backward (SPEC.md
+The oracle (tests/_pararnn_oracle.py) is a plain float64 loop of the equations of docs/spec.md §1.3 and
+its gradients come from autograd, so the kernels' Newton forward and implicit backward (docs/spec.md
 §1.2) are checked against an independent derivation. On the CPU the Triton kernels run in the
 interpreter (tests/conftest.py), so shapes are small; chunk lengths are forced to exercise the
 multiple-shooting Newton path (several chunks, a partial last chunk, one-step chunks).

@@ -1,4 +1,4 @@
-"""nlseq.linear_recurrence: every backend against the float64 sequential oracle (SPEC.md §1.1–1.2)."""
+"""nlseq.linear_recurrence: every backend against the float64 sequential oracle (docs/spec.md §1.1–1.2)."""
 from __future__ import annotations
 
 import pytest

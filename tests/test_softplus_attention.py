@@ -1,4 +1,4 @@
-"""nlseq.softplus_attention (LSSA / LSSAR): every backend against the float64 oracle of SPEC.md §2."""
+"""nlseq.softplus_attention (LSSA / LSSAR): every backend against the float64 oracle of docs/spec.md §2."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-// C++ CPU kernels of the analog family (SPEC.md §3.1–3.2): the fused crossbar + NL-ADC op and the
+// C++ CPU kernels of the analog family (docs/spec.md §3.1–3.2): the fused crossbar + NL-ADC op and the
 // whole analog LSTM / GRU layer.
 //
 // Both reduce to the same three pieces, each a loop that vectorises (and is cloned for AVX2 and

@@ -1,4 +1,4 @@
-// C++ CPU kernel of the fused analog crossbar + NL-ADC op (SPEC.md §3). Inputs are validated and
+// C++ CPU kernel of the fused analog crossbar + NL-ADC op (docs/spec.md §3). Inputs are validated and
 // the output allocated by the binding layer (csrc/torch/analog.cpp); all tensors float32, contiguous.
 #pragma once
 #include <ATen/core/Tensor.h>

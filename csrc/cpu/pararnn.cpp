@@ -1,4 +1,4 @@
-// C++ CPU kernels of the built-in ParaRNN cells (SPEC.md §1.1–1.3).
+// C++ CPU kernels of the built-in ParaRNN cells (docs/spec.md §1.1–1.3).
 //
 // The built-in cells are diagonal in the channel index, so given U = Wx + b every (batch row,
 // channel) pair is an independent scalar (GRU) or 2-vector (LSTM) recurrence. On a CPU with few
@@ -6,7 +6,7 @@
 // block of kChannels channels), each runs over t once, and the inner loop over the block's
 // channels reads contiguous memory and vectorises (the cell math comes from nlseq/pararnn.h with
 // a branch-free exp, FastMath below). The fused backward is the same sweep in reverse time,
-// carrying λ_t = g_t + J_{t+1}ᵀ λ_{t+1} and emitting every per-step VJP (SPEC.md §1.2); dA and dP
+// carrying λ_t = g_t + J_{t+1}ᵀ λ_{t+1} and emitting every per-step VJP (docs/spec.md §1.2); dA and dP
 // are reduced over t inside the item and over the batch rows afterwards (deterministic).
 // The Newton forward linearises all steps in parallel and solves each Newton step with the CPU
 // scan kernel of csrc/cpu/scan.cpp.
@@ -395,7 +395,7 @@ void pararnn_bwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tensor& 
 // ---------------------------------------------------------------- Newton forward
 // The iterate lives in the scan's block layout H [B, T, N, S] in acc; one linearisation fills
 // J [B, T, N, S, S] and the right-hand side r_t = f_t − J_t s_{t−1}, so that the next iterate is
-// the solution of s_t = J_t s_{t−1} + r_t (plain Newton, SPEC.md §1.1), and returns the residual
+// the solution of s_t = J_t s_{t−1} + r_t (plain Newton, docs/spec.md §1.1), and returns the residual
 // max_t |H_t − f_t| of the current iterate.
 std::pair<int64_t, double> pararnn_newton_fwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tensor& A,
                                               const c10::optional<at::Tensor>& P,

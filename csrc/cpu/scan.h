@@ -11,7 +11,7 @@ namespace cpu {
 void scan_fwd(const at::Tensor& A, const at::Tensor& b, const c10::optional<at::Tensor>& h0, bool reverse,
               at::Tensor& h, at::Tensor& h_last);
 
-// Implicit backward (SPEC.md §1.2); writes dA [B,T,N,K,K], db [B,T,N,K], dh0 [B,N,K].
+// Implicit backward (docs/spec.md §1.2); writes dA [B,T,N,K,K], db [B,T,N,K], dh0 [B,N,K].
 void scan_bwd(const at::Tensor& A, const at::Tensor& h, const c10::optional<at::Tensor>& h0,
               const at::Tensor& grad_h, const at::Tensor& grad_h_last, bool reverse,
               at::Tensor& dA, at::Tensor& db, at::Tensor& dh0);

@@ -1,4 +1,4 @@
-// C++ CPU kernels of softplus attention, LSSA and LSSAR (SPEC.md §2), FlashAttention-style.
+// C++ CPU kernels of softplus attention, LSSA and LSSAR (docs/spec.md §2), FlashAttention-style.
 //
 // Work is split into tiles of kBlockQ query rows (forward, dq) or kBlockK keys (dk, dv), spread
 // over threads with at::parallel_for. Each tile streams the other side in tiles and keeps only

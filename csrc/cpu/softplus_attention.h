@@ -1,4 +1,4 @@
-// C++ CPU kernels of softplus attention (SPEC.md §2). Inputs are validated and outputs allocated
+// C++ CPU kernels of softplus attention (docs/spec.md §2). Inputs are validated and outputs allocated
 // by the binding layer (csrc/torch/softplus_attention.cpp); all tensors are contiguous.
 #pragma once
 #include <ATen/core/Tensor.h>

@@ -1,4 +1,4 @@
-// CUDA kernel of the fused analog crossbar + NL-ADC op (SPEC.md §3.1–3.2).
+// CUDA kernel of the fused analog crossbar + NL-ADC op (docs/spec.md §3.1–3.2).
 //
 // One thread block computes a BM×BN tile of y with a register-tiled fp32 GEMM: each K-slab of x
 // is DAC-quantised as it is staged in shared memory (and its squares summed per row for the

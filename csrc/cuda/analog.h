@@ -1,4 +1,4 @@
-// CUDA kernel of the fused analog crossbar + NL-ADC op (SPEC.md §3): raw pointers and a stream,
+// CUDA kernel of the fused analog crossbar + NL-ADC op (docs/spec.md §3): raw pointers and a stream,
 // no torch headers. Validation and allocation happen in csrc/torch/analog.cpp.
 #pragma once
 #include <cuda_runtime.h>

@@ -1,4 +1,4 @@
-// CUDA kernels of the linear recurrence h_t = A_t h_{t-1} + b_t (SPEC.md §1.1) and of its
+// CUDA kernels of the linear recurrence h_t = A_t h_{t-1} + b_t (docs/spec.md §1.1) and of its
 // implicit backward (§1.2), block layout A [B, T, N, K, K], b [B, T, N, K], K = 1..4.
 //
 // Work decomposition
@@ -112,7 +112,7 @@ struct ForwardProblem {
   }
 };
 
-// Backward problem for a forward run in direction `reverse` (SPEC.md §1.2):
+// Backward problem for a forward run in direction `reverse` (docs/spec.md §1.2):
 //   λ_t = g_t + [t is the forward's last step] ḡ + A_{next(t)}ᵀ λ_{next(t)},
 // next(t) = t+1 (t-1 when reverse). It travels against the forward direction from λ = 0 and
 // emits db_t = λ_t, dA_t = λ_t h_{prev(t)}ᵀ (h_{prev(first)} = h0 or 0); its final state is λ at

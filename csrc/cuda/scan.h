@@ -25,7 +25,7 @@ size_t scan_fwd_workspace_bytes(DType dtype, const ScanShape& shape);
 void scan_fwd(DType dtype, const ScanShape& shape, const void* A, const void* b, const void* h0, bool reverse,
               void* h, void* h_last, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
-// Backward (SPEC.md §1.2): dA, db and dh0 (dh0 = A_firstᵀ λ_first, written even when h0 is null).
+// Backward (docs/spec.md §1.2): dA, db and dh0 (dh0 = A_firstᵀ λ_first, written even when h0 is null).
 size_t scan_bwd_workspace_bytes(DType dtype, const ScanShape& shape);
 void scan_bwd(DType dtype, const ScanShape& shape, const void* A, const void* h, const void* h0,
               const void* grad_h, const void* grad_h_last, bool reverse, void* dA, void* db, void* dh0,

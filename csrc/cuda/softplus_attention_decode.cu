@@ -1,4 +1,4 @@
-// CUDA decoding kernel of softplus attention, LSSA and LSSAR (SPEC.md §2), for few queries
+// CUDA decoding kernel of softplus attention, LSSA and LSSAR (docs/spec.md §2), for few queries
 // (Tq <= 16) against many keys: split over keys, partial sums per split, then a combine.
 //
 // Row i (query head h, position i) sees N_i keys: N_i = min(i + 1 + kv_offset, Tk) when causal,

@@ -6,11 +6,11 @@
 // the LSTM; "acc" is float32, or float64 when U is float64):
 //   pararnn_fwd(cell, U [B,T,3,N], A [3,N] acc, P [2,N] acc or None (LSTM only), s0 [B,S,N] or
 //               None, max_iters, tol) -> (S_all [B,T,S,N], iters int64 0-dim, residual float 0-dim)
-//       Newton forward (SPEC.md §1.1); S_all, s0 in the dtype of U; residual (float64 for float64 U,
+//       Newton forward (docs/spec.md §1.1); S_all, s0 in the dtype of U; residual (float64 for float64 U,
 //       float32 otherwise) = max_t |s_t − f(s_{t−1}, x_t)| of the returned iterate.
 //   pararnn_bwd(cell, U, A, P, s0, S_all, dS [B,T,S,N], ds_last [B,S,N])
 //       -> (dU [B,T,3,N], dA [3,N] acc, dP [2,N] acc (zeros for the GRU), ds0 [B,S,N])
-//       exact gradient at the solution S_all (SPEC.md §1.2), dA and dP reduced over B and T.
+//       exact gradient at the solution S_all (docs/spec.md §1.2), dA and dP reduced over B and T.
 //   pararnn_seq_fwd(cell, U, A, P, s0) -> S_all     exact sequential forward.
 // The CPU kernels are in csrc/cpu/pararnn.cpp; the CUDA registration of the same schemas goes
 // with the CUDA kernels (csrc/cuda/pararnn*.cu).

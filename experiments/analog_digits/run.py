@@ -1,4 +1,4 @@
-"""Analog LSTM with NL-ADCs on scikit-learn's digits: accuracy against ADC bits (SPEC.md §3.2).
+"""Analog LSTM with NL-ADCs on scikit-learn's digits: accuracy against ADC bits (docs/spec.md §3.2).
 
 Each 8×8 digit is read row by row as an 8-step sequence of 8 pixels (scaled to [0, 1]). A
 digital torch.nn.LSTM (H = 64) with a linear read-out is trained, converted with

@@ -1,5 +1,5 @@
 // Runs, under the CPU emulation of emu.h, the CUDA decoding kernel of softplus attention (csrc/cuda/softplus_attention_decode.cu)
-// against a float64 loop of SPEC.md §2: LSSA and LSSAR (p = 3, 15), GQA/MQA, several key splits,
+// against a float64 loop of docs/spec.md §2: LSSA and LSSAR (p = 3, 15), GQA/MQA, several key splits,
 // row tiles, D up to 256, clamped N, Tk = 1, and all-zero LSSAR rows. Exit status 0 when all
 // errors are small.
 #include "emu.h"

@@ -4,8 +4,8 @@ Skipped without a GPU or without an nlseq._C built with CUDA. The chunk length i
 the CUDA-only test ops ``nlseq_ext::pararnn_cuda_{fwd,bwd}_chunked`` (chunk_len <= 0: the default
 choice) so the multiple-shooting Newton path is exercised at every size; the registered
 ``pararnn_fwd`` / ``pararnn_bwd`` / ``pararnn_seq_fwd`` CUDA kernels are checked at the sizes of
-SPEC.md §1.4. The oracle (tests/_pararnn_oracle.py) runs in float64 on the GPU (a plain loop of
-SPEC.md §1.3); its gradients come from autograd. The CUDA build uses --use_fast_math (__expf): float32 tolerances
+docs/spec.md §1.4. The oracle (tests/_pararnn_oracle.py) runs in float64 on the GPU (a plain loop of
+docs/spec.md §1.3); its gradients come from autograd. The CUDA build uses --use_fast_math (__expf): float32 tolerances
 allow a few ulp per step on top of the contraction of the cell.
 """
 from __future__ import annotations
@@ -134,7 +134,7 @@ def test_bad_inputs_are_rejected():
     pytest.param("lstm", 8, 2048, 1024, id="lstm-8x2048x1024"),
 ])
 def test_registered_ops_at_benchmark_sizes(cell, B, T, N, dtype):
-    """pararnn_fwd / pararnn_bwd with the default chunking at SPEC.md §1.4 sizes, against the
+    """pararnn_fwd / pararnn_bwd with the default chunking at docs/spec.md §1.4 sizes, against the
     float64 loop (and its autograd) on the GPU; Triton on the same inputs agrees too."""
     U, A, P, s0 = make_inputs(cell, B, T, N, dtype=dtype)
     S_all, iters, residual = OPS.pararnn_fwd(cell, U, A, P, s0, 10, 1e-6)

@@ -1,7 +1,7 @@
 """The CUDA decoding kernel of softplus attention, torch.ops.nlseq_ext.softplus_attention_decode
-(csrc/cuda/softplus_attention_decode.cu), against a float64 oracle of SPEC.md §2 written here.
+(csrc/cuda/softplus_attention_decode.cu), against a float64 oracle of docs/spec.md §2 written here.
 
-Precision rule (STYLE.md §5, FlashAttention's): the kernel's max error against the float64
+Precision rule (docs/design.md, FlashAttention's): the kernel's max error against the float64
 oracle must be at most 2x the error of the same formulas run by PyTorch in the input dtype, plus a
 floor for float32 where PyTorch itself is nearly exact: fast-math exp/log (~2 ulp) on scores up to
 |s| = ln D ln N (~50), and for LSSAR the exponent p multiplies relative weight errors.
@@ -40,7 +40,7 @@ def decode(q, k, v, causal, p, kv_offset):
 
 
 def oracle(q, k, v, causal, p, kv_offset, dtype):
-    """SPEC.md §2 with the full score matrix, computed in ``dtype`` (float64: the oracle)."""
+    """docs/spec.md §2 with the full score matrix, computed in ``dtype`` (float64: the oracle)."""
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]

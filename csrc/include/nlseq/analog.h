@@ -1,4 +1,4 @@
-// Torch-free math of the analog family (SPEC.md §3), shared by the CPU (g++) and CUDA (nvcc)
+// Torch-free math of the analog family (docs/spec.md §3), shared by the CPU (g++) and CUDA (nvcc)
 // kernels: the counter-based random numbers, the DAC and the ramp comparator count.
 // python/nlseq/reference/analog.py and kernels/analog.py implement the same definitions.
 #pragma once
@@ -139,7 +139,7 @@ NLSEQ_HD float normal_at(uint64_t seed, uint64_t offset, uint64_t e) {
   return z[e & 3];
 }
 
-// ---------------------------------------------------------------- DAC (SPEC.md §3.1)
+// ---------------------------------------------------------------- DAC (docs/spec.md §3.1)
 // in_bits > 0: 2^(in_bits-1) − 1 levels per side over [−x_max, x_max], rounding half up;
 // in_bits = 0: an ideal converter (clamp only). Constants are computed once by Dac::make.
 struct Dac {
@@ -171,7 +171,7 @@ NLSEQ_HD float dac_quantize(float x, const Dac& d) {
   return q * d.delta;
 }
 
-// ---------------------------------------------------------------- NL-ADC comparator count (SPEC.md §3.2)
+// ---------------------------------------------------------------- NL-ADC comparator count (docs/spec.md §3.2)
 // #{k : u > thr[k]} for non-decreasing thr[0..L−2], L a power of two, by binary search: bits steps.
 // Branch-free (the comparisons are coin flips to a branch predictor).
 NLSEQ_HD int ramp_code(float u, const float* thr, int L) {

@@ -1,4 +1,4 @@
-// Cell math of the built-in ParaRNN cells (SPEC.md §1.3), shared by the CPU and CUDA kernels.
+// Cell math of the built-in ParaRNN cells (docs/spec.md §1.3), shared by the CPU and CUDA kernels.
 //
 // Everything here is per channel: the built-in cells are diagonal in the channel index, so one
 // channel n of one batch row evolves independently of the others once the input projection
@@ -7,14 +7,14 @@
 //   a[3]  the recurrent weights A[:, n],
 //   p[2]  the peepholes P[:, n] (LSTM only; the GRU ignores them),
 //   s[S]  its state before the step (GRU: S = 1, s = {h}; LSTM: S = 2, s = {c, h}).
-// Gate orders follow SPEC.md §1.3: GRU (z, r, c), LSTM (f, o, c̃), peepholes (p_f, p_o).
+// Gate orders follow docs/spec.md §1.3: GRU (z, r, c), LSTM (f, o, c̃), peepholes (p_f, p_o).
 //
 // Each cell offers, for one step:
 //   step(u, a, p, s_prev, s)            s = f(s_prev, x)
 //   step_jac(u, a, p, s_prev, s, J)     s and J = ∂s/∂s_prev (S×S per channel)
 //   vjp(u, a, p, s_prev, lam, du, da, dp, ds_prev)
 //       for λ = ∂L/∂s: du = λᵀ ∂s/∂u, da = λᵀ ∂s/∂a, dp = λᵀ ∂s/∂p (zeros for the GRU),
-//       ds_prev = λᵀ ∂s/∂s_prev = Jᵀ λ (the term that carries λ back in time, SPEC.md §1.2).
+//       ds_prev = λᵀ ∂s/∂s_prev = Jᵀ λ (the term that carries λ back in time, docs/spec.md §1.2).
 // M is the elementary-function policy (StdMath by default).
 // T is the accumulation type (float, or double for float64 tensors); callers convert storage
 // types (half, bfloat16) to it before calling.
@@ -62,7 +62,7 @@ enum class CellKind : int { kGru = 0, kLstm = 1 };
 // State size per channel: 1 for the GRU (h), 2 for the LSTM (c, h).
 NLSEQ_HD constexpr int state_size(CellKind cell) { return cell == CellKind::kGru ? 1 : 2; }
 
-// ParaGRU (SPEC.md §1.3):
+// ParaGRU (docs/spec.md §1.3):
 //   z = σ(a_z h₋ + u_z),  r = σ(a_r h₋ + u_r),  c = tanh(a_c (h₋ r) + u_c),  h = z c + (1 − z) h₋
 template <typename T, typename M = StdMath>
 struct Gru {
@@ -115,7 +115,7 @@ struct Gru {
   }
 };
 
-// ParaLSTM, CIFG with peepholes (SPEC.md §1.3); state {c, h}:
+// ParaLSTM, CIFG with peepholes (docs/spec.md §1.3); state {c, h}:
 //   f = σ(a_f h₋ + p_f c₋ + u_f),  c̃ = tanh(a_c h₋ + u_c),  c = f c₋ + (1 − f) c̃,
 //   o = σ(a_o h₋ + p_o c + u_o),   h = o tanh(c)
 // Jacobian per channel, rows/columns ordered (c, h):

@@ -1,4 +1,4 @@
-// Linear-recurrence math shared by the CPU and CUDA scan kernels (SPEC.md §1.1).
+// Linear-recurrence math shared by the CPU and CUDA scan kernels (docs/spec.md §1.1).
 //
 // One step is the affine map h -> A h + b with A a KxK block (K = 1 is the diagonal case).
 // Steps compose associatively: (A2, b2) ∘ (A1, b1) = (A2 A1, A2 b1 + b2), "apply 1, then 2".
@@ -59,7 +59,7 @@ NLSEQ_UNROLL
   return r;
 }
 
-// y = Aᵀ x (the backward recurrence uses transposed blocks, SPEC.md §1.2).
+// y = Aᵀ x (the backward recurrence uses transposed blocks, docs/spec.md §1.2).
 template <int K, typename T>
 NLSEQ_HD void transpose_apply(const T (&A)[K][K], const T (&x)[K], T (&y)[K]) {
 NLSEQ_UNROLL

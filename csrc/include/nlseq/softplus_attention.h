@@ -1,4 +1,4 @@
-// Torch-free math of softplus attention (SPEC.md §2), shared by the CPU and CUDA kernels.
+// Torch-free math of softplus attention (docs/spec.md §2), shared by the CPU and CUDA kernels.
 //
 // Row i sees N_i keys; c_i = ln D · ln N_i; s_ij = c_i q̂_i·k̂_j; w_ij = softplus(s_ij);
 // L_i = Σ_j w_ij. LSSA weights w/L. LSSAR weights ReLU(N_i w/L − O_i)^p renormalised, computed as

@@ -1,4 +1,4 @@
-"""Analog crossbar simulation with nonlinear ramp ADCs (SPEC.md §3).
+"""Analog crossbar simulation with nonlinear ramp ADCs (docs/spec.md §3).
 
 - ``CrossbarConfig``: the device and periphery model (programming noise, stuck devices, drift,
   read and output noise, DAC, tiles, read voltage); ``CrossbarConfig.ideal()`` turns it all off.

@@ -1,4 +1,4 @@
-"""NL-ADC: a ramp ADC whose pre-distorted ramp makes the code the activation (SPEC.md §3.2)."""
+"""NL-ADC: a ramp ADC whose pre-distorted ramp makes the code the activation (docs/spec.md §3.2)."""
 from __future__ import annotations
 
 import math
@@ -51,7 +51,7 @@ class NLADC:
     tensors. ``in_range`` (u_min, u_max): the input range mapped onto the L = 2^bits levels; when
     None, the function's natural range (sigmoid, tanh: the whole real line, so the levels tile
     the open output interval (0, 1) / (−1, 1); hardtanh: [−1, 1]); "identity" and user pairs
-    need it. With f_lo = f(u_min), f_hi = f(u_max) (SPEC.md §3.2):
+    need it. With f_lo = f(u_min), f_hi = f(u_max) (docs/spec.md §3.2):
 
         levels[k]      = f_lo + (k + ½)(f_hi − f_lo)/L,     k = 0..L−1
         thresholds[k−1] = f⁻¹(f_lo + k (f_hi − f_lo)/L),     k = 1..L−1
@@ -96,7 +96,7 @@ class NLADC:
             if name in _NON_MONOTONIC:
                 raise ValueError(
                     f"NLADC: {fn!r} is not monotonic, so no single ramp can produce it (the code counts "
-                    f"thresholds passed, SPEC.md §3.2); split it into monotonic pieces with separate ADCs"
+                    f"thresholds passed, docs/spec.md §3.2); split it into monotonic pieces with separate ADCs"
                 )
             if name not in _FUNCS:
                 raise ValueError(f"NLADC: fn must be one of {BUILTIN} or a pair (f, f_inverse), got {fn!r}")
@@ -134,7 +134,7 @@ class NLADC:
                              "would share a threshold, or f_inverse is not the inverse of f)")
         self.lsb = abs(float(span)) / self.L
 
-        # The physical ramp: start T_0 and step sizes ΔT_k, k = 1..L−1 (SPEC.md §3.2).
+        # The physical ramp: start T_0 and step sizes ΔT_k, k = 1..L−1 (docs/spec.md §3.2).
         T = self.thresholds
         mean_step = float(T[-1] - T[0]) / (self.L - 2) if self.L > 2 else 1.0
         self.ramp_start = float(T[0]) - (mean_step if mean_step > 0 else 1.0)
@@ -151,7 +151,7 @@ class NLADC:
         if not (bool((d > 0).all()) or bool((d < 0).all())):
             raise ValueError(
                 f"NLADC: the function is not strictly monotonic on in_range={self.in_range}, so no single "
-                f"ramp can produce it (SPEC.md §3.2); split it into monotonic pieces with separate ADCs"
+                f"ramp can produce it (docs/spec.md §3.2); split it into monotonic pieces with separate ADCs"
             )
         back = self.f_inverse(y[1:-1])
         if not bool(torch.allclose(back, u[1:-1], atol=1e-6 * (u_max - u_min), rtol=1e-6)):
@@ -198,7 +198,7 @@ class NLADC:
         return self.ramp_steps / self.ramp_steps.max()
 
     def program(self, n_columns: int, config: CrossbarConfig, generator: torch.Generator) -> ProgrammedADC:
-        """Program the ramp devices and draw the comparators' offsets (SPEC.md §3.2).
+        """Program the ramp devices and draw the comparators' offsets (docs/spec.md §3.2).
 
         Draws from ``generator`` in a fixed order (ramp devices, then offsets), so one generator
         state replays one programming.

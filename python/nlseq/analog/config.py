@@ -1,4 +1,4 @@
-"""Crossbar device model (SPEC.md §3.1): configuration and weight programming."""
+"""Crossbar device model (docs/spec.md §3.1): configuration and weight programming."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -10,14 +10,14 @@ from torch import Tensor
 from .._checks import check_choice, check_float, check_int, check_prob, check_tensor
 
 PROG_NOISE_MODELS = ("constant", "pcm")
-# PCM programming-noise polynomial of SPEC.md §3.1, in µS for g_max = 25 µS (IBM aihwkit figures).
+# PCM programming-noise polynomial of docs/spec.md §3.1, in µS for g_max = 25 µS (IBM aihwkit figures).
 PCM_POLY = (0.26348, 1.9650, -1.1731)
 PCM_G_MAX = 25.0
 
 
 @dataclass(frozen=True)
 class CrossbarConfig:
-    """Device and periphery model of one crossbar (SPEC.md §3.1). Units: µS, V, µA, seconds.
+    """Device and periphery model of one crossbar (docs/spec.md §3.1). Units: µS, V, µA, seconds.
 
     Fields:
         g_max: largest device conductance (µS).
@@ -162,7 +162,7 @@ def program_weights(W: Tensor, config: CrossbarConfig, *, generator: Optional[to
                     seed: Optional[int] = None) -> ProgrammedWeights:
     """Map W [N, K] (out × in) to differential pairs G⁺ = g_max·max(W,0)/w_max,
     G⁻ = g_max·max(−W,0)/w_max (w_max per output column), program both (programming noise,
-    stuck devices, drift; SPEC.md §3.1) and return them in digital units."""
+    stuck devices, drift; docs/spec.md §3.1) and return them in digital units."""
     op = "analog.program_weights"
     check_tensor("W", W, op=op, ndim=2, layout="([N, K], out × in)")
     if not isinstance(config, CrossbarConfig):

@@ -3,7 +3,7 @@
 Every rank holds a contiguous piece of the sequence, U [B, T_r, 3, N] (rank order = time order,
 uneven pieces allowed), and gets back its piece of the states, S [B, T_r, S, N]. Two strategies:
 
-- ``"all_to_all"`` (here): the built-in cells are diagonal over channels (SPEC.md §1.3, docs/spec.md
+- ``"all_to_all"`` (here): the built-in cells are diagonal over channels (docs/spec.md §1.3, docs/spec.md
   §1.3), so channels never talk to each other. One all-to-all turns the time-split projection
   [B, T_r, 3, N] into a channel split [B, T, 3, N/P]; each rank runs the single-process fused op
   ``nlseq.pararnn`` on its N/P channels over the whole sequence (A, P, s0 sliced to those

@@ -1,4 +1,4 @@
-"""Hugging Face transformers integration: ``attn_implementation="lssa"`` / ``"lssar"`` (SPEC.md §2).
+"""Hugging Face transformers integration: ``attn_implementation="lssa"`` / ``"lssar"`` (docs/spec.md §2).
 
     import nlseq.integrations.transformers as nlseq_hf
     nlseq_hf.register()                 # LSSAR exponent p: config.lssar_p if set, else 15
@@ -56,7 +56,7 @@ _dropout_policy = "raise"
 
 
 def _masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: Optional[float]) -> Tensor:
-    """SPEC.md §2 under an arbitrary boolean mask [B, 1 or H, Tq, Tk] (True = visible); N_i = Σ_j mask_ij.
+    """docs/spec.md §2 under an arbitrary boolean mask [B, 1 or H, Tq, Tk] (True = visible); N_i = Σ_j mask_ij.
 
     Dense and differentiable through autograd, in float32 (float64 for float64 inputs).
     """

@@ -1,4 +1,4 @@
-"""Analog modules: crossbar layers whose NL-ADCs output the activations (SPEC.md §3).
+"""Analog modules: crossbar layers whose NL-ADCs output the activations (docs/spec.md §3).
 
 ``AnalogLinear``, ``AnalogLSTM`` and ``AnalogGRU`` keep their digital weights as parameters in
 torch.nn.Linear / LSTM / GRU layouts (so ``load_state_dict`` of a digital module works) and run
@@ -454,7 +454,7 @@ class _AnalogRNNBase(_AnalogBase):
 
 
 class AnalogLSTM(_AnalogRNNBase):
-    """torch.nn.LSTM on simulated crossbars (SPEC.md §3.2): per layer ONE crossbar on [x; h; 1]
+    """torch.nn.LSTM on simulated crossbars (docs/spec.md §3.2): per layer ONE crossbar on [x; h; 1]
     (W_full = [W_ih | W_hh | b_ih + b_hh], 4H columns in torch's gate order i, f, g, o) whose
     columns end in sigmoid NL-ADCs (i, f, o) and tanh NL-ADCs (g); c = f⊙c + i⊙g digitally and
     h = o⊙tanh(c) with tanh(c) from an NL-ADC too. Parameters as torch.nn.LSTM

@@ -33,7 +33,7 @@ def rotary_embedding(x: Tensor, positions: Tensor, theta: float = 10000.0) -> Te
 
 
 class SoftplusAttention(nn.Module):
-    """Self-attention block ``out = o_proj(softplus_attention(q_proj x, k_proj x, v_proj x))`` (SPEC.md §2).
+    """Self-attention block ``out = o_proj(softplus_attention(q_proj x, k_proj x, v_proj x))`` (docs/spec.md §2).
 
     Args:
         embed_dim: model width E; the head dim is D = E // num_heads.

@@ -1,4 +1,4 @@
-"""ParaGRU and ParaLSTM: the paper's diagonal multi-head cells (SPEC.md §1.3) as nn.Modules.
+"""ParaGRU and ParaLSTM: the paper's diagonal multi-head cells (docs/spec.md §1.3) as nn.Modules.
 
 Signatures follow torch.nn.GRU / torch.nn.LSTM (single layer, unidirectional):
 
@@ -15,7 +15,7 @@ Parameters (documented layouts; names in the reference code in brackets):
     weight_hh  [3, N]                         diagonal recurrent weights A            [A]
     peephole   [2, N]                         LSTM only: (p_f, p_o)                   [C]
 Gate orders: GRU (z, r, c); LSTM (f, o, c̃). ``load_reference_state_dict`` / ``reference_state_dict``
-convert from / to the reference names. Initialisation (SPEC.md §1.3): A (and the peepholes)
+convert from / to the reference names. Initialisation (docs/spec.md §1.3): A (and the peepholes)
 ~ N(0, (2/√(5N))²); W Xavier-uniform with fan_in = I/heads, fan_out = N; b row 0 = −linspace(0, 1, N),
 other rows 0.
 
@@ -68,7 +68,7 @@ class _ParaRNN(nn.Module):
         if input_size % heads or hidden_size % heads:
             raise ValueError(
                 f"{name}: input_size ({input_size}) and hidden_size ({hidden_size}) must both be divisible by "
-                f"heads ({heads}): the input projection is block-diagonal over heads (SPEC.md §1.3)"
+                f"heads ({heads}): the input projection is block-diagonal over heads (docs/spec.md §1.3)"
             )
         check_choice(op, "mode", mode, MODES)
         check_choice(op, "on_nonconvergence", on_nonconvergence, ON_NONCONVERGENCE)
@@ -106,7 +106,7 @@ class _ParaRNN(nn.Module):
         return {ref: getattr(self, ours).detach().clone() for ours, ref in self._REF_NAMES.items()}
 
     def load_reference_state_dict(self, sd: dict[str, Tensor]) -> None:
-        """Load parameters from the reference code's names and layouts (SPEC.md §1.3)."""
+        """Load parameters from the reference code's names and layouts (docs/spec.md §1.3)."""
         name = type(self).__name__
         missing = [ref for ref in self._REF_NAMES.values() if ref not in sd]
         extra = [k for k in sd if k not in self._REF_NAMES.values()]
@@ -201,7 +201,7 @@ class _ParaRNN(nn.Module):
 
 
 class ParaGRU(_ParaRNN):
-    """ParaGRU (SPEC.md §1.3): z = σ(a_z h₋ + W_z x + b_z), r = σ(a_r h₋ + W_r x + b_r),
+    """ParaGRU (docs/spec.md §1.3): z = σ(a_z h₋ + W_z x + b_z), r = σ(a_r h₋ + W_r x + b_r),
     c = tanh(a_c (h₋ r) + W_c x + b_c), h = z c + (1 − z) h₋ (z gates the candidate).
 
     Args: input_size, hidden_size, heads (default 2; both sizes divisible by it), batch_first,
@@ -236,7 +236,7 @@ class ParaGRU(_ParaRNN):
 
 
 class ParaLSTM(_ParaRNN):
-    """ParaLSTM, CIFG with peepholes (SPEC.md §1.3): f = σ(a_f h₋ + p_f c₋ + W_f x + b_f),
+    """ParaLSTM, CIFG with peepholes (docs/spec.md §1.3): f = σ(a_f h₋ + p_f c₋ + W_f x + b_f),
     c̃ = tanh(a_c h₋ + W_c x + b_c), c = f c₋ + (1 − f) c̃, o = σ(a_o h₋ + p_o c + W_o x + b_o),
     h = o tanh(c).
 

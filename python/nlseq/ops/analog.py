@@ -1,12 +1,12 @@
-"""``nlseq.analog_mvm``: one fused pass DAC → crossbar MVM → noise → NL-ADC (SPEC.md §3.1–3.2).
+"""``nlseq.analog_mvm``: one fused pass DAC → crossbar MVM → noise → NL-ADC (docs/spec.md §3.1–3.2).
 
-Layers (STYLE.md §2): ``analog_mvm`` (checks, defaults, layouts) → the ``torch.library`` custom
+Layers (docs/design.md): ``analog_mvm`` (checks, defaults, layouts) → the ``torch.library`` custom
 ops ``nlseq::analog_mvm`` / ``nlseq::analog_mvm_backward`` (autograd and fake-tensor rules, one
 definition) → per-backend launchers in ``_FWD`` → kernels (csrc/cpu, csrc/cuda, kernels/analog.py,
 python/nlseq/reference/analog.py). The math of each step is documented in the reference module.
 
 Training goes through the quantisers with a straight-through gradient of the ideal activation
-(SPEC.md §3.2): with u = DAC(x) @ weightᵀ the noiseless pre-activation,
+(docs/spec.md §3.2): with u = DAC(x) @ weightᵀ the noiseless pre-activation,
 dL/du = dL/dy · f'(u), dL/dx = (dL/du @ weight)·[|x| <= x_max], dL/dweight = (dL/du)ᵀ @ DAC(x).
 The backward is two GEMMs and runs in PyTorch on every backend.
 """
@@ -169,7 +169,7 @@ def analog_mvm(
     act: str = "identity",
     backend: str = "auto",
 ) -> Tensor:
-    """Fused analog crossbar MVM with an NL-ADC on every output column (SPEC.md §3).
+    """Fused analog crossbar MVM with an NL-ADC on every output column (docs/spec.md §3).
 
     For each row m and column n (see python/nlseq/reference/analog.py for the exact definition):
     xq = DAC(x) (``in_bits`` over [−x_max, x_max], 0 = ideal), I = (xq @ weightᵀ)·col_scale (µA),

@@ -1,14 +1,14 @@
-"""ParaRNN: nonlinear RNNs solved in parallel over time by Newton's method (SPEC.md §1).
+"""ParaRNN: nonlinear RNNs solved in parallel over time by Newton's method (docs/spec.md §1).
 
 Two public entry points:
 
 - ``newton_solve(step, x, h0, ...)`` for any user cell: Jacobians from ``torch.func``, every
   Newton step solved by ``nlseq.linear_recurrence``, gradients by the implicit backward of
-  SPEC.md §1.2 (a reverse linear recurrence at the solution, then one VJP of the cell).
-- ``pararnn(cell, U, A, P, s0, ...)`` for the built-in cells ("gru", "lstm"; SPEC.md §1.3) on the
+  docs/spec.md §1.2 (a reverse linear recurrence at the solution, then one VJP of the cell).
+- ``pararnn(cell, U, A, P, s0, ...)`` for the built-in cells ("gru", "lstm"; docs/spec.md §1.3) on the
   projected input U = Wx + b; it is what ``nlseq.nn.ParaGRU`` / ``ParaLSTM`` call.
 
-Layers of the built-in path (STYLE.md §2): ``pararnn`` (checks, defaults) → the ``torch.library``
+Layers of the built-in path (docs/design.md): ``pararnn`` (checks, defaults) → the ``torch.library``
 ops ``nlseq::pararnn`` / ``nlseq::pararnn_backward`` (autograd and fake-tensor rules, one
 definition) → per-backend launchers with one contract (below) → kernels.
 
@@ -258,7 +258,7 @@ def pararnn(
     mode: str = "auto", max_iters: Optional[int] = None, tol: Optional[float] = None,
     on_nonconvergence: str = "raise", backend: str = "auto", return_info: bool = False,
 ):
-    """Run a built-in ParaRNN cell (SPEC.md §1.3) over a sequence, from its projected input.
+    """Run a built-in ParaRNN cell (docs/spec.md §1.3) over a sequence, from its projected input.
 
     Args:
         cell: "gru" (state h, S = 1) or "lstm" (state [c, h], S = 2).
@@ -266,7 +266,7 @@ def pararnn(
             float16 or float64 (float64: cpp and reference backends).
         A: [3, N] recurrent weights; P: [2, N] LSTM peepholes (p_f, p_o), None for the GRU.
         s0: [B, S, N] initial state (GRU: h; LSTM: c, h), None for zeros; dtype of U.
-        mode: "newton" (parallel Newton, SPEC.md §1.1), "sequential" (exact sequential pass), or
+        mode: "newton" (parallel Newton, docs/spec.md §1.1), "sequential" (exact sequential pass), or
             "auto": sequential on the cpp backend (the fastest choice on a CPU), newton elsewhere.
         max_iters: most Newton linear solves (default 10); tol: residual bound (default by dtype,
             ``DEFAULT_TOL``: 1e-5 for float32 inputs).
@@ -276,7 +276,7 @@ def pararnn(
 
     Returns S_all [B, T, S, N] in U's dtype (y = S_all[:, :, -1], final state S_all[:, -1]); with
     ``return_info=True``, ``(S_all, NewtonInfo)``. Differentiable in U, A, P and s0: the backward is
-    the exact gradient at the returned solution (SPEC.md §1.2), never unrolled iterations.
+    the exact gradient at the returned solution (docs/spec.md §1.2), never unrolled iterations.
     Precision: every backend carries state and accumulates in float32 (float64 for float64).
     """
     op = OP
@@ -372,7 +372,7 @@ def _jacobian(step, params, h_prev, x, structure, K):
 
 
 class _ImplicitGrad(torch.autograd.Function):
-    """Identity on y = f(h*_{t−1}, x_t) whose backward turns ∂L/∂h into λ (SPEC.md §1.2):
+    """Identity on y = f(h*_{t−1}, x_t) whose backward turns ∂L/∂h into λ (docs/spec.md §1.2):
     λ_t = g_t + J_{t+1}ᵀ λ_{t+1}, a reverse linear recurrence with the Jacobians at the solution.
     Autograd then carries λ through y's graph: the VJPs of f for x, the parameters and h0."""
 
@@ -407,7 +407,7 @@ def _solve_adjoint(J, g, structure, backend):
 
 
 def _newton_step(J, f, h_prev, H, structure, damping, h0_flat, backend):
-    """Next iterate: H + ω δ with δ_t = J_t δ_{t−1} − (H_t − f_t), δ_0 = 0 (SPEC.md §1.1).
+    """Next iterate: H + ω δ with δ_t = J_t δ_{t−1} − (H_t − f_t), δ_0 = 0 (docs/spec.md §1.1).
 
     For ω = 1 it solves directly for the new iterate: s_t = J_t s_{t−1} + (f_t − J_t h_prev_t),
     s_0 = h0 (the same thing, one fewer subtraction of nearly equal numbers)."""
@@ -456,7 +456,7 @@ def newton_solve(
     backend: str = "auto",
     return_info: bool = False,
 ):
-    """Solve h_t = f(h_{t−1}, x_t), t = 1..T, for all t at once by Newton's method (SPEC.md §1.1).
+    """Solve h_t = f(h_{t−1}, x_t), t = 1..T, for all t at once by Newton's method (docs/spec.md §1.1).
 
     ``step(h_prev, x)`` (or ``step(h_prev, x, *params)`` when ``params`` is given) evaluates the
     cell for all time steps at once: h_prev [B, T, *state] and x [B, T, ...] -> [B, T, *state]. It
@@ -466,7 +466,7 @@ def newton_solve(
     the solution, so gradients reach every tensor ``step`` uses — x, h0, the parameters of an
     ``nn.Module`` step, tensors closed over by a plain function, and tensors passed in ``params``
     (the explicit form, convenient for ``gradcheck``). The iterations themselves run without
-    autograd: the gradient is the implicit one of SPEC.md §1.2 (λ_t = g_t + J_{t+1}ᵀ λ_{t+1} solved
+    autograd: the gradient is the implicit one of docs/spec.md §1.2 (λ_t = g_t + J_{t+1}ᵀ λ_{t+1} solved
     by ``nlseq.linear_recurrence`` in reverse, then the VJP of f), never unrolled Newton.
 
     Args:

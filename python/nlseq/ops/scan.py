@@ -1,6 +1,6 @@
-"""``nlseq.linear_recurrence``: the parallel linear-recurrence scan (SPEC.md §1.1–1.2).
+"""``nlseq.linear_recurrence``: the parallel linear-recurrence scan (docs/spec.md §1.1–1.2).
 
-Layers (STYLE.md §2): ``linear_recurrence`` (checks, defaults, layout) → the ``torch.library``
+Layers (docs/design.md): ``linear_recurrence`` (checks, defaults, layout) → the ``torch.library``
 custom ops ``nlseq::linear_recurrence`` / ``nlseq::linear_recurrence_backward`` (autograd and
 fake-tensor rules, one definition) → per-backend launchers in ``_FWD`` / ``_BWD`` → kernels.
 Launchers all take the block layout A [B, T, N, K, K], b [B, T, N, K], h0 [B, N, K] or None,
@@ -129,7 +129,7 @@ def linear_recurrence(
     Precision: float32, bfloat16 and float16 inputs accumulate in float32 (the carried state is
     float32; outputs are rounded once to the input dtype); float64 runs in float64 on the
     ``cpp`` and ``reference`` backends. Differentiable in A, b and h0 (the backward is the reverse
-    recurrence of SPEC.md §1.2). ``backend``: "auto", "cuda", "triton", "cpp" or "reference"
+    recurrence of docs/spec.md §1.2). ``backend``: "auto", "cuda", "triton", "cpp" or "reference"
     (see ``nlseq.backends()``).
     """
     check_backend(OP, backend)

@@ -1,6 +1,6 @@
-"""``nlseq.softplus_attention``: softplus attention, LSSA, and its re-weighted form LSSAR (SPEC.md §2).
+"""``nlseq.softplus_attention``: softplus attention, LSSA, and its re-weighted form LSSAR (docs/spec.md §2).
 
-Layers (STYLE.md §2): ``softplus_attention`` (checks, defaults, layout) → the ``torch.library``
+Layers (docs/design.md): ``softplus_attention`` (checks, defaults, layout) → the ``torch.library``
 custom ops ``nlseq::softplus_attention`` / ``nlseq::softplus_attention_backward`` (autograd and
 fake-tensor rules, one definition; the backward recomputes the scores) → per-backend launchers in
 ``_FWD`` / ``_BWD`` → kernels.
@@ -212,7 +212,7 @@ def softplus_attention(
     qk_norm: bool = True, kv_offset: int = 0, cu_seqlens_q: Optional[Tensor] = None,
     cu_seqlens_k: Optional[Tensor] = None, backend: str = "auto", layout: str = "bhtd",
 ) -> Tensor:
-    """Softplus attention LSSA, or LSSAR with ``reweight_p=p`` (SPEC.md §2). Returns o shaped like q.
+    """Softplus attention LSSA, or LSSAR with ``reweight_p=p`` (docs/spec.md §2). Returns o shaped like q.
 
     Shapes: q [B, H, Tq, D]; k, v [B, Hkv, Tk, D] with H divisible by Hkv (GQA; Hkv = 1 is MQA).
     Query head h reads key/value head h // (H // Hkv). ``layout="bthd"`` takes and returns the

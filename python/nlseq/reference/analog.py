@@ -1,4 +1,4 @@
-"""PyTorch reference of the fused analog crossbar + NL-ADC op (SPEC.md §3.1–3.2).
+"""PyTorch reference of the fused analog crossbar + NL-ADC op (docs/spec.md §3.1–3.2).
 
 The op maps digital inputs x [M, K] through one simulated crossbar column per output n:
 

@@ -1,4 +1,4 @@
-"""PyTorch reference of the built-in ParaRNN cells (SPEC.md §1.1–1.3): the definition of correct.
+"""PyTorch reference of the built-in ParaRNN cells (docs/spec.md §1.1–1.3): the definition of correct.
 
 Layouts (the launcher contract of ``nlseq.ops.pararnn``; S = 1 for the GRU, 2 for the LSTM):
     U [B, T, 3, N]   projected pre-activations Wx + b, gate order (z, r, c) / (f, o, c̃)
@@ -8,10 +8,10 @@ Layouts (the launcher contract of ``nlseq.ops.pararnn``; S = 1 for the GRU, 2 fo
     S_all [B, T, S, N]  every state; the output y_t is S_all[:, t, -1]
 
 - ``cell_step`` / ``cell_step_jac``: one step for all (b, t) at once; the Jacobian is analytic
-  (SPEC.md §1.3), per channel an S×S block, in the layout of ``nlseq.linear_recurrence``.
+  (docs/spec.md §1.3), per channel an S×S block, in the layout of ``nlseq.linear_recurrence``.
 - ``pararnn_sequential``: the sequential loop; in float64 it is the test oracle.
 - ``pararnn_fwd_reference`` / ``pararnn_bwd_reference``: the reference launchers (Newton with the
-  reference scan; backward = the reverse recurrence of SPEC.md §1.2 and autograd VJPs of
+  reference scan; backward = the reverse recurrence of docs/spec.md §1.2 and autograd VJPs of
   ``cell_step``), computed in the accumulation dtype (float32; float64 for float64).
 - ``input_projection``: U = Wx + b with the block-diagonal W [heads, I/heads, 3, N/heads], written
   in place (``_HeadsProjection``).
@@ -72,7 +72,7 @@ def input_projection(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """U [B, T, G, N] = Wx + b for x [B, T, I], W [heads, I/heads, G, N/heads], b [G, N].
 
     Gate g, channel (head h, index j) = Σ_i x[.., h, i] W[h, i, g, j] + b[g, h N/heads + j]
-    (SPEC.md §1.3). One head: one ``addmm`` straight into U. Several heads: ``_HeadsProjection``,
+    (docs/spec.md §1.3). One head: one ``addmm`` straight into U. Several heads: ``_HeadsProjection``,
     G batched GEMMs written in place into the [.., G, heads, N/heads] layout (no ``stack`` copy of
     U). Under torch.compile the plain-op form (an ``addmm`` per head and one ``stack``) is traced
     instead: the compiler sees ordinary ops and fuses the copy itself.
@@ -119,7 +119,7 @@ def cell_step(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s_prev: Tens
 def cell_step_jac(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s_prev: Tensor) -> tuple[Tensor, Tensor]:
     """(s, J): s [..., S, N] as ``cell_step``, J = ∂s/∂s_prev per channel, [..., N, S, S].
 
-    The analytic Jacobians of SPEC.md §1.3 (the same formulas as csrc/include/nlseq/pararnn.h).
+    The analytic Jacobians of docs/spec.md §1.3 (the same formulas as csrc/include/nlseq/pararnn.h).
     """
     if cell == "gru":
         h = s_prev[..., 0, :]
@@ -224,7 +224,7 @@ def _in_acc(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[T
 
 def pararnn_fwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[Tensor],
                           max_iters: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Newton forward (SPEC.md §1.1) with the reference scan. Returns (S_all, iters, residual).
+    """Newton forward (docs/spec.md §1.1) with the reference scan. Returns (S_all, iters, residual).
 
     Initial guess f(0, x_t) (s0 at t = 1); every iteration evaluates f and J at the current
     iterate, measures the residual max_t |s_t − f(s_{t−1}, x_t)| and stops when it is <= tol,
@@ -264,7 +264,7 @@ def pararnn_seq_fwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tenso
 
 def pararnn_bwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[Tensor],
                           S_all: Tensor, dS: Tensor, ds_last: Tensor):
-    """Exact gradient at the solution S_all (SPEC.md §1.2). Returns (dU, dA, dP or None, ds0).
+    """Exact gradient at the solution S_all (docs/spec.md §1.2). Returns (dU, dA, dP or None, ds0).
 
     λ_t = g_t + J_{t+1}ᵀ λ_{t+1} (g_T also gets ds_last) is solved by the reference scan in reverse
     time; then the VJP of the cell at (s*_{t−1}, x_t) for all t at once (``cell_vjp``) gives dU,

@@ -1,4 +1,4 @@
-"""PyTorch reference of the linear recurrence (SPEC.md §1.1): the definition of correct.
+"""PyTorch reference of the linear recurrence (docs/spec.md §1.1): the definition of correct.
 
 All functions take the *block* layout: A [B, T, N, K, K], b [B, T, N, K], h0 [B, N, K] or None.
 The diagonal layout (A, b [B, T, N]) is the block layout with K = 1; ``ops.scan`` adds the two

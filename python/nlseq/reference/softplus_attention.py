@@ -1,4 +1,4 @@
-"""PyTorch reference of softplus attention, LSSA and LSSAR (SPEC.md §2): the definition of correct.
+"""PyTorch reference of softplus attention, LSSA and LSSAR (docs/spec.md §2): the definition of correct.
 
 Definitions, per query row i of one (batch, head) or one packed sequence, with N_i the number of
 keys row i may see (see ``visible``):
@@ -13,7 +13,7 @@ keys row i may see (see ``visible``):
     o_i = Σ_j P_ij v_j
 
 All-zero rows: a row with no visible key (N_i = 0), or an LSSAR row whose largest base
-M_i <= ZERO_ROW_TOL, gives o_i = 0 and zero gradients. SPEC.md §2 says all-zero rows give 0; the
+M_i <= ZERO_ROW_TOL, gives o_i = 0 and zero gradients. docs/spec.md §2 says all-zero rows give 0; the
 paper's code divides by (Σ + 1e-8) instead, which also shrinks rows whose Σ_j ReLU(base)^p is
 merely small (below ~1e-6, e.g. p = 15 with M_i < 0.4). We normalise exactly (the ratio is
 scale-free) and only call a row zero when its largest base is within ZERO_ROW_TOL of 0, where the
@@ -171,7 +171,7 @@ def softplus_attention_naive(
     qk_norm: bool = True, kv_offset: int = 0, cu_seqlens_q: Optional[Tensor] = None,
     cu_seqlens_k: Optional[Tensor] = None,
 ) -> Tensor:
-    """SPEC.md §2 written out with the full [Tq, Tk] matrix, in the accumulation dtype.
+    """docs/spec.md §2 written out with the full [Tq, Tk] matrix, in the accumulation dtype.
 
     q [B, H, Tq, D], k/v [B, Hkv, Tk, D]; with cu_seqlens_* (B = 1) each packed sequence is
     attended separately. Forms (N a)^p directly, so use float64 for large p (the oracle).
@@ -215,7 +215,7 @@ def _row_weights(qc, k, rows, Tq, causal, reweight_p, kv_offset, stats=None, n_o
         return s, a, g, P, mask, n, c, (L, M, R)
     nf = n.to(s.dtype)
     O = reweight_offset(n, s.dtype)
-    if stats is None:  # M from the row max of s: softplus is monotonic (SPEC.md §2)
+    if stats is None:  # M from the row max of s: softplus is monotonic (docs/spec.md §2)
         M = nf * over_sum(m[..., None], L)[0][..., 0] - O
         M = torch.where(((M > ZERO_ROW_TOL) & (L != 0)) | M.isnan(), M, torch.zeros_like(M))  # NaN stays NaN
     else:
