@@ -88,7 +88,8 @@ def _rank(rank, P, init, args, out):
                             timeout=datetime.timedelta(seconds=3600))
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
     import nlseq
-    from nlseq.distributed import shard, softplus_attention as cp
+    from nlseq.distributed import shard
+    from nlseq.distributed import softplus_attention as cp
 
     N, H, D = args.n, 8, 64
     p = args.reweight if args.reweight > 0 else None
@@ -123,8 +124,8 @@ def _rank(rank, P, init, args, out):
     for strategy, layout in (("all_gather", "contiguous"), ("all_gather", "zigzag"), ("all_to_all", "contiguous"),
                              ("ring", "contiguous"), ("ring", "zigzag")):
         loc = [shard(t, dim=2, layout=layout)[0].contiguous() for t in full]
-        res = measure(lambda q, k, v: cp(q, k, v, strategy=strategy, layout=layout, reweight_p=p,
-                                         backend=args.backend), loc)
+        res = measure(lambda q, k, v, strategy=strategy, layout=layout: cp(q, k, v, strategy=strategy, layout=layout,
+                                                                          reweight_p=p, backend=args.backend), loc)
         rows.append((f"{strategy} ({layout})", res))
     dist.barrier()
     torch.save(rows, os.path.join(out, f"rank{rank}.pt"))

@@ -61,8 +61,6 @@ import torch
 import triton
 import triton.language as tl
 
-from nlseq.registry import triton_interpret
-
 CELLS = {"gru": (False, 1), "lstm": (True, 2)}  # name -> (is_lstm, state size S)
 
 

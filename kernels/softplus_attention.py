@@ -27,9 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference.softplus_attention import SHIFT_BELOW, ZERO_ROW_TOL
 from ..registry import triton_interpret
 from ._autotune import tuned
-from ..reference.softplus_attention import SHIFT_BELOW, ZERO_ROW_TOL
 
 
 def _configs():

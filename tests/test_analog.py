@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from _utils import backend_params, device_for
 
 import nlseq
+from _utils import backend_params, device_for
 from nlseq.analog import NLADC, CrossbarConfig, program_weights
 from nlseq.nn import AnalogGRU, AnalogLinear, AnalogLSTM
 from nlseq.reference.analog import analog_mvm as ref_mvm

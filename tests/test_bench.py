@@ -21,8 +21,7 @@ import pytest
 import torch
 
 import nlseq.bench.cases
-from nlseq.bench import Case, Goal, Impl
-from nlseq.bench import report
+from nlseq.bench import Case, Goal, Impl, report
 from nlseq.bench.__main__ import main
 from nlseq.bench.runner import run_case
 from nlseq.bench.timing import Budget

@@ -10,9 +10,9 @@ import copy
 
 import pytest
 import torch
-from _utils import backend_params
 
 import nlseq
+from _utils import backend_params
 from nlseq.analog import CrossbarConfig
 from nlseq.nn import AnalogGRU, AnalogLinear, AnalogLSTM, ParaGRU, ParaLSTM, SoftplusAttention
 
@@ -25,8 +25,8 @@ class Counter:
 
     def __call__(self, gm, example_inputs):
         self.graphs += 1
-        from torch._dynamo.backends.common import aot_autograd
         from functorch.compile import make_boxed_func
+        from torch._dynamo.backends.common import aot_autograd
 
         return aot_autograd(fw_compiler=lambda g, _: make_boxed_func(g.forward))(gm, example_inputs)
 
@@ -68,7 +68,7 @@ def test_module_compiles_fullgraph_and_matches_eager(backend, name, training):
     counter = Counter()
     compiled = torch.compile(compiled_module, fullgraph=True, backend=counter)
     g = torch.Generator().manual_seed(1)
-    for call in range(3):  # noise streams advance alike; no recompilation as the counters move
+    for _call in range(3):  # noise streams advance alike; no recompilation as the counters move
         x = torch.randn(shape, generator=g)
         xe, xc = x.clone().requires_grad_(training), x.clone().requires_grad_(training)
         with torch.set_grad_enabled(training):

@@ -15,9 +15,8 @@ import pytest
 import torch
 
 import nlseq
-from nlseq.analog import CrossbarConfig, NLADC, program_conductances, program_weights
-
 from _utils import backend_params
+from nlseq.analog import NLADC, CrossbarConfig, program_conductances, program_weights
 
 CPU_BACKENDS = backend_params("reference", "cpp", "triton")
 NAN = float("nan")

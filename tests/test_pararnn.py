@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
-from _utils import DTYPE_IDS, assert_close_to_oracle, backend_params
 
 import nlseq
+from _utils import DTYPE_IDS, assert_close_to_oracle, backend_params
 from nlseq.nn import ParaGRU, ParaLSTM
 from nlseq.reference import pararnn as R
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from _pararnn_oracle import BWD_TOL, FWD_TOL, S_OF, make_inputs, oracle_grads, oracle_states, residual_of
 from _utils import DTYPE_IDS, assert_close_to_oracle
 

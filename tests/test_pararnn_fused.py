@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import nlseq
 from _pararnn_oracle import BWD_TOL, FWD_TOL, S_OF, f64, oracle, oracle_grads, residual_of
 from _pararnn_oracle import make_inputs as _make_inputs
 from _utils import DTYPE_IDS, assert_close_to_oracle
-
-import nlseq
 from nlseq.registry import triton_interpret
 
 if not (torch.cuda.is_available() or triton_interpret()):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from _utils import backend_params
 
 pytestmark = backend_params("triton")[0].marks

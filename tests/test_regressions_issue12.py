@@ -9,11 +9,10 @@ import pytest
 import torch
 
 import nlseq
-from nlseq._checks import MAX_POSITION
-from nlseq.analog import CrossbarConfig, NLADC
-from nlseq.reference.softplus_attention import softplus_attention_naive
-
 from _utils import backend_params
+from nlseq._checks import MAX_POSITION
+from nlseq.analog import NLADC, CrossbarConfig
+from nlseq.reference.softplus_attention import softplus_attention_naive
 
 CPU_BACKENDS = backend_params("reference", "cpp", "triton")
 NAN = float("nan")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _utils import DTYPE_IDS, assert_close_to_oracle, backend_params, device_for
 
 import nlseq
+from _utils import DTYPE_IDS, assert_close_to_oracle, backend_params, device_for
 from nlseq.reference.scan import linear_recurrence_loop
 
 ALL = backend_params("cuda", "triton", "cpp", "reference")

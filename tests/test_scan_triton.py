@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _utils import assert_close_to_oracle, backend_params, device_for
 
+from _utils import assert_close_to_oracle, backend_params, device_for
 from nlseq.reference.scan import linear_recurrence_backward, linear_recurrence_loop
 
 pytestmark = backend_params("triton")[0].marks

@@ -7,11 +7,16 @@ import sys
 
 import pytest
 import torch
-from _utils import DTYPE_IDS, assert_close_to_oracle, backend_params, device_for
 
 import nlseq
+from _utils import DTYPE_IDS, assert_close_to_oracle, backend_params, device_for
 from nlseq.reference.softplus_attention import (
-    ZERO_ROW_TOL, length_scale, reweight_offset, softplus, softplus_attention_naive, visible,
+    ZERO_ROW_TOL,
+    length_scale,
+    reweight_offset,
+    softplus,
+    softplus_attention_naive,
+    visible,
 )
 
 ALL = backend_params("cuda", "triton", "cpp", "reference")
@@ -102,7 +107,7 @@ def test_fp64_gradcheck_cpp():
         pytest.skip(str(nlseq.backends()["cpp"]))
     q, k, v = make_qkv(1, 2, 1, 6, 6, 5, dtype=torch.float64, device="cpu")
     for p in (None, 3.0):
-        torch.autograd.gradcheck(lambda q, k, v: nlseq.softplus_attention(q, k, v, reweight_p=p, backend="cpp"),
+        torch.autograd.gradcheck(lambda q, k, v, p=p: nlseq.softplus_attention(q, k, v, reweight_p=p, backend="cpp"),
                                  (q, k, v))
 
 

@@ -15,7 +15,6 @@ Writes results.json, results.md and accuracy.png next to this file.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform

@@ -36,9 +36,8 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from _data import VOCAB, batches, eval_windows, load_corpus, machine  # noqa: E402
-
 import nlseq  # noqa: E402
+from _data import VOCAB, batches, eval_windows, load_corpus, machine  # noqa: E402
 from nlseq.analog import CrossbarConfig  # noqa: E402
 
 PAPER_BPC = 1.349  # character-level Penn Treebank, the paper's analog LSTM

@@ -43,7 +43,6 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from _data import VOCAB, batches, eval_windows, load_corpus, machine  # noqa: E402
-
 from nlseq.nn import SoftplusAttention, rotary_embedding  # noqa: E402
 
 PAPER = {"lengths": ["1K", "2K", "4K", "8K"], "softmax": [3.19, 4.17, 5.45, 6.28], "lssa": [3.19, 4.13, 5.30, 5.94],

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from _data import VOCAB, batches, eval_windows, load_corpus, machine  # noqa: E402
-
 from nlseq.integrations import pararnn_lm  # noqa: E402
 
 PRESETS = {
@@ -205,7 +204,7 @@ def main(argv=None):
                "cells": out}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    lines = [f"# ParaRNN: Newton training equals sequential training\n",
+    lines = ["# ParaRNN: Newton training equals sequential training\n",
              f"{corpus.describe()}; {cfg['layers']} blocks, d = {cfg['d']}, heads = {cfg['heads']}, sequences of "
              f"{cfg['seq']} bytes, batch {cfg['batch']}, {cfg['steps']} steps, identical weights and batches for both "
              f"modes; {machine()}; {results['seconds'] / 60:.1f} min; {results['date']}.\n",

@@ -246,7 +246,7 @@ def _bad_inputs(rank, P):
 
 def test_bad_input_is_the_same_clear_error_on_every_rank():
     res = [r["bad"] for r in _results(2)]
-    for rank, out in enumerate(res):
+    for out in res:
         assert "N = 5 channels over the 2 ranks" in out["indivisible"]
         assert "must be divisible by 2" in out["indivisible"]
         assert "ranks disagree on B (by rank: [2, 3])" in out["mismatch"]

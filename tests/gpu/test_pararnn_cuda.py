@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 import _pararnn_oracle as _oracle
+import nlseq
 from _pararnn_oracle import S_OF, oracle, oracle_grads
 from _pararnn_oracle import f64 as d64
 from _utils import DTYPE_IDS, assert_close_to_oracle
-
-import nlseq
 from nlseq.registry import extension_has_cuda
 
 if not torch.cuda.is_available():

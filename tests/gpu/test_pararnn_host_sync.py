@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import nlseq
 from nlseq.reference import pararnn as R
 from nlseq.registry import extension_has_cuda
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _utils import DTYPE_IDS, assert_close_to_oracle
 
 import nlseq
+from _utils import DTYPE_IDS, assert_close_to_oracle
 from nlseq.reference.scan import linear_recurrence_loop
 
 _STATUS = nlseq.backends()["cuda"]

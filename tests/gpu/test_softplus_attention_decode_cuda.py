@@ -12,8 +12,8 @@ import math
 
 import pytest
 import torch
-from _utils import DTYPE_IDS
 
+from _utils import DTYPE_IDS
 from nlseq import registry
 
 

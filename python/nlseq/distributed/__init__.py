@@ -8,8 +8,8 @@ Every function works on the local shard of a sequence that is split over the ran
 from __future__ import annotations
 
 from ._group import GroupInfo, resolve_group
-from .sharding import Shard, shard, shard_bounds, unshard, zigzag_bounds
 from .attention import softplus_attention
+from .sharding import Shard, shard, shard_bounds, unshard, zigzag_bounds
 
 __all__ = ["GroupInfo", "resolve_group", "Shard", "shard", "shard_bounds", "unshard", "zigzag_bounds",
            "softplus_attention"]

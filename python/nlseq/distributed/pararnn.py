@@ -205,7 +205,7 @@ class _AllToAllPararnn(torch.autograd.Function):
         grads = torch.autograd.grad(S_ch, wanted, dS_ch, allow_unused=True)
         g = dict(zip([id(t) for t in wanted], grads))
         out: list[Optional[Tensor]] = []
-        for k, t in enumerate(leaves):
+        for t in leaves:
             if t is None or not t.requires_grad:
                 out.append(None)
                 continue

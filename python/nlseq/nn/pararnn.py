@@ -33,13 +33,12 @@ whose speed therefore drops to the sequential pass) shows it. Pass "raise" to fa
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
-
-import dataclasses
 
 from .._checks import FLOAT_DTYPES, check_backend, check_bool, check_choice, check_float, check_int, check_tensor
 from ..ops.pararnn import MODES, ON_NONCONVERGENCE, NewtonInfo, pararnn
@@ -183,7 +182,8 @@ class _ParaRNN(nn.Module):
 
     def _sp_forward(self, x: Tensor, s0: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """(y piece [B, T_r, N], final state [B, S, N]) of the sequence split over the group."""
-        from ..distributed.pararnn import final_state, grad_sum, pararnn as sp_pararnn
+        from ..distributed.pararnn import final_state, grad_sum
+        from ..distributed.pararnn import pararnn as sp_pararnn
 
         g = self.sequence_parallel_group
         W, b = grad_sum(self.weight_ih, self.bias, group=g)  # used on this rank's steps only

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import registry as _registry
-from .._checks import (check_backend, check_float, check_int, check_shape, check_tensor, check_values)
+from .._checks import check_backend, check_float, check_int, check_shape, check_tensor, check_values
 from ..reference import analog as _ref
 
 OP = "analog_mvm"

@@ -34,8 +34,18 @@ import torch
 from torch import Tensor
 
 from .. import registry as _registry
-from .._checks import (FLOAT_DTYPES, check_backend, check_bool, check_choice, check_dims, check_float, check_int, check_same,
-                      check_shape, check_tensor)
+from .._checks import (
+    FLOAT_DTYPES,
+    check_backend,
+    check_bool,
+    check_choice,
+    check_dims,
+    check_float,
+    check_int,
+    check_same,
+    check_shape,
+    check_tensor,
+)
 from ..reference import pararnn as _ref
 from ..reference.scan import acc_dtype, linear_recurrence_scan
 from .scan import MAX_BLOCK_SIZE, linear_recurrence

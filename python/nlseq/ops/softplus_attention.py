@@ -24,7 +24,16 @@ import torch
 from torch import Tensor
 
 from .. import registry as _registry
-from .._checks import MAX_POSITION, check_backend, check_bool, check_dims, check_float, check_int, check_same, check_tensor
+from .._checks import (
+    MAX_POSITION,
+    check_backend,
+    check_bool,
+    check_dims,
+    check_float,
+    check_int,
+    check_same,
+    check_tensor,
+)
 from ..reference import softplus_attention as _ref
 
 OP = "softplus_attention"

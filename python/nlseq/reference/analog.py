@@ -28,7 +28,6 @@ backend performs the same roundings).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch

@@ -251,7 +251,6 @@ def _prepare(q, k, v, qk_norm):
 
 def _fwd_dense(q, k, v, causal, reweight_p, qk_norm, kv_offset, chunk):
     B, H, Tq, D = q.shape
-    Hkv = k.shape[1]
     qg, kg, vg = _prepare(q, k, v, qk_norm)
     o = torch.empty(B, H, Tq, D, dtype=q.dtype, device=q.device)
     stats = torch.empty(3, B, H, Tq, dtype=acc_dtype(q.dtype), device=q.device)

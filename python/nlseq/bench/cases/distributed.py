@@ -79,7 +79,7 @@ def _rank(rank, P, init_file, out_dir, B, T, N, reps):
             if rank == 0:
                 torch.set_num_threads(threads)
                 for k, with_bwd in enumerate((False, True)):
-                    def call():
+                    def call(with_bwd=with_bwd):
                         out = fwd(with_bwd)
                         if with_bwd:
                             out.sum().backward()
