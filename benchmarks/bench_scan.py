@@ -12,6 +12,7 @@ time. ``extra_info`` carries GB/s with the byte model of nlseq.bench (3·B·T·N
 The full harness with every family, GB/s against copy bandwidth and JSON output is
 ``python -m nlseq.bench``.
 """
+
 from __future__ import annotations
 
 import pytest

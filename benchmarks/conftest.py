@@ -4,13 +4,17 @@ Their names do not match ``test_*.py`` on purpose, so the normal test run (testp
 ``pytest .``) never collects them; they are collected only when this folder (or the file itself)
 is named on the command line.
 """
+
 from __future__ import annotations
 
 import pytest
 
 
 def pytest_collect_file(file_path, parent):
-    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
-            and parent.session.isinitpath(file_path.parent)):
+    if (
+        file_path.suffix == ".py"
+        and file_path.name.startswith("bench_")
+        and parent.session.isinitpath(file_path.parent)
+    ):
         return pytest.Module.from_parent(parent, path=file_path)
     return None

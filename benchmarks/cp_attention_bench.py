@@ -11,6 +11,7 @@ volume of each collective: all_gather x·(P−1), reduce-scatter/all_to_all in·
 Each rank runs one thread (OMP_NUM_THREADS=1), so P ranks use P cores. One measurement per cell:
 on a shared machine the times are noisy. Prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,13 @@ class _Bytes:
     def __init__(self, P):
         self.P, self.n = P, 0
         self.orig = {}
-        for name in ("all_gather", "all_to_all_single", "reduce_scatter_single", "reduce_scatter_tensor",
-                     "batch_isend_irecv"):
+        for name in (
+            "all_gather",
+            "all_to_all_single",
+            "reduce_scatter_single",
+            "reduce_scatter_tensor",
+            "batch_isend_irecv",
+        ):
             if hasattr(dist, name):
                 self.orig[name] = getattr(dist, name)
                 setattr(dist, name, self._wrap(name))
@@ -78,14 +84,16 @@ class _Bytes:
             else:
                 self.n += sum(op.tensor.numel() * op.tensor.element_size() for op in a[0] if op.op is dist.isend)
             return f(*a, **kw)
+
         return g
 
 
 def _rank(rank, P, init, args, out):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=P,
-                            timeout=datetime.timedelta(seconds=3600))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init}", rank=rank, world_size=P, timeout=datetime.timedelta(seconds=3600)
+    )
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
     import nlseq
     from nlseq.distributed import shard
@@ -121,11 +129,20 @@ def _rank(rank, P, init, args, out):
     else:
         for _ in range(2):
             dist.barrier()  # the barrier of each of rank 0's two measurements
-    for strategy, layout in (("all_gather", "contiguous"), ("all_gather", "zigzag"), ("all_to_all", "contiguous"),
-                             ("ring", "contiguous"), ("ring", "zigzag")):
+    for strategy, layout in (
+        ("all_gather", "contiguous"),
+        ("all_gather", "zigzag"),
+        ("all_to_all", "contiguous"),
+        ("ring", "contiguous"),
+        ("ring", "zigzag"),
+    ):
         loc = [shard(t, dim=2, layout=layout)[0].contiguous() for t in full]
-        res = measure(lambda q, k, v, strategy=strategy, layout=layout: cp(q, k, v, strategy=strategy, layout=layout,
-                                                                          reweight_p=p, backend=args.backend), loc)
+        res = measure(
+            lambda q, k, v, strategy=strategy, layout=layout: cp(
+                q, k, v, strategy=strategy, layout=layout, reweight_p=p, backend=args.backend
+            ),
+            loc,
+        )
         rows.append((f"{strategy} ({layout})", res))
     dist.barrier()
     torch.save(rows, os.path.join(out, f"rank{rank}.pt"))
@@ -143,14 +160,19 @@ def main():
     # follows live tensors (glibc would otherwise keep freed memory and hide later peaks).
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024))
     with tempfile.TemporaryDirectory() as tmp:
-        mp.start_processes(_rank, args=(args.p, os.path.join(tmp, "init"), args, tmp), nprocs=args.p,
-                           start_method="spawn")
+        mp.start_processes(
+            _rank, args=(args.p, os.path.join(tmp, "init"), args, tmp), nprocs=args.p, start_method="spawn"
+        )
         per_rank = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(args.p)]
     kind = f"LSSAR p={args.reweight:g}" if args.reweight > 0 else "LSSA"
-    print(f"\nB=1, H=8, D=64, N={args.n}, P={args.p}, float32, causal, {kind}, backend={args.backend}, "
-          f"1 thread per rank; one measurement per cell (shared machine: noisy)\n")
-    print("| strategy | fwd s (slowest rank) | fwd+bwd s (slowest rank) | peak MiB fwd+bwd (rank 0 / 1 / ..) "
-          "| MiB sent fwd+bwd (rank 0 / 1 / ..) |")
+    print(
+        f"\nB=1, H=8, D=64, N={args.n}, P={args.p}, float32, causal, {kind}, backend={args.backend}, "
+        f"1 thread per rank; one measurement per cell (shared machine: noisy)\n"
+    )
+    print(
+        "| strategy | fwd s (slowest rank) | fwd+bwd s (slowest rank) | peak MiB fwd+bwd (rank 0 / 1 / ..) "
+        "| MiB sent fwd+bwd (rank 0 / 1 / ..) |"
+    )
     print("|---|---|---|---|---|")
     for name, _ in per_rank[0]:
         cells = [dict(rows)[name] for rows in per_rank if name in dict(rows)]  # single process: rank 0 only

@@ -6,6 +6,7 @@
 The work is in nlseq.bench.cases.distributed (the ``distributed`` bench family); this script
 launches it and prints a markdown table (docs/distributed.md shows one).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -53,6 +53,7 @@ lines file; the plugin is inactive without it), NLSEQ_GPU_CHECK_SELECT=params (k
 triton parameters), NLSEQ_GPU_CHECK_DESELECT (a file of node ids already reported, for a rerun),
 NLSEQ_GPU_CHECK_STICKY (inside pytest: the test after which the process ends).
 """
+
 from __future__ import annotations
 
 import json
@@ -73,21 +74,56 @@ MAX_FIGURES = MAX_FILES - 2
 HEADLINE_FAMILIES = ("scan", "pararnn", "softplus_attention", "analog")
 # Nominal limits (seconds) on the GPU; a phase never gets more than the budget has left (minus
 # REPORT_RESERVE_S), and what an early phase does not use is left to the later ones.
-LIMITS = {"build": 240, "env": 45, "tests-gpu": 60, "tests-family": 90, "bench-scan": 35,
-          "bench-pararnn": 45, "bench-softplus_attention": 75, "bench-analog": 30, "bench-rest": 600}
-DRY_LIMITS = {"build": 60, "env": 30, "tests-gpu": 30, "tests-family": 20, "bench-scan": 40,
-              "bench-pararnn": 40, "bench-softplus_attention": 40, "bench-analog": 40, "bench-rest": 20}
-PHASES = ("build", "env", "tests-gpu", "tests-family") + tuple(f"bench-{f}" for f in HEADLINE_FAMILIES) + \
-    ("bench-rest",)
+LIMITS = {
+    "build": 240,
+    "env": 45,
+    "tests-gpu": 60,
+    "tests-family": 90,
+    "bench-scan": 35,
+    "bench-pararnn": 45,
+    "bench-softplus_attention": 75,
+    "bench-analog": 30,
+    "bench-rest": 600,
+}
+DRY_LIMITS = {
+    "build": 60,
+    "env": 30,
+    "tests-gpu": 30,
+    "tests-family": 20,
+    "bench-scan": 40,
+    "bench-pararnn": 40,
+    "bench-softplus_attention": 40,
+    "bench-analog": 40,
+    "bench-rest": 20,
+}
+PHASES = (
+    ("build", "env", "tests-gpu", "tests-family") + tuple(f"bench-{f}" for f in HEADLINE_FAMILIES) + ("bench-rest",)
+)
 REPORT_RESERVE_S = 10
 # Family test files that hold no GPU test (CPU emulation / CPU-only checks) or are not family tests.
-NOT_FAMILY_TESTS = {"test_bench.py", "test_gpu_check.py", "test_package.py", "test_cuda_emulation.py",
-                    "test_pararnn_cuda_emulated.py", "test_triton_sm90.py", "test_hf_integration.py"}
-FAMILY_TEST_ORDER = ["test_pararnn.py", "test_softplus_attention.py", "test_analog.py", "test_pararnn_fused.py",
-                     "test_scan_triton.py", "test_scan.py"]
+NOT_FAMILY_TESTS = {
+    "test_bench.py",
+    "test_gpu_check.py",
+    "test_package.py",
+    "test_cuda_emulation.py",
+    "test_pararnn_cuda_emulated.py",
+    "test_triton_sm90.py",
+    "test_hf_integration.py",
+}
+FAMILY_TEST_ORDER = [
+    "test_pararnn.py",
+    "test_softplus_attention.py",
+    "test_analog.py",
+    "test_pararnn_fused.py",
+    "test_scan_triton.py",
+    "test_scan.py",
+]
 # CUDA errors after which the context is unusable: every later CUDA call in the process fails.
-STICKY_CUDA = re.compile(r"illegal memory access|unspecified launch failure|misaligned address|"
-                         r"device-side assert|illegal instruction|CUDA error: an? .*(fault|exception)", re.I)
+STICKY_CUDA = re.compile(
+    r"illegal memory access|unspecified launch failure|misaligned address|"
+    r"device-side assert|illegal instruction|CUDA error: an? .*(fault|exception)",
+    re.I,
+)
 
 
 # =============================================================================== pytest plugin
@@ -166,8 +202,16 @@ def pytest_runtest_logreport(report):
     if _is_worker(_plugin_config):
         return
     if report.when == "call" or report.failed or (report.when == "setup" and report.skipped):
-        _emit({"event": "result", "nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
-               "duration": round(report.duration, 3), "message": _message(report)})
+        _emit(
+            {
+                "event": "result",
+                "nodeid": report.nodeid,
+                "when": report.when,
+                "outcome": report.outcome,
+                "duration": round(report.duration, 3),
+                "message": _message(report),
+            }
+        )
 
 
 def pytest_runtest_logfinish(nodeid, location):
@@ -200,12 +244,14 @@ def _tail(path: Path, chars: int = 3000) -> str:
     return data[-chars:].decode("utf-8", "replace")
 
 
-HANG = ("import signal, time\n"
-        "signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-        "print('forced hang (NLSEQ_GPU_CHECK_HANG): ignoring SIGINT and SIGTERM', flush=True)\n"
-        "time.sleep(10 ** 6)\n")
+HANG = (
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "print('forced hang (NLSEQ_GPU_CHECK_HANG): ignoring SIGINT and SIGTERM', flush=True)\n"
+    "time.sleep(10 ** 6)\n"
+)
 
-ENV_PROBE = r'''
+ENV_PROBE = r"""
 import json, os, platform, shutil, subprocess, sys
 def run(cmd):
     try:
@@ -243,7 +289,7 @@ import nlseq
 out["nlseq"] = nlseq.__version__
 out["backends"] = {k: str(v) for k, v in nlseq.backends().items()}
 print("ENV_JSON " + json.dumps(out))
-'''
+"""
 
 
 class Stopped(BaseException):
@@ -282,7 +328,8 @@ class Check:
         self.t0 = _now()
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT / "python")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+            [str(ROOT / "python")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+        )
         self.env.setdefault("NLSEQ_CUDA_ARCHS", "90")
         self.env.setdefault("MAX_JOBS", "16")
         if not self.env.get("CUDA_HOME") and Path("/usr/local/cuda/bin/nvcc").exists():
@@ -292,10 +339,22 @@ class Check:
         else:
             self.env.pop("TRITON_INTERPRET", None)  # real Triton on the GPU
         self.report = {
-            "schema": SCHEMA, "dry_run": self.dry, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "budget_s": self.budget, "phases_planned": self.phases, "phases": {}, "versions": None,
-            "build": None, "tests": {}, "bench": {}, "cut": [], "files": [], "finished": None, "ok": None,
-            "git_commit": self._git(), "work_dir": str(self.work),
+            "schema": SCHEMA,
+            "dry_run": self.dry,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "budget_s": self.budget,
+            "phases_planned": self.phases,
+            "phases": {},
+            "versions": None,
+            "build": None,
+            "tests": {},
+            "bench": {},
+            "cut": [],
+            "files": [],
+            "finished": None,
+            "ok": None,
+            "git_commit": self._git(),
+            "work_dir": str(self.work),
         }
         self.log = self.work / "gpu_check.log"
 
@@ -325,8 +384,15 @@ class Check:
         with open(log, "ab") as f:
             f.write(f"$ {' '.join(map(str, cmd))}\n".encode())
             f.flush()
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env or self.env, stdout=f, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=env or self.env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             timed_out = killed = False
             try:
                 rc = proc.wait(timeout=max(limit, 1))
@@ -335,8 +401,10 @@ class Check:
                 raise
             except subprocess.TimeoutExpired:
                 timed_out = True
-                self.say(f"{name}: time limit {limit:.0f} s reached: {signal.Signals(soft).name}, "
-                         f"SIGKILL after {self.grace:.0f} s")
+                self.say(
+                    f"{name}: time limit {limit:.0f} s reached: {signal.Signals(soft).name}, "
+                    f"SIGKILL after {self.grace:.0f} s"
+                )
                 self._signal(proc, soft)
                 try:
                     rc = proc.wait(timeout=self.grace)
@@ -346,8 +414,15 @@ class Check:
                     rc = proc.wait()
             self._signal(proc, signal.SIGKILL)  # stragglers of the group (compilers, xdist workers)
         seconds = _now() - start
-        return {"rc": rc, "timed_out": timed_out, "killed": killed, "seconds": round(seconds, 1),
-                "limit_s": round(limit, 1), "command": " ".join(map(str, cmd)), "log": log}
+        return {
+            "rc": rc,
+            "timed_out": timed_out,
+            "killed": killed,
+            "seconds": round(seconds, 1),
+            "limit_s": round(limit, 1),
+            "command": " ".join(map(str, cmd)),
+            "log": log,
+        }
 
     @staticmethod
     def _signal(proc, sig) -> None:
@@ -380,8 +455,12 @@ class Check:
     # ------------------------------------------------------------------ phases
     def phase_build(self, name: str) -> None:
         if self.dry:
-            cmd = [self.py, "-c", "import nlseq; print('dry run: compile skipped; nlseq', nlseq.__version__, "
-                                  "'imports with backends', {k: bool(v) for k, v in nlseq.backends().items()})"]
+            cmd = [
+                self.py,
+                "-c",
+                "import nlseq; print('dry run: compile skipped; nlseq', nlseq.__version__, "
+                "'imports with backends', {k: bool(v) for k, v in nlseq.backends().items()})",
+            ]
         else:
             cmd = [self.py, "setup.py", "build_ext", "--inplace"]
         env = dict(self.env, NLSEQ_FORCE_CUDA="1")  # fail rather than build CPU-only in silence
@@ -389,16 +468,21 @@ class Check:
             self.say("build: no ninja on PATH: torch falls back to a serial build (slower)")
         res = self.run(name, cmd, self.limit_for(name), soft=signal.SIGTERM, env=env)
         entry = self.record(name, res, self.status_of(res))
-        self.report["build"] = {"ok": entry["status"] == "ok", "dry": self.dry, "seconds": res["seconds"],
-                                "archs": self.env["NLSEQ_CUDA_ARCHS"], "max_jobs": self.env["MAX_JOBS"],
-                                "status": entry["status"]}
+        self.report["build"] = {
+            "ok": entry["status"] == "ok",
+            "dry": self.dry,
+            "seconds": res["seconds"],
+            "archs": self.env["NLSEQ_CUDA_ARCHS"],
+            "max_jobs": self.env["MAX_JOBS"],
+            "status": entry["status"],
+        }
 
     def phase_env(self, name: str) -> None:
         res = self.run(name, [self.py, "-c", ENV_PROBE], self.limit_for(name))
         versions = None
         for line in _tail(res["log"], 20000).splitlines():
             if line.startswith("ENV_JSON "):
-                versions = json.loads(line[len("ENV_JSON "):])
+                versions = json.loads(line[len("ENV_JSON ") :])
         self.report["versions"] = versions
         self.record(name, res, self.status_of(res) if versions else "failed")
 
@@ -421,8 +505,12 @@ class Check:
             return
         results = self.work / f"{name}.jsonl"
         results.write_text("")
-        env = dict(self.env, NLSEQ_GPU_CHECK_RESULTS=str(results), NLSEQ_AUTOTUNE_FIRST="1",
-                   PYTHONPATH=os.pathsep.join([str(ROOT / "benchmarks"), self.env["PYTHONPATH"]]))  # -p gpu_check
+        env = dict(
+            self.env,
+            NLSEQ_GPU_CHECK_RESULTS=str(results),
+            NLSEQ_AUTOTUNE_FIRST="1",
+            PYTHONPATH=os.pathsep.join([str(ROOT / "benchmarks"), self.env["PYTHONPATH"]]),
+        )  # -p gpu_check
         if name == "tests-family":
             env["NLSEQ_GPU_CHECK_SELECT"] = "params"
         xdist = not self.dry and self._has("xdist")
@@ -444,15 +532,22 @@ class Check:
             # Either way the tests not yet reported get a fresh process, if time remains.
             if res["timed_out"] or not (res["rc"] == 3 or res["rc"] < 0) or self._seen(results) == seen:
                 break
-            self.say(f"{name}: process ended by a crash or a sticky CUDA error (rc {res['rc']}); rerunning "
-                     "the tests not yet reported")
+            self.say(
+                f"{name}: process ended by a crash or a sticky CUDA error (rc {res['rc']}); rerunning "
+                "the tests not yet reported"
+            )
         if not runs:
             self.cut(name, "no time left in the budget")
             return
         res = dict(runs[-1], seconds=round(sum(r["seconds"] for r in runs), 1))
         tests = self._parse_results(results)
-        tests.update(paths=paths, xdist=xdist, processes=len(runs), autotune_first=True,
-                     selection="cuda/triton parameters" if name == "tests-family" else "all")
+        tests.update(
+            paths=paths,
+            xdist=xdist,
+            processes=len(runs),
+            autotune_first=True,
+            selection="cuda/triton parameters" if name == "tests-family" else "all",
+        )
         self.report["tests"][name] = tests
         # pytest: 0 all passed, 1 some failed, 5 nothing collected (e.g. no GPU test here)
         status = self.status_of(res, ok_rcs=(0, 5))
@@ -496,17 +591,25 @@ class Check:
                     per_test[r["nodeid"]] = {k: r[k] for k in ("outcome", "when", "duration", "message")}
         running = [n for n in started if n not in per_test]
         for n in running:
-            per_test[n] = {"outcome": "not finished", "when": "call", "duration": None,
-                           "message": "started, no result: the process hung, crashed or was stopped"}
+            per_test[n] = {
+                "outcome": "not finished",
+                "when": "call",
+                "duration": None,
+                "message": "started, no result: the process hung, crashed or was stopped",
+            }
         counts: dict = {}
         for t in per_test.values():
             counts[t["outcome"]] = counts.get(t["outcome"], 0) + 1
         collected = max([r["n"] for r in recs if r["event"] == "collected"] or [0])
-        return {"counts": counts, "collected": collected, "running": running[-1] if running else None,
-                "results": [{"nodeid": k, **v} for k, v in per_test.items()]}
+        return {
+            "counts": counts,
+            "collected": collected,
+            "running": running[-1] if running else None,
+            "results": [{"nodeid": k, **v} for k, v in per_test.items()],
+        }
 
     def phase_bench(self, name: str) -> None:
-        family = name[len("bench-"):]
+        family = name[len("bench-") :]
         folder = self.work / name
         folder.mkdir(exist_ok=True)
         limit = self.limit_for(name)
@@ -549,8 +652,11 @@ class Check:
             self.cut(name, "time limit: the bench was stopped; rows up to then are kept")
         elif not doc:
             self.cut(name, f"no result file ({status})")
-        self.report["bench"][name] = {"status": status, "json": doc,
-                                      "figures": [p.name for p in sorted(folder.glob("*.png"))]}
+        self.report["bench"][name] = {
+            "status": status,
+            "json": doc,
+            "figures": [p.name for p in sorted(folder.glob("*.png"))],
+        }
         counts: dict = {}
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -578,26 +684,33 @@ class Check:
             shutil.copyfile(p, self.out / target)
             files.append(target)
         if len(figures) > MAX_FIGURES:
-            self.cut("figures", f"{len(figures) - MAX_FIGURES} figure(s) left out of $OUT (at most {MAX_FILES} "
-                     f"files): {', '.join(p.name for _, p in figures[MAX_FIGURES:])}; their data is in this report")
+            self.cut(
+                "figures",
+                f"{len(figures) - MAX_FIGURES} figure(s) left out of $OUT (at most {MAX_FILES} "
+                f"files): {', '.join(p.name for _, p in figures[MAX_FIGURES:])}; their data is in this report",
+            )
         shutil.copyfile(self.log, self.out / "gpu_check.log")
         self.report["files"] = files
         build_ok = bool(self.report["build"] and self.report["build"]["ok"]) or "build" not in self.phases
-        tests_ok = all(not t["counts"].get("failed") and not t["counts"].get("not finished")
-                       for t in self.report["tests"].values())
+        tests_ok = all(
+            not t["counts"].get("failed") and not t["counts"].get("not finished") for t in self.report["tests"].values()
+        )
         bench_ok = all(b["status"] in ("ok",) for b in self.report["bench"].values())
-        phases_ok = all(p["status"] in ("ok", "tests failed", "checks failed")
-                        for p in self.report["phases"].values())
+        phases_ok = all(p["status"] in ("ok", "tests failed", "checks failed") for p in self.report["phases"].values())
         self.report["ok"] = build_ok and tests_ok and bench_ok and phases_ok
         self.report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.save()
-        self.say(f"report: {self.out / 'gpu_report.json'} ({'ok' if self.report['ok'] else 'NOT ok'}; "
-                 f"{len(self.report['cut'])} cut)")
+        self.say(
+            f"report: {self.out / 'gpu_report.json'} ({'ok' if self.report['ok'] else 'NOT ok'}; "
+            f"{len(self.report['cut'])} cut)"
+        )
         return 0 if self.report["ok"] else 1
 
     def main(self) -> int:
-        self.say(f"GPU check{' (DRY RUN on the CPU)' if self.dry else ''}: budget {self.budget:.0f} s, "
-                 f"phases {', '.join(self.phases)}; work folder {self.work}; report {self.out}/gpu_report.json")
+        self.say(
+            f"GPU check{' (DRY RUN on the CPU)' if self.dry else ''}: budget {self.budget:.0f} s, "
+            f"phases {', '.join(self.phases)}; work folder {self.work}; report {self.out}/gpu_report.json"
+        )
         self.save()
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
@@ -617,8 +730,12 @@ class Check:
             if self.left() - REPORT_RESERVE_S < 5:
                 self.cut(name, "not started: the budget was spent")
                 continue
-            if name != "build" and name != "env" and self.report["build"] is not None \
-                    and not self.report["build"]["ok"]:
+            if (
+                name != "build"
+                and name != "env"
+                and self.report["build"] is not None
+                and not self.report["build"]["ok"]
+            ):
                 self.cut(name, "not started: the build failed")
                 continue
             self.say(f"{name}: start (limit {self.limit_for(name):.0f} s)")
@@ -641,8 +758,9 @@ def main() -> int:
         return 2
     if out.is_dir():  # this script's files from an earlier run would break the 8-file limit
         for p in out.iterdir():
-            if p.is_file() and (p.name in ("gpu_report.json", "gpu_check.log")
-                                or (p.name.startswith("bench-") and p.suffix == ".png")):
+            if p.is_file() and (
+                p.name in ("gpu_report.json", "gpu_check.log") or (p.name.startswith("bench-") and p.suffix == ".png")
+            ):
                 p.unlink()
     return check.main()
 

@@ -16,6 +16,7 @@ Each row: median and interquartile range of --runs timed calls after one warm-up
 (time.perf_counter around the call). Before timing, the op's and module's y are checked against
 a float64 run of the eager loop, so a wrong kernel cannot post a time. Not part of the test run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,9 @@ def main():
     y_op = nlseq.pararnn("gru", U, A, mode="sequential", backend="cpp")[..., -1, :]
     with torch.no_grad():
         y_mod, _ = m(x)
-    y_mod64 = ref.pararnn_sequential("gru", ref.input_projection(x.double(), W.double(), b.double()), A.double(),
-                                     None, None)[..., -1, :]
+    y_mod64 = ref.pararnn_sequential(
+        "gru", ref.input_projection(x.double(), W.double(), b.double()), A.double(), None, None
+    )[..., -1, :]
     err_op = (y_op.double() - y64).abs().max().item()
     err_mod = (y_mod.double() - y_mod64).abs().max().item()
     assert err_op < 1e-4 and err_mod < 1e-4, f"wrong result: op error {err_op:.2e}, module error {err_mod:.2e}"
@@ -104,9 +106,11 @@ def main():
         ("module fwd+bwd", module_fwdbwd),
         ("eager module fwd", eager_module),
     ]
-    print(f"ParaGRU B={B} T={T} N=I={N} heads={args.heads} fp32, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median (IQR) of {runs} runs; max |y - y64|: op {err_op:.1e}, "
-          f"module {err_mod:.1e}")
+    print(
+        f"ParaGRU B={B} T={T} N=I={N} heads={args.heads} fp32, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, median (IQR) of {runs} runs; max |y - y64|: op {err_op:.1e}, "
+        f"module {err_mod:.1e}"
+    )
     print(f"load average before: {os.getloadavg()[0]:.2f} (other processes share these cores)")
     for name, fn in rows:
         med, iqr = _time(fn, runs)

@@ -26,6 +26,7 @@ Usage (from the repository root):
 Compiled artifacts are cached by Triton (TRITON_CACHE_DIR) and, for CUDA, under
 NLSEQ_SASS_CACHE (default ~/.cache/nlseq/sass); a warm rerun takes seconds.
 """
+
 from __future__ import annotations
 
 import os
@@ -89,8 +90,23 @@ def _attention_variants(full: bool):
     out = []
     for dtype in dtypes:
         prec = "ieee" if dtype == "fp32" else "tf32"
-        ptrs = dict(q=dtype, k=dtype, v=dtype, o=dtype, do=dtype, rq="fp32", rk="fp32", stats="fp32",
-                    delta="fp32", gamma="fp32", dq="fp32", dk="fp32", dv="fp32", cu_q="i32", cu_k="i32")
+        ptrs = dict(
+            q=dtype,
+            k=dtype,
+            v=dtype,
+            o=dtype,
+            do=dtype,
+            rq="fp32",
+            rk="fp32",
+            stats="fp32",
+            delta="fp32",
+            gamma="fp32",
+            dq="fp32",
+            dk="fp32",
+            dv="fp32",
+            cu_q="i32",
+            cu_k="i32",
+        )
         for D in dims:
             for reweight in (False, True):
                 op = "lssar" if reweight else "lssa"
@@ -106,13 +122,25 @@ def _attention_variants(full: bool):
                     for c in configs:
                         threads = 32 * c.num_warps
                         bm, bn = c.kwargs["BM"], c.kwargs["BN"]
-                        out.append(Variant(
-                            "softplus_attention", name, spec, _cfg_str(c), bm * bn / threads, "score",
-                            dict(dtype=dtype, D=D, op=op, kind=kind),
-                            dict(ptrs=ptrs, consts=dict(consts, **c.kwargs), warps=c.num_warps,
-                                 stages=c.num_stages, floats=("log_d", "p", "zero_tol"),
-                                 div16=("Tq", "Tk", "D", "plane", "H")),
-                        ))
+                        out.append(
+                            Variant(
+                                "softplus_attention",
+                                name,
+                                spec,
+                                _cfg_str(c),
+                                bm * bn / threads,
+                                "score",
+                                dict(dtype=dtype, D=D, op=op, kind=kind),
+                                dict(
+                                    ptrs=ptrs,
+                                    consts=dict(consts, **c.kwargs),
+                                    warps=c.num_warps,
+                                    stages=c.num_stages,
+                                    floats=("log_d", "p", "zero_tol"),
+                                    div16=("Tq", "Tk", "D", "plane", "H"),
+                                ),
+                            )
+                        )
     return out
 
 
@@ -121,14 +149,18 @@ def _scan_variants(full: bool):
 
     names = ("A", "X", "S0", "SIN", "AS", "XS", "H", "FIN", "HF", "H0", "DA")
     out = []
-    modes = [("fwd", dict(REV=False, BWD=False, SUMMARY=False, HAS_S0=True, HAS_SIN=False, HAS_H0=False)),
-             ("bwd", dict(REV=True, BWD=True, SUMMARY=False, HAS_S0=True, HAS_SIN=False, HAS_H0=True)),
-             ("summary", dict(REV=False, BWD=False, SUMMARY=True, HAS_S0=False, HAS_SIN=False, HAS_H0=False))]
+    modes = [
+        ("fwd", dict(REV=False, BWD=False, SUMMARY=False, HAS_S0=True, HAS_SIN=False, HAS_H0=False)),
+        ("bwd", dict(REV=True, BWD=True, SUMMARY=False, HAS_S0=True, HAS_SIN=False, HAS_H0=True)),
+        ("summary", dict(REV=False, BWD=False, SUMMARY=True, HAS_S0=False, HAS_SIN=False, HAS_H0=False)),
+    ]
     for dtype in ("fp32", "bf16") if full else ("bf16",):
         ptrs = {n: dtype for n in names}
         ptrs.update(AS="fp32", XS="fp32", SIN="fp32")
-        for K, kern, configs in [(1, "_diag_chunk_kernel", sk._diag_configs()),
-                                 (2, "_block_chunk_kernel", sk._block_configs())]:
+        for K, kern, configs in [
+            (1, "_diag_chunk_kernel", sk._diag_configs()),
+            (2, "_block_chunk_kernel", sk._block_configs()),
+        ]:
             for mode, flags in modes:
                 if mode == "summary" and not full:
                     continue
@@ -138,12 +170,25 @@ def _scan_variants(full: bool):
                 for c in configs:
                     threads = 32 * c.num_warps
                     bt = c.kwargs.get("BT", 1)
-                    out.append(Variant(
-                        "scan", kern, f"{dtype} K={K} {mode}", _cfg_str(c), bt * c.kwargs["BN"] / threads,
-                        "step·channel", dict(dtype=dtype, D=0, op=f"scan_{mode}", kind=mode),
-                        dict(ptrs=ptrs, consts=dict(consts, **c.kwargs), warps=c.num_warps, stages=c.num_stages,
-                             floats=(), div16=("T", "N", "L")),
-                    ))
+                    out.append(
+                        Variant(
+                            "scan",
+                            kern,
+                            f"{dtype} K={K} {mode}",
+                            _cfg_str(c),
+                            bt * c.kwargs["BN"] / threads,
+                            "step·channel",
+                            dict(dtype=dtype, D=0, op=f"scan_{mode}", kind=mode),
+                            dict(
+                                ptrs=ptrs,
+                                consts=dict(consts, **c.kwargs),
+                                warps=c.num_warps,
+                                stages=c.num_stages,
+                                floats=(),
+                                div16=("T", "N", "L"),
+                            ),
+                        )
+                    )
     return out
 
 
@@ -167,11 +212,18 @@ def _pararnn_variants(full: bool):
                 ("pararnn_bwd_chunk_kernel", dict(cell, HAS_S0=True, FINAL=False), "step·channel"),
                 ("pararnn_bwd_carry_kernel", dict(IS_LSTM=lstm, BN=BN), "chunk·channel"),
             ]:
-                out.append(Variant(
-                    "pararnn", kern, f"{dtype} {cellname} N=1024", f"BN{BN} w{warps} s1", per_step, unit,
-                    dict(dtype=dtype, D=0, op=f"pararnn_{cellname}", kind=kern),
-                    dict(ptrs=ptrs, consts=consts, warps=warps, stages=1, floats=("tol",), div16=("T", "N", "L")),
-                ))
+                out.append(
+                    Variant(
+                        "pararnn",
+                        kern,
+                        f"{dtype} {cellname} N=1024",
+                        f"BN{BN} w{warps} s1",
+                        per_step,
+                        unit,
+                        dict(dtype=dtype, D=0, op=f"pararnn_{cellname}", kind=kern),
+                        dict(ptrs=ptrs, consts=consts, warps=warps, stages=1, floats=("tol",), div16=("T", "N", "L")),
+                    )
+                )
     return out
 
 
@@ -192,13 +244,18 @@ def _analog_variants(full: bool):
         for quantize, noisy, supplied, ieee in [(True, True, False, True), (False, True, True, False)]:
             consts = dict(QUANTIZE=quantize, NOISY=noisy, SUPPLIED=supplied, BITS=8, IEEE=ieee, **meta)
             spec = f"fp32 {'quantized' if quantize else 'clamped'} {'ieee' if ieee else 'tf32'}"
-            out.append(Variant(
-                "analog", "analog_mvm_fwd_kernel", spec,
-                " ".join(f"{k}{v}" for k, v in meta.items()) + f" w{warps} s{stages}",
-                meta["BM"] * meta["BN"] * meta["BK"] / (32 * warps), "MAC",
-                dict(dtype="fp32", D=0, op="analog", kind="fwd"),
-                dict(ptrs=ptrs, consts=consts, warps=warps, stages=stages, floats=floats, div16=("M", "N", "K")),
-            ))
+            out.append(
+                Variant(
+                    "analog",
+                    "analog_mvm_fwd_kernel",
+                    spec,
+                    " ".join(f"{k}{v}" for k, v in meta.items()) + f" w{warps} s{stages}",
+                    meta["BM"] * meta["BN"] * meta["BK"] / (32 * warps),
+                    "MAC",
+                    dict(dtype="fp32", D=0, op="analog", kind="fwd"),
+                    dict(ptrs=ptrs, consts=consts, warps=warps, stages=stages, floats=floats, div16=("M", "N", "K")),
+                )
+            )
     return out
 
 
@@ -272,7 +329,8 @@ def analyse_function(fn: dict) -> dict:
     body = lambda lp: [i for i in ins if lp[0] <= i[0] <= lp[1] and i[1] != "NOP"]  # noqa: E731
     spill_st = spill_ld = 0
     width = lambda suf: {".64": 8, ".128": 16, ".U8": 1, ".S8": 1, ".U16": 2, ".S16": 2}.get(  # noqa: E731
-        next((s for s in (".128", ".64", ".U16", ".S16", ".U8", ".S8") if s in suf), ""), 4)
+        next((s for s in (".128", ".64", ".U16", ".S16", ".U8", ".S8") if s in suf), ""), 4
+    )
     hgmma = hmma = 0
     for _a, op, suf, _r in ins:
         if op == "STL":
@@ -286,18 +344,29 @@ def analyse_function(fn: dict) -> dict:
     loop_info = []
     for lp in inner:
         b = body(lp)
-        loop_info.append(dict(
-            instrs=len(b),
-            hgmma=sum(1 for i in b if i[1] == "HGMMA"), hmma=sum(1 for i in b if i[1] == "HMMA"),
-            mufu=sum(1 for i in b if i[1] == "MUFU"), spill=sum(1 for i in b if i[1] in ("STL", "LDL")),
-        ))
-    return dict(instrs=sum(1 for i in ins if i[1] != "NOP"), spill_st=spill_st, spill_ld=spill_ld,
-                hgmma=hgmma, hmma=hmma, loops=loop_info)
+        loop_info.append(
+            dict(
+                instrs=len(b),
+                hgmma=sum(1 for i in b if i[1] == "HGMMA"),
+                hmma=sum(1 for i in b if i[1] == "HMMA"),
+                mufu=sum(1 for i in b if i[1] == "MUFU"),
+                spill=sum(1 for i in b if i[1] in ("STL", "LDL")),
+            )
+        )
+    return dict(
+        instrs=sum(1 for i in ins if i[1] != "NOP"),
+        spill_st=spill_st,
+        spill_ld=spill_ld,
+        hgmma=hgmma,
+        hmma=hmma,
+        loops=loop_info,
+    )
 
 
 def res_usage(cubin: Path) -> dict:
-    out = subprocess.run([_tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [_tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True, check=True
+    ).stdout
     res, name = {}, None
     for line in out.splitlines():
         m = re.search(r"Function (\S+):", line)
@@ -306,8 +375,7 @@ def res_usage(cubin: Path) -> dict:
             continue
         m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line)
         if m and name:
-            res[name] = dict(regs=int(m.group(1)), stack=int(m.group(2)), shared=int(m.group(3)),
-                             local=int(m.group(4)))
+            res[name] = dict(regs=int(m.group(1)), stack=int(m.group(2)), shared=int(m.group(3)), local=int(m.group(4)))
     return res
 
 
@@ -376,12 +444,12 @@ def _compile_triton(v: Variant) -> dict:
     # What the launcher's specialisation gives at run time: pointers (torch allocations) and the
     # integer arguments named in div16 are multiples of 16, which lets loads vectorise.
     div = [["tt.divisibility", 16]]
-    attrs = {(i,): div for i, p in enumerate(fn.params)
-             if sig[p.name].startswith("*") or p.name in a.get("div16", ())}
+    attrs = {(i,): div for i, p in enumerate(fn.params) if sig[p.name].startswith("*") or p.name in a.get("div16", ())}
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     t0 = time.time()
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": a["warps"], "num_stages": a["stages"]})
+    k = triton.compile(
+        src, target=GPUTarget("cuda", 90, 32), options={"num_warps": a["warps"], "num_stages": a["stages"]}
+    )
     with tempfile.TemporaryDirectory() as d:
         cub = Path(d) / "k.cubin"
         cub.write_bytes(k.asm["cubin"])
@@ -405,11 +473,26 @@ def _compile_triton(v: Variant) -> dict:
 def _finish(v: Variant, r: dict) -> dict:
     per = sum(lp["instrs"] for lp in r["loops"]) / v.elems if r.get("loops") else None
     return dict(
-        family=v.family, kernel=v.kernel, spec=v.spec, config=v.config, tags=v.tags, unit=v.unit,
-        elems_per_iter=v.elems, regs=r["regs"], spill_st=r["spill_st"], spill_ld=r["spill_ld"],
-        stack=r.get("stack", 0), shared=r["shared"], fits=r["shared"] <= SMEM_LIMIT, hgmma=r["hgmma"],
-        hmma=r["hmma"], loops=[lp["instrs"] for lp in r["loops"]], loop_mufu=[lp["mufu"] for lp in r["loops"]],
-        per_elem=None if per is None else round(per, 2), dots=r.get("dots"), instrs=r["instrs"],
+        family=v.family,
+        kernel=v.kernel,
+        spec=v.spec,
+        config=v.config,
+        tags=v.tags,
+        unit=v.unit,
+        elems_per_iter=v.elems,
+        regs=r["regs"],
+        spill_st=r["spill_st"],
+        spill_ld=r["spill_ld"],
+        stack=r.get("stack", 0),
+        shared=r["shared"],
+        fits=r["shared"] <= SMEM_LIMIT,
+        hgmma=r["hgmma"],
+        hmma=r["hmma"],
+        loops=[lp["instrs"] for lp in r["loops"]],
+        loop_mufu=[lp["mufu"] for lp in r["loops"]],
+        per_elem=None if per is None else round(per, 2),
+        dots=r.get("dots"),
+        instrs=r["instrs"],
         compile_s=r.get("compile_s"),
     )
 
@@ -418,15 +501,29 @@ def _run_one(v: Variant) -> dict:
     try:
         return _finish(v, _compile_triton(v))
     except Exception as e:  # reported as a row with the error, so one bad variant keeps the rest
-        return dict(family=v.family, kernel=v.kernel, spec=v.spec, config=v.config, tags=v.tags,
-                    error=f"{type(e).__name__}: {str(e)[:400]}")
+        return dict(
+            family=v.family,
+            kernel=v.kernel,
+            spec=v.spec,
+            config=v.config,
+            tags=v.tags,
+            error=f"{type(e).__name__}: {str(e)[:400]}",
+        )
 
 
 # ----------------------------------------------------------------------------------- CUDA
-NVCC_FLAGS = ["-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo", "-std=c++17",
-              "-gencode=arch=compute_90,code=sm_90", "-D__CUDA_NO_HALF_OPERATORS__",
-              "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-              "-D__CUDA_NO_HALF2_OPERATORS__"]  # CMakeLists.txt's flags for the kernels
+NVCC_FLAGS = [
+    "-O3",
+    "--use_fast_math",
+    "--expt-relaxed-constexpr",
+    "-lineinfo",
+    "-std=c++17",
+    "-gencode=arch=compute_90,code=sm_90",
+    "-D__CUDA_NO_HALF_OPERATORS__",
+    "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-D__CUDA_NO_HALF2_OPERATORS__",
+]  # CMakeLists.txt's flags for the kernels
 
 
 def _nvcc() -> str | None:
@@ -450,9 +547,21 @@ def _compile_cuda(src: str) -> list[dict]:
     cub = cache / f"{src}.{h.hexdigest()[:16]}.cubin"
     if not cub.exists():
         tmp = cub.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run([nvcc, "-cubin", *NVCC_FLAGS, f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc'}",
-                        f"-I{ROOT / 'csrc' / 'cuda'}", str(path), "-o", str(tmp)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                nvcc,
+                "-cubin",
+                *NVCC_FLAGS,
+                f"-I{ROOT / 'csrc' / 'include'}",
+                f"-I{ROOT / 'csrc'}",
+                f"-I{ROOT / 'csrc' / 'cuda'}",
+                str(path),
+                "-o",
+                str(tmp),
+            ],
+            check=True,
+            capture_output=True,
+        )
         tmp.rename(cub)
     res = res_usage(cub)
     funcs = disasm(cub)
@@ -464,14 +573,30 @@ def _compile_cuda(src: str) -> list[dict]:
         if shutil.which("c++filt"):
             demangled = subprocess.run(["c++filt", name], capture_output=True, text=True).stdout.strip() or name
         demangled = demangled.replace("nlseq::cuda::", "").replace("(anonymous namespace)::", "")
-        rows.append(dict(
-            family=src.split(".")[0] if not src.startswith("softplus") else "softplus_attention",
-            kernel=f"cuda:{demangled[:140]}", spec="sm_90", config="-", tags=dict(dtype="", D=0, op="cuda"),
-            unit="iteration", elems_per_iter=1, regs=r["regs"], spill_st=r["spill_st"], spill_ld=r["spill_ld"],
-            stack=r["stack"], shared=r["shared"], fits=r["shared"] <= SMEM_LIMIT, hgmma=r["hgmma"],
-            hmma=r["hmma"], loops=[lp["instrs"] for lp in r["loops"]],
-            loop_mufu=[lp["mufu"] for lp in r["loops"]], per_elem=None, dots=None, instrs=r["instrs"],
-        ))
+        rows.append(
+            dict(
+                family=src.split(".")[0] if not src.startswith("softplus") else "softplus_attention",
+                kernel=f"cuda:{demangled[:140]}",
+                spec="sm_90",
+                config="-",
+                tags=dict(dtype="", D=0, op="cuda"),
+                unit="iteration",
+                elems_per_iter=1,
+                regs=r["regs"],
+                spill_st=r["spill_st"],
+                spill_ld=r["spill_ld"],
+                stack=r["stack"],
+                shared=r["shared"],
+                fits=r["shared"] <= SMEM_LIMIT,
+                hgmma=r["hgmma"],
+                hmma=r["hmma"],
+                loops=[lp["instrs"] for lp in r["loops"]],
+                loop_mufu=[lp["mufu"] for lp in r["loops"]],
+                per_elem=None,
+                dots=None,
+                instrs=r["instrs"],
+            )
+        )
     return rows
 
 
@@ -483,8 +608,16 @@ def cuda_rows() -> list[dict]:
         try:
             rows += _compile_cuda(src)
         except subprocess.CalledProcessError as e:
-            rows.append(dict(family="cuda", kernel=src, spec="sm_90", config="-", tags={},
-                             error=(e.stderr or b"").decode()[-400:]))
+            rows.append(
+                dict(
+                    family="cuda",
+                    kernel=src,
+                    spec="sm_90",
+                    config="-",
+                    tags={},
+                    error=(e.stderr or b"").decode()[-400:],
+                )
+            )
     return rows
 
 
@@ -512,14 +645,18 @@ def collect(families=None, full=False, jobs=None, cuda=None, match=None) -> list
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| family | kernel | specialisation | config | regs | spill st/ld (B) | smem (KiB) | HGMMA/HMMA "
-            "| inner loops (instr) | instr / elem | dots / loop |\n"
-            "|---|---|---|---|---:|---:|---:|---:|---|---:|---|\n")
+    head = (
+        "| family | kernel | specialisation | config | regs | spill st/ld (B) | smem (KiB) | HGMMA/HMMA "
+        "| inner loops (instr) | instr / elem | dots / loop |\n"
+        "|---|---|---|---|---:|---:|---:|---:|---|---:|---|\n"
+    )
     lines = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['family']} | {r['kernel']} | {r['spec']} | {r['config']} | error: "
-                         f"{r['error'][:80].replace('|', '/')} | | | | | | |")
+            lines.append(
+                f"| {r['family']} | {r['kernel']} | {r['spec']} | {r['config']} | error: "
+                f"{r['error'][:80].replace('|', '/')} | | | | | | |"
+            )
             continue
         smem = f"{r['shared'] / 1024:.1f}" + ("" if r["fits"] else " (no fit)")
         per = "" if r["per_elem"] is None else f"{r['per_elem']:.1f} / {r['unit']}"
@@ -527,7 +664,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['family']} | {r['kernel']} | {r['spec']} | {r['config']} | {r['regs']} | "
             f"{r['spill_st']}/{r['spill_ld']} | {smem} | {r['hgmma']}/{r['hmma']} | "
-            f"{'+'.join(str(n) for n in r['loops'])} | {per} | {dots} |")
+            f"{'+'.join(str(n) for n in r['loops'])} | {per} | {dots} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
@@ -535,10 +673,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="every config and specialisation, and the CUDA kernels")
     ap.add_argument("--families", default=",".join(FAMILIES), help="comma-separated: " + ",".join(FAMILIES))
-    ap.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=None,
-                    help="compile the CUDA kernels with nvcc (default: with --full)")
+    ap.add_argument(
+        "--cuda",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the CUDA kernels with nvcc (default: with --full)",
+    )
     ap.add_argument("--jobs", type=int, default=None)
-    ap.add_argument("--match", default=None, help="only the variants whose family/kernel[spec](config) matches this regex")
+    ap.add_argument(
+        "--match", default=None, help="only the variants whose family/kernel[spec](config) matches this regex"
+    )
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--md", type=Path, help="write the Markdown table here")
     ap.add_argument("--dump", type=Path, help="write each variant's SASS and TTGIR into this folder")

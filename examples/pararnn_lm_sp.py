@@ -16,6 +16,7 @@ collective of the step, ours, the sp all_reduce below and DDP's gradient buckets
 else the CPU (gloo). Data: --data PATH, else this repository's own text (README.md, docs/*.md,
 python/**/*.py); nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,12 @@ class ByteLM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(256, width, dtype=dtype)
         self.norms = nn.ModuleList([nn.RMSNorm(width, dtype=dtype) for _ in range(layers)])
-        self.rnns = nn.ModuleList([ParaGRU(width, width, heads=heads, sequence_parallel_group=sp_group,
-                                           sp_strategy=strategy, dtype=dtype) for _ in range(layers)])
+        self.rnns = nn.ModuleList(
+            [
+                ParaGRU(width, width, heads=heads, sequence_parallel_group=sp_group, sp_strategy=strategy, dtype=dtype)
+                for _ in range(layers)
+            ]
+        )
         self.norm = nn.RMSNorm(width, dtype=dtype)
         self.head = nn.Linear(width, 256, dtype=dtype)
 
@@ -106,8 +111,9 @@ def main(argv=None) -> dict:
     sp_rank, dp_rank = mesh["sp"].get_local_rank(), mesh["dp"].get_local_rank()
 
     torch.manual_seed(args.seed)  # the same initial parameters on every rank
-    model = ByteLM(args.width, args.layers, args.heads, sp_group if sp > 1 else None, args.strategy,
-                   torch.float32).to(device)
+    model = ByteLM(args.width, args.layers, args.heads, sp_group if sp > 1 else None, args.strategy, torch.float32).to(
+        device
+    )
     local_params = model.local_parameters()
     if dp > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -126,8 +132,8 @@ def main(argv=None) -> dict:
     for step in range(args.steps):
         g = torch.Generator().manual_seed(args.seed * 100003 + step * 1009 + dp_rank)  # same batch on an sp row
         starts = torch.randint(0, data.numel() - T - 1, (args.batch,), generator=g)
-        seq = torch.stack([data[s:s + T + 1] for s in starts.tolist()]).to(device)
-        x, y = seq[:, lo:hi], seq[:, lo + 1:hi + 1]
+        seq = torch.stack([data[s : s + T + 1] for s in starts.tolist()]).to(device)
+        x, y = seq[:, lo:hi], seq[:, lo + 1 : hi + 1]
         if t_prev is None:
             t_prev = time.perf_counter()
         with CommCounter() as cc:
@@ -140,7 +146,7 @@ def main(argv=None) -> dict:
                 dist.all_reduce(flat, group=sp_group)
                 off = 0
                 for p in local_params:
-                    p.grad.copy_(flat[off:off + p.numel()].view_as(p))
+                    p.grad.copy_(flat[off : off + p.numel()].view_as(p))
                     off += p.numel()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -154,13 +160,21 @@ def main(argv=None) -> dict:
         dist.all_gather(every, stats)
         mean_loss = sum(float(e[0]) for e in every) / dp  # sp pieces add up, dp replicas average
         sent = [int(e[1]) for e in every]
-        row = {"step": step, "loss": mean_loss, "tokens_per_s": tokens_per_step / dt, "bytes_sent": sent,
-               "collectives": cc.total_calls}
+        row = {
+            "step": step,
+            "loss": mean_loss,
+            "tokens_per_s": tokens_per_step / dt,
+            "bytes_sent": sent,
+            "collectives": cc.total_calls,
+        }
         history.append(row)
         if rank == 0 and (step % args.log_every == 0 or step == args.steps - 1):
-            print(f"step {step:4d}  loss {mean_loss:.4f}  tokens/s {row['tokens_per_s']:9.0f}  "
-                  f"bytes sent per rank {sent}  collectives/rank {cc.total_calls}  (dp {dp} x sp {sp}, "
-                  f"{args.strategy}, {device.type})", flush=True)
+            print(
+                f"step {step:4d}  loss {mean_loss:.4f}  tokens/s {row['tokens_per_s']:9.0f}  "
+                f"bytes sent per rank {sent}  collectives/rank {cc.total_calls}  (dp {dp} x sp {sp}, "
+                f"{args.strategy}, {device.type})",
+                flush=True,
+            )
     return {"history": history, "dp": dp, "sp": sp}
 
 

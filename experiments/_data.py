@@ -8,6 +8,7 @@ Debian/Ubuntu package ``vim-runtime`` installs under ``/usr/share/vim/vim*/doc``
 Files are split into train and validation by file name (a stable hash), never inside a file, so
 validation text is unseen. Tokens are bytes (vocabulary 256): no tokenizer to download.
 """
+
 from __future__ import annotations
 
 import glob
@@ -47,8 +48,10 @@ class Corpus:
     files_valid: int
 
     def describe(self) -> str:
-        return (f"{self.source}: {self.files_train} train files ({self.train.numel() / 1e6:.2f} MB), "
-                f"{self.files_valid} validation files ({self.valid.numel() / 1e6:.2f} MB), byte tokens")
+        return (
+            f"{self.source}: {self.files_train} train files ({self.train.numel() / 1e6:.2f} MB), "
+            f"{self.files_valid} validation files ({self.valid.numel() / 1e6:.2f} MB), byte tokens"
+        )
 
 
 def load_corpus(path: Optional[str] = None, valid_fraction: float = 0.1, max_bytes: Optional[int] = None) -> Corpus:
@@ -61,9 +64,13 @@ def load_corpus(path: Optional[str] = None, valid_fraction: float = 0.1, max_byt
     if root is None or not os.path.isdir(root):
         raise CorpusMissing(
             f"no text corpus at {path or VIM_DOC_GLOB}: install Vim's help files with `apt-get install vim-runtime` "
-            "(Debian/Ubuntu), or pass --data with a folder of text files")
-    files = sorted(f for f in glob.glob(os.path.join(root, "**", "*"), recursive=True)
-                   if os.path.isfile(f) and os.path.splitext(f)[1] in TEXT_SUFFIXES and os.path.basename(f) != "tags")
+            "(Debian/Ubuntu), or pass --data with a folder of text files"
+        )
+    files = sorted(
+        f
+        for f in glob.glob(os.path.join(root, "**", "*"), recursive=True)
+        if os.path.isfile(f) and os.path.splitext(f)[1] in TEXT_SUFFIXES and os.path.basename(f) != "tags"
+    )
     if len(files) < 2:
         raise CorpusMissing(f"{root} holds {len(files)} text file(s); at least 2 are needed (train and validation)")
     parts: dict[bool, list[bytes]] = {False: [], True: []}

@@ -5,6 +5,7 @@ one variant per kernel instead of every one (the GPU check runs its correctness 
 a cold cache costs seconds, not minutes); timings must be taken without it. Under the interpreter
 the kernels already supply a single config.
 """
+
 from __future__ import annotations
 
 import os

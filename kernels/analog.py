@@ -16,6 +16,7 @@ rounding instead of two); so divisions and square roots here are ``tl.div_rn`` /
 GEMM (``tl.dot``, ieee) keeps its own FMAs: it is lowered to fma explicitly, not by contraction.
 Offsets that scale with M·K, N·K or M·N are int64 (row bases computed once per program).
 """
+
 from __future__ import annotations
 
 import math
@@ -115,12 +116,34 @@ def _sincos_turn(b):
 
 @triton.jit
 def analog_mvm_fwd_kernel(
-    x, w, col_scale, thr, lev, noise, y,
-    M, N, K,
-    x_max, inv_delta, delta, qmax, noise_a, noise_b,
-    seed_lo, seed_hi, off_lo, off_hi,
-    QUANTIZE: tl.constexpr, NOISY: tl.constexpr, SUPPLIED: tl.constexpr, BITS: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr,
+    x,
+    w,
+    col_scale,
+    thr,
+    lev,
+    noise,
+    y,
+    M,
+    N,
+    K,
+    x_max,
+    inv_delta,
+    delta,
+    qmax,
+    noise_a,
+    noise_b,
+    seed_lo,
+    seed_hi,
+    off_lo,
+    off_hi,
+    QUANTIZE: tl.constexpr,
+    NOISY: tl.constexpr,
+    SUPPLIED: tl.constexpr,
+    BITS: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     i_m, i_n = tl.program_id(0), tl.program_id(1)
     o_m = i_m * BM + tl.arange(0, BM)  # [BM]
@@ -185,8 +208,21 @@ def tile_config(noisy: bool, ieee: bool = True) -> tuple[int, int, int, int, int
     return (64, 128, 32, 8, 3) if (ieee and not noisy) else (64, 64, 32, 8, 3)
 
 
-def analog_mvm_fwd(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset,
-                   allow_tf32: bool = False):
+def analog_mvm_fwd(
+    x,
+    weight,
+    col_scale,
+    thresholds,
+    levels,
+    noise,
+    in_bits,
+    x_max,
+    noise_a,
+    noise_b,
+    seed,
+    offset,
+    allow_tf32: bool = False,
+):
     """Launcher: x [M, K], weight [N, K], col_scale [N], thresholds [N, L−1], levels [N, L], float32
     contiguous; returns y [M, N]. ``allow_tf32`` trades the fp32 GEMM for TF32 tensor cores."""
     M, K = x.shape
@@ -198,12 +234,36 @@ def analog_mvm_fwd(x, weight, col_scale, thresholds, levels, noise, in_bits, x_m
     f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731 (same rounding as the other backends)
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
     analog_mvm_fwd_kernel[grid](
-        x, weight, col_scale, thresholds, levels, noise if noise is not None else x, y,
-        M, N, K,
-        f32(x_max), f32(n / x_max), f32(x_max / n), n, f32(noise_a), f32(noise_b),
-        seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, offset & 0xFFFFFFFF, (offset >> 32) & 0xFFFFFFFF,
-        QUANTIZE=in_bits > 0, NOISY=noisy, SUPPLIED=noise is not None, BITS=int(math.log2(L)),
-        BM=BM, BN=BN, BK=BK, IEEE=not allow_tf32, num_warps=warps, num_stages=stages,
+        x,
+        weight,
+        col_scale,
+        thresholds,
+        levels,
+        noise if noise is not None else x,
+        y,
+        M,
+        N,
+        K,
+        f32(x_max),
+        f32(n / x_max),
+        f32(x_max / n),
+        n,
+        f32(noise_a),
+        f32(noise_b),
+        seed & 0xFFFFFFFF,
+        (seed >> 32) & 0xFFFFFFFF,
+        offset & 0xFFFFFFFF,
+        (offset >> 32) & 0xFFFFFFFF,
+        QUANTIZE=in_bits > 0,
+        NOISY=noisy,
+        SUPPLIED=noise is not None,
+        BITS=int(math.log2(L)),
+        BM=BM,
+        BN=BN,
+        BK=BK,
+        IEEE=not allow_tf32,
+        num_warps=warps,
+        num_stages=stages,
         enable_fp_fusion=False,  # two roundings for a * b + c, as the CPU kernels (-ffp-contract=off)
     )
     return y

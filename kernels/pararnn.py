@@ -53,6 +53,7 @@ The partials ([B, C, 3, N]) are summed by one deterministic reduction (no atomic
 chunk (B·N fills the device) passes A and carry are skipped.
 Jacobians in the backward are evaluated at S_all, i.e. at the stored (I/O dtype) states.
 """
+
 from __future__ import annotations
 
 import functools
@@ -166,8 +167,25 @@ def _running(RES, it, tol):
 # ---------------------------------------------------------------------------------- forward
 @triton.jit(do_not_specialize=["it"])  # one compiled kernel for every iteration index
 def pararnn_fwd_sweep_kernel(
-    U, A, P, S0, S, X, PHI, MT, RES, it, tol, T, N, L,
-    IS_LSTM: tl.constexpr, HAS_P: tl.constexpr, HAS_S0: tl.constexpr, FIRST: tl.constexpr, BN: tl.constexpr,
+    U,
+    A,
+    P,
+    S0,
+    S,
+    X,
+    PHI,
+    MT,
+    RES,
+    it,
+    tol,
+    T,
+    N,
+    L,
+    IS_LSTM: tl.constexpr,
+    HAS_P: tl.constexpr,
+    HAS_S0: tl.constexpr,
+    FIRST: tl.constexpr,
+    BN: tl.constexpr,
 ):
     """Newton sweep: chunk i_c of batch row i_b, channels i_n·BN…, runs exactly from x_c."""
     i_n, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -200,8 +218,7 @@ def pararnn_fwd_sweep_kernel(
                 b_i0 = b_zero
                 b_i1 = b_zero
             if IS_LSTM:
-                b_g0, b_g1, _, _, _, _ = _lstm_step_jac(b_zero, b_zero, b_g0, b_g1, b_g2, b_a0, b_a1, b_a2,
-                                                        b_p0, b_p1)
+                b_g0, b_g1, _, _, _, _ = _lstm_step_jac(b_zero, b_zero, b_g0, b_g1, b_g2, b_a0, b_a1, b_a2, b_p0, b_p1)
             else:
                 b_g0, _ = _gru_step_jac(b_zero, b_g0, b_g1, b_g2, b_a0, b_a1, b_a2)
                 b_g1 = b_zero
@@ -228,8 +245,9 @@ def pararnn_fwd_sweep_kernel(
             b_v0, b_v1, b_v2 = _load_u(U, i_b * T + t + 1, N, o_n, m_next)
             p_s = S + ((i_b * T + t) * SS) * N + o_n
             if IS_LSTM:
-                b_x0, b_x1, j00, j01, j10, j11 = _lstm_step_jac(b_x0, b_x1, b_u0, b_u1, b_u2, b_a0, b_a1, b_a2,
-                                                                b_p0, b_p1)
+                b_x0, b_x1, j00, j01, j10, j11 = _lstm_step_jac(
+                    b_x0, b_x1, b_u0, b_u1, b_u2, b_a0, b_a1, b_a2, b_p0, b_p1
+                )
                 n00 = j00 * b_m00 + j01 * b_m10
                 n01 = j00 * b_m01 + j01 * b_m11
                 n10 = j10 * b_m00 + j11 * b_m10
@@ -255,8 +273,23 @@ def pararnn_fwd_sweep_kernel(
 
 @triton.jit(do_not_specialize=["it"])
 def pararnn_fwd_boundary_kernel(
-    U, A, P, X, PHI, MT, RES, it, tol, T, N, L, C,
-    IS_LSTM: tl.constexpr, HAS_P: tl.constexpr, CHECK: tl.constexpr, BN: tl.constexpr,
+    U,
+    A,
+    P,
+    X,
+    PHI,
+    MT,
+    RES,
+    it,
+    tol,
+    T,
+    N,
+    L,
+    C,
+    IS_LSTM: tl.constexpr,
+    HAS_P: tl.constexpr,
+    CHECK: tl.constexpr,
+    BN: tl.constexpr,
 ):
     """Residual at the chunk starts and the Newton update of the incoming states, chunk by chunk."""
     i_n, i_b = tl.program_id(0), tl.program_id(1)
@@ -319,8 +352,26 @@ def pararnn_fwd_boundary_kernel(
 # ---------------------------------------------------------------------------------- backward
 @triton.jit
 def pararnn_bwd_chunk_kernel(
-    U, A, P, S0, S, DS, MU, DU, QQ, PA, PP, DS0, T, N, L,
-    IS_LSTM: tl.constexpr, HAS_P: tl.constexpr, HAS_S0: tl.constexpr, FINAL: tl.constexpr, BN: tl.constexpr,
+    U,
+    A,
+    P,
+    S0,
+    S,
+    DS,
+    MU,
+    DU,
+    QQ,
+    PA,
+    PP,
+    DS0,
+    T,
+    N,
+    L,
+    IS_LSTM: tl.constexpr,
+    HAS_P: tl.constexpr,
+    HAS_S0: tl.constexpr,
+    FINAL: tl.constexpr,
+    BN: tl.constexpr,
 ):
     """Reverse recurrence of one chunk. FINAL=False: from a zero carry, accumulating the transposed
     tangent; stores (Q_c, q_c). FINAL=True: from the true carry MU[c], with the fused VJPs."""
@@ -379,7 +430,8 @@ def pararnn_bwd_chunk_kernel(
             p_du = DU + ((i_b * T + t) * 3) * N + o_n
             if IS_LSTM:
                 du0, du1, du2, da0, da1, da2, dp0, dp1, b_k0, b_k1 = _lstm_vjp(
-                    b_s0, b_s1, b_u0, b_u1, b_u2, b_a0, b_a1, b_a2, b_p0, b_p1, b_l0, b_l1)
+                    b_s0, b_s1, b_u0, b_u1, b_u2, b_a0, b_a1, b_a2, b_p0, b_p1, b_l0, b_l1
+                )
                 b_dp0 += dp0
                 b_dp1 += dp1
             else:
@@ -392,8 +444,7 @@ def pararnn_bwd_chunk_kernel(
             tl.store(p_du + 2 * N, du2.to(DU.dtype.element_ty), mask=m_n)
         else:
             if IS_LSTM:
-                _, _, j00, j01, j10, j11 = _lstm_step_jac(b_s0, b_s1, b_u0, b_u1, b_u2, b_a0, b_a1, b_a2,
-                                                          b_p0, b_p1)
+                _, _, j00, j01, j10, j11 = _lstm_step_jac(b_s0, b_s1, b_u0, b_u1, b_u2, b_a0, b_a1, b_a2, b_p0, b_p1)
                 b_k0 = j00 * b_l0 + j10 * b_l1  # Jᵀ λ
                 b_k1 = j01 * b_l0 + j11 * b_l1
                 n00 = j00 * b_g00 + j10 * b_g10  # Jᵀ G
@@ -531,12 +582,48 @@ def _pararnn_fwd(cell, U, A, P, s0, max_iters, tol, chunk_len=None):
     BN, warps = _block_n(N)
     for k in range(K + 1):
         pararnn_fwd_sweep_kernel[(triton.cdiv(N, BN), C, B)](
-            U, A, P, s0, S_all, X, PHI, MT, RES, k, float(tol), T, N, L,
-            IS_LSTM=is_lstm, HAS_P=has_p, HAS_S0=has_s0, FIRST=(k == 0), BN=BN, num_warps=warps)
+            U,
+            A,
+            P,
+            s0,
+            S_all,
+            X,
+            PHI,
+            MT,
+            RES,
+            k,
+            float(tol),
+            T,
+            N,
+            L,
+            IS_LSTM=is_lstm,
+            HAS_P=has_p,
+            HAS_S0=has_s0,
+            FIRST=(k == 0),
+            BN=BN,
+            num_warps=warps,
+        )
         if C > 1:
             pararnn_fwd_boundary_kernel[(triton.cdiv(N, BN), B)](
-                U, A, P, X, PHI, MT, RES, k, float(tol), T, N, L, C,
-                IS_LSTM=is_lstm, HAS_P=has_p, CHECK=(k > 0), BN=BN, num_warps=warps)
+                U,
+                A,
+                P,
+                X,
+                PHI,
+                MT,
+                RES,
+                k,
+                float(tol),
+                T,
+                N,
+                L,
+                C,
+                IS_LSTM=is_lstm,
+                HAS_P=has_p,
+                CHECK=(k > 0),
+                BN=BN,
+                num_warps=warps,
+            )
     # first iteration whose residual stopped the solve (skipped ones read 0), else the last
     R = RES.view(torch.float32)
     stop = (R <= tol) | torch.isnan(R)
@@ -576,15 +663,54 @@ def _pararnn_bwd(cell, U, A, P, s0, S_all, dS, ds_last, chunk_len=None):
         QQ = torch.empty(B, C, SS + SS * SS, N, dtype=torch.float32, device=dev)
         MU = torch.empty(B, C, SS, N, dtype=torch.float32, device=dev)
         pararnn_bwd_chunk_kernel[grid](
-            U, A, P, s0, S_all, dS, MU, dU, QQ, QQ, QQ, ds0, T, N, L,
-            IS_LSTM=is_lstm, HAS_P=has_p, HAS_S0=has_s0, FINAL=False, BN=BN, num_warps=warps)
-        pararnn_bwd_carry_kernel[(triton.cdiv(N, BN), B)](QQ, dsl, MU, N, C, IS_LSTM=is_lstm, BN=BN,
-                                                          num_warps=warps)
+            U,
+            A,
+            P,
+            s0,
+            S_all,
+            dS,
+            MU,
+            dU,
+            QQ,
+            QQ,
+            QQ,
+            ds0,
+            T,
+            N,
+            L,
+            IS_LSTM=is_lstm,
+            HAS_P=has_p,
+            HAS_S0=has_s0,
+            FINAL=False,
+            BN=BN,
+            num_warps=warps,
+        )
+        pararnn_bwd_carry_kernel[(triton.cdiv(N, BN), B)](QQ, dsl, MU, N, C, IS_LSTM=is_lstm, BN=BN, num_warps=warps)
     PA = torch.empty(B, C, 3, N, dtype=torch.float32, device=dev)
     PP = torch.empty(B, C, 2, N, dtype=torch.float32, device=dev) if has_p else PA
     pararnn_bwd_chunk_kernel[grid](
-        U, A, P, s0, S_all, dS, MU, dU, QQ, PA, PP, ds0, T, N, L,
-        IS_LSTM=is_lstm, HAS_P=has_p, HAS_S0=has_s0, FINAL=True, BN=BN, num_warps=warps)
+        U,
+        A,
+        P,
+        s0,
+        S_all,
+        dS,
+        MU,
+        dU,
+        QQ,
+        PA,
+        PP,
+        ds0,
+        T,
+        N,
+        L,
+        IS_LSTM=is_lstm,
+        HAS_P=has_p,
+        HAS_S0=has_s0,
+        FINAL=True,
+        BN=BN,
+        num_warps=warps,
+    )
     dA = PA.sum(dim=(0, 1))
     dP = PP.sum(dim=(0, 1)) if has_p else None
     return dU, dA, dP, ds0

@@ -33,6 +33,7 @@ and λ_{−1} = ḡ (the gradient of h_last), which puts ḡ on the first step. 
 db = λ, dA_q = λ_q h_{q+1}ᵀ (h_{q+1}: forward state one step earlier in forward time; h0 or 0
 past the end) and dh0 = A_{T−1}ᵀ λ_{T−1}, all fused.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,23 +65,31 @@ _INTERPRET_CHUNK = 256
 # ~170-180 in the backward, no spills (AOT-compiled for sm_90 with triton 3.9), so 3-5 programs per
 # SM, each with two tiles of A and b in flight.
 _DIAG_GPU = [(16, 64, 4), (8, 128, 4), (32, 64, 8), (16, 128, 8), (16, 32, 2), (8, 64, 2)]  # (BT, BN, warps)
-_BLOCK_GPU = [(16, 2, 3), (32, 2, 3), (32, 4, 4), (64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3)]  # (BN, warps, stages)
+_BLOCK_GPU = [
+    (16, 2, 3),
+    (32, 2, 3),
+    (32, 4, 4),
+    (64, 4, 3),
+    (64, 4, 4),
+    (128, 4, 3),
+    (128, 8, 3),
+]  # (BN, warps, stages)
 
 
 def _diag_configs():
     if _INTERPRET:
         return [triton.Config({"BT": 64, "BN": 64, "DOT_SCAN": True}, num_warps=1, num_stages=1)]
-    return tuned([
-        triton.Config({"BT": BT, "BN": BN, "DOT_SCAN": False}, num_warps=w, num_stages=2) for BT, BN, w in _DIAG_GPU
-    ])
+    return tuned(
+        [triton.Config({"BT": BT, "BN": BN, "DOT_SCAN": False}, num_warps=w, num_stages=2) for BT, BN, w in _DIAG_GPU]
+    )
 
 
 def _block_configs():
     if _INTERPRET:
         return [triton.Config({"BT": 32, "BN": 16, "DOT_SCAN": True}, num_warps=1, num_stages=1)]
-    return tuned([
-        triton.Config({"BT": 1, "BN": BN, "DOT_SCAN": False}, num_warps=w, num_stages=s) for BN, w, s in _BLOCK_GPU
-    ])
+    return tuned(
+        [triton.Config({"BT": 1, "BN": BN, "DOT_SCAN": False}, num_warps=w, num_stages=s) for BN, w, s in _BLOCK_GPU]
+    )
 
 
 # ---------------------------------------------------------------- occupancy rule
@@ -165,11 +174,32 @@ def _affine_combine(a1, x1, a2, x2):
 @triton.autotune(configs=_diag_configs(), key=_KEY, prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["LOG2_BXN", "LOG2_T"])  # key-only arguments: no recompiles
 def _diag_chunk_kernel(
-    A, X, S0, SIN, AS, XS, H, FIN, HF, H0, DA,
-    T, N, L, LOG2_BXN, LOG2_T, K: tl.constexpr,
-    REV: tl.constexpr, BWD: tl.constexpr, SUMMARY: tl.constexpr,
-    HAS_S0: tl.constexpr, HAS_SIN: tl.constexpr, HAS_H0: tl.constexpr,
-    BT: tl.constexpr, BN: tl.constexpr, DOT_SCAN: tl.constexpr,
+    A,
+    X,
+    S0,
+    SIN,
+    AS,
+    XS,
+    H,
+    FIN,
+    HF,
+    H0,
+    DA,
+    T,
+    N,
+    L,
+    LOG2_BXN,
+    LOG2_T,
+    K: tl.constexpr,
+    REV: tl.constexpr,
+    BWD: tl.constexpr,
+    SUMMARY: tl.constexpr,
+    HAS_S0: tl.constexpr,
+    HAS_SIN: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    BT: tl.constexpr,
+    BN: tl.constexpr,
+    DOT_SCAN: tl.constexpr,
 ):
     """One (channel block, chunk, batch) program of the K = 1 scan, A and X [B, T, N].
 
@@ -288,11 +318,33 @@ def _diag_chunk_kernel(
 @triton.autotune(configs=_block_configs(), key=_KEY, prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["LOG2_BXN", "LOG2_T"])  # key-only arguments: no recompiles
 def _block_chunk_kernel(
-    A, X, S0, SIN, AS, XS, H, FIN, HF, H0, DA,
-    T, N, L, LOG2_BXN, LOG2_T, K: tl.constexpr,
-    REV: tl.constexpr, BWD: tl.constexpr, SUMMARY: tl.constexpr,
-    HAS_S0: tl.constexpr, HAS_SIN: tl.constexpr, HAS_H0: tl.constexpr,
-    KP: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, DOT_SCAN: tl.constexpr,
+    A,
+    X,
+    S0,
+    SIN,
+    AS,
+    XS,
+    H,
+    FIN,
+    HF,
+    H0,
+    DA,
+    T,
+    N,
+    L,
+    LOG2_BXN,
+    LOG2_T,
+    K: tl.constexpr,
+    REV: tl.constexpr,
+    BWD: tl.constexpr,
+    SUMMARY: tl.constexpr,
+    HAS_S0: tl.constexpr,
+    HAS_SIN: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    KP: tl.constexpr,
+    BT: tl.constexpr,
+    BN: tl.constexpr,
+    DOT_SCAN: tl.constexpr,
 ):
     """One (channel block, chunk, batch) program of the K×K block scan; same contract as
     ``_diag_chunk_kernel`` with A [B, T, N, K, K] and X [B, T, N, K] (BWD reads Aᵀ).
@@ -537,19 +589,65 @@ def _scan(A, X, S0, *, rev: bool, bwd: bool, H, FIN, HF=None, H0=None, DA=None, 
         AS = torch.empty(B, NC, N, K, K, **f32)
         XS = torch.empty(B, NC, N, K, **f32)
         launch[grid](
-            A, X, dummy, dummy, AS, XS, dummy, dummy, dummy, dummy, dummy, T, N, L, *buckets, K,
-            SUMMARY=True, HAS_S0=False, HAS_SIN=False, **flags, **extra,
+            A,
+            X,
+            dummy,
+            dummy,
+            AS,
+            XS,
+            dummy,
+            dummy,
+            dummy,
+            dummy,
+            dummy,
+            T,
+            N,
+            L,
+            *buckets,
+            K,
+            SUMMARY=True,
+            HAS_S0=False,
+            HAS_SIN=False,
+            **flags,
+            **extra,
         )
         SIN = torch.empty(B, NC, N, K, **f32)
         KP = triton.next_power_of_2(K)
         BN = 64 if _INTERPRET else max(16, 256 // (KP * KP))
         _combine_kernel[(triton.cdiv(N, BN), B)](
-            AS, XS, dummy if S0 is None else S0, SIN, N, NC, K, HAS_S0=S0 is not None, KP=KP, BN=BN,
+            AS,
+            XS,
+            dummy if S0 is None else S0,
+            SIN,
+            N,
+            NC,
+            K,
+            HAS_S0=S0 is not None,
+            KP=KP,
+            BN=BN,
         )
     launch[grid](
-        A, X, dummy if S0 is None else S0, dummy if SIN is None else SIN, dummy, dummy, H, FIN,
-        dummy if HF is None else HF, dummy if H0 is None else H0, dummy if DA is None else DA, T, N, L, *buckets, K,
-        SUMMARY=False, HAS_S0=S0 is not None, HAS_SIN=SIN is not None, **flags, **extra,
+        A,
+        X,
+        dummy if S0 is None else S0,
+        dummy if SIN is None else SIN,
+        dummy,
+        dummy,
+        H,
+        FIN,
+        dummy if HF is None else HF,
+        dummy if H0 is None else H0,
+        dummy if DA is None else DA,
+        T,
+        N,
+        L,
+        *buckets,
+        K,
+        SUMMARY=False,
+        HAS_S0=S0 is not None,
+        HAS_SIN=SIN is not None,
+        **flags,
+        **extra,
     )
 
 
@@ -574,6 +672,5 @@ def linear_recurrence_bwd(A, h, h0, grad_h, grad_h_last, reverse, *, chunk=None,
     dA = torch.empty_like(A)
     db = torch.empty_like(h)
     dh0 = torch.empty(B, N, K, dtype=h.dtype, device=h.device)
-    _scan(A, grad_h, grad_h_last, rev=not reverse, bwd=True, H=db, FIN=dh0, HF=h, H0=h0, DA=dA,
-          chunk=chunk, meta=meta)
+    _scan(A, grad_h, grad_h_last, rev=not reverse, bwd=True, H=db, FIN=dh0, HF=h, H0=h0, DA=dA, chunk=chunk, meta=meta)
     return dA, db, dh0

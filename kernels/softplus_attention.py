@@ -19,6 +19,7 @@ there is a single small config and no libdevice (tl.exp/tl.log only).
 Launchers: ``softplus_attention_fwd`` and ``softplus_attention_bwd`` follow the contract of
 python/nlseq/ops/softplus_attention.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,12 +41,18 @@ def _configs():
     # memory for float32 at D = 256 (configs that do not fit are skipped by the autotuner).
     # Only configs without spills for bf16 at D <= 128 (benchmarks/sass_report.py; 128x64 with 4
     # warps, 128x128, 128x32 and 64x128 spilled); the choice among them is still to be timed on a GPU.
-    return tuned([
-        triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
-        for BM, BN, w, s in [
-            (128, 64, 8, 3), (64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1),
+    return tuned(
+        [
+            triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
+            for BM, BN, w, s in [
+                (128, 64, 8, 3),
+                (64, 64, 4, 2),
+                (64, 32, 4, 2),
+                (32, 64, 4, 2),
+                (32, 32, 4, 1),
+            ]
         ]
-    ])
+    )
 
 
 def _bwd_configs():
@@ -53,10 +60,12 @@ def _bwd_configs():
         return [triton.Config({"BM": 16, "BN": 16}, num_warps=1, num_stages=1)]
     # The fused backward holds dk and dv accumulators and issues dq's atomic adds per element: at
     # D = 128 every tile of 64 query rows spilled (sass_report), so 32-row tiles for now.
-    return tuned([
-        triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
-        for BM, BN, w, s in [(32, 64, 8, 1), (32, 32, 4, 1)]
-    ])
+    return tuned(
+        [
+            triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
+            for BM, BN, w, s in [(32, 64, 8, 1), (32, 32, 4, 1)]
+        ]
+    )
 
 
 # On the GPU the per-score math uses the SFU: ex2.approx (what tl.exp compiles to anyway), and, for
@@ -75,8 +84,9 @@ _LN2 = tl.constexpr(0.6931471805599453)
 def _log(x):
     """ln x: lg2.approx · ln 2 on the GPU, tl.log under the interpreter."""
     if _FAST_MATH and x.dtype == tl.float32:
-        lg2 = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
-                                        is_pure=True, pack=1)
+        lg2 = tl.inline_asm_elementwise(
+            "lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
         return lg2 * _LN2
     else:
         return tl.log(x)
@@ -87,8 +97,9 @@ def _exp2(x):
     """2^x: ex2.approx.ftz.f32 on the GPU (no denormal fix-up: results below 2^-126 flush to 0, which
     only happens for |s| > 87, where e only ever adds to 1), tl.exp2 under the interpreter."""
     if _FAST_MATH and x.dtype == tl.float32:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
     else:
         return tl.exp2(x)
 
@@ -97,8 +108,7 @@ def _exp2(x):
 def _rcp(x):
     """1 / x: rcp.approx.f32 (at most 1 ulp) on the GPU, a division under the interpreter."""
     if _FAST_MATH and x.dtype == tl.float32:
-        return tl.inline_asm_elementwise("rcp.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return tl.inline_asm_elementwise("rcp.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
     else:
         return 1.0 / x
 
@@ -296,10 +306,33 @@ def _row_stats(stats, delta, plane, row0, o_m, m_m):
 @triton.autotune(configs=_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"])
 @triton.jit
 def _fwd_kernel(
-    q, k, v, rq, rk, o, stats, cu_q, cu_k,
-    Tq, Tk, H, G, D, plane, kv_offset, log_d, p, zero_tol,
-    CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
-    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, P_INT: tl.constexpr = 0,
+    q,
+    k,
+    v,
+    rq,
+    rk,
+    o,
+    stats,
+    cu_q,
+    cu_k,
+    Tq,
+    Tk,
+    H,
+    G,
+    D,
+    plane,
+    kv_offset,
+    log_d,
+    p,
+    zero_tol,
+    CAUSAL: tl.constexpr,
+    REWEIGHT: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    P_INT: tl.constexpr = 0,
 ):
     FAST: tl.constexpr = DOT_PREC != "ieee"  # 16-bit inputs: the SFU log (see _softplus_e)
     i_m, i_zh = tl.program_id(0), tl.program_id(1)
@@ -334,8 +367,13 @@ def _fwd_kernel(
         b_L = _stored_sum(b_L, b_sh)  # from here on L as stored (ln of the row sum + shift if shifted)
         L_safe = tl.where(b_L > 0, b_L, 1.0)
         # M = N·(w/L at the row max) − O: softplus(m)/L, or e^(m − L) on a shifted row
-        b_M = nf * tl.where(b_L < 0.0, tl.exp(tl.minimum(b_mx - b_L, 0.0)),
-                            _softplus(tl.where(b_L > 0, b_mx, 0.0), FAST) / L_safe) - off
+        b_M = (
+            nf
+            * tl.where(
+                b_L < 0.0, tl.exp(tl.minimum(b_mx - b_L, 0.0)), _softplus(tl.where(b_L > 0, b_mx, 0.0), FAST) / L_safe
+            )
+            - off
+        )
         b_M = tl.where((b_L != 0.0) & (b_M > zero_tol), b_M, 0.0)
         b_M = tl.where(b_L != b_L, b_L, b_M)  # a NaN score keeps the row NaN (docs/numerics.md)
         inv_M = tl.where(b_M > 0, 1.0 / tl.where(b_M > 0, b_M, 1.0), 0.0)
@@ -380,10 +418,29 @@ def _fwd_kernel(
 
 @triton.jit
 def _fwd_shift_kernel(
-    q, k, v, rq, rk, o, stats, cu_q, cu_k,
-    Tq, Tk, H, G, D, plane, kv_offset, log_d,
-    CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
-    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    q,
+    k,
+    v,
+    rq,
+    rk,
+    o,
+    stats,
+    cu_q,
+    cu_k,
+    Tq,
+    Tk,
+    H,
+    G,
+    D,
+    plane,
+    kv_offset,
+    log_d,
+    CAUSAL: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
 ):
     """LSSA rows flagged by _fwd_kernel (a tiny row sum, see _REDO_BELOW), redone by the rule of
     docs/numerics.md: pass 1 the row max m, pass 2 the weights (e^(s − m) on a row with
@@ -465,8 +522,24 @@ def _bwd_row_consts(L, M, R, delta, gamma, nf, off, c_i, rq, p, REWEIGHT: tl.con
 
 
 @triton.jit
-def _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, k_row, sh_row, delta, gamma, p,
-                     REWEIGHT: tl.constexpr, P_INT: tl.constexpr, FAST: tl.constexpr):
+def _scores_backward(
+    b_s,
+    b_dP,
+    m_vis,
+    a_i,
+    b_i,
+    inv_R,
+    g1,
+    g2,
+    k_row,
+    sh_row,
+    delta,
+    gamma,
+    p,
+    REWEIGHT: tl.constexpr,
+    P_INT: tl.constexpr,
+    FAST: tl.constexpr,
+):
     """(P, ds_row, dbase·w) of one [BM, BN] tile from its scores s and dP = do·v (formulas: score_backward
     in csrc/include/nlseq/softplus_attention.h). ds_row = ds · c_i rq_i (see _bwd_row_consts); the
     sigmoid reuses softplus's e = exp(−|s|): σ(s) = (s >= 0 ? 1 : e) / (1 + e). On a shifted row
@@ -499,10 +572,34 @@ def _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, k_row, sh_row, d
 @triton.autotune(configs=_bwd_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"])
 @triton.jit
 def _bwd_gamma_kernel(
-    q, k, v, rq, rk, do, stats, delta, gamma, cu_q, cu_k,
-    Tq, Tk, H, G, D, plane, kv_offset, log_d, p,
-    CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
-    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, P_INT: tl.constexpr = 0,
+    q,
+    k,
+    v,
+    rq,
+    rk,
+    do,
+    stats,
+    delta,
+    gamma,
+    cu_q,
+    cu_k,
+    Tq,
+    Tk,
+    H,
+    G,
+    D,
+    plane,
+    kv_offset,
+    log_d,
+    p,
+    CAUSAL: tl.constexpr,
+    REWEIGHT: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    P_INT: tl.constexpr = 0,
 ):
     """LSSAR only: Γ_i = Σ_j dbase_ij w_ij / L_i of each query row, which every ds of the row needs
     before the fused pass can run (two matmuls per tile pair: s and dP)."""
@@ -520,8 +617,7 @@ def _bwd_gamma_kernel(
     b_rq = tl.load(rq + row0 + o_m, mask=m_m, other=0.0)
     L, M, R, b_delta = _row_stats(stats, delta, plane, row0, o_m, m_m)
     n_i, nf, off, c_i = _row_consts(o_m, nk, kv_offset, log_d, CAUSAL)
-    a_i, b_i, inv_R, g1, g2, k_row, sh_row = _bwd_row_consts(L, M, R, b_delta, b_delta, nf, off, c_i, b_rq, p,
-                                                             REWEIGHT)
+    a_i, b_i, inv_R, g1, g2, k_row, sh_row = _bwd_row_consts(L, M, R, b_delta, b_delta, nf, off, c_i, b_rq, p, REWEIGHT)
     b_cq = c_i * b_rq
     kv_end = tl.max(tl.where(m_m, n_i, 0), 0)
     b_gamma = tl.zeros([BM], dtype=tl.float32)
@@ -531,8 +627,9 @@ def _bwd_gamma_kernel(
         b_s = _scores(b_q, b_k, b_cq, b_rk, DOT_PREC)
         b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)
         m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
-        _, _, gw = _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, k_row, sh_row, b_delta,
-                                    b_delta, p, REWEIGHT, P_INT, FAST)
+        _, _, gw = _scores_backward(
+            b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, k_row, sh_row, b_delta, b_delta, p, REWEIGHT, P_INT, FAST
+        )
         b_gamma += tl.sum(gw, 1)
     # Σ dbase·w / L: the weights of a shifted row are already divided (_inv_sum); NaN rows stay NaN
     b_gamma = tl.where(L > 0, b_gamma / tl.where(L > 0, L, 1.0), tl.where(L < 0, b_gamma, 0.0))
@@ -543,10 +640,37 @@ def _bwd_gamma_kernel(
 @triton.autotune(configs=_bwd_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"], reset_to_zero=["dq"])
 @triton.jit
 def _bwd_kernel(
-    q, k, v, rq, rk, do, stats, delta, gamma, dk, dv, cu_q, cu_k,
-    Tq, Tk, H, G, D, plane, kv_offset, log_d, p,
-    CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
-    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, dq, P_INT: tl.constexpr = 0,
+    q,
+    k,
+    v,
+    rq,
+    rk,
+    do,
+    stats,
+    delta,
+    gamma,
+    dk,
+    dv,
+    cu_q,
+    cu_k,
+    Tq,
+    Tk,
+    H,
+    G,
+    D,
+    plane,
+    kv_offset,
+    log_d,
+    p,
+    CAUSAL: tl.constexpr,
+    REWEIGHT: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    dq,
+    P_INT: tl.constexpr = 0,
 ):
     """FlashAttention-2's backward: one program per key block streams the query blocks of its heads
     and does 5 matmuls per tile pair (s = q kᵀ, dP = do vᵀ, dv += Pᵀ do, dk̂ += dsᵀ q, dq̂ += ds k̂);
@@ -586,13 +710,15 @@ def _bwd_kernel(
             L, M, R, b_delta = _row_stats(stats, delta, plane, row0, o_m, m_m)
             b_gamma = tl.load(gamma + row0 + o_m, mask=m_m, other=0.0)
             n_i, nf, off, c_i = _row_consts(o_m, nk, kv_offset, log_d, CAUSAL)
-            a_i, b_i, inv_R, g1, g2, k_row, sh_row = _bwd_row_consts(L, M, R, b_delta, b_gamma, nf, off, c_i,
-                                                                     b_rq, p, REWEIGHT)
+            a_i, b_i, inv_R, g1, g2, k_row, sh_row = _bwd_row_consts(
+                L, M, R, b_delta, b_gamma, nf, off, c_i, b_rq, p, REWEIGHT
+            )
             b_s = _scores(b_q, b_k, c_i * b_rq, b_rk, DOT_PREC)  # [BM, BN]
             b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)  # [BM, BN]
             m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
-            b_P, ds, _ = _scores_backward(b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, k_row, sh_row, b_delta,
-                                          b_gamma, p, REWEIGHT, P_INT, FAST)
+            b_P, ds, _ = _scores_backward(
+                b_s, b_dP, m_vis, a_i, b_i, inv_R, g1, g2, k_row, sh_row, b_delta, b_gamma, p, REWEIGHT, P_INT, FAST
+            )
             b_dv += tl.dot(tl.trans(b_P.to(b_do.dtype)), b_do, input_precision=DOT_PREC)  # dv += Pᵀ do
             b_ds = ds.to(b_q.dtype)
             b_dk += tl.dot(tl.trans(b_ds), b_q, input_precision=DOT_PREC)  # dk̂ += dsᵀ q
@@ -620,8 +746,19 @@ def _common(q, k, cu_q, cu_k):
     BD = max(16, triton.next_power_of_2(D))
     dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
     return dict(
-        B=B, H=H, Tq=Tq, D=D, Hkv=Hkv, Tk=Tk, S=S, max_q=max_q, max_k=max_k, BD=BD, varlen=varlen,
-        cu_q=cu_q if varlen else dummy, cu_k=cu_k if varlen else dummy,
+        B=B,
+        H=H,
+        Tq=Tq,
+        D=D,
+        Hkv=Hkv,
+        Tk=Tk,
+        S=S,
+        max_q=max_q,
+        max_k=max_k,
+        BD=BD,
+        varlen=varlen,
+        cu_q=cu_q if varlen else dummy,
+        cu_k=cu_k if varlen else dummy,
         prec="ieee" if q.dtype == torch.float32 else "tf32",
     )
 
@@ -645,18 +782,60 @@ def softplus_attention_fwd(q, k, v, rq, rk, causal, p, kv_offset, cu_q, cu_k):
         return o, stats
     grid = lambda META: (triton.cdiv(c["max_q"], META["BM"]), c["S"] * c["H"])  # noqa: E731
     _fwd_kernel[grid](
-        q, k, v, rq.contiguous(), rk.contiguous(), o, stats, c["cu_q"], c["cu_k"],
-        c["Tq"], c["Tk"], c["H"], c["H"] // c["Hkv"], c["D"], c["B"] * c["H"] * c["Tq"], kv_offset,
-        math.log(c["D"]), float(p), ZERO_ROW_TOL,
-        CAUSAL=causal, REWEIGHT=p > 0, IS_VARLEN=c["varlen"], DOT_PREC=c["prec"], BD=c["BD"], P_INT=_p_int(p),
+        q,
+        k,
+        v,
+        rq.contiguous(),
+        rk.contiguous(),
+        o,
+        stats,
+        c["cu_q"],
+        c["cu_k"],
+        c["Tq"],
+        c["Tk"],
+        c["H"],
+        c["H"] // c["Hkv"],
+        c["D"],
+        c["B"] * c["H"] * c["Tq"],
+        kv_offset,
+        math.log(c["D"]),
+        float(p),
+        ZERO_ROW_TOL,
+        CAUSAL=causal,
+        REWEIGHT=p > 0,
+        IS_VARLEN=c["varlen"],
+        DOT_PREC=c["prec"],
+        BD=c["BD"],
+        P_INT=_p_int(p),
     )
     if not p > 0:  # the rows flagged in the M plane (tiny sums): nearly free when there are none
         bm = 16 if triton_interpret() else 32  # 32x32, 4 warps: no spill for bf16/fp16 up to D = 256, fp32 D = 64
         _fwd_shift_kernel[(triton.cdiv(c["max_q"], bm), c["S"] * c["H"])](
-            q, k, v, rq.contiguous(), rk.contiguous(), o, stats, c["cu_q"], c["cu_k"],
-            c["Tq"], c["Tk"], c["H"], c["H"] // c["Hkv"], c["D"], c["B"] * c["H"] * c["Tq"], kv_offset,
-            math.log(c["D"]), CAUSAL=causal, IS_VARLEN=c["varlen"], DOT_PREC=c["prec"], BD=c["BD"],
-            BM=bm, BN=bm, num_warps=1 if triton_interpret() else 4, num_stages=1,
+            q,
+            k,
+            v,
+            rq.contiguous(),
+            rk.contiguous(),
+            o,
+            stats,
+            c["cu_q"],
+            c["cu_k"],
+            c["Tq"],
+            c["Tk"],
+            c["H"],
+            c["H"] // c["Hkv"],
+            c["D"],
+            c["B"] * c["H"] * c["Tq"],
+            kv_offset,
+            math.log(c["D"]),
+            CAUSAL=causal,
+            IS_VARLEN=c["varlen"],
+            DOT_PREC=c["prec"],
+            BD=c["BD"],
+            BM=bm,
+            BN=bm,
+            num_warps=1 if triton_interpret() else 4,
+            num_stages=1,
         )
     return o, stats
 
@@ -672,17 +851,44 @@ def softplus_attention_bwd(q, k, v, rq, rk, o, do, stats, causal, p, kv_offset, 
     dk = torch.empty(k.shape, dtype=torch.float32, device=q.device)
     dv = torch.empty(v.shape, dtype=torch.float32, device=q.device)
     rq, rk = rq.contiguous(), rk.contiguous()
-    args = (c["Tq"], c["Tk"], c["H"], c["H"] // c["Hkv"], c["D"], c["B"] * c["H"] * c["Tq"], kv_offset,
-            math.log(c["D"]), float(p))
+    args = (
+        c["Tq"],
+        c["Tk"],
+        c["H"],
+        c["H"] // c["Hkv"],
+        c["D"],
+        c["B"] * c["H"] * c["Tq"],
+        kv_offset,
+        math.log(c["D"]),
+        float(p),
+    )
     meta = dict(CAUSAL=causal, REWEIGHT=p > 0, IS_VARLEN=c["varlen"], DOT_PREC=c["prec"], BD=c["BD"])
     if p > 0 and c["max_q"] > 0:
         grid_q = lambda META: (triton.cdiv(c["max_q"], META["BM"]), c["S"] * c["H"])  # noqa: E731
-        _bwd_gamma_kernel[grid_q](q, k, v, rq, rk, do, stats, delta, gamma, c["cu_q"], c["cu_k"], *args, **meta,
-                                  P_INT=_p_int(p))
+        _bwd_gamma_kernel[grid_q](
+            q, k, v, rq, rk, do, stats, delta, gamma, c["cu_q"], c["cu_k"], *args, **meta, P_INT=_p_int(p)
+        )
     if c["max_k"] > 0:
         grid_k = lambda META: (triton.cdiv(c["max_k"], META["BN"]), c["S"] * c["Hkv"])  # noqa: E731
-        _bwd_kernel[grid_k](q, k, v, rq, rk, do, stats, delta, gamma, dk, dv, c["cu_q"], c["cu_k"],
-                            *args, **meta, dq=dq, P_INT=_p_int(p))
+        _bwd_kernel[grid_k](
+            q,
+            k,
+            v,
+            rq,
+            rk,
+            do,
+            stats,
+            delta,
+            gamma,
+            dk,
+            dv,
+            c["cu_q"],
+            c["cu_k"],
+            *args,
+            **meta,
+            dq=dq,
+            P_INT=_p_int(p),
+        )
     else:
         dk.zero_()
         dv.zero_()

@@ -24,6 +24,7 @@ pass into the backward of the last block; none of this is tuned on a GPU yet.
 This file is self-contained (its own small helpers): it does not share code with
 kernels/softplus_attention.py. Only ``tl.*`` math is used, so it runs under TRITON_INTERPRET=1.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,10 +44,12 @@ def _configs():
     if triton_interpret():
         return [triton.Config({"BM": 16, "BN": 16}, num_warps=1, num_stages=1)]
     # untimed: a few plausible tiles; the autotuner skips those that do not fit shared memory
-    return tuned([
-        triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
-        for BM, BN, w, s in [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1), (16, 32, 2, 1)]
-    ])
+    return tuned(
+        [
+            triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
+            for BM, BN, w, s in [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1), (16, 32, 2, 1)]
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -129,9 +132,29 @@ def _store_rows(ptr, x, offs, T, D, BD: tl.constexpr):
 @triton.autotune(configs=_configs(), key=["BD", "CAUSAL", "MODE"])
 @triton.jit
 def _partial_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, rq_ptr, rk_ptr, u_ptr, st_ptr, sin_ptr,
-    H, G, Tq, Tk, D, BH, kv_offset, n_offset, logD, p,
-    CAUSAL: tl.constexpr, MODE: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    rq_ptr,
+    rk_ptr,
+    u_ptr,
+    st_ptr,
+    sin_ptr,
+    H,
+    G,
+    Tq,
+    Tk,
+    D,
+    BH,
+    kv_offset,
+    n_offset,
+    logD,
+    p,
+    CAUSAL: tl.constexpr,
+    MODE: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
 ):
     # MODE 0: LSSA (U = Σ w v); 1: LSSAR statistics pass (U = 0); 2: LSSAR pass 2 with stats_in
     pid_m, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: B·H·T·D may pass 2^31
@@ -186,8 +209,30 @@ def _partial_fwd_kernel(
 
 # ------------------------------------------------------------------------------ backward
 @triton.jit
-def _grad_tile(b_q, b_cq, b_k, b_rk, b_v, b_do, dl, L, M, R, gam, nf, c, O, offs_m, offs_n, Tq, Tk, kv_offset, p,
-               CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr):
+def _grad_tile(
+    b_q,
+    b_cq,
+    b_k,
+    b_rk,
+    b_v,
+    b_do,
+    dl,
+    L,
+    M,
+    R,
+    gam,
+    nf,
+    c,
+    O,
+    offs_m,
+    offs_n,
+    Tq,
+    Tk,
+    kv_offset,
+    p,
+    CAUSAL: tl.constexpr,
+    REWEIGHT: tl.constexpr,
+):
     """(P, ds (with c_i, before rk/rq), dbase·a) of one [BM, BN] tile, reference _bwd_dense."""
     s, mask = _scores(b_q, b_k, b_cq, b_rk, offs_m, offs_n, Tq, Tk, kv_offset, CAUSAL)
     a, g = _over_sum(s, L)
@@ -218,10 +263,32 @@ def _grad_tile(b_q, b_cq, b_k, b_rk, b_v, b_do, dl, L, M, R, gam, nf, c, O, offs
 @triton.autotune(configs=_configs(), key=["BD", "CAUSAL", "REWEIGHT", "GAMMA"])
 @triton.jit
 def _partial_dq_kernel(
-    q_ptr, k_ptr, v_ptr, rq_ptr, rk_ptr, do_ptr, dl_ptr, st_ptr, gam_ptr, dq_ptr,
-    H, G, Tq, Tk, D, BH, kv_offset, n_offset, logD, p,
-    CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, GAMMA: tl.constexpr,
-    BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    rq_ptr,
+    rk_ptr,
+    do_ptr,
+    dl_ptr,
+    st_ptr,
+    gam_ptr,
+    dq_ptr,
+    H,
+    G,
+    Tq,
+    Tk,
+    D,
+    BH,
+    kv_offset,
+    n_offset,
+    logD,
+    p,
+    CAUSAL: tl.constexpr,
+    REWEIGHT: tl.constexpr,
+    GAMMA: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
 ):
     # GAMMA: write this block's Σ_j dbase_ij w_ij into gam_ptr instead of dq̂ (partial_bwd_gamma)
     pid_m, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: B·H·T·D may pass 2^31
@@ -249,8 +316,30 @@ def _partial_dq_kernel(
         b_k = _load_rows(k_ptr + bkv * Tk * D, offs_n, Tk, D, BD)
         b_v = _load_rows(v_ptr + bkv * Tk * D, offs_n, Tk, D, BD)
         b_rk = tl.load(rk_ptr + bkv * Tk + offs_n, mask=offs_n < Tk, other=0.0)
-        _, ds, ga = _grad_tile(b_q, b_cq, b_k, b_rk, b_v, b_do, dl, L, M, R, gam, nf, c, O, offs_m, offs_n,
-                               Tq, Tk, kv_offset, p, CAUSAL, REWEIGHT)
+        _, ds, ga = _grad_tile(
+            b_q,
+            b_cq,
+            b_k,
+            b_rk,
+            b_v,
+            b_do,
+            dl,
+            L,
+            M,
+            R,
+            gam,
+            nf,
+            c,
+            O,
+            offs_m,
+            offs_n,
+            Tq,
+            Tk,
+            kv_offset,
+            p,
+            CAUSAL,
+            REWEIGHT,
+        )
         if GAMMA:
             gsum += tl.sum(ga, 1)
         else:
@@ -264,9 +353,32 @@ def _partial_dq_kernel(
 @triton.autotune(configs=_configs(), key=["BD", "CAUSAL", "REWEIGHT"])
 @triton.jit
 def _partial_dkv_kernel(
-    q_ptr, k_ptr, v_ptr, rq_ptr, rk_ptr, do_ptr, dl_ptr, st_ptr, gam_ptr, dk_ptr, dv_ptr,
-    H, G, Tq, Tk, D, BH, kv_offset, n_offset, logD, p,
-    CAUSAL: tl.constexpr, REWEIGHT: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    rq_ptr,
+    rk_ptr,
+    do_ptr,
+    dl_ptr,
+    st_ptr,
+    gam_ptr,
+    dk_ptr,
+    dv_ptr,
+    H,
+    G,
+    Tq,
+    Tk,
+    D,
+    BH,
+    kv_offset,
+    n_offset,
+    logD,
+    p,
+    CAUSAL: tl.constexpr,
+    REWEIGHT: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
 ):
     pid_n, bkv = tl.program_id(0), tl.program_id(1).to(tl.int64)
     Hkv = H // G
@@ -294,8 +406,30 @@ def _partial_dkv_kernel(
             else:
                 gam = tl.zeros([BM], dtype=tl.float32)
             nf, c, O = _rows(offs_m, Tq, Tk, kv_offset, n_offset, logD, CAUSAL)
-            P, ds, _ = _grad_tile(b_q, c * b_rq, b_k, b_rk, b_v, b_do, dl, L, M, R, gam, nf, c, O, offs_m, offs_n,
-                                  Tq, Tk, kv_offset, p, CAUSAL, REWEIGHT)
+            P, ds, _ = _grad_tile(
+                b_q,
+                c * b_rq,
+                b_k,
+                b_rk,
+                b_v,
+                b_do,
+                dl,
+                L,
+                M,
+                R,
+                gam,
+                nf,
+                c,
+                O,
+                offs_m,
+                offs_n,
+                Tq,
+                Tk,
+                kv_offset,
+                p,
+                CAUSAL,
+                REWEIGHT,
+            )
             dv += tl.dot(tl.trans(P), b_do, input_precision="ieee")
             dk += tl.dot(tl.trans(ds * b_rq[:, None]), b_q, input_precision="ieee")  # dsᵀ @ q̂
     _store_rows(dk_ptr + bkv * Tk * D, dk, offs_n, Tk, D, BD)
@@ -305,8 +439,10 @@ def _partial_dkv_kernel(
 # ------------------------------------------------------------------------------ launchers
 def _check(q, k, v):
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"nlseq.{OP}: q, k, v must be float32, bfloat16 or float16 (float64 runs on backend='cpp' "
-                        f"or 'reference'), got {q.dtype}")
+        raise TypeError(
+            f"nlseq.{OP}: q, k, v must be float32, bfloat16 or float16 (float64 runs on backend='cpp' "
+            f"or 'reference'), got {q.dtype}"
+        )
     D = q.shape[-1]
     if D > MAX_D or D < 1:
         raise ValueError(f"nlseq.{OP}: the head dim D must be in [1, {MAX_D}], got {D}")
@@ -335,9 +471,29 @@ def partial_fwd(q, k, v, rq, rk, causal, p, kv_offset, n_offset, stats_in=None):
         return U, st
     sin = st if mode != 2 else _c(stats_in[:2].to(torch.float32))
     grid = lambda meta: (triton.cdiv(Tq, meta["BM"]), B * H)  # noqa: E731
-    _partial_fwd_kernel[grid](_c(q), _c(k), _c(v), _c(rq.float()), _c(rk.float()), U, st, sin,
-                              H, G, Tq, Tk, D, B * H, int(kv_offset), int(n_offset), logD, float(max(p, 0.0)),
-                              CAUSAL=bool(causal), MODE=mode, BD=BD)
+    _partial_fwd_kernel[grid](
+        _c(q),
+        _c(k),
+        _c(v),
+        _c(rq.float()),
+        _c(rk.float()),
+        U,
+        st,
+        sin,
+        H,
+        G,
+        Tq,
+        Tk,
+        D,
+        B * H,
+        int(kv_offset),
+        int(n_offset),
+        logD,
+        float(max(p, 0.0)),
+        CAUSAL=bool(causal),
+        MODE=mode,
+        BD=BD,
+    )
     return U, st
 
 

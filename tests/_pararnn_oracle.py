@@ -5,6 +5,7 @@ Written here from the equations of docs/spec.md §1.3 as a plain loop; gradients
 through it, so the kernels' Newton forward and implicit backward (docs/spec.md §1.2) are checked
 against an independent derivation. Device-agnostic: the oracle runs where its inputs are.
 """
+
 from __future__ import annotations
 
 import torch
@@ -100,8 +101,11 @@ def oracle_grads(cell, U, A, P, s0, dS, ds_last):
     """Gradients (dU, dA, dP or None, ds0) of L = <S_all, dS> + <S_all[:, -1], ds_last> by autograd
     through the float64 loop; ds0 also when s0 is None (the gradient of a zero initial state)."""
     U64, A64, P64 = f64(U, True), f64(A, True), f64(P, True)
-    s064 = f64(s0, True) if s0 is not None else torch.zeros(U.shape[0], S_OF[cell], U.shape[3], device=U.device,
-                                                             dtype=torch.float64, requires_grad=True)
+    s064 = (
+        f64(s0, True)
+        if s0 is not None
+        else torch.zeros(U.shape[0], S_OF[cell], U.shape[3], device=U.device, dtype=torch.float64, requires_grad=True)
+    )
     S = oracle(cell, U64, A64, P64, s064)
     loss = (S * f64(dS)).sum() + (S[:, -1] * f64(ds_last)).sum()
     loss.backward()

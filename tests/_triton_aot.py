@@ -6,6 +6,7 @@ in a fresh process without TRITON_INTERPRET, where ``compile_kernel`` compiles f
 GPUTarget("cuda", 90, 32) with triton's bundled ptxas (no GPU needed). Used by
 tests/test_scan_triton.py and tests/test_triton_sm90.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,6 +46,7 @@ def compile_sm90(script: str, timeout: int = 900) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    r = subprocess.run([sys.executable, "-c", PRELUDE + script], env=env, capture_output=True, text=True,
-                       timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-c", PRELUDE + script], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-4000:]

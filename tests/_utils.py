@@ -1,4 +1,5 @@
 """Helpers shared by the test files (imported as `_utils`; pytest puts tests/ on sys.path)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Analog crossbar + NL-ADC family (docs/spec.md §3): converters, device model, fused op, modules."""
+
 from __future__ import annotations
 
 import math
@@ -44,9 +45,9 @@ def test_nladc_formulas_match_spec():
 
 
 def test_nladc_user_pair_and_decreasing():
-    adc = NLADC((lambda u: u ** 3, lambda y: torch.sign(y) * y.abs() ** (1 / 3)), 4, in_range=(-1.0, 1.0))
+    adc = NLADC((lambda u: u**3, lambda y: torch.sign(y) * y.abs() ** (1 / 3)), 4, in_range=(-1.0, 1.0))
     u = torch.linspace(-1, 1, 1001, dtype=torch.float64)
-    assert (adc(u) - u ** 3).abs().max() <= adc.lsb / 2 + 1e-12
+    assert (adc(u) - u**3).abs().max() <= adc.lsb / 2 + 1e-12
     dec = NLADC((lambda u: -u, lambda y: -y), 3, in_range=(0.0, 1.0))
     assert (dec(u.clamp(0, 1)) + u.clamp(0, 1)).abs().max() <= dec.lsb / 2 + 1e-12
 
@@ -81,7 +82,8 @@ def test_ramp_programming_error_accumulates():
     adc = NLADC("sigmoid", 5, cmp_offset=1.0, calib_bits=5)
     p = adc.program(1000, CrossbarConfig.ideal(), torch.Generator().manual_seed(1))
     raw = NLADC("sigmoid", 5, cmp_offset=1.0, offset_calibration=False).program(
-        1000, CrossbarConfig.ideal(), torch.Generator().manual_seed(1))
+        1000, CrossbarConfig.ideal(), torch.Generator().manual_seed(1)
+    )
     assert p.offsets.abs().max() <= 8.0 / 32 / 2 + 1e-12 < raw.offsets.abs().max()
 
 
@@ -105,7 +107,9 @@ def test_programming_replays_and_stuck_devices():
 def test_pcm_noise_polynomial():
     cfg = CrossbarConfig(prog_noise=1.0, prog_noise_model="pcm")
     G = torch.tensor([0.0, 12.5, 25.0], dtype=torch.float64)
-    expected = torch.tensor([0.26348, 0.26348 + 1.9650 / 2 - 1.1731 / 4, 0.26348 + 1.9650 - 1.1731], dtype=torch.float64)
+    expected = torch.tensor(
+        [0.26348, 0.26348 + 1.9650 / 2 - 1.1731 / 4, 0.26348 + 1.9650 - 1.1731], dtype=torch.float64
+    )
     assert torch.allclose(cfg.prog_sigma(G), expected)
     g = torch.Generator().manual_seed(0)
     from nlseq.analog import program_conductances
@@ -158,7 +162,9 @@ def test_codes_equal_bucketize_with_supplied_noise(backend, M, K, N, bits):
     cur = (xq @ w.cpu().double().t()) * 0.5
     sigma = torch.sqrt((xq * xq).sum(1, keepdim=True).float() * 0.25 + 4.0).double()
     cur = (cur.float() + (sigma.float() * noise.cpu())).double()
-    codes = torch.stack([torch.bucketize(cur[:, n].contiguous(), thr[n].cpu().double(), right=False) for n in range(N)], 1)
+    codes = torch.stack(
+        [torch.bucketize(cur[:, n].contiguous(), thr[n].cpu().double(), right=False) for n in range(N)], 1
+    )
     expected = torch.gather(lev.cpu(), 1, codes.t()).t()
     assert not torch.isnan(y).any()
     assert torch.equal(y.cpu(), expected), f"{(y.cpu() != expected).sum().item()} of {M * N} levels differ"
@@ -196,8 +202,11 @@ def test_nan_input_gives_nan_in_every_adc(kind):
     cfg = CrossbarConfig(prog_noise=0.0, read_noise=0.02, out_noise=0.01, in_bits=8, x_max=127 / 128)
     outs = []
     for backend in ("cpp", "reference"):
-        m = (AnalogLSTM if kind == "LSTM" else AnalogGRU).from_digital(digital, config=cfg, adc_bits=5,
-                                                                       backend=backend).eval()
+        m = (
+            (AnalogLSTM if kind == "LSTM" else AnalogGRU)
+            .from_digital(digital, config=cfg, adc_bits=5, backend=backend)
+            .eval()
+        )
         with torch.no_grad():
             outs.append(m(x)[0])
     assert torch.isnan(outs[0][2:, 1]).all() and not torch.isnan(outs[0][:, [0, 2]]).any()
@@ -214,7 +223,7 @@ def test_in_kernel_noise_matches_reference(backend, M, K, N, bits):
     kw = dict(in_bits=8, x_max=127 / 16, noise_a=0.25, noise_b=4.0, seed=seed, offset=offset)
     y = nlseq.analog_mvm(x, w, cs, thr, lev, backend=backend, **kw)
     y_ref = ref_mvm(x.cpu(), w.cpu(), cs.cpu(), thr.cpu(), lev.cpu(), None, 8, 127 / 16, 0.25, 4.0, seed, offset)
-    diff = (y.cpu() != y_ref)
+    diff = y.cpu() != y_ref
     if backend == "cuda":
         # nvcc builds with --use_fast_math (approximate division and sqrt): a code may move by one
         # level where the current lies within ~1e-6 of a threshold, so allow 0.1% of the elements
@@ -236,8 +245,24 @@ def test_noise_statistics(backend):
     mid = torch.cat([thr[0, :1] - 1 / 256, (thr[0, 1:] + thr[0, :-1]) / 2, thr[0, -1:] + 1 / 256])
     lev = mid.expand(N, L).contiguous()
     noise_a, noise_b = 0.5, 0.5  # σ² = 0.5·(8·0.25) + 0.5 = 1.5
-    y = nlseq.analog_mvm(x, w, cs, thr, lev, in_bits=0, x_max=1.0, noise_a=noise_a, noise_b=noise_b, seed=11,
-                         offset=0, backend=backend).double().cpu()
+    y = (
+        nlseq.analog_mvm(
+            x,
+            w,
+            cs,
+            thr,
+            lev,
+            in_bits=0,
+            x_max=1.0,
+            noise_a=noise_a,
+            noise_b=noise_b,
+            seed=11,
+            offset=0,
+            backend=backend,
+        )
+        .double()
+        .cpu()
+    )
     n = y.numel()
     sigma = math.sqrt(1.5)
     # quantisation (LSB 1/256) adds 1/12 LSB² of variance: negligible against the sampling error
@@ -245,10 +270,42 @@ def test_noise_statistics(backend):
     assert abs(y.std().item() / sigma - 1) < 4 * math.sqrt(0.5 / n) + 1e-3
     z = (y / sigma).flatten()
     assert abs((z.abs() < 1).double().mean().item() - 0.6827) < 4 * math.sqrt(0.22 / n)
-    y2 = nlseq.analog_mvm(x, w, cs, thr, lev, in_bits=0, x_max=1.0, noise_a=noise_a, noise_b=noise_b, seed=11,
-                          offset=1, backend=backend).double().cpu()
-    y3 = nlseq.analog_mvm(x, w, cs, thr, lev, in_bits=0, x_max=1.0, noise_a=noise_a, noise_b=noise_b, seed=11,
-                          offset=0, backend=backend).double().cpu()
+    y2 = (
+        nlseq.analog_mvm(
+            x,
+            w,
+            cs,
+            thr,
+            lev,
+            in_bits=0,
+            x_max=1.0,
+            noise_a=noise_a,
+            noise_b=noise_b,
+            seed=11,
+            offset=1,
+            backend=backend,
+        )
+        .double()
+        .cpu()
+    )
+    y3 = (
+        nlseq.analog_mvm(
+            x,
+            w,
+            cs,
+            thr,
+            lev,
+            in_bits=0,
+            x_max=1.0,
+            noise_a=noise_a,
+            noise_b=noise_b,
+            seed=11,
+            offset=0,
+            backend=backend,
+        )
+        .double()
+        .cpu()
+    )
     assert torch.equal(y, y3), "the same (seed, offset) must replay exactly"
     assert abs(torch.corrcoef(torch.stack([y.flatten(), y2.flatten()]))[0, 1].item()) < 4 / math.sqrt(n)
 
@@ -274,7 +331,7 @@ def test_dac(in_bits):
         delta = 2.0 / (2 ** (in_bits - 1) - 1)
         inside = x.abs() <= 2.0
         assert (q - x)[inside].abs().max() <= delta / 2 + 1e-6
-        assert len(torch.unique(q)) == 2 ** in_bits - 1
+        assert len(torch.unique(q)) == 2**in_bits - 1
 
 
 # ---------------------------------------------------------------- V_read invariance, bits, modules
@@ -310,7 +367,7 @@ def test_analog_linear_ideal_equals_adc_of_digital(bits):
     u = (x @ m.weight.t() + m.bias).double().detach()
     expected = m.adc(u).float()
     y = m(x).detach()
-    mismatch = (y != expected)
+    mismatch = y != expected
     # float32 vs float64 rounding can move u across a threshold only within ~1e-6 of it
     near = (u[..., None] - m.adc.thresholds).abs().min(-1).values < 1e-4
     assert not (mismatch & ~near).any()
@@ -346,8 +403,9 @@ def test_read_noise_is_fresh_and_replayable():
 def test_rnn_ideal_limit_matches_digital(kind, batch_first):
     torch.manual_seed(0)
     digital = getattr(torch.nn, kind)(7, 16, num_layers=2, batch_first=batch_first)
-    analog = (AnalogLSTM if kind == "LSTM" else AnalogGRU).from_digital(digital, config=CrossbarConfig.ideal(),
-                                                                       adc_bits=14)
+    analog = (AnalogLSTM if kind == "LSTM" else AnalogGRU).from_digital(
+        digital, config=CrossbarConfig.ideal(), adc_bits=14
+    )
     analog.eval()
     x = torch.randn(3, 13, 7) if batch_first else torch.randn(13, 3, 7)
     with torch.no_grad():
@@ -386,8 +444,11 @@ def test_rnn_whole_layer_kernel_equals_step_path(kind, bits, T, B, I, H):
     c0 = torch.randint(-100, 101, (2, B, H)) / 128.0
     outs = []
     for backend in ("cpp", "reference"):
-        m = (AnalogLSTM if kind == "LSTM" else AnalogGRU).from_digital(digital, config=cfg, adc_bits=bits,
-                                                                       backend=backend).eval()
+        m = (
+            (AnalogLSTM if kind == "LSTM" else AnalogGRU)
+            .from_digital(digital, config=cfg, adc_bits=bits, backend=backend)
+            .eval()
+        )
         assert m._fused_sequence(x) == (backend == "cpp")
         with torch.no_grad():
             y, state = m(x, (h0, c0) if kind == "LSTM" else h0)
@@ -427,8 +488,12 @@ def test_straight_through_gradient(act):
     # expected: the gradient of f(clamp(x) @ wᵀ) with f the ideal activation
     x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     u = torch.clamp(x2, -1.0, 1.0) @ w2.t()
-    f = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "hardtanh": torch.nn.functional.hardtanh,
-         "identity": lambda v: v}[act]
+    f = {
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "hardtanh": torch.nn.functional.hardtanh,
+        "identity": lambda v: v,
+    }[act]
     ex, ew = torch.autograd.grad(f(u), (x2, w2), gy)
     assert torch.allclose(gx, ex, atol=1e-5) and torch.allclose(gw, ew, atol=1e-5)
 
@@ -450,8 +515,22 @@ def test_opcheck(backend):
 
     x, w, cs, thr, lev, noise = _grid_problem(4, 6, 5, 3, torch.device("cpu"))
     for nz in (None, noise):
-        args = (x.requires_grad_(), w.requires_grad_(), cs, thr, lev, nz, 8, 127 / 16, 0.25, 4.0, 1,
-                torch.tensor(2), "sigmoid", backend)
+        args = (
+            x.requires_grad_(),
+            w.requires_grad_(),
+            cs,
+            thr,
+            lev,
+            nz,
+            8,
+            127 / 16,
+            0.25,
+            4.0,
+            1,
+            torch.tensor(2),
+            "sigmoid",
+            backend,
+        )
         torch.library.opcheck(_analog_mvm_op, args)
 
 
@@ -478,14 +557,38 @@ def test_whole_layer_op_rejects_bad_inputs():
     registry._extension()
     op = torch.ops.nlseq_ext.analog_rnn_fwd
     T, B, I, H, L = 3, 2, 5, 4, 8
-    args = dict(x=torch.zeros(T, B, I), weight=torch.zeros(4 * H, I + H + 1), col_scale=torch.ones(4 * H),
-                thr=torch.zeros(4 * H, L - 1), lev=torch.zeros(4 * H, L), cthr=torch.zeros(H, L - 1),
-                clev=torch.zeros(L), h0=torch.zeros(B, H), c0=torch.zeros(B, H))
+    args = dict(
+        x=torch.zeros(T, B, I),
+        weight=torch.zeros(4 * H, I + H + 1),
+        col_scale=torch.ones(4 * H),
+        thr=torch.zeros(4 * H, L - 1),
+        lev=torch.zeros(4 * H, L),
+        cthr=torch.zeros(H, L - 1),
+        clev=torch.zeros(L),
+        h0=torch.zeros(B, H),
+        c0=torch.zeros(B, H),
+    )
 
     def call(cell="lstm", in_bits=8, x_max=1.0, **over):
         a = dict(args, **over)
-        return op(cell, a["x"], a["weight"], a["col_scale"], a["thr"], a["lev"], a["cthr"], a["clev"], a["h0"],
-                  a["c0"], in_bits, x_max, 0.0, 0.0, 0, 0)
+        return op(
+            cell,
+            a["x"],
+            a["weight"],
+            a["col_scale"],
+            a["thr"],
+            a["lev"],
+            a["cthr"],
+            a["clev"],
+            a["h0"],
+            a["c0"],
+            in_bits,
+            x_max,
+            0.0,
+            0.0,
+            0,
+            0,
+        )
 
     out, h_n, c_n = call()
     assert out.shape == (T, B, H) and h_n.shape == (B, H) and c_n.shape == (B, H)

@@ -1,4 +1,5 @@
 """nlseq.analog.convert / program / drift / reset_noise / to_digital on a small torch model."""
+
 from __future__ import annotations
 
 import pytest

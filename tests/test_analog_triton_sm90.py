@@ -7,6 +7,7 @@ sqrt.rn.f32; never div.full / div.approx / sqrt.approx), that no elementwise a *
 contracted into an FMA (the TF32 variant has no fma at all; the IEEE variant has exactly the
 dot's BM·BN·BK/threads per K step), and, from the cubin, that no variant spills.
 """
+
 from __future__ import annotations
 
 from _triton_aot import compile_sm90

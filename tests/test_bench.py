@@ -6,6 +6,7 @@ reason, that goals, warnings, peers with their own oracle, the time budget and i
 handled, and that a run writes a JSON file with the documented fields and a figure whose data
 (stored in the JSON, and the matplotlib artists) says what it should.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,23 @@ class _WrongGrad(torch.autograd.Function):
 
 
 def _fake_case(impls, baseline=None, **kw):
-    return Case(family="fake", name="double", device="cpu", dtype=torch.float32, shape={"N": 64}, inputs=_inputs,
-                oracle=lambda x: (2 * x, x.sum()), impls=impls, grad_inputs=("x",), output_names=("y", "s"),
-                atol=1e-6, rtol=1e-6, baseline=baseline, bytes={"fwd": 2 * 64 * 4}, **kw)
+    return Case(
+        family="fake",
+        name="double",
+        device="cpu",
+        dtype=torch.float32,
+        shape={"N": 64},
+        inputs=_inputs,
+        oracle=lambda x: (2 * x, x.sum()),
+        impls=impls,
+        grad_inputs=("x",),
+        output_names=("y", "s"),
+        atol=1e-6,
+        rtol=1e-6,
+        baseline=baseline,
+        bytes={"fwd": 2 * 64 * 4},
+        **kw,
+    )
 
 
 def _raise(x):
@@ -93,8 +108,10 @@ def test_wrong_impls_fail_and_right_one_passes():
 
 
 def test_forward_only_and_untimed_impls():
-    impls = [Impl("fwdonly", lambda x: (2 * x, x.sum()), backward=False),
-             Impl("checkonly", lambda x: (2 * x, x.sum()), timed=False)]
+    impls = [
+        Impl("fwdonly", lambda x: (2 * x, x.sum()), backward=False),
+        Impl("checkonly", lambda x: (2 * x, x.sum()), timed=False),
+    ]
     rows = {r["impl"]: r for r in run_case(_fake_case(impls), TINY, {})}
     assert rows["fwdonly"]["status"] == "PASS" and set(rows["fwdonly"]["ms"]) == {"fwd"}
     assert "dx" not in rows["fwdonly"]["errors"]
@@ -103,10 +120,19 @@ def test_forward_only_and_untimed_impls():
 
 
 def test_non_tensor_inputs_pass_through():
-    case = Case(family="fake", name="scale", device="cpu", dtype=torch.float32, shape={"N": 8},
-                inputs=lambda: {"x": torch.arange(8.0), "k": 3}, oracle=lambda x, k: x * k,
-                impls=[Impl("mul", lambda x, k: x * k), Impl("add", lambda x, k: x + k)], grad_inputs=("x",),
-                atol=1e-6, rtol=1e-6)
+    case = Case(
+        family="fake",
+        name="scale",
+        device="cpu",
+        dtype=torch.float32,
+        shape={"N": 8},
+        inputs=lambda: {"x": torch.arange(8.0), "k": 3},
+        oracle=lambda x, k: x * k,
+        impls=[Impl("mul", lambda x, k: x * k), Impl("add", lambda x, k: x + k)],
+        grad_inputs=("x",),
+        atol=1e-6,
+        rtol=1e-6,
+    )
     status = {r["impl"]: r["status"] for r in run_case(case, TINY, {})}
     assert status == {"mul": "PASS", "add": "FAIL"}
 
@@ -180,8 +206,21 @@ def test_broken_family_module_is_an_error_row(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_quick_scan_writes_json_and_png(tmp_path, capsys):
-    rc = main(["--quick", "--family", "scan", "--case", "/bf16/", "--backend", "cpp,loop", "--device", "cpu",
-               "--out", str(tmp_path)])
+    rc = main(
+        [
+            "--quick",
+            "--family",
+            "scan",
+            "--case",
+            "/bf16/",
+            "--backend",
+            "cpp,loop",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0, capsys.readouterr().out
     doc = _only_json(tmp_path)
     assert doc["schema"] == "nlseq-bench/2"
@@ -233,9 +272,13 @@ def test_bad_options_exit_2(capsys, tmp_path):
 
 def test_module_entry_point_lists_cases():
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "nlseq.bench", "--list", "--family", "scan", "--device", "cpu"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(root / "python")})
+    proc = subprocess.run(
+        [sys.executable, "-m", "nlseq.bench", "--list", "--family", "scan", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root / "python")},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "scan/diagonal/B4xT4096xN256/fp32/cpu" in proc.stdout and "cpp" in proc.stdout
 
@@ -262,10 +305,15 @@ def test_cpu_timing_runs_on_torch_thread_count(call_s):
 
 
 def test_goals_met_missed_and_wrong_rows_meet_none():
-    impls = [Impl("base", lambda x: (2 * x, x.sum())), Impl("fast", lambda x: (2 * x, x.sum())),
-             Impl("wrong", lambda x: (2 * x + 1, x.sum()))]
-    goals = (Goal(("fast", "wrong"), "fwd", speedup=1e-6, text="any speed"),
-             Goal(("fast",), "fwd", max_ms=1e-9, text="impossible"))
+    impls = [
+        Impl("base", lambda x: (2 * x, x.sum())),
+        Impl("fast", lambda x: (2 * x, x.sum())),
+        Impl("wrong", lambda x: (2 * x + 1, x.sum())),
+    ]
+    goals = (
+        Goal(("fast", "wrong"), "fwd", speedup=1e-6, text="any speed"),
+        Goal(("fast",), "fwd", max_ms=1e-9, text="impossible"),
+    )
     rows = {r["impl"]: r for r in run_case(_fake_case(impls, baseline="base", goals=goals), TINY, {})}
     fast = rows["fast"]["goals"]
     assert [g["met"] for g in fast] == [True, False]
@@ -283,10 +331,14 @@ def test_goals_met_missed_and_wrong_rows_meet_none():
 
 def test_peer_with_its_own_oracle_in_the_same_case():
     """A peer computing another function (as nn.GRU beside ParaGRU) is checked against its own oracle."""
-    own = dict(inputs=lambda: {"y": torch.linspace(0.0, 1.0, 16)}, oracle=lambda y: 3 * y, grad_inputs=("y",),
-               tol=(1e-6, 1e-6))
-    impls = [Impl("mine", lambda x: (2 * x, x.sum())), Impl("peer", lambda y: 3 * y, **own),
-             Impl("badpeer", lambda y: 3 * y + 0.1, **own)]
+    own = dict(
+        inputs=lambda: {"y": torch.linspace(0.0, 1.0, 16)}, oracle=lambda y: 3 * y, grad_inputs=("y",), tol=(1e-6, 1e-6)
+    )
+    impls = [
+        Impl("mine", lambda x: (2 * x, x.sum())),
+        Impl("peer", lambda y: 3 * y, **own),
+        Impl("badpeer", lambda y: 3 * y + 0.1, **own),
+    ]
     rows = {r["impl"]: r for r in run_case(_fake_case(impls, baseline="peer"), TINY, {})}
     assert rows["mine"]["status"] == "PASS" and rows["peer"]["status"] == "PASS", rows
     assert rows["badpeer"]["status"] == "FAIL" and rows["peer"]["own_oracle"] and not rows["mine"]["own_oracle"]
@@ -316,7 +368,7 @@ def test_deadline_cuts_impls():
     assert rows[0]["status"] == "CUT" and "time budget" in rows[0]["reason"] and rows[0]["ms"] == {}
 
 
-SLOW_FAMILY = '''
+SLOW_FAMILY = """
 import os, signal, time
 import torch
 from nlseq.bench import Case, Impl
@@ -340,7 +392,7 @@ def cases(device, quick):
     return [make("first", impls=[Impl("fast", lambda x: x * 1), Impl("slow", _sigterm)]),
             make("second", impls=[Impl("fast", lambda x: x * 1)]),
             make("third", impls=[Impl("fast", lambda x: x * 1)], headline=True)]
-'''
+"""
 
 
 @pytest.fixture
@@ -354,8 +406,20 @@ def slow_family(tmp_path, monkeypatch):
 
 
 def test_time_budget_cuts_and_reports(slow_family, tmp_path, capsys):
-    rc = main(["--quick", "--family", slow_family, "--device", "cpu", "--out", str(tmp_path), "--no-plot",
-               "--time-budget", "0.001"])
+    rc = main(
+        [
+            "--quick",
+            "--family",
+            slow_family,
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--no-plot",
+            "--time-budget",
+            "0.001",
+        ]
+    )
     assert rc == 0  # cut by the budget: reported, not a failure
     doc = _only_json(tmp_path)
     assert doc["complete"] is False and doc["interrupted"] is None
@@ -379,26 +443,73 @@ def test_sigterm_keeps_finished_rows(slow_family, tmp_path, monkeypatch, capsys)
 
 
 def test_subset_selects_headline_cases(slow_family, tmp_path):
-    rc = main(["--quick", "--family", slow_family, "--device", "cpu", "--out", str(tmp_path), "--no-plot",
-               "--subset", "headline"])
+    rc = main(
+        [
+            "--quick",
+            "--family",
+            slow_family,
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--no-plot",
+            "--subset",
+            "headline",
+        ]
+    )
     assert rc == 0
     assert {r["case"] for r in _only_json(tmp_path)["rows"]} == {"third"}
-    assert main(["--quick", "--family", slow_family, "--device", "cpu", "--subset", "headline", "--case", "first",
-                 "--no-plot", "--out", str(tmp_path / "none")]) == 2
+    assert (
+        main(
+            [
+                "--quick",
+                "--family",
+                slow_family,
+                "--device",
+                "cpu",
+                "--subset",
+                "headline",
+                "--case",
+                "first",
+                "--no-plot",
+                "--out",
+                str(tmp_path / "none"),
+            ]
+        )
+        == 2
+    )
 
 
 def _figure_doc():
     """A bench document with one case: an nlseq row, a peer, the baseline, a goal."""
+
     def row(impl, backend, ms, q25, q75, base=(1.0, 0.9, 1.2), pct=None, goals=()):
-        return {"family": "fam", "device": "cpu", "id": "fam/c/N8/fp32/cpu", "impl": impl, "backend": backend,
-                "baseline": "base", "status": "PASS", "ms": {"fwd": ms}, "ms_q25": {"fwd": q25},
-                "ms_q75": {"fwd": q75}, "spread": {"fwd": (q75 - q25) / ms},
-                "speedup": {"fwd": base[0] / ms}, "speedup_lo": {"fwd": base[1] / q75},
-                "speedup_hi": {"fwd": base[2] / q25}, "pct_copy": {"fwd": pct} if pct else {}, "pct_matmul": {},
-                "goals": list(goals)}
+        return {
+            "family": "fam",
+            "device": "cpu",
+            "id": "fam/c/N8/fp32/cpu",
+            "impl": impl,
+            "backend": backend,
+            "baseline": "base",
+            "status": "PASS",
+            "ms": {"fwd": ms},
+            "ms_q25": {"fwd": q25},
+            "ms_q75": {"fwd": q75},
+            "spread": {"fwd": (q75 - q25) / ms},
+            "speedup": {"fwd": base[0] / ms},
+            "speedup_lo": {"fwd": base[1] / q75},
+            "speedup_hi": {"fwd": base[2] / q25},
+            "pct_copy": {"fwd": pct} if pct else {},
+            "pct_matmul": {},
+            "goals": list(goals),
+        }
+
     goal = {"target": ">= 3x base (fwd)", "mode": "fwd", "value": 4.0, "met": True, "text": "", "as_speedup": 3.0}
-    rows = [row("cpp", "cpp", 0.25, 0.2, 0.3, pct=40.0, goals=[goal]), row("torch", None, 2.0, 1.8, 2.5),
-            row("base", None, 1.0, 0.9, 1.2)]
+    rows = [
+        row("cpp", "cpp", 0.25, 0.2, 0.3, pct=40.0, goals=[goal]),
+        row("torch", None, 2.0, 1.8, 2.5),
+        row("base", None, 1.0, 0.9, 1.2),
+    ]
     return {"rows": rows, "machine": {"device_name": "test cpu", "date": "2026-01-01"}}
 
 

@@ -4,6 +4,7 @@ Compiled with the "aot_eager" backend: dynamo traces the whole forward (any grap
 fullgraph), AOTAutograd runs every op on fake tensors (so every registered op needs its fake
 kernel) and builds the joint forward/backward graph, without spending minutes in a C++ compiler.
 """
+
 from __future__ import annotations
 
 import copy
@@ -118,8 +119,9 @@ def test_newton_solve_user_cell_compiles_fullgraph_with_a_device_side_check():
     assert counter.graphs == 1
 
     def diverges(x):  # one Newton step cannot reach tol = 1e-14 for this cell
-        return nlseq.newton_solve(_cell, x * 3, params=(torch.full((5,), 0.99, dtype=torch.float64),), max_iters=1,
-                                  tol=1e-14)
+        return nlseq.newton_solve(
+            _cell, x * 3, params=(torch.full((5,), 0.99, dtype=torch.float64),), max_iters=1, tol=1e-14
+        )
 
     with pytest.raises(RuntimeError, match="did not reach the residual"):
         torch.compile(diverges, fullgraph=True, backend="aot_eager")(x)
@@ -129,6 +131,7 @@ def test_newton_info_holds_python_numbers_in_eager():
     m = ParaGRU(4, 6, heads=1, backend="reference", mode="newton")
     m(torch.randn(2, 7, 4))
     assert isinstance(m.last_info.iterations, int) and isinstance(m.last_info.residual, float)
-    _, info = nlseq.pararnn("gru", torch.randn(1, 3, 3, 4), torch.zeros(3, 4), return_info=True, backend="reference",
-                            mode="newton")
+    _, info = nlseq.pararnn(
+        "gru", torch.randn(1, 3, 3, 4), torch.zeros(3, 4), return_info=True, backend="reference", mode="newton"
+    )
     assert isinstance(info.iterations, int) and isinstance(info.residual, float)

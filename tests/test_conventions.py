@@ -1,4 +1,5 @@
 """torch's conventions in nlseq's modules: state order, batch_first, layouts, rotary embeddings."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,8 +38,9 @@ def test_bthd_layout_equals_bhtd(backend):
     k = torch.randn(2, 9, 2, 8, generator=g, dtype=torch.float64)
     v = torch.randn(2, 9, 2, 8, generator=g, dtype=torch.float64)
     o = nlseq.softplus_attention(q, k, v, layout="bthd", kv_offset=2, backend=backend)
-    ref = nlseq.softplus_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), kv_offset=2,
-                                   backend=backend).transpose(1, 2)
+    ref = nlseq.softplus_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), kv_offset=2, backend=backend
+    ).transpose(1, 2)
     assert o.shape == q.shape
     torch.testing.assert_close(o, ref, atol=0, rtol=0)
 
@@ -80,7 +82,7 @@ def test_rope_module_equals_the_op_on_rotated_q_k_and_decodes_with_a_cache():
     first, cache = m(x[:, :5])
     steps = [first]
     for t in range(5, 9):
-        y, cache = m(x[:, t:t + 1], cache)
+        y, cache = m(x[:, t : t + 1], cache)
         steps.append(y)
     torch.testing.assert_close(torch.cat(steps, 1), out)
 

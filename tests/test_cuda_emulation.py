@@ -6,6 +6,7 @@ against the CUDA headers, and run against float64 loops by the drivers in tests/
 It checks indexing, bounds, barriers and the multi-block logic; it says nothing about speed, and
 tests/gpu/ remains the real test on a GPU. Skipped without g++ or the CUDA headers.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,19 +41,35 @@ def rewrite(cu: Path, out: Path) -> None:
 
 @pytest.mark.parametrize(
     "cu,driver,inc,defines",
-    [("scan.cu", "scan_main.cpp", "scan_emu.inc", []),
-     ("softplus_attention_decode.cu", "decode_main.cpp", "decode_emu.inc", []),
-     # gridDim.y limit lowered to 2 row tiles so that M is tiled over launches at a small size
-     ("analog.cu", "analog_main.cpp", "analog_emu.inc", ["-DNLSEQ_ANALOG_MAX_GRID_Y=2"])],
+    [
+        ("scan.cu", "scan_main.cpp", "scan_emu.inc", []),
+        ("softplus_attention_decode.cu", "decode_main.cpp", "decode_emu.inc", []),
+        # gridDim.y limit lowered to 2 row tiles so that M is tiled over launches at a small size
+        ("analog.cu", "analog_main.cpp", "analog_emu.inc", ["-DNLSEQ_ANALOG_MAX_GRID_Y=2"]),
+    ],
     ids=["scan", "softplus_attention_decode", "analog"],
 )
 def test_cuda_kernel_under_emulation(tmp_path, cu, driver, inc, defines):
     rewrite(ROOT / "csrc" / "cuda" / cu, tmp_path / inc)
     exe = tmp_path / "run"
-    cmd = [CXX, "-std=c++20", "-O1", "-pthread", f"-I{CUDA_INCLUDE}", f"-I{ROOT / 'csrc' / 'include'}",
-           f"-I{ROOT / 'csrc' / 'cuda'}", f"-I{tmp_path}", f"-I{HARNESS}", "-ffp-contract=off", *defines,
-           "-include", str(HARNESS / "emu.h"),
-           str(HARNESS / driver), "-o", str(exe)]
+    cmd = [
+        CXX,
+        "-std=c++20",
+        "-O1",
+        "-pthread",
+        f"-I{CUDA_INCLUDE}",
+        f"-I{ROOT / 'csrc' / 'include'}",
+        f"-I{ROOT / 'csrc' / 'cuda'}",
+        f"-I{tmp_path}",
+        f"-I{HARNESS}",
+        "-ffp-contract=off",
+        *defines,
+        "-include",
+        str(HARNESS / "emu.h"),
+        str(HARNESS / driver),
+        "-o",
+        str(exe),
+    ]
     build = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, f"compile failed:\n{build.stderr[-4000:]}"
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env={**os.environ, "EMU_SMS": "4"})

@@ -1,4 +1,5 @@
 """The experiments' --smoke modes run end to end (seconds each) and write their result files."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ def test_corpus_is_split_by_file_and_explains_a_missing_corpus(tmp_path):
 def _smoke(name, tmp_path):
     script = os.path.join(ROOT, "experiments", name, "run.py")
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, script, "--smoke", "--out", str(tmp_path), *_corpus_or_repo_docs()],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, script, "--smoke", "--out", str(tmp_path), *_corpus_or_repo_docs()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert (tmp_path / "results.md").exists()
     with open(tmp_path / "results.json") as f:

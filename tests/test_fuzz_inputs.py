@@ -7,6 +7,7 @@ Two halves, both generated from tables (deterministic, no random search):
 - ``ODD``: valid but unusual inputs (non-contiguous, stride 0 from expand, zero sizes, T = 1)
   that must agree with the float64 reference.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,17 +70,22 @@ def _attn(backend, **over):
 def _mvm_args(N=3, K=4, bits=2):
     adc = NLADC("tanh", bits)
     L = 1 << bits
-    return dict(x=_t(5, K), weight=_t(N, K), col_scale=torch.ones(N),
-                thresholds=adc.thresholds.float().expand(N, L - 1).contiguous(),
-                levels=adc.levels.float().expand(N, L).contiguous())
+    return dict(
+        x=_t(5, K),
+        weight=_t(N, K),
+        col_scale=torch.ones(N),
+        thresholds=adc.thresholds.float().expand(N, L - 1).contiguous(),
+        levels=adc.levels.float().expand(N, L).contiguous(),
+    )
 
 
 def _mvm(backend, **over):
     args = _mvm_args()
     pos = {k: over.pop(k) for k in list(over) if k in args}
     args.update(pos)
-    return nlseq.analog_mvm(args["x"], args["weight"], args["col_scale"], args["thresholds"], args["levels"],
-                            backend=backend, **over)
+    return nlseq.analog_mvm(
+        args["x"], args["weight"], args["col_scale"], args["thresholds"], args["levels"], backend=backend, **over
+    )
 
 
 def _decreasing_thresholds():
@@ -102,7 +108,12 @@ BAD = [
     ("scan-A-list", lambda be: _scan(be, A=[1.0]), TypeError, ["linear_recurrence", "A"]),
     ("scan-b-int", lambda be: _scan(be, b=torch.ones(2, 5, 3, dtype=torch.int64)), TypeError, ["b", "dtype"]),
     ("scan-b-complex", lambda be: _scan(be, b=torch.ones(2, 5, 3, dtype=torch.complex64)), TypeError, ["b", "dtype"]),
-    ("scan-b-odd-N", lambda be: _scan(be, b=_t(2, 5, 4), h0=_t(2, 3)), ValueError, ["b must have shape (2, 5, 3)", "N = 3, as A and h0 give", "got (2, 5, 4)"]),
+    (
+        "scan-b-odd-N",
+        lambda be: _scan(be, b=_t(2, 5, 4), h0=_t(2, 3)),
+        ValueError,
+        ["b must have shape (2, 5, 3)", "N = 3, as A and h0 give", "got (2, 5, 4)"],
+    ),
     ("scan-h0-odd-N", lambda be: _scan(be, h0=_t(2, 4)), ValueError, ["h0 must have shape (2, 3)", "as A and b give"]),
     ("scan-A-odd-T", lambda be: _scan(be, A=_t(2, 4, 3), h0=_t(2, 3)), ValueError, ["disagree on T", "A", "b"]),
     ("scan-rank-b", lambda be: _scan(be, b=_t(2, 5, 3, 1), h0=_t(2, 3)), ValueError, ["b has the rank"]),
@@ -111,20 +122,42 @@ BAD = [
     ("scan-block-K5", lambda be: _scan(be, A=_t(2, 5, 3, 5, 5), b=_t(2, 5, 3, 5)), ValueError, ["block size"]),
     ("scan-dtype-mix", lambda be: _scan(be, b=_t(2, 5, 3, dtype=torch.float64)), TypeError, ["dtype"]),
     ("scan-reverse-int", lambda be: _scan(be, reverse=1), TypeError, ["reverse", "bool"]),
-    ("scan-backend-int", lambda be: nlseq.linear_recurrence(_t(2, 5, 3), _t(2, 5, 3), backend=3), TypeError,
-     ["backend"]),
+    (
+        "scan-backend-int",
+        lambda be: nlseq.linear_recurrence(_t(2, 5, 3), _t(2, 5, 3), backend=3),
+        TypeError,
+        ["backend"],
+    ),
     # pararnn
     ("pararnn-cell", lambda be: _pararnn(be, cell="rnn"), ValueError, ["cell"]),
     ("pararnn-cell-type", lambda be: _pararnn(be, cell=None), TypeError, ["cell"]),
     ("pararnn-U-rank", lambda be: _pararnn(be, U=_t(2, 6, 12)), ValueError, ["U", "dimensions"]),
     ("pararnn-U-gates", lambda be: _pararnn(be, U=_t(2, 6, 4, 4)), ValueError, ["U", "three gates"]),
     ("pararnn-A-odd-N", lambda be: _pararnn(be, A=_t(3, 5)), ValueError, ["A must have shape (3, 4)", "(3, 5)"]),
-    ("pararnn-A-odd-N-lstm", lambda be: _pararnn(be, cell="lstm", A=_t(3, 5)), ValueError, ["A must have shape (3, 4)"]),
-    ("pararnn-U-odd-N-lstm", lambda be: _pararnn(be, cell="lstm", A=_t(3, 5), P=_t(2, 5)), ValueError,
-     ["U must have shape (2, 6, 3, 5)", "as A and P give"]),
-    ("pararnn-s0-odd-B", lambda be: _pararnn(be, s0=_t(3, 1, 4)), ValueError, ["s0 must have shape (2, 1, 4)", "(3, 1, 4)"]),
-    ("pararnn-s0-complex", lambda be: _pararnn(be, s0=torch.zeros(2, 1, 4, dtype=torch.complex64)), TypeError,
-     ["s0", "dtype"]),
+    (
+        "pararnn-A-odd-N-lstm",
+        lambda be: _pararnn(be, cell="lstm", A=_t(3, 5)),
+        ValueError,
+        ["A must have shape (3, 4)"],
+    ),
+    (
+        "pararnn-U-odd-N-lstm",
+        lambda be: _pararnn(be, cell="lstm", A=_t(3, 5), P=_t(2, 5)),
+        ValueError,
+        ["U must have shape (2, 6, 3, 5)", "as A and P give"],
+    ),
+    (
+        "pararnn-s0-odd-B",
+        lambda be: _pararnn(be, s0=_t(3, 1, 4)),
+        ValueError,
+        ["s0 must have shape (2, 1, 4)", "(3, 1, 4)"],
+    ),
+    (
+        "pararnn-s0-complex",
+        lambda be: _pararnn(be, s0=torch.zeros(2, 1, 4, dtype=torch.complex64)),
+        TypeError,
+        ["s0", "dtype"],
+    ),
     ("pararnn-s0-bool", lambda be: _pararnn(be, s0=torch.zeros(2, 1, 4, dtype=torch.bool)), TypeError, ["s0"]),
     ("pararnn-lstm-noP", lambda be: _pararnn(be, cell="lstm", P=None), ValueError, ["peepholes", "P"]),
     ("pararnn-gru-P", lambda be: _pararnn(be, P=_t(2, 4)), ValueError, ["P=None"]),
@@ -151,13 +184,27 @@ BAD = [
     ("newton-tol-neg", lambda be: _newton(be, tol=-1.0), ValueError, ["tol"]),
     ("newton-onnc", lambda be: _newton(be, on_nonconvergence=None), TypeError, ["on_nonconvergence"]),
     ("newton-params-tensor", lambda be: _newton(be, params=torch.ones(3)), TypeError, ["params"]),
-    ("newton-step-shape", lambda be: _newton(be, step=lambda h, x: torch.tanh(h + x).sum(-1, keepdim=True)),
-     ValueError, ["step"]),
+    (
+        "newton-step-shape",
+        lambda be: _newton(be, step=lambda h, x: torch.tanh(h + x).sum(-1, keepdim=True)),
+        ValueError,
+        ["step"],
+    ),
     # softplus_attention
     ("attn-q-rank", lambda be: _attn(be, q=_t(2, 5, 4)), ValueError, ["q", "dimensions"]),
     ("attn-k-int", lambda be: _attn(be, k=torch.ones(1, 1, 5, 4, dtype=torch.int64)), TypeError, ["k", "dtype"]),
-    ("attn-v-odd-Tk", lambda be: _attn(be, v=_t(1, 1, 6, 4)), ValueError, ["v (1, 1, 6, 4) has Tk = 6", "k (1, 1, 5, 4) has Tk = 5"]),
-    ("attn-k-odd-D", lambda be: _attn(be, k=_t(1, 1, 5, 3)), ValueError, ["k must have shape (1, 1, 5, 4)", "D = 4, as q and v give"]),
+    (
+        "attn-v-odd-Tk",
+        lambda be: _attn(be, v=_t(1, 1, 6, 4)),
+        ValueError,
+        ["v (1, 1, 6, 4) has Tk = 6", "k (1, 1, 5, 4) has Tk = 5"],
+    ),
+    (
+        "attn-k-odd-D",
+        lambda be: _attn(be, k=_t(1, 1, 5, 3)),
+        ValueError,
+        ["k must have shape (1, 1, 5, 4)", "D = 4, as q and v give"],
+    ),
     ("attn-heads", lambda be: _attn(be, k=_t(1, 3, 5, 4), v=_t(1, 3, 5, 4)), ValueError, ["Hkv"]),
     ("attn-causal-int", lambda be: _attn(be, causal=1), TypeError, ["causal", "bool"]),
     ("attn-qknorm-str", lambda be: _attn(be, qk_norm="yes"), TypeError, ["qk_norm"]),
@@ -169,16 +216,28 @@ BAD = [
     ("attn-p-inf", lambda be: _attn(be, reweight_p=INF), ValueError, ["reweight_p"]),
     ("attn-p-str", lambda be: _attn(be, reweight_p="15"), TypeError, ["reweight_p"]),
     ("attn-cu-one", lambda be: _attn(be, cu_seqlens_q=torch.tensor([0, 5])), ValueError, ["cu_seqlens"]),
-    ("attn-cu-float", lambda be: _attn(be, cu_seqlens_q=torch.tensor([0.0, 5.0]), cu_seqlens_k=torch.tensor([0, 5])),
-     TypeError, ["cu_seqlens_q"]),
-    ("attn-cu-end", lambda be: _attn(be, cu_seqlens_q=torch.tensor([0, 4]), cu_seqlens_k=torch.tensor([0, 5])),
-     ValueError, ["cu_seqlens_q"]),
+    (
+        "attn-cu-float",
+        lambda be: _attn(be, cu_seqlens_q=torch.tensor([0.0, 5.0]), cu_seqlens_k=torch.tensor([0, 5])),
+        TypeError,
+        ["cu_seqlens_q"],
+    ),
+    (
+        "attn-cu-end",
+        lambda be: _attn(be, cu_seqlens_q=torch.tensor([0, 4]), cu_seqlens_k=torch.tensor([0, 5])),
+        ValueError,
+        ["cu_seqlens_q"],
+    ),
     # analog_mvm
     ("mvm-x-int", lambda be: _mvm(be, x=torch.ones(5, 4, dtype=torch.int32)), TypeError, ["x", "dtype"]),
     ("mvm-weight-K", lambda be: _mvm(be, weight=_t(3, 5)), ValueError, ["x", "K"]),
     ("mvm-col-scale", lambda be: _mvm(be, col_scale=torch.ones(4)), ValueError, ["col_scale"]),
-    ("mvm-thr-decreasing", lambda be: _mvm(be, thresholds=_decreasing_thresholds()), ValueError,
-     ["thresholds", "non-decreasing"]),
+    (
+        "mvm-thr-decreasing",
+        lambda be: _mvm(be, thresholds=_decreasing_thresholds()),
+        ValueError,
+        ["thresholds", "non-decreasing"],
+    ),
     ("mvm-thr-nan", lambda be: _mvm(be, thresholds=_nan_thresholds()), ValueError, ["thresholds", "finite"]),
     ("mvm-levels-L", lambda be: _mvm(be, levels=torch.zeros(3, 3)), ValueError, ["levels"]),
     ("mvm-noise-transposed", lambda be: _mvm(be, noise=torch.zeros(3, 5)), ValueError, ["noise", "(5, 3)"]),
@@ -226,27 +285,51 @@ MODULE_BAD = [
     ("paragru-max-iters", lambda: _gru(max_iters=2.0), TypeError, ["max_iters"]),
     ("paragru-x-rank", lambda: _gru()(_t(2, 4)), ValueError, ["x"]),
     ("paragru-x-int", lambda: _gru()(torch.ones(2, 3, 4, dtype=torch.int64)), TypeError, ["x"]),
-    ("paragru-h0-complex", lambda: _gru()(_t(2, 3, 4), torch.zeros(1, 2, 4, dtype=torch.complex64)), TypeError,
-     ["h0"]),
+    ("paragru-h0-complex", lambda: _gru()(_t(2, 3, 4), torch.zeros(1, 2, 4, dtype=torch.complex64)), TypeError, ["h0"]),
     ("paragru-h0-layers", lambda: _gru()(_t(2, 3, 4), torch.zeros(2, 2, 4)), ValueError, ["h0"]),
     ("paralstm-state-1", lambda: nlseq.nn.ParaLSTM(4, 4)(_t(2, 3, 4), (torch.zeros(2, 4),)), ValueError, ["state"]),
-    ("paralstm-c0-bool", lambda: nlseq.nn.ParaLSTM(4, 4)(_t(2, 3, 4), (torch.zeros(2, 4),  # state = (h0, c0)
-                                                                        torch.zeros(2, 4, dtype=torch.bool))),
-     TypeError, ["c0"]),
+    (
+        "paralstm-c0-bool",
+        lambda: nlseq.nn.ParaLSTM(4, 4)(
+            _t(2, 3, 4),
+            (
+                torch.zeros(2, 4),  # state = (h0, c0)
+                torch.zeros(2, 4, dtype=torch.bool),
+            ),
+        ),
+        TypeError,
+        ["c0"],
+    ),
     ("attnmod-heads-0", lambda: nlseq.nn.SoftplusAttention(8, 0), ValueError, ["num_heads"]),
     ("attnmod-embed-float", lambda: nlseq.nn.SoftplusAttention(8.0, 2), TypeError, ["embed_dim"]),
     ("attnmod-kv-heads", lambda: nlseq.nn.SoftplusAttention(8, 2, 3), ValueError, ["num_kv_heads"]),
     ("attnmod-p", lambda: nlseq.nn.SoftplusAttention(8, 2, reweight_p=-1.0), ValueError, ["reweight_p"]),
     ("attnmod-causal", lambda: nlseq.nn.SoftplusAttention(8, 2, causal="yes"), TypeError, ["causal"]),
     ("attnmod-x", lambda: nlseq.nn.SoftplusAttention(8, 2)(_t(1, 3, 7)), ValueError, ["x"]),
-    ("attnmod-cache-1", lambda: nlseq.nn.SoftplusAttention(8, 2)(_t(1, 3, 8), (torch.zeros(1, 2, 2, 4),)),
-     ValueError, ["kv_cache"]),
-    ("attnmod-cache-heads", lambda: nlseq.nn.SoftplusAttention(8, 2)(
-        _t(1, 3, 8), (torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4))), ValueError, ["kv_cache[0]"]),
-    ("attnmod-cache-len", lambda: nlseq.nn.SoftplusAttention(8, 2)(
-        _t(1, 3, 8), (torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 3, 4))), ValueError, ["kv_cache"]),
-    ("attnmod-cache-dtype", lambda: nlseq.nn.SoftplusAttention(8, 2)(
-        _t(1, 3, 8), (torch.zeros(1, 2, 2, 4, dtype=torch.float64),) * 2), TypeError, ["kv_cache[0]"]),
+    (
+        "attnmod-cache-1",
+        lambda: nlseq.nn.SoftplusAttention(8, 2)(_t(1, 3, 8), (torch.zeros(1, 2, 2, 4),)),
+        ValueError,
+        ["kv_cache"],
+    ),
+    (
+        "attnmod-cache-heads",
+        lambda: nlseq.nn.SoftplusAttention(8, 2)(_t(1, 3, 8), (torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4))),
+        ValueError,
+        ["kv_cache[0]"],
+    ),
+    (
+        "attnmod-cache-len",
+        lambda: nlseq.nn.SoftplusAttention(8, 2)(_t(1, 3, 8), (torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 3, 4))),
+        ValueError,
+        ["kv_cache"],
+    ),
+    (
+        "attnmod-cache-dtype",
+        lambda: nlseq.nn.SoftplusAttention(8, 2)(_t(1, 3, 8), (torch.zeros(1, 2, 2, 4, dtype=torch.float64),) * 2),
+        TypeError,
+        ["kv_cache[0]"],
+    ),
     ("config-in-bits-float", lambda: CrossbarConfig(in_bits=8.0), TypeError, ["CrossbarConfig", "in_bits"]),
     ("config-tile-rows-bool", lambda: CrossbarConfig(tile_rows=True), TypeError, ["tile_rows"]),
     ("config-p-stuck", lambda: CrossbarConfig(p_stuck_off=1.5), ValueError, ["p_stuck_off"]),
@@ -265,18 +348,30 @@ MODULE_BAD = [
     ("nladc-call-complex", lambda: NLADC("tanh", 4)(torch.tensor([1 + 1j])), TypeError, ["u", "dtype"]),
     ("program-weights-seed", lambda: program_weights(_t(3, 4), CrossbarConfig(), seed=1.5), TypeError, ["seed"]),
     ("program-weights-W", lambda: program_weights(_t(3), CrossbarConfig()), ValueError, ["W"]),
-    ("program-conductances-G", lambda: program_conductances(torch.ones(3), CrossbarConfig(), torch.Generator()),
-     TypeError, ["G"]),
+    (
+        "program-conductances-G",
+        lambda: program_conductances(torch.ones(3), CrossbarConfig(), torch.Generator()),
+        TypeError,
+        ["G"],
+    ),
     ("analoglinear-seed", lambda: nlseq.nn.AnalogLinear(4, 3, seed=2.0), TypeError, ["seed"]),
     ("analoglinear-config", lambda: nlseq.nn.AnalogLinear(4, 3, config={}), TypeError, ["config"]),
     ("analoglinear-x", lambda: nlseq.nn.AnalogLinear(4, 3)(_t(2, 5)), ValueError, ["x"]),
     ("analoglstm-layers-float", lambda: nlseq.nn.AnalogLSTM(3, 4, 1.0), TypeError, ["num_layers"]),
     ("analoglstm-input", lambda: _alstm()(_t(5, 2, 4)), ValueError, ["input"]),
-    ("analoglstm-hx-layers", lambda: _alstm()(_t(5, 2, 3), (torch.zeros(2, 2, 4), torch.zeros(2, 2, 4))),
-     ValueError, ["hx[0]", "num_layers"]),
+    (
+        "analoglstm-hx-layers",
+        lambda: _alstm()(_t(5, 2, 3), (torch.zeros(2, 2, 4), torch.zeros(2, 2, 4))),
+        ValueError,
+        ["hx[0]", "num_layers"],
+    ),
     ("analoglstm-hx-single", lambda: _alstm()(_t(5, 2, 3), torch.zeros(1, 2, 4)), ValueError, ["hx"]),
-    ("analoggru-hx-complex", lambda: nlseq.nn.AnalogGRU(3, 4)(_t(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.complex64)),
-     TypeError, ["hx"]),
+    (
+        "analoggru-hx-complex",
+        lambda: nlseq.nn.AnalogGRU(3, 4)(_t(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.complex64)),
+        TypeError,
+        ["hx"],
+    ),
     ("analog-reset-noise", lambda: _alstm().reset_noise(1.5), TypeError, ["offset"]),
 ]
 
@@ -335,7 +430,8 @@ def test_attention_odd_layouts_match_float64(backend):
             for p in (None, 3.0):
                 o = nlseq.softplus_attention(qv, kv, v, reweight_p=p, kv_offset=5 - Tq if Tq else 0, backend=backend)
                 ref = nlseq.reference.softplus_attention.softplus_attention_naive(
-                    qv.double(), kv.double(), v.double(), reweight_p=p, kv_offset=5 - Tq if Tq else 0)
+                    qv.double(), kv.double(), v.double(), reweight_p=p, kv_offset=5 - Tq if Tq else 0
+                )
                 torch.testing.assert_close(o.double(), ref, atol=2e-5, rtol=2e-5, msg=f"{nq}/{nk} Tq={Tq} p={p}")
 
 
@@ -362,9 +458,18 @@ def test_analog_mvm_odd_layouts_match_reference(backend):
     # thresholds shared by all columns ([L-1]) and a noise tensor in x's leading layout
     x3 = _t(2, 2, 4)
     noise = _t(2, 2, 3)
-    y = nlseq.analog_mvm(x3, a["weight"], a["col_scale"], a["thresholds"][0], a["levels"][0], noise=noise,
-                         noise_b=1.0, backend=backend)
-    ref = nlseq.analog_mvm(x3.reshape(4, 4), a["weight"], a["col_scale"], a["thresholds"][0], a["levels"][0],
-                           noise=noise.reshape(4, 3), noise_b=1.0, backend="reference")
+    y = nlseq.analog_mvm(
+        x3, a["weight"], a["col_scale"], a["thresholds"][0], a["levels"][0], noise=noise, noise_b=1.0, backend=backend
+    )
+    ref = nlseq.analog_mvm(
+        x3.reshape(4, 4),
+        a["weight"],
+        a["col_scale"],
+        a["thresholds"][0],
+        a["levels"][0],
+        noise=noise.reshape(4, 3),
+        noise_b=1.0,
+        backend="reference",
+    )
     torch.testing.assert_close(y.reshape(4, 3), ref)
     assert not math.isnan(float(y.sum()))

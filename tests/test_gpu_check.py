@@ -7,6 +7,7 @@ limit), the cuda/triton parameter selection, a bench phase whose rows and figure
 the report, a phase that hangs and ignores SIGINT/SIGTERM (cut by SIGKILL and reported), and the
 report itself: always written, at most 8 files under $OUT.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
-GPU_TESTS = '''
+GPU_TESTS = """
 import pytest
 
 
@@ -40,9 +41,9 @@ def test_c_fails():
 
 def test_d_skips():
     pytest.skip("no GPU here")
-'''
+"""
 
-FAMILY_TESTS = '''
+FAMILY_TESTS = """
 import time
 
 import pytest
@@ -56,7 +57,7 @@ def test_op(backend):
 @pytest.mark.parametrize("backend", ["triton"])
 def test_zz_hangs(backend):
     time.sleep(600)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,9 @@ def dry_run(tmp_path_factory):
     out = tmp / "out"
     env = {
         **os.environ,
-        "OUT": str(out), "PYTHON": sys.executable, "NLSEQ_GPU_CHECK_DRY": "1",
+        "OUT": str(out),
+        "PYTHON": sys.executable,
+        "NLSEQ_GPU_CHECK_DRY": "1",
         "NLSEQ_GPU_CHECK_WORK": str(tmp / "work"),
         "NLSEQ_GPU_CHECK_PHASES": "build,env,tests-gpu,tests-family,bench-scan,bench-rest",
         "NLSEQ_GPU_CHECK_GPU_TESTS": str(tmp / "gpu"),
@@ -81,8 +84,7 @@ def dry_run(tmp_path_factory):
     }
     env.pop("TRITON_INTERPRET", None)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=400)
+    proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     seconds = time.monotonic() - start
     report = json.loads((out / "gpu_report.json").read_text())
     return proc, report, out, seconds
@@ -108,8 +110,12 @@ def test_tests_phase_survives_a_sticky_cuda_error(dry_run):
     tests = report["tests"]["tests-gpu"]
     outcome = {r["nodeid"].rsplit("::", 1)[1]: r["outcome"] for r in tests["results"]}
     # the sticky error ends the process; the driver reruns the tests not reported yet
-    assert outcome == {"test_a_passes": "passed", "test_b_sticky_cuda_error": "failed",
-                       "test_c_fails": "failed", "test_d_skips": "skipped"}, outcome
+    assert outcome == {
+        "test_a_passes": "passed",
+        "test_b_sticky_cuda_error": "failed",
+        "test_c_fails": "failed",
+        "test_d_skips": "skipped",
+    }, outcome
     assert tests["processes"] == 2
     msg = next(r["message"] for r in tests["results"] if r["nodeid"].endswith("test_c_fails"))
     assert "two and two" in msg
@@ -120,8 +126,11 @@ def test_family_phase_selects_gpu_params_and_cuts_a_hanging_test(dry_run):
     _, report, _, _ = dry_run
     tests = report["tests"]["tests-family"]
     outcome = {r["nodeid"].rsplit("::", 1)[1]: r["outcome"] for r in tests["results"]}
-    assert outcome == {"test_op[cuda]": "passed", "test_op[triton]": "passed",
-                       "test_zz_hangs[triton]": "not finished"}, outcome
+    assert outcome == {
+        "test_op[cuda]": "passed",
+        "test_op[triton]": "passed",
+        "test_zz_hangs[triton]": "not finished",
+    }, outcome
     assert tests["running"].endswith("test_zz_hangs[triton]")
     assert tests["autotune_first"] is True
     phase = report["phases"]["tests-family"]
@@ -157,6 +166,5 @@ def test_hanging_phase_is_killed_and_reported(dry_run):
 
 def test_bad_settings_exit_2(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "NLSEQ_GPU_CHECK_PHASES": "build,nosuchphase"}
-    proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "nosuchphase" in proc.stderr

@@ -1,4 +1,5 @@
 """attn_implementation="lssa" / "lssar" in Hugging Face transformers, with tiny random models (no downloads)."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,14 +19,35 @@ VOCAB = 61
 
 
 def llama_config(**kw):
-    return LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                       bos_token_id=None, eos_token_id=None, pad_token_id=None, **kw)
+    return LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        **kw,
+    )
 
 
 def gpt2_config(**kw):
-    return GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, attn_pdrop=0.0,
-                      resid_pdrop=0.0, embd_pdrop=0.0, bos_token_id=None, eos_token_id=None, **kw)
+    return GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        attn_pdrop=0.0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        **kw,
+    )
 
 
 CONFIGS = {"llama": llama_config, "gpt2": gpt2_config}
@@ -47,7 +69,7 @@ def test_kv_cache_decoding_matches_full_forward(arch, impl):
         out = model(ids[:, :6], past_key_values=DynamicCache(config=model.config), use_cache=True)
         steps = [out.logits]
         for t in range(6, 13):
-            out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 
@@ -107,7 +129,10 @@ def test_masked_path_equals_kernel_path():
 
 
 def test_dropout_raises():
-    model = make_model("gpt2", "lssa", ).train()
+    model = make_model(
+        "gpt2",
+        "lssa",
+    ).train()
     model.config.attn_pdrop = 0.0
     for block in model.transformer.h:
         block.attn.attn_dropout.p = 0.1
@@ -146,8 +171,8 @@ def test_padded_batches_run_the_fused_kernels_and_match_unpadded_rows(monkeypatc
         batch = model(ids, attention_mask=mask, position_ids=position_ids).logits
         for b, n in enumerate(lengths):
             real = slice(10 - n, 10) if side == "left" else slice(0, n)
-            alone = model(ids[b:b + 1, real]).logits
-            torch.testing.assert_close(batch[b:b + 1, real], alone, atol=1e-10, rtol=1e-10)
+            alone = model(ids[b : b + 1, real]).logits
+            torch.testing.assert_close(batch[b : b + 1, real], alone, atol=1e-10, rtol=1e-10)
 
 
 def test_padded_path_gradients_equal_the_dense_path():

@@ -1,4 +1,5 @@
 """ParaRNN (docs/spec.md §1): built-in cells, modules and newton_solve against float64 sequential oracles."""
+
 from __future__ import annotations
 
 import functools
@@ -122,8 +123,9 @@ def test_long_sequence(backend, cell, mode):
     B, T, N = 1, 16384, 8
     U, A, P, s0 = _make(cell, B, T, N, seed=3)
     S_all = nlseq.pararnn(cell, U, A, P, s0, mode=mode, backend=backend)
-    assert_close_to_oracle(S_all, _oracle(cell, B, T, N, seed=3), **(TOL_NEWTON if mode == "newton" else TOL_SEQ),
-                           what="S_all")
+    assert_close_to_oracle(
+        S_all, _oracle(cell, B, T, N, seed=3), **(TOL_NEWTON if mode == "newton" else TOL_SEQ), what="S_all"
+    )
 
 
 def test_auto_mode_on_cpu_is_sequential():
@@ -168,8 +170,12 @@ def _projection_by_spec(x, W, b):
     heads, ih, G, nh = W.shape
     gates = []
     for g in range(G):
-        gates.append(torch.cat([x[..., h * ih:(h + 1) * ih] @ W[h, :, g, :] + b[g, h * nh:(h + 1) * nh]
-                                for h in range(heads)], dim=-1))
+        gates.append(
+            torch.cat(
+                [x[..., h * ih : (h + 1) * ih] @ W[h, :, g, :] + b[g, h * nh : (h + 1) * nh] for h in range(heads)],
+                dim=-1,
+            )
+        )
     return torch.stack(gates, dim=-2)
 
 
@@ -177,9 +183,12 @@ def _projection_case(heads, *, transposed, seed=0):
     """x [2, 5, 12] (a transposed, non-contiguous view when asked), W [heads, 12/heads, 3, 20/heads], b [3, 20]."""
     g = torch.Generator().manual_seed(seed)
     I, N = 12, 20
-    x = torch.randn(5, 2, I, generator=g, dtype=torch.float64).transpose(0, 1) if transposed else \
-        torch.randn(2, 5, I, generator=g, dtype=torch.float64)
-    W = torch.randn(heads, I // heads, 3, N // heads, generator=g, dtype=torch.float64) / I ** 0.5
+    x = (
+        torch.randn(5, 2, I, generator=g, dtype=torch.float64).transpose(0, 1)
+        if transposed
+        else torch.randn(2, 5, I, generator=g, dtype=torch.float64)
+    )
+    W = torch.randn(heads, I // heads, 3, N // heads, generator=g, dtype=torch.float64) / I**0.5
     b = torch.randn(3, N, generator=g, dtype=torch.float64)
     dU = torch.randn(2, 5, 3, N, generator=g, dtype=torch.float64)
     return x, W, b, dU
@@ -468,14 +477,26 @@ def test_opcheck(backend, cell, with_s0):
 
     U, A, P, s0 = _make(cell, 2, 9, 5, with_s0=with_s0)
     for mode in ("newton", "sequential"):
-        args = (cell, U.requires_grad_(), A.requires_grad_(), None if P is None else P.requires_grad_(), s0,
-                10, 1e-5, mode, "raise", backend)
+        args = (
+            cell,
+            U.requires_grad_(),
+            A.requires_grad_(),
+            None if P is None else P.requires_grad_(),
+            s0,
+            10,
+            1e-5,
+            mode,
+            "raise",
+            backend,
+        )
         torch.library.opcheck(_pararnn_op, args)
     S_all = nlseq.pararnn(cell, U.detach(), A.detach(), None if P is None else P.detach(), s0, backend=backend)
     dS = torch.randn_like(S_all)
     ds_last = torch.randn_like(S_all[:, -1])
-    torch.library.opcheck(_pararnn_backward_op, (cell, U.detach(), A.detach(), None if P is None else P.detach(), s0,
-                                                 S_all, dS, ds_last, backend))
+    torch.library.opcheck(
+        _pararnn_backward_op,
+        (cell, U.detach(), A.detach(), None if P is None else P.detach(), s0, S_all, dS, ds_last, backend),
+    )
 
 
 @pytest.mark.parametrize("backend", backend_params("cpp"))
@@ -489,7 +510,9 @@ def test_cpp_binding_rejects_bad_inputs(backend):
         ops.pararnn_seq_fwd("lstm", U, A, None, s0)
     with pytest.raises(RuntimeError, match="the gru cell has no peepholes"):
         ops.pararnn_seq_fwd("gru", U, A, P, s0[:, :1].contiguous())
-    with pytest.raises(RuntimeError, match=r"A must have dtype Float \(the accumulation dtype of U, Float\), got Double"):
+    with pytest.raises(
+        RuntimeError, match=r"A must have dtype Float \(the accumulation dtype of U, Float\), got Double"
+    ):
         ops.pararnn_seq_fwd("lstm", U, A.double(), P, s0)
     with pytest.raises(RuntimeError, match=r"A must have shape \[3, 4\], got \[3, 3\]"):
         ops.pararnn_seq_fwd("lstm", U, A[:, :3].contiguous(), P, s0)
@@ -508,10 +531,10 @@ def test_modules_under_torch_compile(cell):
     m = _module_pair(cell, 4, 6, 2, backend="cpp", mode="auto", dtype=torch.float32)
     x = torch.randn(2, 17, 4, requires_grad=True)
     y, _ = m(x)
-    gx, = torch.autograd.grad(y.square().sum(), x)
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
     compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
     yc, _ = compiled(x)
-    gxc, = torch.autograd.grad(yc.square().sum(), x)
+    (gxc,) = torch.autograd.grad(yc.square().sum(), x)
     torch.testing.assert_close(yc, y)
     torch.testing.assert_close(gxc, gx)
 
@@ -531,7 +554,7 @@ def _loop(step, x, h0, params):
     h = h0.unsqueeze(1)
     out = []
     for t in range(x.shape[1]):
-        h = step(h, x[:, t:t + 1], *params)
+        h = step(h, x[:, t : t + 1], *params)
         out.append(h)
     return torch.cat(out, dim=1)
 
@@ -577,8 +600,15 @@ def test_newton_solve_block_cell_gradcheck(backend):
     h = nlseq.newton_solve(_rot, x, h0, params=(M, W), jacobian="block", block_size=2, backend=backend)
     assert_close_to_oracle(h, _loop(_rot, x, h0, (M, W)), **TOL64, what="h")
     args = [t.clone().requires_grad_() for t in (x, h0, M, W)]
-    fn = lambda x, h0, M, W: nlseq.newton_solve(_rot, x, h0, params=(M, W), jacobian="block", block_size=2,  # noqa
-                                                backend=backend)
+    fn = lambda x, h0, M, W: nlseq.newton_solve(
+        _rot,
+        x,
+        h0,
+        params=(M, W),
+        jacobian="block",
+        block_size=2,  # noqa
+        backend=backend,
+    )
     assert torch.autograd.gradcheck(fn, args)
 
 
@@ -593,8 +623,9 @@ def test_newton_solve_dense_gradcheck():
     h = nlseq.newton_solve(step, x, h0, params=(Wh, Wx), jacobian="dense")
     assert_close_to_oracle(h, _loop(step, x, h0, (Wh, Wx)), **TOL64, what="h")
     args = [t.clone().requires_grad_() for t in (x, h0, Wh, Wx)]
-    assert torch.autograd.gradcheck(lambda x, h0, Wh, Wx: nlseq.newton_solve(step, x, h0, params=(Wh, Wx),
-                                                                           jacobian="dense"), args)
+    assert torch.autograd.gradcheck(
+        lambda x, h0, Wh, Wx: nlseq.newton_solve(step, x, h0, params=(Wh, Wx), jacobian="dense"), args
+    )
 
 
 class _ElmanModule(torch.nn.Module):

@@ -10,6 +10,7 @@ device-side convergence test and backward passes, i.e. everything but GPU execut
 (the warp-shuffle block reduction is replaced by its sequential equivalent; tests/gpu covers the
 rest on a GPU).
 """
+
 from __future__ import annotations
 
 import os
@@ -65,10 +66,24 @@ def driver(tmp_path_factory) -> Path:
     (d / "pararnn_emu.cpp").write_text(_emulated_source())
     exe = d / "driver"
     shim = ROOT / "tests" / "cuda_emu" / "shim"
-    cmd = [cxx, "-std=c++17", "-O1", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
-           "-include", str(shim / "emu.h"), f"-I{shim}", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'include'}",
-           f"-I{ROOT / 'csrc' / 'cuda'}", str(d / "pararnn_emu.cpp"), str(ROOT / "tests" / "cuda_emu" / "driver.cpp"),
-           "-o", str(exe)]
+    cmd = [
+        cxx,
+        "-std=c++17",
+        "-O1",
+        "-Wall",
+        "-Wno-unknown-pragmas",
+        "-Wno-unused-function",
+        "-include",
+        str(shim / "emu.h"),
+        f"-I{shim}",
+        f"-I{ROOT / 'csrc'}",
+        f"-I{ROOT / 'csrc' / 'include'}",
+        f"-I{ROOT / 'csrc' / 'cuda'}",
+        str(d / "pararnn_emu.cpp"),
+        str(ROOT / "tests" / "cuda_emu" / "driver.cpp"),
+        "-o",
+        str(exe),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"emulation build failed:\n{res.stderr[-4000:]}"
     return exe
@@ -83,16 +98,35 @@ def run_emulated(driver, tmp_path, cell, U, A, P, s0, dS, ds_last, *, L, max_ite
         if t is not None:
             t.detach().float().contiguous().numpy().tofile(tmp_path / f"{name}.bin")
     io = IO[U.dtype]
-    args = [str(driver), str(tmp_path), cell, io, str(B), str(T), str(N), str(L), str(max_iters), repr(tol),
-            str(int(P is not None)), str(int(s0 is not None))]
+    args = [
+        str(driver),
+        str(tmp_path),
+        cell,
+        io,
+        str(B),
+        str(T),
+        str(N),
+        str(L),
+        str(max_iters),
+        repr(tol),
+        str(int(P is not None)),
+        str(int(s0 is not None)),
+    ]
     res = subprocess.run(args, capture_output=True, text=True)
     assert res.returncode == 0, f"driver failed ({res.returncode}): {res.stderr}"
 
     def load(name, *shape):
         return torch.from_numpy(np.fromfile(tmp_path / f"{name}.bin", dtype=np.float32).reshape(shape))
 
-    return dict(S_all=load("S_all", B, T, S, N), iters=int(load("iters", 1)[0]), residual=float(load("residual", 1)[0]),
-                dU=load("dU", B, T, 3, N), dA=load("dA", 3, N), dP=load("dP", 2, N), ds0=load("ds0", B, S, N))
+    return dict(
+        S_all=load("S_all", B, T, S, N),
+        iters=int(load("iters", 1)[0]),
+        residual=float(load("residual", 1)[0]),
+        dU=load("dU", B, T, 3, N),
+        dA=load("dA", 3, N),
+        dP=load("dP", 2, N),
+        ds0=load("ds0", B, S, N),
+    )
 
 
 def _grads_inputs(cell, B, T, N, dtype, seed=1):
@@ -151,8 +185,7 @@ def test_emulated_iteration_semantics(driver, tmp_path, cell):
     # tol < 0 and max_iters >= C − 1: exactly C − 1 updates, after which every boundary is exact
     out = run_emulated(driver, tmp_path, cell, U, A, P, s0, dS, ds_last, L=6, max_iters=100, tol=-1.0)
     assert out["iters"] == 7 and out["residual"] == 0.0
-    assert_close_to_oracle(out["S_all"], oracle_states(cell, U, A, P, s0), atol=1e-5, rtol=1e-5,
-                           what=f"{cell} S_all")
+    assert_close_to_oracle(out["S_all"], oracle_states(cell, U, A, P, s0), atol=1e-5, rtol=1e-5, what=f"{cell} S_all")
     # a NaN input: NaN residual, and the device-side test stops at once
     U[1, 20, 2, 4] = float("nan")
     out = run_emulated(driver, tmp_path, cell, U, A, P, s0, dS, ds_last, L=6, max_iters=10, tol=1e-6)
@@ -174,8 +207,9 @@ def test_emulated_lstm_without_peepholes(driver, tmp_path):
     U, A, _, s0 = make_inputs("lstm", 2, 30, 5, dtype=torch.float32, with_s0=True, device=CPU, peepholes=False)
     dS, ds_last = _grads_inputs("lstm", 2, 30, 5, torch.float32)
     out = run_emulated(driver, tmp_path, "lstm", U, A, None, s0, dS, ds_last, L=7)
-    assert_close_to_oracle(out["S_all"], oracle_states("lstm", U, A, None, s0), **FWD_TOL[torch.float32],
-                           what="lstm S_all")
+    assert_close_to_oracle(
+        out["S_all"], oracle_states("lstm", U, A, None, s0), **FWD_TOL[torch.float32], what="lstm S_all"
+    )
     gU, gA, _, gs0 = oracle_grads("lstm", U, A, None, s0, dS, ds_last)
     assert_close_to_oracle(out["dU"], gU, **BWD_TOL[torch.float32], what="dU")
     assert torch.equal(out["dP"], torch.zeros(2, 5))

@@ -6,6 +6,7 @@ its gradients come from autograd, so the kernels' Newton forward and implicit ba
 interpreter (tests/conftest.py), so shapes are small; chunk lengths are forced to exercise the
 multiple-shooting Newton path (several chunks, a partial last chunk, one-step chunks).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -37,8 +38,11 @@ def make_inputs(cell, B, T, N, **kw):
 # one partial); in float32 also T = 1, a single chunk of 63 steps, N past one block of 128 channels,
 # and one-step chunks. (The interpreter is slow: the matrix is kept to what can fail differently.)
 _DT = [torch.float32, torch.bfloat16, torch.float16]
-CASES = [pytest.param(2, 24, 5, 5, dt, s, id=f"T24-L5-{DTYPE_IDS[dt]}-{'s0' if s else 'zero_s0'}")
-         for dt in _DT for s in (False, True)] + [
+CASES = [
+    pytest.param(2, 24, 5, 5, dt, s, id=f"T24-L5-{DTYPE_IDS[dt]}-{'s0' if s else 'zero_s0'}")
+    for dt in _DT
+    for s in (False, True)
+] + [
     pytest.param(2, 1, 5, None, torch.float32, True, id="T1-fp32-s0"),
     pytest.param(2, 63, 5, None, torch.float32, False, id="T63-1chunk-fp32-zero_s0"),
     pytest.param(2, 63, 7, 8, torch.float32, True, id="T63-L8-fp32-s0"),
@@ -66,8 +70,9 @@ def test_single_chunk_is_exact_sequential(cell):
     U, A, P, s0 = make_inputs(cell, 2, 40, 9, dtype=torch.float32, with_s0=True)
     S_all, iters, residual = K._pararnn_fwd(cell, U, A, P, s0, 5, 1e-6, chunk_len=40)
     assert iters.item() == 0 and residual.item() == 0.0
-    assert_close_to_oracle(S_all, oracle(cell, f64(U), f64(A), f64(P), f64(s0)), **FWD_TOL[torch.float32],
-                           what=f"{cell} S_all")
+    assert_close_to_oracle(
+        S_all, oracle(cell, f64(U), f64(A), f64(P), f64(s0)), **FWD_TOL[torch.float32], what=f"{cell} S_all"
+    )
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -95,8 +100,9 @@ def test_converges_quadratically_and_exact_after_c_minus_1(cell):
     U, A, P, s0 = make_inputs(cell, 1, 20, 4, dtype=torch.float32, with_s0=True, scale_a=8.0)
     S_all, iters, residual = K._pararnn_fwd(cell, U, A, P, s0, 100, -1.0, chunk_len=4)
     assert iters.item() == 4 and residual.item() == 0.0
-    assert_close_to_oracle(S_all, oracle(cell, f64(U), f64(A), f64(P), f64(s0)), atol=1e-5, rtol=1e-5,
-                           what=f"{cell} S_all")
+    assert_close_to_oracle(
+        S_all, oracle(cell, f64(U), f64(A), f64(P), f64(s0)), atol=1e-5, rtol=1e-5, what=f"{cell} S_all"
+    )
     _, iters, _ = K._pararnn_fwd(cell, U, A, P, s0, 2, -1.0, chunk_len=4)
     assert iters.item() == 2
 
@@ -150,15 +156,17 @@ def test_backward_matches_autograd(cell, with_s0, dtype, B, T, N, L):
 def test_lstm_without_peepholes():
     U, A, _, s0 = make_inputs("lstm", 2, 30, 5, dtype=torch.float32, with_s0=True, peepholes=False)
     S_all, _, residual = K._pararnn_fwd("lstm", U, A, None, s0, 50, 1e-6, chunk_len=7)
-    assert_close_to_oracle(S_all, oracle("lstm", f64(U), f64(A), None, f64(s0)), **FWD_TOL[torch.float32],
-                           what="lstm S_all")
+    assert_close_to_oracle(
+        S_all, oracle("lstm", f64(U), f64(A), None, f64(s0)), **FWD_TOL[torch.float32], what="lstm S_all"
+    )
     dS, ds_last = torch.randn_like(S_all), torch.randn_like(s0)
     dU, dA, dP, ds0 = K._pararnn_bwd("lstm", U, A, None, s0, S_all, dS, ds_last, chunk_len=7)
     assert dP is None
     gU, gA, _, gs0 = oracle_grads("lstm", U, A, None, s0, dS, ds_last)
     assert_close_to_oracle(dU, gU, **BWD_TOL[torch.float32], what="dU")
-    assert_close_to_oracle(dA, gA, atol=BWD_TOL[torch.float32]["atol"] * 60 ** 0.5, rtol=BWD_TOL[torch.float32]["rtol"],
-                           what="dA")
+    assert_close_to_oracle(
+        dA, gA, atol=BWD_TOL[torch.float32]["atol"] * 60**0.5, rtol=BWD_TOL[torch.float32]["rtol"], what="dA"
+    )
     assert_close_to_oracle(ds0, gs0, **BWD_TOL[torch.float32], what="ds0")
 
 
@@ -167,15 +175,17 @@ def test_public_launchers_default_chunking(cell):
     """pararnn_fwd / pararnn_bwd with the launcher's own chunk choice (the contract's signature)."""
     U, A, P, s0 = make_inputs(cell, 2, 33, 6, dtype=torch.float32, with_s0=True)
     S_all, iters, residual = K.pararnn_fwd(cell, U, A, P, s0, 8, 1e-6)
-    assert_close_to_oracle(S_all, oracle(cell, f64(U), f64(A), f64(P), f64(s0)), **FWD_TOL[torch.float32],
-                           what=f"{cell} S_all")
+    assert_close_to_oracle(
+        S_all, oracle(cell, f64(U), f64(A), f64(P), f64(s0)), **FWD_TOL[torch.float32], what=f"{cell} S_all"
+    )
     assert residual.item() <= 1e-6
     dS, ds_last = torch.randn_like(S_all), torch.randn_like(s0)
     dU, dA, dP, ds0 = K.pararnn_bwd(cell, U, A, P, s0, S_all, dS, ds_last)
     gU, gA, gP, gs0 = oracle_grads(cell, U, A, P, s0, dS, ds_last)
     assert_close_to_oracle(dU, gU, **BWD_TOL[torch.float32], what=f"{cell} dU")
-    assert_close_to_oracle(dA, gA, atol=BWD_TOL[torch.float32]["atol"] * 66 ** 0.5, rtol=BWD_TOL[torch.float32]["rtol"],
-                           what=f"{cell} dA")
+    assert_close_to_oracle(
+        dA, gA, atol=BWD_TOL[torch.float32]["atol"] * 66**0.5, rtol=BWD_TOL[torch.float32]["rtol"], what=f"{cell} dA"
+    )
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -185,10 +195,22 @@ def test_opcheck_registered_ops_on_triton(cell):
     from nlseq.ops.pararnn import _pararnn_backward_op, _pararnn_op
 
     U, A, P, s0 = make_inputs(cell, 2, 9, 5, dtype=torch.float32, with_s0=True)
-    args = (cell, U.requires_grad_(), A.requires_grad_(), None if P is None else P.requires_grad_(), s0,
-            10, 1e-5, "newton", "raise", "triton")
+    args = (
+        cell,
+        U.requires_grad_(),
+        A.requires_grad_(),
+        None if P is None else P.requires_grad_(),
+        s0,
+        10,
+        1e-5,
+        "newton",
+        "raise",
+        "triton",
+    )
     torch.library.opcheck(_pararnn_op, args)
     S_all, _, _ = K.pararnn_fwd(cell, U.detach(), A.detach(), P, s0, 10, 1e-5)
     dS, ds_last = torch.randn_like(S_all), torch.randn_like(s0)
-    torch.library.opcheck(_pararnn_backward_op, (cell, U.detach(), A.detach(), None if P is None else P.detach(), s0,
-                                                 S_all, dS, ds_last, "triton"))
+    torch.library.opcheck(
+        _pararnn_backward_op,
+        (cell, U.detach(), A.detach(), None if P is None else P.detach(), s0, S_all, dS, ds_last, "triton"),
+    )

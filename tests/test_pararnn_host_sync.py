@@ -8,6 +8,7 @@ problem that needs several Newton updates and on one that converges early; the N
 it returns (iterations, residual) are then compared with a step-by-step recount. The same check
 on a GPU, with torch.cuda.set_sync_debug_mode("error"), is tests/gpu/test_pararnn_host_sync.py.
 """
+
 from __future__ import annotations
 
 import pytest

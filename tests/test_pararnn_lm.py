@@ -1,4 +1,5 @@
 """ParaRNNConfig / ParaRNNForCausalLM: Auto* registration, training, save/load, generate with a recurrent cache."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,16 @@ VOCAB = 37
 
 def tiny(cell, **kw):
     torch.manual_seed(0)
-    cfg = pararnn_lm.ParaRNNConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, cell=cell, heads=2,
-                                   intermediate_size=24, backend="reference", **kw)
+    cfg = pararnn_lm.ParaRNNConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        cell=cell,
+        heads=2,
+        intermediate_size=24,
+        backend="reference",
+        **kw,
+    )
     return AutoModelForCausalLM.from_config(cfg)
 
 
@@ -39,7 +48,7 @@ def test_stepwise_decoding_equals_the_full_forward_fp64(cell):
         out = model(ids[:, :4], use_cache=True)
         steps = [out.logits]
         for t in range(4, 11):
-            out = model(ids[:, t:t + 1], cache=out["cache"], use_cache=True)
+            out = model(ids[:, t : t + 1], cache=out["cache"], use_cache=True)
             steps.append(out.logits)
     assert out["cache"].seen_tokens == 11
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-12, rtol=1e-12)

@@ -6,6 +6,7 @@ into it (G baddbmm calls write U's strided gate views), its gradients still matc
 form exactly in float64, gradients are skipped for inputs that do not need them, and under
 torch.compile the plain-op form is traced.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -25,8 +26,15 @@ def _case(heads, B=2, T=5, ih=3, G=3, nh=4, requires_grad=True):
 def _plain(x, W, b):
     heads, ih, G, nh = W.shape
     x2 = x.reshape(-1, heads * ih)
-    U = torch.stack([torch.addmm(b[:, h * nh:(h + 1) * nh].reshape(G * nh), x2[:, h * ih:(h + 1) * ih],
-                                 W[h].reshape(ih, G * nh)).view(-1, G, nh) for h in range(heads)], dim=2)
+    U = torch.stack(
+        [
+            torch.addmm(
+                b[:, h * nh : (h + 1) * nh].reshape(G * nh), x2[:, h * ih : (h + 1) * ih], W[h].reshape(ih, G * nh)
+            ).view(-1, G, nh)
+            for h in range(heads)
+        ],
+        dim=2,
+    )
     return U.reshape(*x.shape[:-1], G, heads * nh)
 
 
@@ -56,8 +64,8 @@ def test_gradients_only_where_needed():
     W.requires_grad_(False)
     b.requires_grad_(False)
     U = R.input_projection(x, W, b)
-    dx, = torch.autograd.grad(U.sum(), (x,))
-    expect, = torch.autograd.grad(_plain(x, W, b).sum(), (x,))
+    (dx,) = torch.autograd.grad(U.sum(), (x,))
+    (expect,) = torch.autograd.grad(_plain(x, W, b).sum(), (x,))
     torch.testing.assert_close(dx, expect, atol=1e-12, rtol=1e-12)
     with torch.no_grad():
         torch.testing.assert_close(R.input_projection(x, W, b), _plain(x, W, b), atol=1e-12, rtol=1e-12)

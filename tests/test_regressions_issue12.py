@@ -1,5 +1,6 @@
 """Regression tests for every example of issue 12 (bad input never gives a wrong answer or a hang;
 NaN, inf and overflow behave the same on every backend). The rules are in docs/numerics.md."""
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,9 @@ def test_pararnn_newton_nan_input_is_reported_not_residual_zero(backend, cell):
     with pytest.raises(RuntimeError, match="not finite"):
         nlseq.pararnn(cell, U, A, P, mode="newton", backend=backend)
     with pytest.warns(RuntimeWarning, match="not finite"):
-        S, info = nlseq.pararnn(cell, U, A, P, mode="newton", backend=backend, on_nonconvergence="warn",
-                                max_iters=1000, return_info=True)
+        S, info = nlseq.pararnn(
+            cell, U, A, P, mode="newton", backend=backend, on_nonconvergence="warn", max_iters=1000, return_info=True
+        )
     assert math.isnan(float(info.residual)), f"residual {float(info.residual)} hides the NaN"
     assert int(info.iterations) <= 1, "Newton kept iterating on a NaN residual"
     assert torch.isnan(S[0]).any(), "the NaN disappeared from the output"
@@ -51,8 +53,15 @@ def test_newton_solve_nan_stops_at_once(backend):
     with pytest.raises(RuntimeError, match="not finite"):
         nlseq.newton_solve(lambda h, x: torch.tanh(0.5 * h + x), x, torch.zeros(2, 8), max_iters=10**6, backend=backend)
     with pytest.warns(RuntimeWarning, match="not finite"):
-        h, info = nlseq.newton_solve(lambda h, x: torch.tanh(0.5 * h + x), x, torch.zeros(2, 8), max_iters=10**6,
-                                     on_nonconvergence="warn", return_info=True, backend=backend)
+        h, info = nlseq.newton_solve(
+            lambda h, x: torch.tanh(0.5 * h + x),
+            x,
+            torch.zeros(2, 8),
+            max_iters=10**6,
+            on_nonconvergence="warn",
+            return_info=True,
+            backend=backend,
+        )
     assert info.iterations == 0 and math.isnan(info.residual)
     assert torch.isnan(h).any()
 
@@ -119,8 +128,11 @@ def test_very_negative_scores_do_not_underflow(backend, p, causal):
     # cancel to ~1e-2, so its absolute error is up to ~9·50·2.4e-5 ≈ 1e-2 (the formulas
     # themselves are checked to 1e-9 in float64 below).
     torch.testing.assert_close(o.double(), ref, atol=1e-4, rtol=1e-4)
-    for got, want, name, atol in ((qg.grad, qd.grad, "dq", 1e-3), (kg.grad, kd.grad, "dk", 1.5e-2),
-                                  (vg.grad, vd.grad, "dv", 1e-3)):
+    for got, want, name, atol in (
+        (qg.grad, qd.grad, "dq", 1e-3),
+        (kg.grad, kd.grad, "dk", 1.5e-2),
+        (vg.grad, vd.grad, "dv", 1e-3),
+    ):
         assert torch.isfinite(got).all(), f"{name} not finite"
         torch.testing.assert_close(got.double(), want, atol=atol, rtol=1e-3, msg=name)
     if backend == "triton":
@@ -245,7 +257,9 @@ def test_unclear_messages_now_name_the_argument(backend):
     A, b = torch.rand(2, 5, 3), torch.rand(2, 5, 3)
     with pytest.raises(TypeError, match="linear_recurrence: h0 must be a torch.Tensor"):
         nlseq.linear_recurrence(A, b, 0.0, backend=backend)
-    with pytest.raises(ValueError, match=r"b must have shape \(2, 5, 3\) \(N = 3, as A and h0 give\)"):  # b is the odd one: A and h0 agree on N = 3
+    with pytest.raises(
+        ValueError, match=r"b must have shape \(2, 5, 3\) \(N = 3, as A and h0 give\)"
+    ):  # b is the odd one: A and h0 agree on N = 3
         nlseq.linear_recurrence(A, torch.rand(2, 5, 4), torch.rand(2, 3), backend=backend)
     with pytest.raises(ValueError, match="num_heads"):
         nlseq.nn.SoftplusAttention(8, 0)
@@ -274,12 +288,17 @@ def test_modules_fall_back_to_sequential_and_count_it(caplog):
     exact = nlseq.nn.ParaGRU(4, 8, heads=2, backend="reference", mode="sequential")
     exact.load_state_dict(gru.state_dict())
     torch.testing.assert_close(y, exact(x)[0])
-    strict = nlseq.nn.ParaGRU(4, 8, heads=2, backend="reference", mode="newton", max_iters=1,
-                              on_nonconvergence="raise")
+    strict = nlseq.nn.ParaGRU(4, 8, heads=2, backend="reference", mode="newton", max_iters=1, on_nonconvergence="raise")
     strict.load_state_dict(gru.state_dict())
     with pytest.raises(RuntimeError, match="did not converge"):
         strict(x)
     # the functional op keeps "raise" as its default
     with pytest.raises(RuntimeError, match="did not converge"):
-        nlseq.pararnn("gru", torch.randn(2, 30, 3, 8, generator=_g(25)), gru.weight_hh.detach(), mode="newton",
-                      max_iters=1, backend="reference")
+        nlseq.pararnn(
+            "gru",
+            torch.randn(2, 30, 3, 8, generator=_g(25)),
+            gru.weight_hh.detach(),
+            mode="newton",
+            max_iters=1,
+            backend="reference",
+        )

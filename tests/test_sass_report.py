@@ -15,6 +15,7 @@ compiled code (a spill, a slower inner loop, an extra matmul) fails here before 
 The report runs once per session (a subprocess without TRITON_INTERPRET); a warm Triton cache makes
 reruns fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,13 @@ def rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("sass") / "report.json"
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "NLSEQ_AUTOTUNE_FIRST")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python")] + [p for p in sys.path if p])
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sass_report.py"), "--json", str(out)],
-                       env=env, capture_output=True, text=True, timeout=1500)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sass_report.py"), "--json", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert out.exists(), r.stderr[-4000:]
     data = json.loads(out.read_text())["rows"]
     errors = [f"{x['kernel']}[{x['spec']}]({x['config']}): {x['error']}" for x in data if "error" in x]
@@ -96,8 +102,11 @@ def test_lssar_forward_instructions_per_score(rows):
 def _spills(rows, pred):
     checked = [r for r in rows if r["fits"] and r["tags"].get("D", 0) <= 128 and pred(r)]
     assert checked
-    return [f"{_name(r)}: {r['spill_st']}/{r['spill_ld']} bytes, {r['regs']} registers"
-            for r in checked if r["spill_st"] or r["spill_ld"]]
+    return [
+        f"{_name(r)}: {r['spill_st']}/{r['spill_ld']} bytes, {r['regs']} registers"
+        for r in checked
+        if r["spill_st"] or r["spill_ld"]
+    ]
 
 
 def _fp32_dots(r):
@@ -112,8 +121,11 @@ def test_no_spills(rows):
     assert not bad, "spilling kernels:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="known: IEEE float32 tl.dot compiles to unrolled FMAs on sm_90 and spills "
-                   "(float32 attention, the analog kernel as on main); strict, so a fix shows up as XPASS")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: IEEE float32 tl.dot compiles to unrolled FMAs on sm_90 and spills "
+    "(float32 attention, the analog kernel as on main); strict, so a fix shows up as XPASS",
+)
 def test_no_spills_ieee_float32_dots(rows):
     bad = _spills(rows, _fp32_dots)
     assert not bad, "spilling kernels:\n" + "\n".join(bad)
@@ -196,8 +208,8 @@ def test_ttgir_dot_counter():
 # to the input dtype) with every softplus weight perturbed by those bounds (all up, all down,
 # random signs) must stay within 2x PyTorch's own error against the float64 oracle (the
 # FlashAttention rule). float32 inputs keep the accurate log (see docs/compiled_code.md).
-LOG_ABS_ERR = 2.0 ** -21.41
-EXP_REL_ERR = 2.0 ** -22
+LOG_ABS_ERR = 2.0**-21.41
+EXP_REL_ERR = 2.0**-22
 
 
 @pytest.mark.parametrize("p", [None, 15.0], ids=["lssa", "lssar15"])

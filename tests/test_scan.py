@@ -1,4 +1,5 @@
 """nlseq.linear_recurrence: every backend against the float64 sequential oracle (docs/spec.md §1.1–1.2)."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,7 +36,7 @@ def make_inputs(B, T, N, K, *, with_h0, dtype, device, seed=0):
     """
     g = torch.Generator().manual_seed(seed)
     if K == 0:
-        A = (torch.rand(B, T, N, generator=g, dtype=torch.float64) * 1.9 - 0.95)
+        A = torch.rand(B, T, N, generator=g, dtype=torch.float64) * 1.9 - 0.95
         b = torch.randn(B, T, N, generator=g, dtype=torch.float64)
         h0 = torch.randn(B, N, generator=g, dtype=torch.float64) if with_h0 else None
     else:
@@ -213,14 +214,20 @@ def _oracle_grads_linear(A, b, h0, reverse, gh, gl):
 # parallel at all): time chunks with 2 threads (B = 1, N = 3: one channel block), with 4 threads
 # (one item: 4 phase-1 jobs and 12 re-run chunks; two batches: 2 threads per item), and channel
 # blocks of unequal width (N = 37 over 2 threads: 32 + 5 channels, K = 3 too). T is prime.
-SPLIT_SHAPES = [(2, (1, 11003, 3, 0)), (4, (1, 3761, 5, 2)), (4, (2, 3761, 9, 0)), (2, (1, 907, 37, 0)),
-                (2, (1, 907, 37, 3))]
+SPLIT_SHAPES = [
+    (2, (1, 11003, 3, 0)),
+    (4, (1, 3761, 5, 2)),
+    (4, (2, 3761, 9, 0)),
+    (2, (1, 907, 37, 0)),
+    (2, (1, 907, 37, 3)),
+]
 
 
 @pytest.mark.parametrize("with_h0", [False, True], ids=["zero_h0", "h0"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("cpu_threads,shape", SPLIT_SHAPES, ids=[f"threads{n}-{_id(*s)}" for n, s in SPLIT_SHAPES],
-                         indirect=["cpu_threads"])
+@pytest.mark.parametrize(
+    "cpu_threads,shape", SPLIT_SHAPES, ids=[f"threads{n}-{_id(*s)}" for n, s in SPLIT_SHAPES], indirect=["cpu_threads"]
+)
 @pytest.mark.parametrize("backend", backend_params("cpp"))
 def test_cpp_work_splits(backend, cpu_threads, shape, reverse, with_h0):
     B, T, N, K = shape

@@ -7,6 +7,7 @@ the GPU configs take (tl.associative_scan tiles for K = 1, one step per iteratio
 also run on the CPU, on small shapes, together with chunk boundaries that do not fall on tile
 boundaries, several channel blocks, and one chunk per step.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -62,7 +63,12 @@ def _check(K, meta, chunk, reverse, with_h0, B=2, T=23, N=11):
     dA, db, dh0 = tk.linear_recurrence_bwd(A, h, h0, gh, gl, reverse, chunk=chunk, meta=meta)
     # with h0 = None the kernel still returns dh0 = A_firstᵀ λ_first: the oracle's dh0 for h0 = 0
     rA, rb, rh0 = linear_recurrence_backward(
-        A64, h_ref, h064, gh.double().cpu(), gl.double().cpu(), reverse,
+        A64,
+        h_ref,
+        h064,
+        gh.double().cpu(),
+        gl.double().cpu(),
+        reverse,
         scan_fn=lambda A, b, h0, rev: linear_recurrence_loop(A, b, h0, rev),
     )
     assert_close_to_oracle(dA, rA, **GRAD_TOL, what="dA")

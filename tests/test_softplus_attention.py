@@ -1,4 +1,5 @@
 """nlseq.softplus_attention (LSSA / LSSAR): every backend against the float64 oracle of docs/spec.md §2."""
+
 from __future__ import annotations
 
 import math
@@ -60,8 +61,12 @@ def check_against_oracle(backend, q, k, v, *, tol, grad_tol, seed=3, **kw):
 # combinations of v (|v| ~ 3) and gradients are amplified by c_i and, for LSSAR, by p: 15·25 = 375
 # in the worst case, hence the looser gradient bound for p = 15.
 F32 = dict(atol=2e-5, rtol=2e-5)
-F32_GRAD = {None: dict(atol=5e-5, rtol=1e-4), 1.0: dict(atol=1e-4, rtol=1e-4), 3.0: dict(atol=2e-4, rtol=2e-4),
-            15.0: dict(atol=2e-3, rtol=1e-3)}
+F32_GRAD = {
+    None: dict(atol=5e-5, rtol=1e-4),
+    1.0: dict(atol=1e-4, rtol=1e-4),
+    3.0: dict(atol=2e-4, rtol=2e-4),
+    15.0: dict(atol=2e-3, rtol=1e-3),
+}
 F64 = dict(atol=1e-11, rtol=1e-11)
 
 P_VALUES = [None, 1.0, 3.0, 15.0]
@@ -69,12 +74,12 @@ P_IDS = {None: "lssa", 1.0: "p1", 3.0: "p3", 15.0: "p15"}
 
 # (B, H, Hkv, Tq, Tk, D, causal, kv_offset)
 CASES = [
-    (2, 2, 2, 37, 37, 24, True, 0),   # causal, D not a power of two, past one Triton tile
+    (2, 2, 2, 37, 37, 24, True, 0),  # causal, D not a power of two, past one Triton tile
     (1, 4, 2, 19, 19, 32, False, 0),  # non-causal, GQA
-    (1, 4, 1, 5, 40, 16, True, 35),   # decoding-like: kv_offset = cached keys, MQA
-    (2, 2, 1, 7, 29, 20, True, 3),    # Tq != Tk with an offset (the last rows see all keys, clamped)
+    (1, 4, 1, 5, 40, 16, True, 35),  # decoding-like: kv_offset = cached keys, MQA
+    (2, 2, 1, 7, 29, 20, True, 3),  # Tq != Tk with an offset (the last rows see all keys, clamped)
     (1, 2, 2, 23, 11, 16, False, 0),  # Tq > Tk, non-causal
-    (1, 1, 1, 1, 1, 8, True, 0),      # T = 1: N = 1, ln N = 0
+    (1, 1, 1, 1, 1, 8, True, 0),  # T = 1: N = 1, ln N = 0
 ]
 
 
@@ -107,8 +112,9 @@ def test_fp64_gradcheck_cpp():
         pytest.skip(str(nlseq.backends()["cpp"]))
     q, k, v = make_qkv(1, 2, 1, 6, 6, 5, dtype=torch.float64, device="cpu")
     for p in (None, 3.0):
-        torch.autograd.gradcheck(lambda q, k, v, p=p: nlseq.softplus_attention(q, k, v, reweight_p=p, backend="cpp"),
-                                 (q, k, v))
+        torch.autograd.gradcheck(
+            lambda q, k, v, p=p: nlseq.softplus_attention(q, k, v, reweight_p=p, backend="cpp"), (q, k, v)
+        )
 
 
 @pytest.mark.parametrize("p", [None, 15.0], ids=["lssa", "p15"])
@@ -123,11 +129,22 @@ def test_varlen_with_length_one_sequences(backend, causal, p):
     cu_q = torch.tensor([0] + lens_q).cumsum(0).to(torch.int32).to(dev)
     cu_k = torch.tensor([0] + lens_k).cumsum(0).to(torch.int32).to(dev)
     q, k, v = make_qkv(1, 4, 2, sum(lens_q), sum(lens_k), 16, dtype=torch.float32, device=dev)
-    check_against_oracle(backend, q, k, v, causal=causal, reweight_p=p, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                         tol=F32, grad_tol=F32_GRAD[p])
+    check_against_oracle(
+        backend,
+        q,
+        k,
+        v,
+        causal=causal,
+        reweight_p=p,
+        cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k,
+        tol=F32,
+        grad_tol=F32_GRAD[p],
+    )
     if not causal:  # the last sequence has no keys: its row is exactly 0
-        o = nlseq.softplus_attention(q, k, v, causal=False, reweight_p=p, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                                     backend=backend)
+        o = nlseq.softplus_attention(
+            q, k, v, causal=False, reweight_p=p, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, backend=backend
+        )
         assert torch.all(o[:, :, -3:] == 0)
 
 
@@ -214,7 +231,8 @@ def test_fp32_where_the_naive_power_overflows():
         k[0, 0, 1:] = -q[0, 0, -1] + 0.1 * k[0, 0, 1:]
     with torch.no_grad():  # show that the direct power overflows for the last row
         s = length_scale(torch.tensor([T]), D, torch.float32) * (
-            torch.nn.functional.normalize(q[0, 0, -1:], dim=-1) @ torch.nn.functional.normalize(k[0, 0], dim=-1).T)
+            torch.nn.functional.normalize(q[0, 0, -1:], dim=-1) @ torch.nn.functional.normalize(k[0, 0], dim=-1).T
+        )
         a = softplus(s) / softplus(s).sum()
         base = T * a - 1
         assert torch.isinf(torch.relu(base) ** 15).any()
@@ -246,7 +264,8 @@ def test_identities(backend):
     q64, k64, v64 = (x.detach().double().cpu() for x in (q, k, v))
     mask, n = visible(T, T, True, 0, "cpu")
     s = length_scale(n, D, torch.float64)[:, None] * (
-        torch.nn.functional.normalize(q64, dim=-1) @ torch.nn.functional.normalize(k64, dim=-1).transpose(-1, -2))
+        torch.nn.functional.normalize(q64, dim=-1) @ torch.nn.functional.normalize(k64, dim=-1).transpose(-1, -2)
+    )
     logits = torch.where(mask, torch.log(softplus(s)), -math.inf)
     lssa = torch.softmax(logits, -1) @ v64
     assert_close_to_oracle(nlseq.softplus_attention(q, k, v, backend=backend), lssa, **F32, what="LSSA identity")
@@ -255,8 +274,9 @@ def test_identities(backend):
     base = n.double()[:, None] * a - reweight_offset(n, torch.float64)[:, None]
     lssar = torch.softmax(torch.where(mask & (base > 0), p * torch.log(base.clamp_min(1e-300)), -math.inf), -1) @ v64
     assert (base.amax(-1) > ZERO_ROW_TOL).all()
-    assert_close_to_oracle(nlseq.softplus_attention(q, k, v, reweight_p=p, backend=backend), lssar, **F32,
-                           what="LSSAR identity")
+    assert_close_to_oracle(
+        nlseq.softplus_attention(q, k, v, reweight_p=p, backend=backend), lssar, **F32, what="LSSAR identity"
+    )
 
 
 @pytest.mark.parametrize("p", [None, 15.0], ids=["lssa", "p15"])
@@ -268,12 +288,14 @@ def test_cached_decoding_equals_full_forward(backend, p):
     q, k, v = make_qkv(2, 4, 2, T, T, 16, dtype=torch.float32, device=dev)
     full = nlseq.softplus_attention(q, k, v, reweight_p=p, backend="reference" if backend == "cuda" else backend)
     for t in (0, 3, 4, 17, T - 1):
-        step = nlseq.softplus_attention(q[:, :, t:t + 1], k[:, :, :t + 1], v[:, :, :t + 1], reweight_p=p,
-                                        kv_offset=t, backend=backend)
-        torch.testing.assert_close(step, full[:, :, t:t + 1], atol=2e-6, rtol=2e-5)
+        step = nlseq.softplus_attention(
+            q[:, :, t : t + 1], k[:, :, : t + 1], v[:, :, : t + 1], reweight_p=p, kv_offset=t, backend=backend
+        )
+        torch.testing.assert_close(step, full[:, :, t : t + 1], atol=2e-6, rtol=2e-5)
     # a block of 4 new queries after a cache of 12 keys (speculative decoding / chunked prefill)
-    step = nlseq.softplus_attention(q[:, :, 12:16], k[:, :, :16], v[:, :, :16], reweight_p=p, kv_offset=12,
-                                    backend=backend)
+    step = nlseq.softplus_attention(
+        q[:, :, 12:16], k[:, :, :16], v[:, :, :16], reweight_p=p, kv_offset=12, backend=backend
+    )
     torch.testing.assert_close(step, full[:, :, 12:16], atol=2e-6, rtol=2e-5)
 
 

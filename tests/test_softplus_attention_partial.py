@@ -1,6 +1,7 @@
 """The key-block kernel arguments used by context parallelism (signed kv_offset, global N_i through
 n_offset, unnormalised partial outputs, supplied LSSAR stats and Γ): reference and cpp against the
 float64 oracle ``softplus_attention_naive``, single process (docs/context_parallel.md)."""
+
 from __future__ import annotations
 
 import math
@@ -87,13 +88,15 @@ def test_blockwise_backward_is_the_single_device_gradient(backend, causal, p):
     if p is not None:
         G = torch.zeros(q.shape[:-1], dtype=q.dtype)
         for blk in blocks:
-            _blocks.block_gamma(backend, q, qp, k, v, [(a, b, a) for a, b in blk], [(0, T)], causal, pf, True,
-                                o, do, st, G)
+            _blocks.block_gamma(
+                backend, q, qp, k, v, [(a, b, a) for a, b in blk], [(0, T)], causal, pf, True, o, do, st, G
+            )
         gamma = torch.where(st[0] > 0, G / st[0], torch.zeros_like(G))
     dq, dk, dv = (torch.zeros(t.shape, dtype=t.dtype) for t in (q, k, v))
     for blk in blocks:
-        _blocks.block_backward(backend, q, qp, k, v, [(a, b, a) for a, b in blk], [(0, T)], causal, pf, True,
-                               o, do, st, gamma, dq, dk, dv)
+        _blocks.block_backward(
+            backend, q, qp, k, v, [(a, b, a) for a, b in blk], [(0, T)], causal, pf, True, o, do, st, gamma, dq, dk, dv
+        )
     dq, dk = ref.norm_backward(q, dq), ref.norm_backward(k, dk)
     for name, got, leaf in (("dq", dq, leaves[0]), ("dk", dk, leaves[1]), ("dv", dv, leaves[2])):
         _close(got, leaf.grad, name)

@@ -2,6 +2,7 @@
 CPU (tests/conftest.py), against the reference partial functions evaluated in float64 on the same
 (rounded) inputs. Tolerances are those of the Triton tests in tests/test_softplus_attention.py
 (float32 accumulation against a float64 oracle)."""
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,12 @@ from nlseq.reference import softplus_attention as ref
 pytestmark = pytest.mark.skipif(not registry.backend_status("triton"), reason="triton is not installed")
 
 F32 = dict(atol=2e-5, rtol=2e-5)  # tests/test_softplus_attention.py F32 / F32_GRAD
-F32_GRAD = {None: dict(atol=5e-5, rtol=1e-4), 1.0: dict(atol=1e-4, rtol=1e-4), 2.0: dict(atol=2e-4, rtol=2e-4),
-            15.0: dict(atol=2e-3, rtol=1e-3)}
+F32_GRAD = {
+    None: dict(atol=5e-5, rtol=1e-4),
+    1.0: dict(atol=1e-4, rtol=1e-4),
+    2.0: dict(atol=2e-4, rtol=2e-4),
+    15.0: dict(atol=2e-3, rtol=1e-3),
+}
 
 
 def _inputs(Tq, Tk, H=2, Hkv=1, D=8, seed=0, dtype=torch.float32):
@@ -41,6 +46,7 @@ def _global_stats(q, k, v, causal, p, kv_offset, n_offset, qk_norm):
     Tq = q.shape[2]
     _, n = ref.visible(Tq, k.shape[2], causal, kv_offset, q.device, n_offset=n_offset)
     from nlseq.distributed._blocks import lssar_base_max
+
     L, M = st[0], lssar_base_max(st[1], st[0], n)
     sin = torch.stack((L, M, torch.zeros_like(L)))
     U, st2 = ref.partial_fwd(q, k, v, causal, p, qk_norm, kv_offset, n_offset, sin)
@@ -52,10 +58,10 @@ def _global_stats(q, k, v, causal, p, kv_offset, n_offset, qk_norm):
 
 
 CASES = [  # (Tq, Tk, causal, kv_offset, n_offset)
-    (17, 19, True, 0, -1),      # primes, past one 16-row block
-    (17, 19, True, 23, 40),     # keys of an earlier block, global N_i
-    (13, 17, True, -5, 3),      # keys after the first rows: rows without visible keys
-    (11, 19, False, 0, 57),     # non-causal, global N = 57
+    (17, 19, True, 0, -1),  # primes, past one 16-row block
+    (17, 19, True, 23, 40),  # keys of an earlier block, global N_i
+    (13, 17, True, -5, 3),  # keys after the first rows: rows without visible keys
+    (11, 19, False, 0, 57),  # non-causal, global N = 57
 ]
 
 
@@ -107,8 +113,20 @@ def test_partial_bwd_and_gamma_match_reference(case, p):
         L = stats[0]
         gamma = G_ref / torch.where(L > 0, L, torch.ones_like(L))
     want = ref.partial_bwd(qd, kd, vd, o, do, stats, causal, p, True, kvo, no, gamma)
-    got = ops.PARTIAL_BWD["triton"](q, k, v, True, o.float(), do.float(), stats.float(), causal, pp, kvo, no,
-                                    None if gamma is None else gamma.float())
+    got = ops.PARTIAL_BWD["triton"](
+        q,
+        k,
+        v,
+        True,
+        o.float(),
+        do.float(),
+        stats.float(),
+        causal,
+        pp,
+        kvo,
+        no,
+        None if gamma is None else gamma.float(),
+    )
     for name, a, b in zip(("dq", "dk", "dv"), got, want):
         assert a.shape == b.shape and a.dtype == torch.float32, name
         assert not a.isnan().any(), name
@@ -129,8 +147,9 @@ def test_partial_without_qk_norm_and_wide_head(qk_norm):
     G = ref.partial_bwd_gamma(qd, kd, vd, o, do, stats, True, 2.0, qk_norm, 11, 20)
     gamma = G / stats[0]
     want = ref.partial_bwd(qd, kd, vd, o, do, stats, True, 2.0, qk_norm, 11, 20, gamma)
-    got = ops.PARTIAL_BWD["triton"](q, k, v, qk_norm, o.float(), do.float(), stats.float(), True, 2.0, 11, 20,
-                                    gamma.float())
+    got = ops.PARTIAL_BWD["triton"](
+        q, k, v, qk_norm, o.float(), do.float(), stats.float(), True, 2.0, 11, 20, gamma.float()
+    )
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double(), b, **F32_GRAD[2.0])
 

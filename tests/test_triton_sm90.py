@@ -4,6 +4,7 @@ Every CPU test runs them under the interpreter, which never lowers them; this co
 variants a GPU run launches (dtypes, constexpr branches, the first GPU autotune config) ahead of
 time, without a GPU (tests/_triton_aot.py; the scan family's kernels: tests/test_scan_triton.py).
 """
+
 from __future__ import annotations
 
 from _triton_aot import compile_sm90

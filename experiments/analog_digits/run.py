@@ -13,6 +13,7 @@ NL-ADCs; the 10-way read-out stays digital), and evaluated on the held-out quart
 
 Writes results.json, results.md and accuracy.png next to this file.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 H, EPOCHS, FT_EPOCHS, BATCH, SEEDS = 64, 40, 5, 64, 10
 BITS = (8, 5, 4, 3)
 NOISE_OFF = CrossbarConfig.ideal(x_max=1.0)
-NOISE_ON = CrossbarConfig(prog_noise=1.0, prog_noise_model="pcm", read_noise=0.01, out_noise=0.0, in_bits=8,
-                          x_max=1.0)
+NOISE_ON = CrossbarConfig(prog_noise=1.0, prog_noise_model="pcm", read_noise=0.01, out_noise=0.0, in_bits=8, x_max=1.0)
 
 
 class Classifier(tnn.Module):
@@ -61,7 +61,7 @@ def train(model, xtr, ytr, epochs, lr, seed):
     for _ in range(epochs):
         perm = torch.randperm(len(xtr), generator=g)
         for i in range(0, len(xtr), BATCH):
-            idx = perm[i:i + BATCH]
+            idx = perm[i : i + BATCH]
             loss = tnn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
             opt.zero_grad()
             loss.backward()
@@ -108,13 +108,23 @@ def main():
             accs.append(accuracy(hwa, xte, yte))
         t = torch.tensor(accs)
         res["hwa"][bits] = {"mean": t.mean().item(), "std": t.std().item(), "runs": accs}
-        print(f"{bits} bits: noise off {res['noise_off'][bits]['mean']:.4f}, noise on "
-              f"{res['noise_on'][bits]['mean']:.4f} ± {res['noise_on'][bits]['std']:.4f}, after HWA "
-              f"{res['hwa'][bits]['mean']:.4f} ± {res['hwa'][bits]['std']:.4f}  ({time.time() - t0:.0f} s)")
+        print(
+            f"{bits} bits: noise off {res['noise_off'][bits]['mean']:.4f}, noise on "
+            f"{res['noise_on'][bits]['mean']:.4f} ± {res['noise_on'][bits]['std']:.4f}, after HWA "
+            f"{res['hwa'][bits]['mean']:.4f} ± {res['hwa'][bits]['std']:.4f}  ({time.time() - t0:.0f} s)"
+        )
     res["config_noise_on"] = NOISE_ON.__dict__
-    res["setup"] = {"hidden": H, "epochs": EPOCHS, "hwa_epochs": FT_EPOCHS, "programmings": SEEDS,
-                    "train": len(xtr), "test": len(xte), "torch": torch.__version__,
-                    "machine": platform.machine(), "seconds": round(time.time() - t0, 1)}
+    res["setup"] = {
+        "hidden": H,
+        "epochs": EPOCHS,
+        "hwa_epochs": FT_EPOCHS,
+        "programmings": SEEDS,
+        "train": len(xtr),
+        "test": len(xte),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "seconds": round(time.time() - t0, 1),
+    }
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(res, f, indent=2)
     write_table(res)
@@ -136,12 +146,17 @@ def write_table(res):
     ]
     for b in res["bits"]:
         on, hw = res["noise_on"][b], res["hwa"][b]
-        lines.append(f"| {b} | {res['noise_off'][b]['mean']:.3f} | {on['mean']:.3f} ± {on['std']:.3f} | "
-                     f"{hw['mean']:.3f} ± {hw['std']:.3f} |")
+        lines.append(
+            f"| {b} | {res['noise_off'][b]['mean']:.3f} | {on['mean']:.3f} ± {on['std']:.3f} | "
+            f"{hw['mean']:.3f} ± {hw['std']:.3f} |"
+        )
     drop = res["digital"] - five
     verdict = "holds" if drop <= 0.02 else "does not hold"
-    lines += ["", f"At 5 bits with weight noise the accuracy {verdict} (digital − analog = {100 * drop:.1f} "
-              "points; threshold used: 2 points), as the paper reports for its tasks."]
+    lines += [
+        "",
+        f"At 5 bits with weight noise the accuracy {verdict} (digital − analog = {100 * drop:.1f} "
+        "points; threshold used: 2 points), as the paper reports for its tasks.",
+    ]
     with open(os.path.join(HERE, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -157,8 +172,14 @@ def plot(res):
     ax.axhline(res["digital"], color="k", ls="--", lw=1, label="digital LSTM")
     ax.plot(bits, [res["noise_off"][b]["mean"] for b in bits], "o-", label="NL-ADC, noise off")
     for key, label in (("noise_on", "NL-ADC, weight noise on"), ("hwa", "noise on, after HWA fine-tuning")):
-        ax.errorbar(bits, [res[key][b]["mean"] for b in bits], yerr=[res[key][b]["std"] for b in bits],
-                    fmt="s-", capsize=3, label=label)
+        ax.errorbar(
+            bits,
+            [res[key][b]["mean"] for b in bits],
+            yerr=[res[key][b]["std"] for b in bits],
+            fmt="s-",
+            capsize=3,
+            label=label,
+        )
     ax.set_xlabel("NL-ADC bits")
     ax.set_ylabel("test accuracy")
     ax.set_xticks(bits)

@@ -19,6 +19,7 @@ straight-through gradients) and evaluated again.
 Writes results.json, results.md and bpc.png into results/ beside this file (``--out``);
 ``--publish`` copies them over the committed ones in this folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,32 @@ from nlseq.analog import CrossbarConfig  # noqa: E402
 
 PAPER_BPC = 1.349  # character-level Penn Treebank, the paper's analog LSTM
 PRESETS = {
-    "cpu": dict(embed=32, hidden=128, seq=64, batch=32, steps=1500, lr=3e-3, bits=(8, 5, 4, 3), programmings=5,
-                hwa_steps=100, hwa_lr=5e-4, eval_windows=48),
-    "smoke": dict(embed=8, hidden=16, seq=16, batch=4, steps=3, lr=3e-3, bits=(5, 3), programmings=2, hwa_steps=2,
-                  hwa_lr=5e-4, eval_windows=2),
+    "cpu": dict(
+        embed=32,
+        hidden=128,
+        seq=64,
+        batch=32,
+        steps=1500,
+        lr=3e-3,
+        bits=(8, 5, 4, 3),
+        programmings=5,
+        hwa_steps=100,
+        hwa_lr=5e-4,
+        eval_windows=48,
+    ),
+    "smoke": dict(
+        embed=8,
+        hidden=16,
+        seq=16,
+        batch=4,
+        steps=3,
+        lr=3e-3,
+        bits=(5, 3),
+        programmings=2,
+        hwa_steps=2,
+        hwa_lr=5e-4,
+        eval_windows=2,
+    ),
 }
 NOISE = CrossbarConfig(prog_noise=1.0, prog_noise_model="pcm", read_noise=0.01, out_noise=0.0, in_bits=8, x_max=4.0)
 
@@ -142,25 +165,43 @@ def main(argv=None):
         before = analog_bpc(model, cfg, corpus, bits, seeds)
         ideal = nlseq.analog.convert(digital, CrossbarConfig.ideal(x_max=4.0), adc_bits=bits, exclude=["embed", "head"])
         hwa = train(copy.deepcopy(model), cfg, corpus, cfg["hwa_steps"], cfg["hwa_lr"], 1, print, f"HWA {bits}-bit")
-        analog[str(bits)] = {"ideal_crossbar": bpc(ideal, cfg, corpus), "noise": before,
-                             "hwa": analog_bpc(hwa, cfg, corpus, bits, seeds)}
-        print(f"  {bits}-bit: ideal crossbar {analog[str(bits)]['ideal_crossbar']:.3f}, noise {before['mean']:.3f} ± "
-              f"{before['std']:.3f}, after HWA {analog[str(bits)]['hwa']['mean']:.3f}")
-    results = {"config": {**cfg, "bits": list(cfg["bits"])}, "noise_config": repr(NOISE), "corpus": corpus.describe(),
-               "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seconds": time.perf_counter() - t_start,
-               "digital_bpc": digital_bpc, "analog": analog, "paper_bpc_ptb": PAPER_BPC}
+        analog[str(bits)] = {
+            "ideal_crossbar": bpc(ideal, cfg, corpus),
+            "noise": before,
+            "hwa": analog_bpc(hwa, cfg, corpus, bits, seeds),
+        }
+        print(
+            f"  {bits}-bit: ideal crossbar {analog[str(bits)]['ideal_crossbar']:.3f}, noise {before['mean']:.3f} ± "
+            f"{before['std']:.3f}, after HWA {analog[str(bits)]['hwa']['mean']:.3f}"
+        )
+    results = {
+        "config": {**cfg, "bits": list(cfg["bits"])},
+        "noise_config": repr(NOISE),
+        "corpus": corpus.describe(),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": time.perf_counter() - t_start,
+        "digital_bpc": digital_bpc,
+        "analog": analog,
+        "paper_bpc_ptb": PAPER_BPC,
+    }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    lines = ["# Analog LSTM language model (NL-ADC)\n",
-             f"{corpus.describe()}; embedding {cfg['embed']}, LSTM H = {cfg['hidden']}, {cfg['steps']} digital steps "
-             f"(batch {cfg['batch']} × {cfg['seq']} bytes), {cfg['hwa_steps']} HWA steps; noise: PCM programming noise, "
-             f"1% read noise, 8-bit DAC; mean ± std over {cfg['programmings']} programmings; {machine()}; "
-             f"{results['seconds'] / 60:.1f} min; {results['date']}.\n",
-             f"Digital LSTM: **{digital_bpc:.3f}** bits per character (validation).\n",
-             "| NL-ADC bits | ideal crossbar (ADC only) | noise on | noise on, after HWA |", "|---:|---:|---:|---:|"]
+    lines = [
+        "# Analog LSTM language model (NL-ADC)\n",
+        f"{corpus.describe()}; embedding {cfg['embed']}, LSTM H = {cfg['hidden']}, {cfg['steps']} digital steps "
+        f"(batch {cfg['batch']} × {cfg['seq']} bytes), {cfg['hwa_steps']} HWA steps; noise: PCM programming noise, "
+        f"1% read noise, 8-bit DAC; mean ± std over {cfg['programmings']} programmings; {machine()}; "
+        f"{results['seconds'] / 60:.1f} min; {results['date']}.\n",
+        f"Digital LSTM: **{digital_bpc:.3f}** bits per character (validation).\n",
+        "| NL-ADC bits | ideal crossbar (ADC only) | noise on | noise on, after HWA |",
+        "|---:|---:|---:|---:|",
+    ]
     for b, r in analog.items():
-        lines.append(f"| {b} | {r['ideal_crossbar']:.3f} | {r['noise']['mean']:.3f} ± {r['noise']['std']:.3f} | "
-                     f"{r['hwa']['mean']:.3f} ± {r['hwa']['std']:.3f} |")
+        lines.append(
+            f"| {b} | {r['ideal_crossbar']:.3f} | {r['noise']['mean']:.3f} ± {r['noise']['std']:.3f} | "
+            f"{r['hwa']['mean']:.3f} ± {r['hwa']['std']:.3f} |"
+        )
     md = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)

@@ -26,6 +26,7 @@ and over the positions past the training length only.
 Writes results.json, results.md and loss.png into results/ beside this file (``--out`` to
 change); ``--publish`` also copies them over the committed ones in this folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,41 @@ sys.path.insert(0, os.path.dirname(HERE))
 from _data import VOCAB, batches, eval_windows, load_corpus, machine  # noqa: E402
 from nlseq.nn import SoftplusAttention, rotary_embedding  # noqa: E402
 
-PAPER = {"lengths": ["1K", "2K", "4K", "8K"], "softmax": [3.19, 4.17, 5.45, 6.28], "lssa": [3.19, 4.13, 5.30, 5.94],
-         "lssar15": [3.19, 3.19, 3.23, 3.32]}
+PAPER = {
+    "lengths": ["1K", "2K", "4K", "8K"],
+    "softmax": [3.19, 4.17, 5.45, 6.28],
+    "lssa": [3.19, 4.13, 5.30, 5.94],
+    "lssar15": [3.19, 3.19, 3.23, 3.32],
+}
 METHODS = {"softmax": None, "lssa": None, "lssar15": 15.0, "lssar3": 3.0}
 PRESETS = {
-    "cpu": dict(layers=2, d=128, heads=4, train_len=64, batch=32, steps=600, lr=3e-3, seeds=2, eval_windows=24,
-                factors=(1, 2, 4, 8, 16)),
-    "gpu": dict(layers=6, d=384, heads=6, train_len=512, batch=32, steps=3000, lr=1e-3, seeds=2, eval_windows=32,
-                factors=(1, 2, 4, 8, 16)),
-    "smoke": dict(layers=1, d=32, heads=2, train_len=16, batch=4, steps=3, lr=3e-3, seeds=1, eval_windows=2,
-                  factors=(1, 2)),
+    "cpu": dict(
+        layers=2,
+        d=128,
+        heads=4,
+        train_len=64,
+        batch=32,
+        steps=600,
+        lr=3e-3,
+        seeds=2,
+        eval_windows=24,
+        factors=(1, 2, 4, 8, 16),
+    ),
+    "gpu": dict(
+        layers=6,
+        d=384,
+        heads=6,
+        train_len=512,
+        batch=32,
+        steps=3000,
+        lr=1e-3,
+        seeds=2,
+        eval_windows=32,
+        factors=(1, 2, 4, 8, 16),
+    ),
+    "smoke": dict(
+        layers=1, d=32, heads=2, train_len=16, batch=4, steps=3, lr=3e-3, seeds=1, eval_windows=2, factors=(1, 2)
+    ),
 }
 
 
@@ -95,8 +121,9 @@ class LM(tnn.Module):
     def __init__(self, cfg, method, backend):
         super().__init__()
         self.embed = tnn.Embedding(VOCAB, cfg["d"])
-        self.blocks = tnn.ModuleList(Block(cfg["d"], cfg["heads"], method, 10000.0, backend)
-                                     for _ in range(cfg["layers"]))
+        self.blocks = tnn.ModuleList(
+            Block(cfg["d"], cfg["heads"], method, 10000.0, backend) for _ in range(cfg["layers"])
+        )
         self.ln = tnn.LayerNorm(cfg["d"])
         self.head = tnn.Linear(cfg["d"], VOCAB, bias=False)
         self.head.weight = self.embed.weight
@@ -125,7 +152,8 @@ def train(cfg, method, seed, corpus, device, backend, log):
     model = LM(cfg, method, backend).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.1, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, cfg["steps"]) / cfg["steps"])))
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, cfg["steps"]) / cfg["steps"]))
+    )
     data = batches(corpus.train, cfg["batch"], cfg["train_len"], torch.Generator().manual_seed(seed))
     t0 = time.perf_counter()
     for step in range(cfg["steps"]):
@@ -154,10 +182,13 @@ def evaluate(model, cfg, corpus, device):
         w = eval_windows(corpus.valid, n, cfg["eval_windows"], seed=1000 + f).to(device)
         losses = []
         for i in range(0, w.shape[0], 4):
-            chunk = w[i:i + 4]
+            chunk = w[i : i + 4]
             logits = model(chunk[:, :-1])
-            losses.append(F.cross_entropy(logits.flatten(0, 1).float(), chunk[:, 1:].flatten(),
-                                          reduction="none").view(chunk.shape[0], n))
+            losses.append(
+                F.cross_entropy(logits.flatten(0, 1).float(), chunk[:, 1:].flatten(), reduction="none").view(
+                    chunk.shape[0], n
+                )
+            )
         per_pos = torch.cat(losses).mean(0)
         out[f] = (per_pos.mean().item(), per_pos[L:].mean().item() if f > 1 else per_pos.mean().item())
     model.train()
@@ -245,20 +276,33 @@ def main(argv=None):
             vals = torch.tensor([r[f] for r in runs], dtype=torch.float64)
             mean[str(f)] = vals.mean(0).tolist()
             std[str(f)] = (vals.std(0, unbiased=True) if len(runs) > 1 else torch.zeros(2)).tolist()
-        methods[name] = {"mean": mean, "std": std, "runs": [{str(f): r[f] for f in r} for r in runs],
-                         "train_seconds": times.get(name, [])}
+        methods[name] = {
+            "mean": mean,
+            "std": std,
+            "runs": [{str(f): r[f] for f in r} for r in runs],
+            "train_seconds": times.get(name, []),
+        }
     params = sum(p.numel() for p in LM(cfg, "lssa", "reference").parameters())
-    results = {"config": {**cfg, "factors": list(cfg["factors"]), "params": params}, "corpus": corpus.describe(),
-               "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seconds": time.perf_counter() - t_start,
-               "methods": methods, "paper": PAPER}
+    results = {
+        "config": {**cfg, "factors": list(cfg["factors"]), "params": params},
+        "corpus": corpus.describe(),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": time.perf_counter() - t_start,
+        "methods": methods,
+        "paper": PAPER,
+    }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    md = (f"# Length extrapolation: softmax vs LSSA vs LSSAR\n\n{corpus.describe()}; {params / 1e6:.2f}M parameters, "
-          f"{cfg['layers']} layers, d = {cfg['d']}, {cfg['heads']} heads, trained at {cfg['train_len']} bytes for "
-          f"{cfg['steps']} steps × {cfg['batch']}, {cfg['seeds']} seed(s); {machine()}; "
-          f"{results['seconds'] / 60:.1f} min; {results['date']}.\n\n"
-          "Validation loss, nats/byte, mean ± std over seeds (whole window / positions past the training length):\n\n"
-          + table(results, cfg) + "\n")
+    md = (
+        f"# Length extrapolation: softmax vs LSSA vs LSSAR\n\n{corpus.describe()}; {params / 1e6:.2f}M parameters, "
+        f"{cfg['layers']} layers, d = {cfg['d']}, {cfg['heads']} heads, trained at {cfg['train_len']} bytes for "
+        f"{cfg['steps']} steps × {cfg['batch']}, {cfg['seeds']} seed(s); {machine()}; "
+        f"{results['seconds'] / 60:.1f} min; {results['date']}.\n\n"
+        "Validation loss, nats/byte, mean ± std over seeds (whole window / positions past the training length):\n\n"
+        + table(results, cfg)
+        + "\n"
+    )
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
     plot(results, cfg, os.path.join(args.out, "loss.png"))

@@ -17,6 +17,7 @@ torch.nn.GRU/LSTM (cuDNN on a GPU) as the recurrence.
 Writes results.json, results.md and curves.png into results/ beside this file (``--out``);
 ``--publish`` copies them over the committed ones in this folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,19 +37,48 @@ from _data import VOCAB, batches, eval_windows, load_corpus, machine  # noqa: E4
 from nlseq.integrations import pararnn_lm  # noqa: E402
 
 PRESETS = {
-    "cpu": dict(layers=2, d=128, heads=2, seq=128, batch=16, steps=500, lr=2e-3, cells=("gru", "lstm"),
-                eval_windows=32, time_steps=20),
-    "gpu": dict(layers=6, d=512, heads=2, seq=1024, batch=32, steps=2000, lr=1e-3, cells=("gru", "lstm"),
-                eval_windows=64, time_steps=20),
-    "smoke": dict(layers=1, d=16, heads=2, seq=24, batch=4, steps=3, lr=2e-3, cells=("gru", "lstm"), eval_windows=2,
-                  time_steps=1),
+    "cpu": dict(
+        layers=2,
+        d=128,
+        heads=2,
+        seq=128,
+        batch=16,
+        steps=500,
+        lr=2e-3,
+        cells=("gru", "lstm"),
+        eval_windows=32,
+        time_steps=20,
+    ),
+    "gpu": dict(
+        layers=6,
+        d=512,
+        heads=2,
+        seq=1024,
+        batch=32,
+        steps=2000,
+        lr=1e-3,
+        cells=("gru", "lstm"),
+        eval_windows=64,
+        time_steps=20,
+    ),
+    "smoke": dict(
+        layers=1, d=16, heads=2, seq=24, batch=4, steps=3, lr=2e-3, cells=("gru", "lstm"), eval_windows=2, time_steps=1
+    ),
 }
 
 
 def make(cfg, cell, mode, device, backend):
-    config = pararnn_lm.ParaRNNConfig(vocab_size=VOCAB, hidden_size=cfg["d"], num_hidden_layers=cfg["layers"],
-                                      cell=cell, heads=cfg["heads"], mode=mode, backend=backend,
-                                      on_nonconvergence="raise", use_cache=False)
+    config = pararnn_lm.ParaRNNConfig(
+        vocab_size=VOCAB,
+        hidden_size=cfg["d"],
+        num_hidden_layers=cfg["layers"],
+        cell=cell,
+        heads=cfg["heads"],
+        mode=mode,
+        backend=backend,
+        on_nonconvergence="raise",
+        use_cache=False,
+    )
     torch.manual_seed(0)
     return pararnn_lm.ParaRNNForCausalLM(config).to(device)
 
@@ -60,11 +90,14 @@ class TorchRNNLM(tnn.Module):
         super().__init__()
         d = cfg["d"]
         self.embed = tnn.Embedding(VOCAB, d)
-        self.rnns = tnn.ModuleList((tnn.GRU if cell == "gru" else tnn.LSTM)(d, d, batch_first=True)
-                                   for _ in range(cfg["layers"]))
+        self.rnns = tnn.ModuleList(
+            (tnn.GRU if cell == "gru" else tnn.LSTM)(d, d, batch_first=True) for _ in range(cfg["layers"])
+        )
         self.out = tnn.ModuleList(tnn.Linear(d, d, bias=False) for _ in range(cfg["layers"]))
-        self.mlp = tnn.ModuleList(tnn.Sequential(tnn.LayerNorm(d), tnn.Linear(d, 4 * d), tnn.SiLU(), tnn.Linear(4 * d, d))
-                                  for _ in range(cfg["layers"]))
+        self.mlp = tnn.ModuleList(
+            tnn.Sequential(tnn.LayerNorm(d), tnn.Linear(d, 4 * d), tnn.SiLU(), tnn.Linear(4 * d, d))
+            for _ in range(cfg["layers"])
+        )
         self.norms = tnn.ModuleList(tnn.LayerNorm(d) for _ in range(cfg["layers"]))
         self.head = tnn.Linear(d, VOCAB, bias=False)
 
@@ -103,8 +136,10 @@ def train_pair(cfg, cell, corpus, device, backend, log):
             if mode == "newton":
                 iters.append(newton_iterations(model))
         if step % max(1, cfg["steps"] // 5) == 0 or step == cfg["steps"] - 1:
-            log(f"  {cell} step {step:4d} loss newton {curves['newton'][-1]:.4f} sequential "
-                f"{curves['sequential'][-1]:.4f} iterations {iters[-1]}")
+            log(
+                f"  {cell} step {step:4d} loss newton {curves['newton'][-1]:.4f} sequential "
+                f"{curves['sequential'][-1]:.4f} iterations {iters[-1]}"
+            )
     return models, curves, iters, {m: secs[m] / cfg["steps"] for m in secs}
 
 
@@ -191,32 +226,47 @@ def main(argv=None):
         hist = {str(k): flat.count(k) for k in sorted(set(flat))}
         diffs = [abs(a - b) for a, b in zip(curves["newton"], curves["sequential"])]
         out[cell] = {
-            "loss_newton": curves["newton"], "loss_sequential": curves["sequential"],
-            "max_abs_loss_difference": max(diffs), "final_loss_difference": diffs[-1],
-            "iteration_histogram": hist, "mean_iterations": sum(flat) / len(flat),
+            "loss_newton": curves["newton"],
+            "loss_sequential": curves["sequential"],
+            "max_abs_loss_difference": max(diffs),
+            "final_loss_difference": diffs[-1],
+            "iteration_histogram": hist,
+            "mean_iterations": sum(flat) / len(flat),
             "valid_loss": {m: validation_loss(models[m], cfg, corpus, args.device) for m in models},
-            "seconds_per_step": {**per_step, f"torch.nn.{cell.upper()}": time_torch_rnn(cfg, cell, corpus,
-                                                                                         args.device)},
+            "seconds_per_step": {
+                **per_step,
+                f"torch.nn.{cell.upper()}": time_torch_rnn(cfg, cell, corpus, args.device),
+            },
         }
     params = sum(p.numel() for p in make(cfg, "gru", "newton", "cpu", "reference").parameters())
-    results = {"config": {**cfg, "cells": list(cfg["cells"]), "params_gru": params}, "corpus": corpus.describe(),
-               "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seconds": time.perf_counter() - t_start,
-               "cells": out}
+    results = {
+        "config": {**cfg, "cells": list(cfg["cells"]), "params_gru": params},
+        "corpus": corpus.describe(),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": time.perf_counter() - t_start,
+        "cells": out,
+    }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    lines = ["# ParaRNN: Newton training equals sequential training\n",
-             f"{corpus.describe()}; {cfg['layers']} blocks, d = {cfg['d']}, heads = {cfg['heads']}, sequences of "
-             f"{cfg['seq']} bytes, batch {cfg['batch']}, {cfg['steps']} steps, identical weights and batches for both "
-             f"modes; {machine()}; {results['seconds'] / 60:.1f} min; {results['date']}.\n",
-             "| cell | max abs loss difference | final loss (newton / sequential) | valid loss (newton / sequential) "
-             "| Newton iterations (mean; histogram) | s/step newton / sequential / torch.nn |",
-             "|---|---:|---|---|---|---|"]
+    lines = [
+        "# ParaRNN: Newton training equals sequential training\n",
+        f"{corpus.describe()}; {cfg['layers']} blocks, d = {cfg['d']}, heads = {cfg['heads']}, sequences of "
+        f"{cfg['seq']} bytes, batch {cfg['batch']}, {cfg['steps']} steps, identical weights and batches for both "
+        f"modes; {machine()}; {results['seconds'] / 60:.1f} min; {results['date']}.\n",
+        "| cell | max abs loss difference | final loss (newton / sequential) | valid loss (newton / sequential) "
+        "| Newton iterations (mean; histogram) | s/step newton / sequential / torch.nn |",
+        "|---|---:|---|---|---|---|",
+    ]
     for cell, r in out.items():
         sps = list(r["seconds_per_step"].values())
-        lines.append(f"| Para{cell.upper()} | {r['max_abs_loss_difference']:.2e} | {r['loss_newton'][-1]:.4f} / "
-                     f"{r['loss_sequential'][-1]:.4f} | {r['valid_loss']['newton']:.4f} / "
-                     f"{r['valid_loss']['sequential']:.4f} | {r['mean_iterations']:.2f}; {r['iteration_histogram']} | "
-                     + " / ".join(f"{s:.3f}" for s in sps) + " |")
+        lines.append(
+            f"| Para{cell.upper()} | {r['max_abs_loss_difference']:.2e} | {r['loss_newton'][-1]:.4f} / "
+            f"{r['loss_sequential'][-1]:.4f} | {r['valid_loss']['newton']:.4f} / "
+            f"{r['valid_loss']['sequential']:.4f} | {r['mean_iterations']:.2f}; {r['iteration_histogram']} | "
+            + " / ".join(f"{s:.3f}" for s in sps)
+            + " |"
+        )
     md = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)

@@ -7,6 +7,7 @@ bool, not a float that ``int()`` would truncate), a bool a bool, and float argum
 unless said otherwise. Tensor *values* are only checked where a bad value changes the answer
 silently (thresholds, noise); NaN/inf in data tensors follow the NaN rule instead.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,9 @@ def _given(v: Any) -> str:
     if isinstance(v, torch.Tensor):
         return f"a tensor of shape {tuple(v.shape)} and dtype {v.dtype}"
     if isinstance(v, (tuple, list)):
-        items = ", ".join(f"tensor {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__ for x in v[:4])
+        items = ", ".join(
+            f"tensor {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__ for x in v[:4]
+        )
         return f"a {type(v).__name__} of {len(v)} item(s) ({items}{', ...' if len(v) > 4 else ''})"
     r = repr(v)
     if len(r) > 80:
@@ -70,7 +73,9 @@ def check_tensor(
     if t.dtype not in dtypes:
         raise TypeError(f"{where} must have dtype in ({_dtype_names(dtypes)}), got {t.dtype}")
     if device is not None and t.device != device:
-        raise ValueError(f"{where} must be on the device of {device_of or 'the other inputs'} ({device}), got {t.device}")
+        raise ValueError(
+            f"{where} must be on the device of {device_of or 'the other inputs'} ({device}), got {t.device}"
+        )
     return t
 
 
@@ -136,8 +141,16 @@ def check_dims(op: str, layout: str, **specs: tuple[Optional[torch.Tensor], str]
     return sizes
 
 
-def check_values(op: str, name: str, t: torch.Tensor, *, finite: bool = True, nondecreasing: bool = False,
-                 increasing: bool = False, nonneg: bool = False) -> None:
+def check_values(
+    op: str,
+    name: str,
+    t: torch.Tensor,
+    *,
+    finite: bool = True,
+    nondecreasing: bool = False,
+    increasing: bool = False,
+    nonneg: bool = False,
+) -> None:
     """Checks on a tensor's values (one host sync): finite, >= 0, (strictly) increasing along
     the last dim. For configuration tensors (thresholds, levels, noise) whose bad values would
     otherwise change the answer silently; skipped while torch.compile traces."""
@@ -168,8 +181,7 @@ def check_bool(op: str, name: str, v: Any) -> bool:
     return v
 
 
-def check_int(op: str, name: str, v: Any, *, lo: Optional[int] = None, hi: Optional[int] = None,
-              what: str = "") -> int:
+def check_int(op: str, name: str, v: Any, *, lo: Optional[int] = None, hi: Optional[int] = None, what: str = "") -> int:
     """An int in [lo, hi]: a bool, a float (even 3.0) or a tensor is rejected rather than coerced
     with int(), which would truncate 2.7 to 2 without a word."""
     where = _where(op, name)
@@ -177,13 +189,25 @@ def check_int(op: str, name: str, v: Any, *, lo: Optional[int] = None, hi: Optio
         raise TypeError(f"{where} must be an int{what and ' ' + what}, got {_given(v)}")
     v = int(v)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f"in [{lo}, {hi}]" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
+        rng = (
+            f"in [{lo}, {hi}]" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
+        )
         raise ValueError(f"{where} must be an int {rng}{what and ' ' + what}, got {v}")
     return v
 
 
-def check_float(op: str, name: str, v: Any, *, lo: Optional[float] = None, hi: Optional[float] = None,
-                lo_open: bool = False, hi_open: bool = False, finite: bool = True, what: str = "") -> float:
+def check_float(
+    op: str,
+    name: str,
+    v: Any,
+    *,
+    lo: Optional[float] = None,
+    hi: Optional[float] = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    finite: bool = True,
+    what: str = "",
+) -> float:
     """A real number (int or float, not bool, not str) in the interval given, finite unless
     ``finite=False``; returned as a float. NaN is always rejected."""
     where = _where(op, name)
@@ -216,8 +240,10 @@ def check_choice(op: str, name: str, v: Any, choices: Sequence[str]) -> str:
 def check_backend(op: str, backend: Any) -> str:
     """The type of ``backend``; the registry checks the name and availability."""
     if not isinstance(backend, str):
-        raise TypeError(f"{_where(op, 'backend')} must be a str ('auto', 'cuda', 'triton', 'cpp' or 'reference'), "
-                        f"got {_given(backend)}")
+        raise TypeError(
+            f"{_where(op, 'backend')} must be a str ('auto', 'cuda', 'triton', 'cpp' or 'reference'), "
+            f"got {_given(backend)}"
+        )
     return backend
 
 

@@ -12,6 +12,7 @@ Starting P processes costs a few seconds (each imports torch and nlseq): run man
 call (``fn`` loops over them) rather than one call per case. ``fn`` must be a module-level function
 of an importable module (the children get the parent's ``sys.path``).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -33,8 +34,13 @@ def _worker(rank: int, world_size: int, init_file: str, out_dir: str, fn: Callab
     torch.set_num_threads(1)
     result: dict[str, Any]
     try:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=90))
+        dist.init_process_group(
+            "gloo",
+            init_method=f"file://{init_file}",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=90),
+        )
         try:
             result = {"ok": True, "value": fn(rank, world_size, *args, **kwargs)}
         finally:
@@ -49,8 +55,13 @@ def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = 150.0,
     """``[fn(r, world_size, *args, **kwargs) for r in range(world_size)]``, each on its own gloo rank."""
     with tempfile.TemporaryDirectory(prefix="nlseq-dist-") as tmp:
         init_file = os.path.join(tmp, "rendezvous")
-        ctx = mp.start_processes(_worker, args=(world_size, init_file, tmp, fn, args, kwargs),
-                                 nprocs=world_size, join=False, start_method="spawn")
+        ctx = mp.start_processes(
+            _worker,
+            args=(world_size, init_file, tmp, fn, args, kwargs),
+            nprocs=world_size,
+            join=False,
+            start_method="spawn",
+        )
         deadline = time.monotonic() + timeout
         while not all(not p.is_alive() for p in ctx.processes):
             if time.monotonic() > deadline:

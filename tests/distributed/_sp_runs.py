@@ -3,6 +3,7 @@ test_newton_sp.py): starting P processes costs seconds (each imports torch), the
 well under one, so both files share the ranks of one ``run_ranks`` call per P, cached for the
 pytest session. Each part's exception is returned as text, so one failing part fails its own test.
 """
+
 from __future__ import annotations
 
 import functools

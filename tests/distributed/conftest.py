@@ -1,4 +1,5 @@
 """tests/distributed: multi-process tests over gloo (see _harness.py). Skipped where gloo is absent."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ and compares its rows of o and its shards of dq, dk, dv with the single-process 
 tensors (relative error <= 1e-12; torch.equal where the strategy is exact). Many cases run in one
 spawn per world size (starting ranks costs seconds); each rank returns a list of failures.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -45,7 +46,7 @@ def _local(x, rank, P, layout, split):
     if split is None:
         return shard(x, dim=2, layout=layout, rank=rank, world_size=P)[0]
     cuts = [0] + list(itertools.accumulate(split))
-    return x[:, :, cuts[rank]:cuts[rank + 1]]
+    return x[:, :, cuts[rank] : cuts[rank + 1]]
 
 
 def _rel(a, b):
@@ -56,8 +57,16 @@ def _rel(a, b):
 class _Counter:
     """Counts the collectives the op issues (patched into torch.distributed on this rank)."""
 
-    NAMES = ("all_gather", "all_to_all_single", "reduce_scatter_single", "reduce_scatter_tensor", "batch_isend_irecv",
-             "all_reduce", "broadcast", "all_gather_object")
+    NAMES = (
+        "all_gather",
+        "all_to_all_single",
+        "reduce_scatter_single",
+        "reduce_scatter_tensor",
+        "batch_isend_irecv",
+        "all_reduce",
+        "broadcast",
+        "all_gather_object",
+    )
 
     def __init__(self):
         self.counts = dict.fromkeys(self.NAMES, 0)
@@ -69,6 +78,7 @@ class _Counter:
         def f(*a, **kw):
             self.counts[name] += 1
             return self.orig[name](*a, **kw)
+
         return f
 
     def take(self):
@@ -109,17 +119,20 @@ def _run_case(rank, P, c, counter):
     layout, split = c.get("layout", "contiguous"), c.get("split")
     p, causal, backend = c.get("p"), c.get("causal", True), c.get("backend", BACKEND)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    o_full = nlseq.softplus_attention(*leaves, causal=causal, reweight_p=p, cu_seqlens_q=cu, cu_seqlens_k=cu,
-                                      backend=backend)
+    o_full = nlseq.softplus_attention(
+        *leaves, causal=causal, reweight_p=p, cu_seqlens_q=cu, cu_seqlens_k=cu, backend=backend
+    )
     (o_full * w).sum().backward()
-    expect = [_local(t, rank, P, layout, split) for t in (o_full.detach(), leaves[0].grad, leaves[1].grad,
-                                                         leaves[2].grad)]
+    expect = [
+        _local(t, rank, P, layout, split) for t in (o_full.detach(), leaves[0].grad, leaves[1].grad, leaves[2].grad)
+    ]
     runs = []
     for _ in range(2 if c.get("twice") else 1):
         loc = [_local(t, rank, P, layout, split).clone().requires_grad_() for t in (q, k, v)]
         counter.take()
-        o = cp_attention(*loc, strategy=c["strategy"], layout=layout, causal=causal, reweight_p=p, cu_seqlens=cu,
-                         backend=backend)
+        o = cp_attention(
+            *loc, strategy=c["strategy"], layout=layout, causal=causal, reweight_p=p, cu_seqlens=cu, backend=backend
+        )
         fwd_counts = counter.take()
         (o * _local(w, rank, P, layout, split)).sum().backward()
         bwd_counts = counter.take()
@@ -191,9 +204,17 @@ def _rank_main(rank, P, cases, errors, extras=()):
 def _matrix(P, T, strategies, ps=(None, 1.0, 2.0, 15.0)):
     cases = []
     for strategy, causal, layout, p in itertools.product(strategies, (True, False), ("contiguous", "zigzag"), ps):
-        cases.append(dict(name=f"{strategy}/{'causal' if causal else 'full'}/{layout}/p={p}", strategy=strategy,
-                          causal=causal, layout=layout, p=p, T=T,
-                          exact=(strategy == "all_to_all")))
+        cases.append(
+            dict(
+                name=f"{strategy}/{'causal' if causal else 'full'}/{layout}/p={p}",
+                strategy=strategy,
+                causal=causal,
+                layout=layout,
+                p=p,
+                T=T,
+                exact=(strategy == "all_to_all"),
+            )
+        )
     return cases
 
 
@@ -212,11 +233,30 @@ def _extra(P, T):
     for s in ("all_gather", "all_to_all", "ring"):
         heads = dict(H=2 * P, Hkv=P) if s == "all_to_all" else {}  # all_to_all: P | Hkv
         for causal, p in ((True, None), (True, 15.0), (False, 2.0)):
-            out.append(dict(name=f"{s}/varlen/{causal}/p={p}", strategy=s, T=4 * P, causal=causal, p=p,
-                            cu=[0, 1, 3, 3 * P - 1, 4 * P], layout="zigzag" if s != "ring" else "contiguous",
-                            **heads))
-        out.append(dict(name=f"{s}/loss on the last rows", strategy=s, T=4 * P, rows=[4 * P - 2, 4 * P - 1],
-                        p=15.0, nonzero_grads=True, twice=True, **heads))
+            out.append(
+                dict(
+                    name=f"{s}/varlen/{causal}/p={p}",
+                    strategy=s,
+                    T=4 * P,
+                    causal=causal,
+                    p=p,
+                    cu=[0, 1, 3, 3 * P - 1, 4 * P],
+                    layout="zigzag" if s != "ring" else "contiguous",
+                    **heads,
+                )
+            )
+        out.append(
+            dict(
+                name=f"{s}/loss on the last rows",
+                strategy=s,
+                T=4 * P,
+                rows=[4 * P - 2, 4 * P - 1],
+                p=15.0,
+                nonzero_grads=True,
+                twice=True,
+                **heads,
+            )
+        )
     return out
 
 
@@ -233,13 +273,31 @@ MUTATORS = {"bad_rank0": _bad_rank0, "other_D": _other_D}
 
 def _errors(P, T):
     errs = [
-        dict(name="a bad tensor on one rank", strategy="all_gather", T=T, mutate="bad_rank0",
-             match={0: "must be 4-D", **{r: "rank(s) [0] rejected their inputs" for r in range(1, P)}}),
+        dict(
+            name="a bad tensor on one rank",
+            strategy="all_gather",
+            T=T,
+            mutate="bad_rank0",
+            match={0: "must be 4-D", **{r: "rank(s) [0] rejected their inputs" for r in range(1, P)}},
+        ),
         dict(name="mismatched head dims", strategy="ring", T=T, mutate="other_D", match="same D"),
-        dict(name="uneven shards for all_to_all", strategy="all_to_all", T=T + 1,
-             split=[1] * (P - 1) + [T + 1 - (P - 1)], H=2 * P, Hkv=P, match="equal length"),
-        dict(name="zigzag shards of the wrong lengths", strategy="all_gather", layout="zigzag", T=T + 1,
-             split=[1] * (P - 1) + [T + 1 - (P - 1)], match="layout='zigzag'"),
+        dict(
+            name="uneven shards for all_to_all",
+            strategy="all_to_all",
+            T=T + 1,
+            split=[1] * (P - 1) + [T + 1 - (P - 1)],
+            H=2 * P,
+            Hkv=P,
+            match="equal length",
+        ),
+        dict(
+            name="zigzag shards of the wrong lengths",
+            strategy="all_gather",
+            layout="zigzag",
+            T=T + 1,
+            split=[1] * (P - 1) + [T + 1 - (P - 1)],
+            match="layout='zigzag'",
+        ),
     ]
     if 2 % P != 0:  # Hkv = 2 heads cannot be split over P ranks
         errs.append(dict(name="P does not divide Hkv", strategy="all_to_all", T=T, match="divide the number"))
@@ -257,25 +315,42 @@ def test_two_ranks_every_strategy_and_case_module_and_transformers():
     P, T = 2, 12
     cases = _matrix(P, T, ("all_gather", "all_to_all", "ring")) + _extra(P, T)
     if registry.backend_status("triton"):  # the single-device op on Triton (interpreted on CPU: tests/conftest.py)
-        cases += [dict(name=f"{s}/triton/p={p}", strategy=s, T=8, H=4, Hkv=2, p=p, layout="zigzag",
-                       dtype=torch.float32, backend="triton") for s in ("all_gather", "all_to_all") for p in (None, 15.0)]
+        cases += [
+            dict(
+                name=f"{s}/triton/p={p}",
+                strategy=s,
+                T=8,
+                H=4,
+                Hkv=2,
+                p=p,
+                layout="zigzag",
+                dtype=torch.float32,
+                backend="triton",
+            )
+            for s in ("all_gather", "all_to_all")
+            for p in (None, 15.0)
+        ]
     _check(P, cases, _errors(P, T), extras=("ring_backend_missing", "module_and_hf"))
 
 
 def test_three_ranks_a_middle_rank():
     P, T = 3, 13
     cases = _matrix(P, T, ("all_gather", "ring"), ps=(None, 15.0))
-    cases += [dict(name="all_to_all/H=6,Hkv=3", strategy="all_to_all", T=12, H=6, Hkv=3, p=p, causal=c,
-                   layout=lay, exact=True)
-              for p, c, lay in ((None, True, "zigzag"), (15.0, False, "contiguous"), (2.0, True, "contiguous"))]
+    cases += [
+        dict(
+            name="all_to_all/H=6,Hkv=3", strategy="all_to_all", T=12, H=6, Hkv=3, p=p, causal=c, layout=lay, exact=True
+        )
+        for p, c, lay in ((None, True, "zigzag"), (15.0, False, "contiguous"), (2.0, True, "contiguous"))
+    ]
     _check(P, cases + _extra(P, T), _errors(P, T))
 
 
 def test_four_ranks():
     P, T = 4, 16
     cases = _matrix(P, T, ("all_gather", "ring"), ps=(None, 15.0))
-    cases += [dict(name="all_to_all/H=8,Hkv=4", strategy="all_to_all", T=16, H=8, Hkv=4, p=15.0, layout="zigzag",
-                   exact=True)]
+    cases += [
+        dict(name="all_to_all/H=8,Hkv=4", strategy="all_to_all", T=16, H=8, Hkv=4, p=15.0, layout="zigzag", exact=True)
+    ]
     cases += [c for c in _extra(P, T) if "varlen" in c["name"] or "one token" in c["name"]]
     _check(P, cases, _errors(P, T))
 
@@ -307,8 +382,17 @@ def _module_and_hf(rank, P):
     out = []
     torch.manual_seed(0)
     full = SoftplusAttention(16, 4, 2, reweight_p=15.0, backend=BACKEND, dtype=torch.float64)
-    cp = SoftplusAttention(16, 4, 2, reweight_p=15.0, backend=BACKEND, dtype=torch.float64,
-                           context_parallel_group=dist.group.WORLD, cp_strategy="ring", cp_layout="zigzag")
+    cp = SoftplusAttention(
+        16,
+        4,
+        2,
+        reweight_p=15.0,
+        backend=BACKEND,
+        dtype=torch.float64,
+        context_parallel_group=dist.group.WORLD,
+        cp_strategy="ring",
+        cp_layout="zigzag",
+    )
     cp.load_state_dict(full.state_dict())
     x = torch.randn(1, 11, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y_full, _ = full(x)
@@ -333,15 +417,27 @@ def _module_and_hf(rank, P):
 
     nlseq_hf.register(backend=BACKEND)
     cp_hf.register(strategy="ring", layout="zigzag", backend=BACKEND)
-    cfg = dict(vocab_size=37, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=64, bos_token_id=None, eos_token_id=None,
-               pad_token_id=None, lssar_p=15.0)
+    cfg = dict(
+        vocab_size=37,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        lssar_p=15.0,
+    )
     torch.manual_seed(0)
-    ref_model = AutoModelForCausalLM.from_config(LlamaConfig(**cfg), attn_implementation="lssar",
-                                                 torch_dtype=torch.float64)
+    ref_model = AutoModelForCausalLM.from_config(
+        LlamaConfig(**cfg), attn_implementation="lssar", torch_dtype=torch.float64
+    )
     torch.manual_seed(0)
-    cp_model = AutoModelForCausalLM.from_config(LlamaConfig(**cfg), attn_implementation="lssar_cp",
-                                                torch_dtype=torch.float64)
+    cp_model = AutoModelForCausalLM.from_config(
+        LlamaConfig(**cfg), attn_implementation="lssar_cp", torch_dtype=torch.float64
+    )
     ids = torch.randint(0, 37, (1, 14), generator=torch.Generator().manual_seed(3))
     logits = ref_model(ids).logits
     ids_loc, sh = shard(ids, dim=1, layout="zigzag")

@@ -2,6 +2,7 @@
 kernels kernels/softplus_attention_partial.py, interpreted on CPU: tests/conftest.py) over two gloo
 ranks, against the single-process op on Triton, float32. The case runner, tolerances (float32:
 relative 1e-5) and collective counts are those of test_attention_cp.py."""
+
 from __future__ import annotations
 
 import pytest

@@ -11,6 +11,7 @@ the reference draw the same programming noise from the module's own generator) a
 noise off (it is drawn per row of the local batch, so a rank's rows get other draws than the same
 rows in one process; see docs/distributed.md).
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,9 +35,18 @@ def _builders():
         "ParaLSTM": (lambda: ParaLSTM(I, 4, heads=1, dtype=F64, backend="cpp"), seq(F64), F64, lambda o: o[0]),
         "SoftplusAttention": (lambda: SoftplusAttention(8, 2, dtype=F64), (B, T, 8), F64, lambda o: o[0]),
         "AnalogLinear": (lambda: AnalogLinear(I, 5, config=cfg), (B, I), torch.float32, lambda o: o),
-        "AnalogLSTM": (lambda: AnalogLSTM(I, 3, batch_first=True, config=cfg), seq(None), torch.float32, lambda o: o[0]),
-        "AnalogGRU": (lambda: AnalogGRU(I, 3, num_layers=2, batch_first=True, config=cfg), seq(None), torch.float32,
-                      lambda o: o[0]),
+        "AnalogLSTM": (
+            lambda: AnalogLSTM(I, 3, batch_first=True, config=cfg),
+            seq(None),
+            torch.float32,
+            lambda o: o[0],
+        ),
+        "AnalogGRU": (
+            lambda: AnalogGRU(I, 3, num_layers=2, batch_first=True, config=cfg),
+            seq(None),
+            torch.float32,
+            lambda o: o[0],
+        ),
     }
 
 
@@ -75,8 +85,8 @@ def _train_and_compare(rank, P):
                 ((out_ref * w).sum() / x.shape[0]).backward()
                 Bl = x.shape[0] // P
                 lo = rank * Bl
-                out = pick(model(x[lo:lo + Bl]))
-                ((out * w[lo:lo + Bl]).sum() / Bl).backward()
+                out = pick(model(x[lo : lo + Bl]))
+                ((out * w[lo : lo + Bl]).sum() / Bl).backward()
                 for (pn, p_ref), p in zip(ref.named_parameters(), model.parameters()):
                     e = _rel_err(p.grad, p_ref.grad)
                     worst = max(worst, e)
@@ -126,9 +136,9 @@ def _mixed_precision(rank, P, mesh):
     w = torch.randn(4, 16, 8, generator=g)
     (ref(x)[0] * w).sum().div(4).backward()
     lo = rank * 2
-    y = model(x[lo:lo + 2])[0]
+    y = model(x[lo : lo + 2])[0]
     assert y.dtype == torch.bfloat16, y.dtype
-    (y.float() * w[lo:lo + 2]).sum().div(2).backward()
+    (y.float() * w[lo : lo + 2]).sum().div(2).backward()
     worst = 0.0
     for (name, p_ref), p in zip(ref.named_parameters(), model.parameters()):
         assert p.grad.dtype == torch.float32, (name, p.grad.dtype)
@@ -143,9 +153,9 @@ def _mixed_precision(rank, P, mesh):
     xa = torch.randn(4, 4, generator=g)
     wa = torch.randn(4, 4, generator=g)
     (ref(xa) * wa).sum().div(4).backward()
-    ya = model(xa[lo:lo + 2])
+    ya = model(xa[lo : lo + 2])
     assert ya.dtype == torch.bfloat16, ya.dtype
-    (ya.float() * wa[lo:lo + 2]).sum().div(2).backward()
+    (ya.float() * wa[lo : lo + 2]).sum().div(2).backward()
     for (name, p_ref), p in zip(ref.named_parameters(), model.parameters()):
         assert p.grad.dtype == torch.float32, (name, p.grad.dtype)
         e = _rel_err(p.grad, p_ref.grad)

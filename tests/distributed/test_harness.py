@@ -1,4 +1,5 @@
 """The spawn harness itself: a failing rank and a hanging rank fail the test instead of hiding or hanging."""
+
 from __future__ import annotations
 
 import pytest

@@ -9,6 +9,7 @@ with diagonal and 2×2 block Jacobians, plain and damped Newton. Also: non-conve
 (and warned, and finished sequentially) on every rank alike, a NaN residual stopping at once, the
 number of collectives per call (CommDebugMode), and bad input raising on every rank.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,11 @@ def _rel(a, b) -> float:
 
 
 def _lengths(kind: str, P: int) -> list[int]:
-    return {"uneven": [2 + 3 * ((r * 2) % P) for r in range(P)], "one_step": [1] * P,
-            "empty": [0 if r == P - 2 else 3 + r for r in range(P)]}[kind]
+    return {
+        "uneven": [2 + 3 * ((r * 2) % P) for r in range(P)],
+        "one_step": [1] * P,
+        "empty": [0 if r == P - 2 else 3 + r for r in range(P)],
+    }[kind]
 
 
 def _piece(lengths, rank):
@@ -69,14 +73,16 @@ def _pararnn_case(rank, P, cell, heads, with_s0, kind, seed):
 
     def params():
         return [p.detach().clone().requires_grad_() for p in (mod.weight_ih, mod.bias, mod.weight_hh)] + (
-            [peep.detach().clone().requires_grad_()] if peep is not None else [])
+            [peep.detach().clone().requires_grad_()] if peep is not None else []
+        )
 
     # single process, on everything
     ref_p, xr = params(), x.clone().requires_grad_()
     s0r = None if s0 is None else s0.clone().requires_grad_()
     U = input_projection(xr, ref_p[0], ref_p[1])
-    S_ref, info_ref = nlseq.pararnn(cell, U, ref_p[2], ref_p[3] if peep is not None else None, s0r, mode="newton",
-                                    backend="reference", **opts)
+    S_ref, info_ref = nlseq.pararnn(
+        cell, U, ref_p[2], ref_p[3] if peep is not None else None, s0r, mode="newton", backend="reference", **opts
+    )
     leaves = [xr] + ref_p + ([s0r] if with_s0 else [])
     grads_ref = torch.autograd.grad((S_ref * Wg).sum(), leaves)
 
@@ -85,16 +91,18 @@ def _pararnn_case(rank, P, cell, heads, with_s0, kind, seed):
     mine, xm = params(), x[:, sl].clone().requires_grad_()
     s0m = None if s0 is None else s0.clone().requires_grad_()
     Um = input_projection(xm, mine[0], mine[1])
-    S_m, info = nd.pararnn_state(cell, Um, mine[2], mine[3] if peep is not None else None, s0m, backend="cpp",
-                                 **opts)
+    S_m, info = nd.pararnn_state(cell, Um, mine[2], mine[3] if peep is not None else None, s0m, backend="cpp", **opts)
     (S_m * Wg[:, sl]).sum().backward()
 
-    errs = {"S": _rel(S_m, S_ref[:, sl]), "dx": _rel(xm.grad, grads_ref[0][:, sl]),
-            # the input projection is used on this rank's piece only: its gradients add up over ranks
-            "dW_ih (summed)": _rel(_all_reduce(mine[0].grad), grads_ref[1]),
-            "db (summed)": _rel(_all_reduce(mine[1].grad), grads_ref[2]),
-            # A, P and s0 are replicated: every rank holds their full gradient
-            "dA": _rel(mine[2].grad, grads_ref[3])}
+    errs = {
+        "S": _rel(S_m, S_ref[:, sl]),
+        "dx": _rel(xm.grad, grads_ref[0][:, sl]),
+        # the input projection is used on this rank's piece only: its gradients add up over ranks
+        "dW_ih (summed)": _rel(_all_reduce(mine[0].grad), grads_ref[1]),
+        "db (summed)": _rel(_all_reduce(mine[1].grad), grads_ref[2]),
+        # A, P and s0 are replicated: every rank holds their full gradient
+        "dA": _rel(mine[2].grad, grads_ref[3]),
+    }
     if peep is not None:
         errs["dP"] = _rel(mine[3].grad, grads_ref[4])
     if with_s0:
@@ -124,8 +132,10 @@ def _solve_case(rank, P, jacobian, damping, with_h0, kind, seed):
     if jacobian == "diag":
         step = _diag_cell
         x = torch.randn(B, T, N, generator=g, dtype=torch.float64)
-        prm = [torch.rand(N, generator=g, dtype=torch.float64) * 1.6 - 0.8,
-               torch.randn(N, generator=g, dtype=torch.float64)]
+        prm = [
+            torch.rand(N, generator=g, dtype=torch.float64) * 1.6 - 0.8,
+            torch.randn(N, generator=g, dtype=torch.float64),
+        ]
         state = (N,)
         kw = {}
     else:
@@ -139,24 +149,29 @@ def _solve_case(rank, P, jacobian, damping, with_h0, kind, seed):
     opts = dict(jacobian=jacobian, damping=damping, max_iters=60, tol=1e-11, return_info=True, **kw)
 
     def leaves(xs):
-        return ([xs.clone().requires_grad_()] + [p.clone().requires_grad_() for p in prm]
-                + ([h0.clone().requires_grad_()] if with_h0 else []))
+        return (
+            [xs.clone().requires_grad_()]
+            + [p.clone().requires_grad_() for p in prm]
+            + ([h0.clone().requires_grad_()] if with_h0 else [])
+        )
 
     ref = leaves(x)
-    y_ref, info_ref = nlseq.newton_solve(step, ref[0], ref[-1] if with_h0 else None, params=ref[1:1 + len(prm)],
-                                         backend="reference", **opts)
+    y_ref, info_ref = nlseq.newton_solve(
+        step, ref[0], ref[-1] if with_h0 else None, params=ref[1 : 1 + len(prm)], backend="reference", **opts
+    )
     grads_ref = torch.autograd.grad((y_ref * Wg).sum(), ref)
 
     sl = _piece(lengths, rank)
     mine = leaves(x[:, sl])
-    y, info = nd.newton_solve(step, mine[0], mine[-1] if with_h0 else None, params=mine[1:1 + len(prm)],
-                              backend="cpp", **opts)
+    y, info = nd.newton_solve(
+        step, mine[0], mine[-1] if with_h0 else None, params=mine[1 : 1 + len(prm)], backend="cpp", **opts
+    )
     (y * Wg[:, sl]).sum().backward()
     errs = {"h": _rel(y, y_ref[:, sl]), "dx": _rel(mine[0].grad, grads_ref[0][:, sl])}
     for i in range(len(prm)):  # parameters: this rank's contribution; the sum is the full gradient
         errs[f"dparam{i} (summed)"] = _rel(_all_reduce(mine[1 + i].grad), grads_ref[1 + i])
     if with_h0:
-        errs["dh0"] = (_rel(mine[-1].grad, grads_ref[-1]) if rank == 0 else float(mine[-1].grad.abs().max()))
+        errs["dh0"] = _rel(mine[-1].grad, grads_ref[-1]) if rank == 0 else float(mine[-1].grad.abs().max())
     return errs, (info.iterations, info_ref.iterations), (info.residual, info_ref.residual)
 
 
@@ -179,11 +194,13 @@ def _nonconvergence(rank, P):
         out["raise"] = str(e)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        S, info = nd.pararnn_state("gru", U[:, sl], A, max_iters=1, tol=1e-14, on_nonconvergence="warn",
-                                   return_info=True)
+        S, info = nd.pararnn_state(
+            "gru", U[:, sl], A, max_iters=1, tol=1e-14, on_nonconvergence="warn", return_info=True
+        )
     out["warn"] = ([str(x.message) for x in w if issubclass(x.category, RuntimeWarning)], int(info.iterations))
-    S, info = nd.pararnn_state("gru", U[:, sl], A, max_iters=1, tol=1e-14, on_nonconvergence="sequential",
-                               return_info=True)
+    S, info = nd.pararnn_state(
+        "gru", U[:, sl], A, max_iters=1, tol=1e-14, on_nonconvergence="sequential", return_info=True
+    )
     exact = nlseq.pararnn("gru", U, A, mode="sequential", backend="reference")
     out["sequential"] = (_rel(S, exact[:, sl]), info.fallback)
     S, info = nd.pararnn_state("gru", U[:, sl], A, mode="sequential", return_info=True)
@@ -242,13 +259,15 @@ def _errors(rank, P):
 
     N = 4 if rank == 0 else 5
     out = {"N": attempt(nd.pararnn_state, "gru", torch.randn(1, 2, 3, N), torch.randn(3, N))}
-    out["P"] = attempt(nd.pararnn_state, "lstm", torch.randn(1, 2, 3, 4), torch.randn(3, 4),
-                       torch.randn(2, 4) if rank else None)
+    out["P"] = attempt(
+        nd.pararnn_state, "lstm", torch.randn(1, 2, 3, 4), torch.randn(3, 4), torch.randn(2, 4) if rank else None
+    )
     out["tol"] = attempt(nd.pararnn_state, "gru", torch.randn(1, 2, 3, 4), torch.randn(3, 4), tol=1e-5 * (1 + rank))
     x = torch.randn(1, 2, 3)
     out["dense"] = attempt(nd.newton_solve, _diag_cell, x, params=(torch.ones(3), torch.ones(3)), jacobian="dense")
-    out["empty"] = attempt(nd.newton_solve, _diag_cell, x[:, :0] if rank == 1 else x,
-                           params=(torch.ones(3), torch.ones(3)))
+    out["empty"] = attempt(
+        nd.newton_solve, _diag_cell, x[:, :0] if rank == 1 else x, params=(torch.ones(3), torch.ones(3))
+    )
     return out
 
 
@@ -267,8 +286,9 @@ def _low_precision(rank, P):
         U = torch.randn(2, sum(lengths), 3, N)
         A = torch.randn(3, N) * 0.6
         Pp = torch.randn(2, N) * 0.6 if cell == "lstm" else None
-        exact = nlseq.pararnn(cell, U.double(), A.double(), None if Pp is None else Pp.double(), mode="sequential",
-                              backend="reference")[:, sl]
+        exact = nlseq.pararnn(
+            cell, U.double(), A.double(), None if Pp is None else Pp.double(), mode="sequential", backend="reference"
+        )[:, sl]
         single = nlseq.pararnn(cell, U, A, Pp, mode="newton", backend="reference")[:, sl]
         mine = nd.pararnn_state(cell, U[:, sl], A, Pp, backend="cpp")
         assert mine.dtype == torch.float32
@@ -315,19 +335,28 @@ def run_rank(rank, P):
         for heads in (1, 2):
             for with_s0 in (False, True):
                 kind = ("uneven", "one_step", "empty")[i % 3]
-                cases[f"{cell}-heads={heads}-s0={with_s0}-{kind}"] = _pararnn_case(rank, P, cell, heads, with_s0,
-                                                                                   kind, 100 + i)
+                cases[f"{cell}-heads={heads}-s0={with_s0}-{kind}"] = _pararnn_case(
+                    rank, P, cell, heads, with_s0, kind, 100 + i
+                )
                 i += 1
     solves = {}
     for jac in ("diag", "block"):
         for damping in (1.0, 0.5):
             for with_h0 in (False, True):
                 kind = ("uneven", "one_step")[i % 2]
-                solves[f"{jac}-damping={damping}-h0={with_h0}-{kind}"] = _solve_case(rank, P, jac, damping, with_h0,
-                                                                                      kind, 200 + i)
+                solves[f"{jac}-damping={damping}-h0={with_h0}-{kind}"] = _solve_case(
+                    rank, P, jac, damping, with_h0, kind, 200 + i
+                )
                 i += 1
-    return (cases, solves, _nonconvergence(rank, P), _counts(rank, P), _errors(rank, P), _low_precision(rank, P),
-            _groups(rank, P))
+    return (
+        cases,
+        solves,
+        _nonconvergence(rank, P),
+        _counts(rank, P),
+        _errors(rank, P),
+        _low_precision(rank, P),
+        _groups(rank, P),
+    )
 
 
 @pytest.mark.parametrize("P", [2, 3, 4])

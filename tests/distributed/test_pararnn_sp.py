@@ -8,6 +8,7 @@ their own residual is below tol (one process stops when all of them are), so tho
 tol = 1e-13 and compare at 1e-12 relative. The parameter gradients are gathered, so every rank
 must hold the full single-process gradient. One spawn per world size runs every case (spawning costs seconds).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -57,8 +58,13 @@ def _op_cases(rank, P):
     T = P − 1 an empty piece on rank 0."""
     out = []
     for cell in ("gru", "lstm"):
-        for T, with_s0, mode in ((5 * P + 2, True, "sequential"), (P, False, "newton"), (3 * P + 1, False, "auto"),
-                                 (4 * P, True, "newton"), (P - 1, True, "sequential")):  # last: rank 0 holds no step
+        for T, with_s0, mode in (
+            (5 * P + 2, True, "sequential"),
+            (P, False, "newton"),
+            (3 * P + 1, False, "auto"),
+            (4 * P, True, "newton"),
+            (P - 1, True, "sequential"),
+        ):  # last: rank 0 holds no step
             out.append((cell, T, 2 * P, with_s0, mode))
     return out
 
@@ -113,13 +119,25 @@ def _check_modules(rank, P):
     B, I, N = 2, 4, 2 * P
     T = 3 * P + 1  # uneven pieces
     for cls in (ParaGRU, ParaLSTM):
-        for heads, with_h0, batch_first, strategy in ((1, True, True, "all_to_all"), (2, False, True, "all_to_all"),
-                                                      (2, True, False, "all_to_all"), (2, True, True, "state")):
+        for heads, with_h0, batch_first, strategy in (
+            (1, True, True, "all_to_all"),
+            (2, False, True, "all_to_all"),
+            (2, True, False, "all_to_all"),
+            (2, True, True, "state"),
+        ):
             torch.manual_seed(7)
             ref = cls(I, N, heads=heads, batch_first=batch_first, dtype=F64, backend="cpp")
-            sp = cls(I, N, heads=heads, batch_first=batch_first, dtype=F64, backend="cpp", sp_strategy=strategy,
-                     sequence_parallel_group=torch.distributed.group.WORLD,
-                     tol=1e-13 if strategy == "state" else None)
+            sp = cls(
+                I,
+                N,
+                heads=heads,
+                batch_first=batch_first,
+                dtype=F64,
+                backend="cpp",
+                sp_strategy=strategy,
+                sequence_parallel_group=torch.distributed.group.WORLD,
+                tol=1e-13 if strategy == "state" else None,
+            )
             sp.load_state_dict(ref.state_dict())
             g = torch.Generator().manual_seed(11)
             x = torch.randn(B, T, I, generator=g, dtype=F64)

@@ -7,6 +7,7 @@ sequence-parallel op on its shard (≤ 1e-12 relative). One spawn per world size
 losses on h and h_last, on h_last only and on h only, uneven pieces, one step per rank and an
 empty piece; the number of collectives per call (CommDebugMode); bad input raising on every rank.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -26,9 +27,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _lengths(kind: str, P: int) -> list[int]:
-    return {"uneven": [3 + 2 * r for r in range(P)][::-1] if P % 2 else [1 + 3 * r for r in range(P)],
-            "one_step": [1] * P,
-            "empty": [0 if r == P // 2 else 2 + r for r in range(P)]}[kind]
+    return {
+        "uneven": [3 + 2 * r for r in range(P)][::-1] if P % 2 else [1 + 3 * r for r in range(P)],
+        "one_step": [1] * P,
+        "empty": [0 if r == P // 2 else 2 + r for r in range(P)],
+    }[kind]
 
 
 def _problem(layout, T, B=2, N=3, seed=0):
@@ -38,7 +41,7 @@ def _problem(layout, T, B=2, N=3, seed=0):
     if layout == "diag":
         A = torch.rand(B, T, N, generator=g, dtype=torch.float64) * 1.6 - 0.8
     else:  # blocks with norm below ~1, so that products over T stay of order one
-        A = torch.randn(B, T, N, K, K, generator=g, dtype=torch.float64) * (0.7 / K ** 0.5)
+        A = torch.randn(B, T, N, K, K, generator=g, dtype=torch.float64) * (0.7 / K**0.5)
     b = torch.randn(shape, generator=g, dtype=torch.float64)
     h0 = torch.randn(shape[:1] + shape[2:], generator=g, dtype=torch.float64)
     return A, b, h0, g
@@ -67,10 +70,11 @@ def _case(rank, P, layout, lengths, with_h0, reverse, loss, backend, seed):
 
     # single process, on everything
     leaves = [t.clone().requires_grad_() for t in (A, b)] + ([h0.clone().requires_grad_()] if with_h0 else [])
-    h_ref, last_ref = nlseq.linear_recurrence(leaves[0], leaves[1], leaves[2] if with_h0 else None, reverse=reverse,
-                                              backend=backend)
-    Wh_of = lambda r: Wh[:, sum(lengths[:r]):sum(lengths[:r + 1])]  # noqa: E731
-    full = sum(objective(h_ref[:, sum(lengths[:r]):sum(lengths[:r + 1])], last_ref, r) for r in range(P))
+    h_ref, last_ref = nlseq.linear_recurrence(
+        leaves[0], leaves[1], leaves[2] if with_h0 else None, reverse=reverse, backend=backend
+    )
+    Wh_of = lambda r: Wh[:, sum(lengths[:r]) : sum(lengths[: r + 1])]  # noqa: E731
+    full = sum(objective(h_ref[:, sum(lengths[:r]) : sum(lengths[: r + 1])], last_ref, r) for r in range(P))
     grads_ref = torch.autograd.grad(full, leaves)
 
     # sequence parallel, on this rank's piece
@@ -79,8 +83,12 @@ def _case(rank, P, layout, lengths, with_h0, reverse, loss, backend, seed):
     h, h_last = nd.linear_recurrence(mine[0], mine[1], mine[2] if with_h0 else None, reverse=reverse, backend=backend)
     objective(h, h_last, rank).backward()
 
-    errs = {"h": _rel(h.detach(), h_ref[:, sl].detach()), "h_last": _rel(h_last.detach(), last_ref.detach()),
-            "dA": _rel(mine[0].grad, grads_ref[0][:, sl]), "db": _rel(mine[1].grad, grads_ref[1][:, sl])}
+    errs = {
+        "h": _rel(h.detach(), h_ref[:, sl].detach()),
+        "h_last": _rel(h_last.detach(), last_ref.detach()),
+        "dA": _rel(mine[0].grad, grads_ref[0][:, sl]),
+        "db": _rel(mine[1].grad, grads_ref[1][:, sl]),
+    }
     if with_h0:
         first = (P - 1) if reverse else 0
         if rank == first:
@@ -143,7 +151,7 @@ def _low_precision(rank, P):
 
     out = {}
     lengths = _lengths("uneven", P)
-    sl = slice(sum(lengths[:rank]), sum(lengths[:rank + 1]))
+    sl = slice(sum(lengths[:rank]), sum(lengths[: rank + 1]))
     for dtype in (torch.float32, torch.bfloat16):
         for layout in ("diag", 2):
             A, b, h0, g = _problem(layout, sum(lengths), seed=5)
@@ -156,14 +164,25 @@ def _low_precision(rank, P):
                 ((h.double() * W).sum() + last_weight * last.double().sum()).backward()
                 return [h.detach(), last.detach()] + [t.grad for t in leaves]
 
-            exact = run(lambda A, b, h0: nlseq.linear_recurrence(A, b, h0, backend="reference"),
-                        A.double(), b.double(), h0.double(), Wh)
+            exact = run(
+                lambda A, b, h0: nlseq.linear_recurrence(A, b, h0, backend="reference"),
+                A.double(),
+                b.double(),
+                h0.double(),
+                Wh,
+            )
             exact = [exact[0][:, sl], exact[1], exact[2][:, sl], exact[3][:, sl]]  # h, h_last, dA, db
             single = run(lambda A, b, h0: nlseq.linear_recurrence(A, b, h0, backend="cpp"), A, b, h0, Wh)
             single = [single[0][:, sl], single[1], single[2][:, sl], single[3][:, sl]]
             # every rank's loss has h_last / P: the gradients of the replicated h_last add up to the single one's
-            mine = run(lambda A, b, h0: nd.linear_recurrence(A, b, h0, backend="cpp"), A[:, sl], b[:, sl], h0,
-                       Wh[:, sl], 1.0 / P)
+            mine = run(
+                lambda A, b, h0: nd.linear_recurrence(A, b, h0, backend="cpp"),
+                A[:, sl],
+                b[:, sl],
+                h0,
+                Wh[:, sl],
+                1.0 / P,
+            )
             for i, what in enumerate(("h", "h_last", "dA", "db")):
                 out[f"{dtype}-{layout}-{what}"] = (_rel(single[i].double(), exact[i]), _rel(mine[i].double(), exact[i]))
     return out

@@ -1,4 +1,5 @@
 """nlseq.distributed.sharding: the layouts and the shard / unshard round trip over real ranks."""
+
 from __future__ import annotations
 
 import pytest

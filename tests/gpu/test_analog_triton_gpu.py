@@ -1,5 +1,6 @@
 """The analog Triton kernel on a GPU: codes bit-identical to the cpp kernel (IEEE div/sqrt, no FMA
 contraction: kernels/analog.py) and int64 offsets past M·N = 2^31."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,9 +36,18 @@ def test_int64_offsets_past_2_31():
     if torch.cuda.get_device_properties(0).total_memory < 12 * 2**30:
         pytest.skip("needs ~9 GB of GPU memory")
     x, w, cs, thr, lev = _problem(M, K, N, L=16)
-    y = nlseq.analog_mvm(*(t.cuda() for t in (x, w, cs, thr, lev)), in_bits=0, x_max=4.0, noise_a=0.0,
-                         noise_b=0.0, seed=0, offset=0, backend="triton")
+    y = nlseq.analog_mvm(
+        *(t.cuda() for t in (x, w, cs, thr, lev)),
+        in_bits=0,
+        x_max=4.0,
+        noise_a=0.0,
+        noise_b=0.0,
+        seed=0,
+        offset=0,
+        backend="triton",
+    )
     rows = torch.tensor([0, M // 2, M - 2, M - 1])  # the last rows lie past 2^31 elements
-    y_cpp = nlseq.analog_mvm(x[rows], w, cs, thr, lev, in_bits=0, x_max=4.0, noise_a=0.0, noise_b=0.0, seed=0,
-                             offset=0, backend="cpp")
+    y_cpp = nlseq.analog_mvm(
+        x[rows], w, cs, thr, lev, in_bits=0, x_max=4.0, noise_a=0.0, noise_b=0.0, seed=0, offset=0, backend="cpp"
+    )
     assert torch.equal(y[rows.cuda()].cpu(), y_cpp)

@@ -8,6 +8,7 @@ docs/spec.md §1.4. The oracle (tests/_pararnn_oracle.py) runs in float64 on the
 docs/spec.md §1.3); its gradients come from autograd. The CUDA build uses --use_fast_math (__expf): float32 tolerances
 allow a few ulp per step on top of the contraction of the cell.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -48,14 +49,17 @@ def make_inputs(cell, B, T, N, *, dtype, with_s0=True, scale_a=1.0, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("with_s0", [False, True], ids=["zero_s0", "s0"])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-@pytest.mark.parametrize("B,T,N,L", [
-    pytest.param(2, 1, 5, 0, id="T1"),
-    pytest.param(3, 63, 129, 0, id="T63-default"),
-    pytest.param(3, 63, 129, 8, id="T63-L8"),
-    pytest.param(2, 301, 257, 1, id="T301-L1"),
-    pytest.param(2, 301, 257, 64, id="T301-L64"),
-    pytest.param(4, 1000, 333, 0, id="T1000-default"),
-])
+@pytest.mark.parametrize(
+    "B,T,N,L",
+    [
+        pytest.param(2, 1, 5, 0, id="T1"),
+        pytest.param(3, 63, 129, 0, id="T63-default"),
+        pytest.param(3, 63, 129, 8, id="T63-L8"),
+        pytest.param(2, 301, 257, 1, id="T301-L1"),
+        pytest.param(2, 301, 257, 64, id="T301-L64"),
+        pytest.param(4, 1000, 333, 0, id="T1000-default"),
+    ],
+)
 def test_fwd_bwd_match_oracle(cell, with_s0, dtype, B, T, N, L):
     U, A, P, s0 = make_inputs(cell, B, T, N, dtype=dtype, with_s0=with_s0)
     S_all, iters, residual = OPS.pararnn_cuda_fwd_chunked(cell, U, A, P, s0, 100, 1e-6, L)
@@ -88,8 +92,13 @@ def test_iteration_semantics(cell):
     # tol < 0: exactly min(max_iters, C − 1) updates; after C − 1 the boundaries are exact
     S_all, iters, residual = OPS.pararnn_cuda_fwd_chunked(cell, U, A, P, s0, 100, -1.0, 40)
     assert iters.item() == 4 and residual.item() == 0.0
-    assert_close_to_oracle(S_all, oracle(cell, d64(U), d64(A), d64(P), d64(s0)), atol=1e-4, rtol=1e-4,
-                           what=f"{cell} S_all (non-contracting, exact after C - 1 updates)")
+    assert_close_to_oracle(
+        S_all,
+        oracle(cell, d64(U), d64(A), d64(P), d64(s0)),
+        atol=1e-4,
+        rtol=1e-4,
+        what=f"{cell} S_all (non-contracting, exact after C - 1 updates)",
+    )
     # short chunks, one update: stopped before convergence, and says so
     _, iters, residual = OPS.pararnn_cuda_fwd_chunked(cell, U, A, P, s0, 1, -1.0, 2)
     assert iters.item() == 1 and residual.item() > 0.0
@@ -111,8 +120,9 @@ def test_newton_converges_quadratically(cell):
 def test_seq_fwd_is_exact_sequential():
     U, A, P, s0 = make_inputs("lstm", 3, 500, 70, dtype=torch.float32)
     S_all = OPS.pararnn_seq_fwd("lstm", U, A, P, s0)
-    assert_close_to_oracle(S_all, oracle("lstm", d64(U), d64(A), d64(P), d64(s0)), **FWD_TOL[torch.float32],
-                           what="lstm seq S_all")
+    assert_close_to_oracle(
+        S_all, oracle("lstm", d64(U), d64(A), d64(P), d64(s0)), **FWD_TOL[torch.float32], what="lstm seq S_all"
+    )
 
 
 def test_bad_inputs_are_rejected():
@@ -128,11 +138,14 @@ def test_bad_inputs_are_rejected():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("cell,B,T,N", [
-    pytest.param("gru", 8, 2048, 1024, id="gru-8x2048x1024"),
-    pytest.param("gru", 2, 8192, 256, id="gru-2x8192x256"),
-    pytest.param("lstm", 8, 2048, 1024, id="lstm-8x2048x1024"),
-])
+@pytest.mark.parametrize(
+    "cell,B,T,N",
+    [
+        pytest.param("gru", 8, 2048, 1024, id="gru-8x2048x1024"),
+        pytest.param("gru", 2, 8192, 256, id="gru-2x8192x256"),
+        pytest.param("lstm", 8, 2048, 1024, id="lstm-8x2048x1024"),
+    ],
+)
 def test_registered_ops_at_benchmark_sizes(cell, B, T, N, dtype):
     """pararnn_fwd / pararnn_bwd with the default chunking at docs/spec.md §1.4 sizes, against the
     float64 loop (and its autograd) on the GPU; Triton on the same inputs agrees too."""

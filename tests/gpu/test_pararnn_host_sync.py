@@ -3,6 +3,7 @@ cuda launchers; torch.cuda.set_sync_debug_mode("error") turns any sync torch mak
 and the input projection's GEMM precision follows the user's settings only.
 CPU counterpart (interpreter, host reads forbidden): tests/test_pararnn_host_sync.py.
 """
+
 from __future__ import annotations
 
 import pytest

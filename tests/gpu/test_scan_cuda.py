@@ -11,6 +11,7 @@ only the CUDA kernel has:
 The oracle for long sequences is the cpp backend in float64 (itself checked against the float64
 loop by tests/test_scan.py); short ones use the float64 loop directly.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -81,15 +82,15 @@ def _id(B, T, N, K):
 # (B, T, N, K): multi-segment (few tiles, long T, T odd / prime so the last round and segment are
 # partial), single-pass (many tiles), partial tiles, and the smallest cases.
 SHAPES = [
-    (1, 65537, 1, 0),     # one tile, one channel: the longest carry chain over segments
-    (2, 100003, 33, 0),   # two tiles per row, the second with 1 live lane; prime T
+    (1, 65537, 1, 0),  # one tile, one channel: the longest carry chain over segments
+    (2, 100003, 33, 0),  # two tiles per row, the second with 1 live lane; prime T
     (1, 20011, 5, 1),
     (1, 12289, 7, 2),
     (2, 8191, 3, 3),
     (1, 6007, 2, 4),
-    (64, 300, 1024, 0),   # 2048 tiles: single pass
+    (64, 300, 1024, 0),  # 2048 tiles: single pass
     (16, 129, 512, 2),
-    (3, 1, 70, 0),        # T = 1
+    (3, 1, 70, 0),  # T = 1
     (2, 2, 1, 4),
 ]
 

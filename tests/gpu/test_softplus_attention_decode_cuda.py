@@ -6,6 +6,7 @@ oracle must be at most 2x the error of the same formulas run by PyTorch in the i
 floor for float32 where PyTorch itself is nearly exact: fast-math exp/log (~2 ulp) on scores up to
 |s| = ln D ln N (~50), and for LSSAR the exponent p multiplies relative weight errors.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,7 +58,9 @@ def oracle(q, k, v, causal, p, kv_offset, dtype):
         n = torch.full_like(i, Tk)
     c = math.log(D) * torch.log(n.clamp_min(1).to(dtype))
     s = c[:, None] * (qn @ kn.transpose(-1, -2))
-    w = torch.where(mask, s.clamp_min(0) + torch.log1p(torch.exp(-s.abs())), torch.zeros((), dtype=dtype, device=q.device))
+    w = torch.where(
+        mask, s.clamp_min(0) + torch.log1p(torch.exp(-s.abs())), torch.zeros((), dtype=dtype, device=q.device)
+    )
     L = w.sum(-1, keepdim=True)
     L1 = torch.where(L > 0, L, torch.ones_like(L))
     if p <= 0:
@@ -93,7 +96,7 @@ def check(out, q, k, v, causal, p, kv_offset):
     assert not torch.isnan(out).any(), "NaN in the output (an element was not written?)"
     err = (out.double() - o64).abs().max().item()
     ref = (plain.double() - o64).abs().max().item()
-    floor = FLOOR[float(p)] if q.dtype == torch.float32 else 2 ** -8 * max(1.0, o64.abs().max().item())
+    floor = FLOOR[float(p)] if q.dtype == torch.float32 else 2**-8 * max(1.0, o64.abs().max().item())
     assert err <= 2 * ref + floor, f"max error {err:.3e} > 2 x PyTorch's {ref:.3e} + {floor:.1e}"
 
 
@@ -103,12 +106,12 @@ def _id(B, H, Hkv, Tq, Tk, D, causal, kv_offset):
 
 # (B, H, Hkv, Tq, Tk, D, causal, kv_offset)
 CASES = [
-    (2, 8, 2, 1, 5000, 128, True, 4999),    # one-token decode, GQA 4
+    (2, 8, 2, 1, 5000, 128, True, 4999),  # one-token decode, GQA 4
     (1, 12, 1, 16, 40000, 64, True, 39984),  # MQA, 16 queries: 192 rows, 12 row tiles, many splits
-    (2, 4, 4, 5, 777, 256, False, 0),       # MHA, D = 256 (largest), odd Tk, non-causal
-    (1, 6, 3, 16, 16, 80, True, 0),         # prefill-like block: rows see 1..16 keys (N <= 3 rows too)
-    (1, 2, 1, 7, 5, 33, True, 0),           # Tk < Tq + kv_offset: N clamped to Tk; odd D
-    (3, 2, 2, 3, 1, 1, False, 0),           # Tk = 1, D = 1
+    (2, 4, 4, 5, 777, 256, False, 0),  # MHA, D = 256 (largest), odd Tk, non-causal
+    (1, 6, 3, 16, 16, 80, True, 0),  # prefill-like block: rows see 1..16 keys (N <= 3 rows too)
+    (1, 2, 1, 7, 5, 33, True, 0),  # Tk < Tq + kv_offset: N clamped to Tk; odd D
+    (3, 2, 2, 3, 1, 1, False, 0),  # Tk = 1, D = 1
     (1, 4, 2, 16, 100003, 128, True, 99987),  # long cache, prime Tk
 ]
 

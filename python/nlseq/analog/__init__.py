@@ -11,6 +11,7 @@
 The fused kernel is ``nlseq.analog_mvm`` (python/nlseq/ops/analog.py); the modules are
 ``nlseq.nn.AnalogLinear``, ``AnalogLSTM`` and ``AnalogGRU``.
 """
+
 from .adc import NLADC, ProgrammedADC
 from .config import CrossbarConfig, ProgrammedWeights, program_conductances, program_weights
 from .convert import analog_modules, convert, drift, program, reset_noise, to_digital
@@ -28,6 +29,18 @@ def from_digital(module, config=None, adc_bits: int = 5, **kwargs):
     raise TypeError(f"nlseq.analog.from_digital: expected torch.nn.Linear, LSTM or GRU, got {type(module).__name__}")
 
 
-__all__ = ["CrossbarConfig", "NLADC", "ProgrammedADC", "ProgrammedWeights", "program_weights",
-           "program_conductances", "from_digital", "convert", "program", "drift", "reset_noise", "to_digital",
-           "analog_modules"]
+__all__ = [
+    "CrossbarConfig",
+    "NLADC",
+    "ProgrammedADC",
+    "ProgrammedWeights",
+    "program_weights",
+    "program_conductances",
+    "from_digital",
+    "convert",
+    "program",
+    "drift",
+    "reset_noise",
+    "to_digital",
+    "analog_modules",
+]

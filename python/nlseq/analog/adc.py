@@ -1,4 +1,5 @@
 """NL-ADC: a ramp ADC whose pre-distorted ramp makes the code the activation (docs/spec.md §3.2)."""
+
 from __future__ import annotations
 
 import math
@@ -108,7 +109,9 @@ class NLADC:
             self.name: Optional[str] = name
         else:
             if not (isinstance(fn, tuple) and len(fn) == 2 and all(callable(g) for g in fn)):
-                raise TypeError(f"NLADC: fn must be a name in {BUILTIN} or a pair (f, f_inverse) of callables, got {fn!r}")
+                raise TypeError(
+                    f"NLADC: fn must be a name in {BUILTIN} or a pair (f, f_inverse) of callables, got {fn!r}"
+                )
             f, f_inv = fn
             if in_range is None:
                 raise ValueError("NLADC: a user function (f, f_inverse) needs a finite in_range=(u_min, u_max)")
@@ -125,13 +128,15 @@ class NLADC:
         self.out_range = (float(lo), float(hi))
         k = torch.arange(self.L, dtype=torch.float64)
         span = hi - lo
-        self.levels = lo + (k + 0.5) * span / self.L                     # [L]
-        self.thresholds = f_inv(lo + k[1:] * span / self.L)               # [L−1]
+        self.levels = lo + (k + 0.5) * span / self.L  # [L]
+        self.thresholds = f_inv(lo + k[1:] * span / self.L)  # [L−1]
         if not bool(torch.isfinite(self.thresholds).all()):
             raise ValueError(f"NLADC: thresholds are not finite for {fn!r} on {in_range}; check f_inverse")
         if not bool((self.thresholds[1:] > self.thresholds[:-1]).all()):
-            raise ValueError("nlseq.analog.NLADC: f_inverse does not give strictly increasing thresholds (two levels "
-                             "would share a threshold, or f_inverse is not the inverse of f)")
+            raise ValueError(
+                "nlseq.analog.NLADC: f_inverse does not give strictly increasing thresholds (two levels "
+                "would share a threshold, or f_inverse is not the inverse of f)"
+            )
         self.lsb = abs(float(span)) / self.L
 
         # The physical ramp: start T_0 and step sizes ΔT_k, k = 1..L−1 (docs/spec.md §3.2).
@@ -166,8 +171,9 @@ class NLADC:
         else:
             check_tensor("thresholds", thresholds, op=f"{_OP}.codes", ndim=1, layout=f"([L - 1] = [{self.L - 1}])")
             if thresholds.shape[0] != self.L - 1:
-                raise ValueError(f"nlseq.{_OP}.codes: thresholds must have shape ({self.L - 1},), got "
-                                 f"{tuple(thresholds.shape)}")
+                raise ValueError(
+                    f"nlseq.{_OP}.codes: thresholds must have shape ({self.L - 1},), got {tuple(thresholds.shape)}"
+                )
             from .._checks import check_values
 
             check_values(f"{_OP}.codes", "thresholds", thresholds, finite=True, nondecreasing=True)
@@ -178,7 +184,9 @@ class NLADC:
     def _check_input(u, what: str) -> None:
         # integer inputs would come back as integer levels (truncated) and complex ones without
         # their imaginary part: only real floating tensors are accepted (convert explicitly)
-        check_tensor("u", u, op=f"{_OP}.{what}", layout="(a real floating tensor; convert integer inputs with .float())")
+        check_tensor(
+            "u", u, op=f"{_OP}.{what}", layout="(a real floating tensor; convert integer inputs with .float())"
+        )
 
     def __call__(self, u: Tensor) -> Tensor:
         """The levels the ideal ADC selects for u (same dtype and shape as u); NaN where u is NaN

@@ -1,4 +1,5 @@
 """Crossbar device model (docs/spec.md §3.1): configuration and weight programming."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -75,8 +76,7 @@ class CrossbarConfig:
     def ideal(cls, x_max: float = 64.0, **overrides) -> "CrossbarConfig":
         """Every noise source off, an ideal DAC over [−x_max, x_max] (default wide enough that
         nothing clips): the crossbar then computes x @ Wᵀ up to float32 rounding."""
-        base = cls(prog_noise=0.0, p_stuck_off=0.0, drift_nu=0.0, read_noise=0.0, out_noise=0.0,
-                   in_bits=0, x_max=x_max)
+        base = cls(prog_noise=0.0, p_stuck_off=0.0, drift_nu=0.0, read_noise=0.0, out_noise=0.0, in_bits=0, x_max=x_max)
         return replace(base, **overrides)
 
     def replace(self, **changes) -> "CrossbarConfig":
@@ -111,16 +111,17 @@ class CrossbarConfig:
         scale = self.v_read * self.g_max
         noise_a = 2.0 * (self.read_noise * scale / self.x_max) ** 2
         full, rest = divmod(rows, self.tile_rows)
-        tile_sq = full * self.tile_rows ** 2 + rest ** 2
-        noise_b = (self.out_noise * scale) ** 2 * tile_sq + cmp_noise ** 2
+        tile_sq = full * self.tile_rows**2 + rest**2
+        noise_b = (self.out_noise * scale) ** 2 * tile_sq + cmp_noise**2
         return noise_a, noise_b
 
 
 def _generator(generator: Optional[torch.Generator], seed: Optional[int]) -> torch.Generator:
     if generator is not None:
         if not isinstance(generator, torch.Generator):
-            raise TypeError(f"nlseq.analog.program_weights: generator must be a torch.Generator, got "
-                            f"{type(generator).__name__}")
+            raise TypeError(
+                f"nlseq.analog.program_weights: generator must be a torch.Generator, got {type(generator).__name__}"
+            )
         return generator
     if seed is not None:
         check_int("analog.program_weights", "seed", seed, lo=0, hi=2**64 - 1)
@@ -158,8 +159,9 @@ class ProgrammedWeights:
     w_max: Tensor
 
 
-def program_weights(W: Tensor, config: CrossbarConfig, *, generator: Optional[torch.Generator] = None,
-                    seed: Optional[int] = None) -> ProgrammedWeights:
+def program_weights(
+    W: Tensor, config: CrossbarConfig, *, generator: Optional[torch.Generator] = None, seed: Optional[int] = None
+) -> ProgrammedWeights:
     """Map W [N, K] (out × in) to differential pairs G⁺ = g_max·max(W,0)/w_max,
     G⁻ = g_max·max(−W,0)/w_max (w_max per output column), program both (programming noise,
     stuck devices, drift; docs/spec.md §3.1) and return them in digital units."""
@@ -177,7 +179,9 @@ def program_weights(W: Tensor, config: CrossbarConfig, *, generator: Optional[to
     weight = (Gp - Gm) / scale
     col_scale = config.v_read * config.g_max / (config.x_max * w_max)
     dev = W.device
-    return ProgrammedWeights(weight.to(dev, torch.float32), col_scale.to(dev, torch.float32), w_max.to(dev, torch.float32))
+    return ProgrammedWeights(
+        weight.to(dev, torch.float32), col_scale.to(dev, torch.float32), w_max.to(dev, torch.float32)
+    )
 
 
 __all__ = ["CrossbarConfig", "ProgrammedWeights", "program_weights", "program_conductances", "PCM_POLY"]

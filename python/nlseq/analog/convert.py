@@ -17,6 +17,7 @@ already analog are left as they are.
 Every converted layer gets its own seed (``seed + index`` in ``named_modules`` order), so the
 noise of different layers is independent and a whole-model simulation replays exactly.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,9 +54,18 @@ def _check_int(name: str, v, op: str, minimum: int = 0) -> int:
     return v
 
 
-def convert(model: tnn.Module, config: Optional[CrossbarConfig] = None, *, adc_bits: int = 5,
-            linear_adc_bits: int = 8, linear_range: float = 8.0, seed: int = 0,
-            exclude: Iterable[str] = (), inplace: bool = False, backend: str = "auto") -> tnn.Module:
+def convert(
+    model: tnn.Module,
+    config: Optional[CrossbarConfig] = None,
+    *,
+    adc_bits: int = 5,
+    linear_adc_bits: int = 8,
+    linear_range: float = 8.0,
+    seed: int = 0,
+    exclude: Iterable[str] = (),
+    inplace: bool = False,
+    backend: str = "auto",
+) -> tnn.Module:
     """Replace every torch.nn.Linear, LSTM and GRU of ``model`` by its analog counterpart.
 
     Args:
@@ -173,8 +183,15 @@ def to_digital(model: tnn.Module, *, inplace: bool = False) -> tnn.Module:
         elif isinstance(m, (AnalogLSTM, AnalogGRU)):
             ref = m.weight_ih_l0
             cls = tnn.LSTM if isinstance(m, AnalogLSTM) else tnn.GRU
-            out = cls(m.input_size, m.hidden_size, m.num_layers, bias=m.bias, batch_first=m.batch_first,
-                      device=ref.device, dtype=ref.dtype)
+            out = cls(
+                m.input_size,
+                m.hidden_size,
+                m.num_layers,
+                bias=m.bias,
+                batch_first=m.batch_first,
+                device=ref.device,
+                dtype=ref.dtype,
+            )
         else:
             return None
         out.load_state_dict({k: v for k, v in m.state_dict().items()})

@@ -9,6 +9,7 @@ and a figure per family (``--out``, default ``results/``). See docs/benchmarks.m
 
 A family adds cases with :class:`Case` and :class:`Impl` (see ``nlseq/bench/cases/__init__.py``).
 """
+
 from .case import MODES, Case, Goal, Impl
 
 __all__ = ["Case", "Goal", "Impl", "MODES"]

@@ -15,6 +15,7 @@ Exit status: 0 when every check passed (or was skipped or cut by the time budget
 FAILed or anything raised an ERROR, 2 for bad options (including a filter that selects nothing and
 --device cuda without a GPU), 130 / 143 when interrupted by SIGINT / SIGTERM.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,27 +44,56 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="nlseq-bench",
         description="Check every nlseq implementation against its float64 oracle and time it against its peers "
-                    "(forward, backward, forward+backward medians; GB/s and TFLOP/s against this machine's measured "
-                    "copy bandwidth and matmul throughput). Writes a table, a JSON file and a PNG plot.")
-    p.add_argument("--quick", action="store_true", help="smaller sizes and timing budget (under 2 minutes on 2 CPU cores)")
-    p.add_argument("--family", action="append", metavar="NAME[,NAME]",
-                   help=f"op families to run (default: all of {', '.join(registry.family_names())})")
-    p.add_argument("--case", action="append", metavar="TEXT",
-                   help="only cases whose id (family/name/shape/dtype/device, as printed) contains TEXT")
-    p.add_argument("--backend", action="append", metavar="NAME[,NAME]",
-                   help="implementations to run, by row name: cuda, triton, cpp, reference, or a peer such as loop "
-                        "(default: all)")
-    p.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
-                   help="devices to run on (default: all present: the CPU, and the GPU when one is visible)")
+        "(forward, backward, forward+backward medians; GB/s and TFLOP/s against this machine's measured "
+        "copy bandwidth and matmul throughput). Writes a table, a JSON file and a PNG plot.",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smaller sizes and timing budget (under 2 minutes on 2 CPU cores)"
+    )
+    p.add_argument(
+        "--family",
+        action="append",
+        metavar="NAME[,NAME]",
+        help=f"op families to run (default: all of {', '.join(registry.family_names())})",
+    )
+    p.add_argument(
+        "--case",
+        action="append",
+        metavar="TEXT",
+        help="only cases whose id (family/name/shape/dtype/device, as printed) contains TEXT",
+    )
+    p.add_argument(
+        "--backend",
+        action="append",
+        metavar="NAME[,NAME]",
+        help="implementations to run, by row name: cuda, triton, cpp, reference, or a peer such as loop (default: all)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("all", "cpu", "cuda"),
+        default="all",
+        help="devices to run on (default: all present: the CPU, and the GPU when one is visible)",
+    )
     p.add_argument("--out", type=Path, default=Path("results"), help="folder for the JSON and PNG (default: results/)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
-    p.add_argument("--subset", choices=("all", "headline", "rest"), default="all",
-                   help="headline: only the cases marked headline (the first ones a short GPU check times); "
-                        "rest: all the others (default: all)")
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="stop starting new implementations after SECONDS (wall clock from the start); what was "
-                        "not reached is reported as cut, and the results so far are written")
-    p.add_argument("--list", action="store_true", help="list the cases and implementations with their availability, run nothing")
+    p.add_argument(
+        "--subset",
+        choices=("all", "headline", "rest"),
+        default="all",
+        help="headline: only the cases marked headline (the first ones a short GPU check times); "
+        "rest: all the others (default: all)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop starting new implementations after SECONDS (wall clock from the start); what was "
+        "not reached is reported as cut, and the results so far are written",
+    )
+    p.add_argument(
+        "--list", action="store_true", help="list the cases and implementations with their availability, run nothing"
+    )
     args = p.parse_args(argv)
     if args.time_budget is not None and args.time_budget <= 0:
         p.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
@@ -87,8 +117,10 @@ def _raise_interrupted(signum, frame):
 def _devices(choice: str) -> list[torch.device]:
     has_cuda = torch.cuda.is_available()
     if choice == "cuda" and not has_cuda:
-        raise ValueError("--device cuda, but torch sees no CUDA device (torch "
-                         f"{torch.__version__}, built with CUDA {torch.version.cuda})")
+        raise ValueError(
+            "--device cuda, but torch sees no CUDA device (torch "
+            f"{torch.__version__}, built with CUDA {torch.version.cuda})"
+        )
     if choice == "cpu":
         return [torch.device("cpu")]
     if choice == "cuda":
@@ -97,16 +129,35 @@ def _devices(choice: str) -> list[torch.device]:
 
 
 def _family_error_row(family: str, device: torch.device, reason: str) -> dict:
-    return runner.empty_row(family=family, case="-", id=f"{family}/-/{device.type}", device=device.type, impl="-",
-                            status="ERROR", reason=reason)
+    return runner.empty_row(
+        family=family,
+        case="-",
+        id=f"{family}/-/{device.type}",
+        device=device.type,
+        impl="-",
+        status="ERROR",
+        reason=reason,
+    )
 
 
 def _case_info(case) -> dict:
-    return {"family": case.family, "name": case.name, "device": case.device.type, "dtype": dtype_name(case.dtype),
-            "shape": dict(case.shape), "baseline": case.baseline, "atol": case.atol, "rtol": case.rtol,
-            "grad_atol": case.grad_atol_rtol[0], "grad_rtol": case.grad_atol_rtol[1],
-            "tolerance_note": case.tolerance_note, "bytes": dict(case.bytes), "flops": dict(case.flops),
-            "note": case.note, "impls": [i.name for i in case.impls]}
+    return {
+        "family": case.family,
+        "name": case.name,
+        "device": case.device.type,
+        "dtype": dtype_name(case.dtype),
+        "shape": dict(case.shape),
+        "baseline": case.baseline,
+        "atol": case.atol,
+        "rtol": case.rtol,
+        "grad_atol": case.grad_atol_rtol[0],
+        "grad_rtol": case.grad_atol_rtol[1],
+        "tolerance_note": case.tolerance_note,
+        "bytes": dict(case.bytes),
+        "flops": dict(case.flops),
+        "note": case.note,
+        "impls": [i.name for i in case.impls],
+    }
 
 
 def _missing_extras(args) -> list:
@@ -123,6 +174,7 @@ def _progress(total: int):
     try:
         from tqdm import tqdm
     except ImportError:
+
         class _Plain:
             def __init__(self):
                 self.n = 0
@@ -169,8 +221,7 @@ def _select(cases: list, args, only: Optional[list]) -> tuple[list, str]:
         known = {i.name for c in cases for i in c.impls}
         unknown = sorted(set(only) - known)
         if unknown:
-            return [], (f"--backend {', '.join(unknown)} matches no implementation; "
-                        f"known: {', '.join(sorted(known))}")
+            return [], (f"--backend {', '.join(unknown)} matches no implementation; known: {', '.join(sorted(known))}")
         cases = [c for c in cases if any(i.name in only for i in c.impls)]
     return cases, ""
 
@@ -181,8 +232,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     missing = _missing_extras(args)
     if missing:
-        print(f"nlseq-bench: {' and '.join(missing)} not installed; install the bench extra: "
-              f"pip install 'nlseq[bench]' (or pass --no-plot to run without matplotlib)", file=sys.stderr)
+        print(
+            f"nlseq-bench: {' and '.join(missing)} not installed; install the bench extra: "
+            f"pip install 'nlseq[bench]' (or pass --no-plot to run without matplotlib)",
+            file=sys.stderr,
+        )
         return 2
     if args.time_budget is not None:
         deadline_mono += args.time_budget
@@ -208,8 +262,11 @@ def main(argv=None) -> int:
         print(f"nlseq-bench: {why}", file=sys.stderr)
         return 2
     if not cases and not error_rows:
-        print(f"nlseq-bench: family {', '.join(f.name for f in families)} has no case on "
-              f"{', '.join(d.type for d in devices)}", file=sys.stderr)
+        print(
+            f"nlseq-bench: family {', '.join(f.name for f in families)} has no case on "
+            f"{', '.join(d.type for d in devices)}",
+            file=sys.stderr,
+        )
         return 2
 
     if args.list:
@@ -231,8 +288,15 @@ def main(argv=None) -> int:
     doc = {
         "schema": report.SCHEMA,
         "machine": report.machine(devices),
-        "options": {"quick": args.quick, "family": families_wanted, "case": args.case, "backend": only,
-                    "device": args.device, "subset": args.subset, "time_budget_s": args.time_budget},
+        "options": {
+            "quick": args.quick,
+            "family": families_wanted,
+            "case": args.case,
+            "backend": only,
+            "device": args.device,
+            "subset": args.subset,
+            "time_budget_s": args.time_budget,
+        },
         "ceilings": {},
         "cases": {c.id: _case_info(c) for c in cases},
         "rows": list(error_rows),
@@ -262,8 +326,9 @@ def main(argv=None) -> int:
                 continue
             doc["ceilings"][dev.type] = copy_bandwidth(dev, args.quick)
             for dtype in sorted({c.dtype for c in dev_cases if c.flops}, key=str):
-                doc["ceilings"][dev.type].setdefault("matmul_TFLOPs", {})[dtype_name(dtype)] = \
-                    matmul_tflops(dev, dtype, args.quick)["matmul_TFLOPs"]
+                doc["ceilings"][dev.type].setdefault("matmul_TFLOPs", {})[dtype_name(dtype)] = matmul_tflops(
+                    dev, dtype, args.quick
+                )["matmul_TFLOPs"]
             save()
         bar = _progress(sum(1 for c in cases for i in c.impls if only is None or i.name in only))
         while todo:
@@ -275,8 +340,15 @@ def main(argv=None) -> int:
                 current[:] = rows
                 save()
 
-            rows = runner.run_case(case, budget, doc["ceilings"].get(case.device.type, {}), only,
-                                   on_impl=bar.step, deadline=deadline, on_row=on_row)
+            rows = runner.run_case(
+                case,
+                budget,
+                doc["ceilings"].get(case.device.type, {}),
+                only,
+                on_impl=bar.step,
+                deadline=deadline,
+                on_row=on_row,
+            )
             done_rows.extend(rows)
             current.clear()
             todo.pop(0)

@@ -19,6 +19,7 @@ next to softplus attention) sits in the same case, so that the table and the fig
 with the nlseq rows directly; it brings its own ``inputs`` / ``oracle`` / tolerances (Impl fields)
 and is checked against its own float64 oracle.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

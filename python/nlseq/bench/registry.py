@@ -3,6 +3,7 @@
 A module that fails to import, or whose ``cases()`` raises, does not stop the run: it becomes an
 ERROR row carrying the exception, so one broken family cannot hide the others' results.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -3,6 +3,7 @@
 The figure of a family is drawn from plain data (:func:`figure_data`), which is also stored in
 the JSON under ``figures``: what a person sees is what a test can read back.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -48,8 +49,13 @@ def git_commit() -> dict:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return {"commit": None, "dirty": None}
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -59,8 +65,14 @@ def machine(devices: list) -> dict:
     gpus = []
     if any(d.type == "cuda" for d in devices):
         p = torch.cuda.get_device_properties(0)
-        gpus.append({"name": p.name, "memory_bytes": p.total_memory, "capability": f"{p.major}.{p.minor}",
-                     "count": torch.cuda.device_count()})
+        gpus.append(
+            {
+                "name": p.name,
+                "memory_bytes": p.total_memory,
+                "capability": f"{p.major}.{p.minor}",
+                "count": torch.cuda.device_count(),
+            }
+        )
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "devices": [d.type for d in devices],
@@ -136,7 +148,9 @@ def _mem(row: dict) -> str:
     b = row["peak_mem_bytes"]
     if b is None:
         return "-"
-    return f"{b / 2**20:.0f}" + ("*" if row["peak_mem_source"] and row["peak_mem_source"].startswith("estimate") else "")
+    return f"{b / 2**20:.0f}" + (
+        "*" if row["peak_mem_source"] and row["peak_mem_source"].startswith("estimate") else ""
+    )
 
 
 def _goal(row: dict) -> str:
@@ -189,19 +203,28 @@ def _grid(header: list, lines: list) -> list[str]:
 def table(doc: dict) -> str:
     """The run as text: a header per case, one line per impl, then reasons, goals and warnings."""
     m = doc["machine"]
-    out = [f"nlseq bench  {m['date']}  {m['device_name']}  ({m['cpu_model']}, {m['cpu_count']} cores, "
-           f"torch {m['torch']}, triton {m['triton']}, commit {(m['git']['commit'] or 'unknown')[:10]}"
-           f"{'+dirty' if m['git']['dirty'] else ''})"]
+    out = [
+        f"nlseq bench  {m['date']}  {m['device_name']}  ({m['cpu_model']}, {m['cpu_count']} cores, "
+        f"torch {m['torch']}, triton {m['triton']}, commit {(m['git']['commit'] or 'unknown')[:10]}"
+        f"{'+dirty' if m['git']['dirty'] else ''})"
+    ]
     load = [m.get("loadavg_start"), m.get("loadavg_end")]
     if any(load):
-        out.append("load average (1/5/15 min): start " + " ".join(map(str, load[0] or [])) + ", end "
-                   + " ".join(map(str, load[1] or [])) + f"  ({m['cpu_count']} cores)")
+        out.append(
+            "load average (1/5/15 min): start "
+            + " ".join(map(str, load[0] or []))
+            + ", end "
+            + " ".join(map(str, load[1] or []))
+            + f"  ({m['cpu_count']} cores)"
+        )
     for dev, c in doc["ceilings"].items():
         parts = [f"copy {c['copy_GBps']:.1f} GB/s"]
         parts += [f"matmul {k} {v:.2f} TFLOP/s" for k, v in c.get("matmul_TFLOPs", {}).items()]
         out.append(f"ceiling {dev}: " + ", ".join(parts))
-    out.append("ms: median ± half the interquartile range (relative); %ceil: of the measured matmul "
-               "throughput when the case counts flops, else of the copy bandwidth")
+    out.append(
+        "ms: median ± half the interquartile range (relative); %ceil: of the measured matmul "
+        "throughput when the case counts flops, else of the copy bandwidth"
+    )
     by_case: dict[str, list] = {}
     for r in doc["rows"]:
         by_case.setdefault(r["id"], []).append(r)
@@ -226,19 +249,25 @@ def table(doc: dict) -> str:
             for g in r.get("goals") or []:
                 verdict = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
                 value = "" if g["value"] is None else f": {g['value']:.3g}"
-                goals.append(f"  {cid} {r['impl']}: {g['target']}{value} {verdict}"
-                             + (f"  ({g['text']})" if g.get("text") else ""))
+                goals.append(
+                    f"  {cid} {r['impl']}: {g['target']}{value} {verdict}"
+                    + (f"  ({g['text']})" if g.get("text") else "")
+                )
             warns += [f"  {cid} {r['impl']}: {w}" for w in r.get("warnings") or []]
-    if any(r["peak_mem_bytes"] is not None and (r["peak_mem_source"] or "").startswith("estimate")
-           for r in doc["rows"]):
+    if any(
+        r["peak_mem_bytes"] is not None and (r["peak_mem_source"] or "").startswith("estimate") for r in doc["rows"]
+    ):
         out.append("\n* peak memory estimated by the case (outputs of fwd+bwd), not measured")
     for title, lines in (("goals:", goals), ("warnings:", warns), ("notes:", notes)):
         if lines:
             out.append("\n" + title)
             out += lines
     if doc.get("cut"):
-        out.append(f"\ncut ({doc['cut'][0]['reason']}): {len(doc['cut'])} case(s) not run: "
-                   + ", ".join(c["id"] for c in doc["cut"][:12]) + (" ..." if len(doc["cut"]) > 12 else ""))
+        out.append(
+            f"\ncut ({doc['cut'][0]['reason']}): {len(doc['cut'])} case(s) not run: "
+            + ", ".join(c["id"] for c in doc["cut"][:12])
+            + (" ..." if len(doc["cut"]) > 12 else "")
+        )
     counts = {}
     for r in doc["rows"]:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -288,22 +317,51 @@ def figure_data(doc: dict, family: str, device: str) -> Optional[dict]:
             roof, kind = r["pct_matmul"].get(mode), "matmul"
             if roof is None:
                 roof, kind = r["pct_copy"].get(mode), "copy"
-            bars.append({"impl": r["impl"], "nlseq": nlseq_row, "color": color, "status": r["status"],
-                         "speedup": r["speedup"][mode], "lo": r["speedup_lo"].get(mode),
-                         "hi": r["speedup_hi"].get(mode), "ms": r["ms"][mode], "spread": r["spread"].get(mode),
-                         "pct_roofline": roof, "roofline": kind if roof is not None else None,
-                         "baseline": r["impl"] == r["baseline"]})
-        goals = [{"impl": r["impl"], "target": g["target"], "as_speedup": g["as_speedup"], "met": g["met"]}
-                 for r in rows for g in r.get("goals") or [] if g["mode"] == mode and g.get("as_speedup")]
-        cases.append({"id": cid, "label": cid.split("/", 1)[1].rsplit("/", 1)[0], "mode": mode,
-                      "baseline": rows[0]["baseline"], "bars": bars, "goals": goals})
+            bars.append(
+                {
+                    "impl": r["impl"],
+                    "nlseq": nlseq_row,
+                    "color": color,
+                    "status": r["status"],
+                    "speedup": r["speedup"][mode],
+                    "lo": r["speedup_lo"].get(mode),
+                    "hi": r["speedup_hi"].get(mode),
+                    "ms": r["ms"][mode],
+                    "spread": r["spread"].get(mode),
+                    "pct_roofline": roof,
+                    "roofline": kind if roof is not None else None,
+                    "baseline": r["impl"] == r["baseline"],
+                }
+            )
+        goals = [
+            {"impl": r["impl"], "target": g["target"], "as_speedup": g["as_speedup"], "met": g["met"]}
+            for r in rows
+            for g in r.get("goals") or []
+            if g["mode"] == mode and g.get("as_speedup")
+        ]
+        cases.append(
+            {
+                "id": cid,
+                "label": cid.split("/", 1)[1].rsplit("/", 1)[0],
+                "mode": mode,
+                "baseline": rows[0]["baseline"],
+                "bars": bars,
+                "goals": goals,
+            }
+        )
     if not cases:
         return None
     xs = [v for c in cases for b in c["bars"] for v in (b["speedup"], b["lo"], b["hi"]) if v]
     xs += [g["as_speedup"] for c in cases for g in c["goals"]] + [1.0]
     lo, hi = min(xs), max(xs)
-    return {"family": family, "device": device, "machine": doc["machine"]["device_name"],
-            "date": doc["machine"]["date"], "xlim": [lo / 1.6, hi * 2.2], "cases": cases}
+    return {
+        "family": family,
+        "device": device,
+        "machine": doc["machine"]["device_name"],
+        "date": doc["machine"]["date"],
+        "xlim": [lo / 1.6, hi * 2.2],
+        "cases": cases,
+    }
 
 
 def draw(data: dict):
@@ -313,38 +371,62 @@ def draw(data: dict):
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError("matplotlib is not installed: pip install matplotlib (the bench extra) "
-                          "to get the figures; the table and the JSON are complete without it") from e
+        raise ImportError(
+            "matplotlib is not installed: pip install matplotlib (the bench extra) "
+            "to get the figures; the table and the JSON are complete without it"
+        ) from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n_bars = sum(len(c["bars"]) for c in data["cases"])
     height = 1.2 + 0.26 * n_bars + 0.42 * len(data["cases"])
-    fig, (ax, ax_roof) = plt.subplots(1, 2, figsize=(10.5, height), sharey=True,
-                                      gridspec_kw={"width_ratios": [3, 1.2]})
+    fig, (ax, ax_roof) = plt.subplots(1, 2, figsize=(10.5, height), sharey=True, gridspec_kw={"width_ratios": [3, 1.2]})
     y, ticks, labels = 0.0, [], []
     for case in data["cases"]:
         top = y
-        ax.text(data["xlim"][0], y - 0.15, f"{case['label']}  ({case['mode']}, vs {case['baseline']})",
-                fontsize=7.5, fontweight="bold", va="bottom", ha="left")
+        ax.text(
+            data["xlim"][0],
+            y - 0.15,
+            f"{case['label']}  ({case['mode']}, vs {case['baseline']})",
+            fontsize=7.5,
+            fontweight="bold",
+            va="bottom",
+            ha="left",
+        )
         y += 0.55
         for b in case["bars"]:
             xerr = None
             if b["lo"] and b["hi"]:
                 xerr = [[max(b["speedup"] - b["lo"], 0)], [max(b["hi"] - b["speedup"], 0)]]
             # bars start at 1x: right of the line = faster than the baseline, left = slower
-            ax.barh(y, b["speedup"] - 1.0, height=0.75, left=1.0, color=b["color"], xerr=xerr, ecolor="black",
-                    error_kw={"elinewidth": 0.7, "capsize": 2}, hatch=None if b["status"] == "PASS" else "xx",
-                    edgecolor="white" if b["status"] == "PASS" else "black", linewidth=0.4)
+            ax.barh(
+                y,
+                b["speedup"] - 1.0,
+                height=0.75,
+                left=1.0,
+                color=b["color"],
+                xerr=xerr,
+                ecolor="black",
+                error_kw={"elinewidth": 0.7, "capsize": 2},
+                hatch=None if b["status"] == "PASS" else "xx",
+                edgecolor="white" if b["status"] == "PASS" else "black",
+                linewidth=0.4,
+            )
             if b["baseline"]:
                 ax.plot([1.0], [y], marker="|", color=b["color"], markersize=9, markeredgewidth=3)
             right = max(v for v in (b["speedup"], b["hi"], 1.0) if v)
-            ax.text(right * 1.05, y, f"{b['speedup']:.3g}x" + (" (baseline)" if b["baseline"] else ""),
-                    va="center", fontsize=6.5)
+            ax.text(
+                right * 1.05,
+                y,
+                f"{b['speedup']:.3g}x" + (" (baseline)" if b["baseline"] else ""),
+                va="center",
+                fontsize=6.5,
+            )
             if b["pct_roofline"] is not None:
                 ax_roof.barh(y, b["pct_roofline"], height=0.75, color=b["color"])
-                ax_roof.text(b["pct_roofline"], y, f" {b['pct_roofline']:.0f}% {b['roofline']}",
-                             va="center", fontsize=6)
+                ax_roof.text(
+                    b["pct_roofline"], y, f" {b['pct_roofline']:.0f}% {b['roofline']}", va="center", fontsize=6
+                )
             ticks.append(y)
             labels.append(b["impl"] + ("" if b["status"] == "PASS" else f" [{b['status']}]"))
             y += 1.0
@@ -357,8 +439,9 @@ def draw(data: dict):
     ax.set_yticks(ticks)
     ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("speedup over the case's baseline (log; error bars: quartiles; black line: 1x, "
-                  "red dashes: goal)", fontsize=7.5)
+    ax.set_xlabel(
+        "speedup over the case's baseline (log; error bars: quartiles; black line: 1x, red dashes: goal)", fontsize=7.5
+    )
     ax.grid(axis="x", which="both", linewidth=0.3, alpha=0.5)
     ax_roof.axvline(100.0, color="black", linewidth=0.9)
     top_pct = max([b["pct_roofline"] or 0 for c in data["cases"] for b in c["bars"]] + [100.0])
@@ -372,10 +455,14 @@ def draw(data: dict):
     for c in data["cases"]:
         for b in c["bars"]:
             seen.setdefault("peer (PyTorch, cuDNN, ...)" if not b["nlseq"] else f"nlseq {b['impl']}", b["color"])
-    fig.legend(handles=[Patch(color=v, label=k) for k, v in seen.items()], fontsize=7, loc="lower center",
-               ncol=len(seen), frameon=False)
-    fig.suptitle(f"nlseq bench: {data['family']} on {data['machine']} ({data['device']}), {data['date']}",
-                 fontsize=9)
+    fig.legend(
+        handles=[Patch(color=v, label=k) for k, v in seen.items()],
+        fontsize=7,
+        loc="lower center",
+        ncol=len(seen),
+        frameon=False,
+    )
+    fig.suptitle(f"nlseq bench: {data['family']} on {data['machine']} ({data['device']}), {data['date']}", fontsize=9)
     fig.tight_layout(rect=(0, 0.28 / height, 1, 1))  # room for the legend below the axes
     return fig
 

@@ -7,6 +7,7 @@ reported, never hidden; timing still runs after a FAIL so that a wrong kernel ca
 unnoticed. Each row also carries its goals (met / missed) and warnings (above 100 % of a measured
 ceiling, or a spread too wide to trust the median).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -97,8 +98,10 @@ class _Prepared:
             raise KeyError(f"{case.id}: grad_inputs {missing} are not among the inputs {list(inputs)}")
         self.inputs = inputs
         self.leaves = [inputs[n] for n in case.grad_inputs] if needs_backward else []
-        inputs64 = {k: (v.detach().to(torch.float64) if isinstance(v, Tensor) and v.is_floating_point() else v)
-                    for k, v in inputs.items()}
+        inputs64 = {
+            k: (v.detach().to(torch.float64) if isinstance(v, Tensor) and v.is_floating_point() else v)
+            for k, v in inputs.items()
+        }
         with torch.no_grad():
             self.out64 = tuple(o.to(torch.float64) for o in _as_tuple(case.oracle(**inputs64)))
         self.grad_out: tuple = ()
@@ -108,7 +111,8 @@ class _Prepared:
             gen = torch.Generator(device=case.device).manual_seed(1)
             self.grad_out = tuple(
                 torch.randn(o.shape, generator=gen, device=o.device, dtype=torch.float64).to(case.dtype)
-                for o in self.out64)
+                for o in self.out64
+            )
             for leaf in self.leaves:
                 leaf.requires_grad_(True)
         elif needs_backward:
@@ -116,7 +120,8 @@ class _Prepared:
             # drawn in float64, rounded to the case dtype; the oracle sees exactly those values
             self.grad_out = tuple(
                 torch.randn(o.shape, generator=gen, device=o.device, dtype=torch.float64).to(case.dtype)
-                for o in self.out64)
+                for o in self.out64
+            )
             grad_out64 = tuple(g.to(torch.float64) for g in self.grad_out)
             if case.oracle_grads is not None:
                 with torch.no_grad():
@@ -131,8 +136,7 @@ class _Prepared:
 
     def grad_outputs_for(self, outs: Sequence) -> tuple[list, list]:
         """The outputs that carry gradient and their upstream gradients (in each output's dtype)."""
-        pairs = [(o, g.to(o.dtype)) for o, g in zip(outs, self.grad_out)
-                 if isinstance(o, Tensor) and o.requires_grad]
+        pairs = [(o, g.to(o.dtype)) for o, g in zip(outs, self.grad_out) if isinstance(o, Tensor) and o.requires_grad]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
     def reset(self) -> None:
@@ -143,13 +147,44 @@ class _Prepared:
 def empty_row(**fields) -> dict:
     """A row with every key present (None / empty), updated with ``fields``."""
     row = {
-        "family": None, "case": None, "id": None, "device": None, "dtype": None, "shape": {}, "impl": None,
-        "backend": None, "baseline": None, "status": None, "reason": "", "atol": None, "rtol": None,
-        "grad_atol": None, "grad_rtol": None, "max_abs_err": None, "max_err_over_tol": None, "errors": {},
-        "ms": {}, "ms_q25": {}, "ms_q75": {}, "spread": {}, "GBps": {}, "pct_copy": {}, "TFLOPs": {},
-        "pct_matmul": {}, "speedup": {}, "speedup_lo": {}, "speedup_hi": {}, "peer": False, "own_oracle": False,
-        "grads_checked": None, "goals": [], "warnings": [],
-        "peak_mem_bytes": None, "peak_mem_source": None, "timer": "", "note": "",
+        "family": None,
+        "case": None,
+        "id": None,
+        "device": None,
+        "dtype": None,
+        "shape": {},
+        "impl": None,
+        "backend": None,
+        "baseline": None,
+        "status": None,
+        "reason": "",
+        "atol": None,
+        "rtol": None,
+        "grad_atol": None,
+        "grad_rtol": None,
+        "max_abs_err": None,
+        "max_err_over_tol": None,
+        "errors": {},
+        "ms": {},
+        "ms_q25": {},
+        "ms_q75": {},
+        "spread": {},
+        "GBps": {},
+        "pct_copy": {},
+        "TFLOPs": {},
+        "pct_matmul": {},
+        "speedup": {},
+        "speedup_lo": {},
+        "speedup_hi": {},
+        "peer": False,
+        "own_oracle": False,
+        "grads_checked": None,
+        "goals": [],
+        "warnings": [],
+        "peak_mem_bytes": None,
+        "peak_mem_source": None,
+        "timer": "",
+        "note": "",
     }
     row.update(fields)
     return row
@@ -162,21 +197,37 @@ def problem_of(case: Case, impl: Impl) -> Case:
         return case
     atol, rtol = impl.tol if impl.tol is not None else (case.atol, case.rtol)
     return dataclasses.replace(
-        case, inputs=impl.inputs or case.inputs, oracle=impl.oracle or case.oracle,
-        oracle_grads=impl.oracle_grads if impl.own_problem else case.oracle_grads, atol=atol, rtol=rtol,
+        case,
+        inputs=impl.inputs or case.inputs,
+        oracle=impl.oracle or case.oracle,
+        oracle_grads=impl.oracle_grads if impl.own_problem else case.oracle_grads,
+        atol=atol,
+        rtol=rtol,
         grad_inputs=impl.grad_inputs if impl.grad_inputs is not None else case.grad_inputs,
-        grad_tol=impl.grad_tol if impl.grad_tol is not None else (impl.tol if impl.tol is not None
-                                                                   else case.grad_tol))
+        grad_tol=impl.grad_tol if impl.grad_tol is not None else (impl.tol if impl.tol is not None else case.grad_tol),
+    )
 
 
 def _base_row(case: Case, impl: Impl) -> dict:
     problem = problem_of(case, impl)
     gatol, grtol = problem.grad_atol_rtol
     return empty_row(
-        family=case.family, case=case.name, id=case.id, device=case.device.type, dtype=dtype_name(case.dtype),
-        shape=dict(case.shape), impl=impl.name, backend=impl.backend, baseline=case.baseline,
-        atol=problem.atol, rtol=problem.rtol, grad_atol=gatol, grad_rtol=grtol, note=impl.note,
-        peer=impl.backend is None, own_oracle=impl.own_problem,
+        family=case.family,
+        case=case.name,
+        id=case.id,
+        device=case.device.type,
+        dtype=dtype_name(case.dtype),
+        shape=dict(case.shape),
+        impl=impl.name,
+        backend=impl.backend,
+        baseline=case.baseline,
+        atol=problem.atol,
+        rtol=problem.rtol,
+        grad_atol=gatol,
+        grad_rtol=grtol,
+        note=impl.note,
+        peer=impl.backend is None,
+        own_oracle=impl.own_problem,
     )
 
 
@@ -192,7 +243,8 @@ def _check(case: Case, impl: Impl, prep: _Prepared, row: dict) -> bool:
     for name, out, ref in zip(names, outs, prep.out64):
         results[name] = _compare(out, ref, case.atol, case.rtol)
     shapes_ok = len(outs) == len(prep.out64) and all(
-        isinstance(o, Tensor) and o.shape == r.shape for o, r in zip(outs, prep.out64))
+        isinstance(o, Tensor) and o.shape == r.shape for o, r in zip(outs, prep.out64)
+    )
     if impl.backward and prep.leaves and shapes_ok:  # (wrong shapes: already a FAIL, no backward)
         prep.reset()
         gatol, grtol = case.grad_atol_rtol
@@ -204,8 +256,11 @@ def _check(case: Case, impl: Impl, prep: _Prepared, row: dict) -> bool:
             for name in case.grad_inputs:
                 if name in prep.grads64:
                     got = prep.inputs[name].grad
-                    results[f"d{name}"] = (_compare(got, prep.grads64[name], gatol, grtol) if got is not None
-                                           else (False, float("nan"), float("nan"), "no gradient"))
+                    results[f"d{name}"] = (
+                        _compare(got, prep.grads64[name], gatol, grtol)
+                        if got is not None
+                        else (False, float("nan"), float("nan"), "no gradient")
+                    )
         prep.reset()
     row["errors"] = {k: v[1] for k, v in results.items()}
     if results:  # NaN (no comparison possible) counts as the worst
@@ -222,13 +277,14 @@ def _check(case: Case, impl: Impl, prep: _Prepared, row: dict) -> bool:
     if impl.backward and prep.leaves:
         row["grads_checked"] = bool(case.check_grads)
         if not case.check_grads:
-            row["warnings"].append("gradients timed but not checked (the float64 backward oracle would not fit "
-                                   "in memory at this size; the forward is checked)")
+            row["warnings"].append(
+                "gradients timed but not checked (the float64 backward oracle would not fit "
+                "in memory at this size; the forward is checked)"
+            )
     return shapes_ok
 
 
-def _time(case: Case, impl: Impl, prep: _Prepared, row: dict, budget: Budget, ceilings: dict,
-          shapes_ok: bool) -> None:
+def _time(case: Case, impl: Impl, prep: _Prepared, row: dict, budget: Budget, ceilings: dict, shapes_ok: bool) -> None:
     dev = case.device
     backward = impl.backward and bool(prep.leaves) and shapes_ok  # wrong shapes: forward only
     grad_ctx = contextlib.nullcontext if backward else torch.no_grad
@@ -277,8 +333,9 @@ def _time(case: Case, impl: Impl, prep: _Prepared, row: dict, budget: Budget, ce
     if dev.type == "cuda":
         row["peak_mem_bytes"] = peak_memory(dev, fns["fwdbwd" if backward else "fwd"])
         prep.reset()
-        row["peak_mem_source"] = "torch.cuda.max_memory_allocated (one fwd+bwd)" if backward else \
-            "torch.cuda.max_memory_allocated (one fwd)"
+        row["peak_mem_source"] = (
+            "torch.cuda.max_memory_allocated (one fwd+bwd)" if backward else "torch.cuda.max_memory_allocated (one fwd)"
+        )
     elif impl.name in case.mem_estimate:
         row["peak_mem_bytes"] = int(case.mem_estimate[impl.name])
         row["peak_mem_source"] = "estimate (case model)"
@@ -344,8 +401,16 @@ def _goals(case: Case, rows: list[dict]) -> None:
                     value, met = tf, tf >= goal.min_tflops
             if r["status"] != "PASS" and met:
                 met = False  # a wrong result meets no speed goal
-            r["goals"].append({"target": target, "mode": goal.mode, "value": value, "met": met, "text": goal.text,
-                               "as_speedup": goal_speedup(goal, case, rows)})
+            r["goals"].append(
+                {
+                    "target": target,
+                    "mode": goal.mode,
+                    "value": value,
+                    "met": met,
+                    "text": goal.text,
+                    "as_speedup": goal_speedup(goal, case, rows),
+                }
+            )
 
 
 def _warnings(rows: list[dict]) -> None:
@@ -354,18 +419,28 @@ def _warnings(rows: list[dict]) -> None:
             for key, what in (("pct_copy", "copy bandwidth"), ("pct_matmul", "matmul throughput")):
                 pct = r[key].get(mode)
                 if pct is not None and pct > 100:
-                    r["warnings"].append(f"{mode}: {pct:.0f}% of the measured {what}: above the ceiling, so the "
-                                         "byte/flop model overcounts, the data sat in cache, or the ceiling was "
-                                         "measured under load")
+                    r["warnings"].append(
+                        f"{mode}: {pct:.0f}% of the measured {what}: above the ceiling, so the "
+                        "byte/flop model overcounts, the data sat in cache, or the ceiling was "
+                        "measured under load"
+                    )
             spread = r["spread"].get(mode)
             if spread is not None and spread > SPREAD_WARN:
-                r["warnings"].append(f"{mode}: spread (IQR) {100 * spread:.0f}% of the median: noisy, rerun on an "
-                                     "idle machine before trusting it")
+                r["warnings"].append(
+                    f"{mode}: spread (IQR) {100 * spread:.0f}% of the median: noisy, rerun on an "
+                    "idle machine before trusting it"
+                )
 
 
-def run_case(case: Case, budget: Budget, ceilings: dict, only: Optional[set] = None,
-             on_impl: Callable[[str], None] = lambda label: None, deadline: Optional[float] = None,
-             on_row: Callable[[list], None] = lambda rows: None) -> list[dict]:
+def run_case(
+    case: Case,
+    budget: Budget,
+    ceilings: dict,
+    only: Optional[set] = None,
+    on_impl: Callable[[str], None] = lambda label: None,
+    deadline: Optional[float] = None,
+    on_row: Callable[[list], None] = lambda rows: None,
+) -> list[dict]:
     """Check and time the impls of ``case`` (those named in ``only``, when given); one row each.
 
     ``deadline`` (``time.monotonic()`` seconds): impls not started by then become CUT rows.
@@ -394,8 +469,9 @@ def run_case(case: Case, budget: Budget, ceilings: dict, only: Optional[set] = N
             problem = problem_of(case, impl)
             users = [i for i, _ in todo if (id(i) if i.own_problem else None) == key]
             try:
-                preps[key] = _Prepared(problem, needs_backward=any(i.backward for i in users)
-                                       and bool(problem.grad_inputs))
+                preps[key] = _Prepared(
+                    problem, needs_backward=any(i.backward for i in users) and bool(problem.grad_inputs)
+                )
             except Exception as e:
                 preps[key] = e
         return preps[key]

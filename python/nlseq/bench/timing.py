@@ -10,6 +10,7 @@ averages in); ``torch.utils.benchmark.Timer`` (median over at least 7 blocks) fo
 calls, where one call is too short to time alone (quartiles over the blocks). Both run on
 torch's thread count.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -92,8 +93,13 @@ def time_cpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Ten
         while len(blocks) < 7 or sum(blocks) * number < budget.cpu_min_s:
             blocks.append(timer.timeit(number).median)
         med, q25, q75 = _quartiles(blocks)
-        return Timing(med, q25, q75, len(blocks), f"torch.utils.benchmark Timer median of {len(blocks)} blocks x "
-                      f"{number}, {threads} threads")
+        return Timing(
+            med,
+            q25,
+            q75,
+            len(blocks),
+            f"torch.utils.benchmark Timer median of {len(blocks)} blocks x {number}, {threads} threads",
+        )
     times = [first]
     while len(times) < budget.cpu_min_reps or sum(times) < budget.cpu_min_s:
         start = time.perf_counter()
@@ -110,10 +116,20 @@ def time_gpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Ten
     except ImportError:
         do_bench = None
     if do_bench is not None:
-        med, q25, q75 = do_bench(fn, warmup=budget.gpu_warmup_ms, rep=budget.gpu_rep_ms,
-                                 grad_to_none=list(reset) or None, quantiles=[0.5, 0.25, 0.75])
-        return Timing(med * 1e-3, q25 * 1e-3, q75 * 1e-3, 0, f"triton.testing.do_bench median "
-                      f"(warmup {budget.gpu_warmup_ms} ms, rep {budget.gpu_rep_ms} ms)")
+        med, q25, q75 = do_bench(
+            fn,
+            warmup=budget.gpu_warmup_ms,
+            rep=budget.gpu_rep_ms,
+            grad_to_none=list(reset) or None,
+            quantiles=[0.5, 0.25, 0.75],
+        )
+        return Timing(
+            med * 1e-3,
+            q25 * 1e-3,
+            q75 * 1e-3,
+            0,
+            f"triton.testing.do_bench median (warmup {budget.gpu_warmup_ms} ms, rep {budget.gpu_rep_ms} ms)",
+        )
     times = []
     deadline = time.perf_counter() + budget.gpu_rep_ms * 1e-3
     while len(times) < 5 or time.perf_counter() < deadline:
@@ -129,8 +145,9 @@ def time_gpu(fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Ten
     return Timing(med, q25, q75, len(times), f"CUDA events median of {len(times)} (triton not installed)")
 
 
-def time_fn(device: torch.device, fn: Callable[[], object], budget: Budget,
-            reset: Sequence[torch.Tensor] = ()) -> Timing:
+def time_fn(
+    device: torch.device, fn: Callable[[], object], budget: Budget, reset: Sequence[torch.Tensor] = ()
+) -> Timing:
     if device.type == "cuda":
         return time_gpu(fn, budget, reset)
     return time_cpu(fn, budget, reset)

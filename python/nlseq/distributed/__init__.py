@@ -5,14 +5,23 @@ Every function works on the local shard of a sequence that is split over the ran
 (contiguous, uneven, zigzag) and the helpers that shard and unshard a full tensor live in
 ``nlseq.distributed.sharding``. Communication uses torch.distributed collectives only.
 """
+
 from __future__ import annotations
 
 from ._group import GroupInfo, resolve_group
 from .attention import softplus_attention
 from .sharding import Shard, shard, shard_bounds, unshard, zigzag_bounds
 
-__all__ = ["GroupInfo", "resolve_group", "Shard", "shard", "shard_bounds", "unshard", "zigzag_bounds",
-           "softplus_attention"]
+__all__ = [
+    "GroupInfo",
+    "resolve_group",
+    "Shard",
+    "shard",
+    "shard_bounds",
+    "unshard",
+    "zigzag_bounds",
+    "softplus_attention",
+]
 
 from .pararnn import final_state, grad_sum, pararnn  # noqa: E402  (sequence-parallel ParaRNN, docs/distributed.md)
 from .traffic import CommCounter  # noqa: E402

@@ -13,6 +13,7 @@ sequence ``(start, stop)`` of the global sequence (``[(0, T)]`` without cu_seqle
 
 and their unnormalised outputs and row sums merge by addition (the row max of s by max).
 """
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,21 @@ def new_forward_state(q: Tensor) -> tuple[Tensor, Tensor]:
     return U, st
 
 
-def block_forward(backend: str, q: Tensor, qpieces, k: Tensor, v: Tensor, kpieces, segs, causal: bool, p: float,
-                  qk_norm: bool, U: Tensor, st: Tensor, stats_in: Optional[Tensor] = None) -> None:
+def block_forward(
+    backend: str,
+    q: Tensor,
+    qpieces,
+    k: Tensor,
+    v: Tensor,
+    kpieces,
+    segs,
+    causal: bool,
+    p: float,
+    qk_norm: bool,
+    U: Tensor,
+    st: Tensor,
+    stats_in: Optional[Tensor] = None,
+) -> None:
     """Add one key block's partials into (U, st) in place (see reference partial_fwd for what they hold).
 
     LSSA / LSSAR statistics pass (stats_in None): st = (ΣL, max m, ·). LSSAR pass 2 (stats_in the
@@ -105,7 +119,7 @@ def row_lengths(qpieces, segs, causal: bool, device) -> Tensor:
             qa, qb = max(qa0, s), min(qb0, e)
             if qa < qb:
                 pos = torch.arange(qa, qb, device=device)
-                n[qa - qa0 + qo: qb - qa0 + qo] = (pos - s + 1) if causal else (e - s)
+                n[qa - qa0 + qo : qb - qa0 + qo] = (pos - s + 1) if causal else (e - s)
     return n
 
 
@@ -132,13 +146,41 @@ def block_gamma(backend: str, q, qpieces, k, v, kpieces, segs, causal, p, qk_nor
         kv_offset, n_offset = _call_args(qr, kr, seg, causal)
         (qa, qb, qo), (ka, kb, ko) = qr, kr
         nq, nk = qb - qa, kb - ka
-        g = fn(_sl(q, qo, nq), _sl(k, ko, nk), _sl(v, ko, nk), qk_norm, _sl(o, qo, nq), _sl(do, qo, nq),
-               _rows(stats, qo, nq), causal, p, kv_offset, n_offset)
+        g = fn(
+            _sl(q, qo, nq),
+            _sl(k, ko, nk),
+            _sl(v, ko, nk),
+            qk_norm,
+            _sl(o, qo, nq),
+            _sl(do, qo, nq),
+            _rows(stats, qo, nq),
+            causal,
+            p,
+            kv_offset,
+            n_offset,
+        )
         G.narrow(-1, qo, nq).add_(g)
 
 
-def block_backward(backend: str, q, qpieces, k, v, kpieces, segs, causal, p, qk_norm, o, do, stats,
-                   gamma: Optional[Tensor], dq: Tensor, dk: Tensor, dv: Tensor) -> None:
+def block_backward(
+    backend: str,
+    q,
+    qpieces,
+    k,
+    v,
+    kpieces,
+    segs,
+    causal,
+    p,
+    qk_norm,
+    o,
+    do,
+    stats,
+    gamma: Optional[Tensor],
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+) -> None:
     """Add one key block's dq̂ share into dq and its keys' dk̂, dv (from these rows) into dk, dv."""
     fn = _ops.PARTIAL_BWD[backend]
     for qr, kr, seg in _triples(qpieces, kpieces, segs, causal):
@@ -146,15 +188,28 @@ def block_backward(backend: str, q, qpieces, k, v, kpieces, segs, causal, p, qk_
         (qa, qb, qo), (ka, kb, ko) = qr, kr
         nq, nk = qb - qa, kb - ka
         g = None if gamma is None else _rows(gamma, qo, nq)
-        a, b, c = fn(_sl(q, qo, nq), _sl(k, ko, nk), _sl(v, ko, nk), qk_norm, _sl(o, qo, nq), _sl(do, qo, nq),
-                     _rows(stats, qo, nq), causal, p, kv_offset, n_offset, g)
+        a, b, c = fn(
+            _sl(q, qo, nq),
+            _sl(k, ko, nk),
+            _sl(v, ko, nk),
+            qk_norm,
+            _sl(o, qo, nq),
+            _sl(do, qo, nq),
+            _rows(stats, qo, nq),
+            causal,
+            p,
+            kv_offset,
+            n_offset,
+            g,
+        )
         dq.narrow(-2, qo, nq).add_(a)
         dk.narrow(-2, ko, nk).add_(b)
         dv.narrow(-2, ko, nk).add_(c)
 
 
-def blockwise_attention(backend: str, q: Tensor, k: Tensor, v: Tensor, qblocks, kblocks, segs, causal: bool,
-                        p: float, qk_norm: bool):
+def blockwise_attention(
+    backend: str, q: Tensor, k: Tensor, v: Tensor, qblocks, kblocks, segs, causal: bool, p: float, qk_norm: bool
+):
     """Single process: the forward as the ring computes it, with the queries cut into ``qblocks``
     and the keys into ``kblocks`` (lists of (start, stop) bound lists, one list per simulated rank).
     Returns (o, stats); the tests compare it with the single-device op."""

@@ -24,6 +24,7 @@ Every call first all-gathers a small metadata vector (shapes, dtype, flags, leng
 cu_seqlens, and whether the rank's own checks passed), so bad input raises a clear error on every
 rank instead of hanging a collective.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,23 @@ WHERE = f"nlseq.distributed.{OP}"
 STRATEGIES = ("all_gather", "all_to_all", "ring")
 _DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _BACKENDS = ("cuda", "triton", "cpp", "reference")
-_META = ("error", "B", "H", "Hkv", "D", "dtype", "causal", "reweight_p", "qk_norm", "layout", "strategy",
-         "backend", "cu_seqlens entries", "cu_seqlens checksum", "T_local")
+_META = (
+    "error",
+    "B",
+    "H",
+    "Hkv",
+    "D",
+    "dtype",
+    "causal",
+    "reweight_p",
+    "qk_norm",
+    "layout",
+    "strategy",
+    "backend",
+    "cu_seqlens entries",
+    "cu_seqlens checksum",
+    "T_local",
+)
 
 
 @dataclass
@@ -76,16 +92,22 @@ def _local_checks(q, k, v, strategy, layout, causal, reweight_p, qk_norm, cu_seq
         if not isinstance(t, Tensor):
             raise TypeError(f"{WHERE}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
-            raise ValueError(f"{WHERE}: {name} must be 4-D (q [B, H, T_local, D], k/v [B, Hkv, T_local, D]), "
-                             f"got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"{WHERE}: {name} must be 4-D (q [B, H, T_local, D], k/v [B, Hkv, T_local, D]), "
+                f"got shape {tuple(t.shape)}"
+            )
         if t.dtype not in _DTYPES or t.dtype != q.dtype or t.device != q.device:
-            raise TypeError(f"{WHERE}: q, k and v must share one floating dtype and device, got "
-                            f"{q.dtype}/{q.device}, {k.dtype}/{k.device}, {v.dtype}/{v.device}")
+            raise TypeError(
+                f"{WHERE}: q, k and v must share one floating dtype and device, got "
+                f"{q.dtype}/{q.device}, {k.dtype}/{k.device}, {v.dtype}/{v.device}"
+            )
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     if tuple(k.shape) != (B, Hkv, T, D) or tuple(v.shape) != (B, Hkv, T, D):
-        raise ValueError(f"{WHERE}: k and v must be [B, Hkv, T_local, D] = [{B}, Hkv, {T}, {D}] (this rank's "
-                         f"shard of the same positions as q), got k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            f"{WHERE}: k and v must be [B, Hkv, T_local, D] = [{B}, Hkv, {T}, {D}] (this rank's "
+            f"shard of the same positions as q), got k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     if Hkv == 0 or H % Hkv != 0 or D == 0:
         raise ValueError(f"{WHERE}: H = {H} must be a multiple of Hkv = {Hkv} and D = {D} >= 1")
     if strategy not in STRATEGIES:
@@ -95,37 +117,64 @@ def _local_checks(q, k, v, strategy, layout, causal, reweight_p, qk_norm, cu_seq
     for name, flag in (("causal", causal), ("qk_norm", qk_norm)):
         if not isinstance(flag, bool):
             raise TypeError(f"{WHERE}: {name} must be a bool, got {type(flag).__name__}")
-    if reweight_p is not None and (isinstance(reweight_p, bool) or not isinstance(reweight_p, (int, float))
-                                   or not math.isfinite(reweight_p) or reweight_p <= 0):
+    if reweight_p is not None and (
+        isinstance(reweight_p, bool)
+        or not isinstance(reweight_p, (int, float))
+        or not math.isfinite(reweight_p)
+        or reweight_p <= 0
+    ):
         raise ValueError(f"{WHERE}: reweight_p must be None (LSSA) or a finite number > 0 (LSSAR), got {reweight_p!r}")
     if not isinstance(backend, str) or backend not in _BACKENDS + ("auto",):
         raise ValueError(f"{WHERE}: backend must be one of {_BACKENDS + ('auto',)}, got {backend!r}")
     n_cu, checksum = 0.0, 0.0
     if cu_seqlens is not None:
-        if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 \
-                or cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{WHERE}: cu_seqlens must be an int32/int64 tensor [S + 1] of the global "
-                             f"(unsharded) cumulative sequence lengths, the same on every rank")
+        if (
+            not isinstance(cu_seqlens, Tensor)
+            or cu_seqlens.dim() != 1
+            or cu_seqlens.numel() < 2
+            or cu_seqlens.dtype not in (torch.int32, torch.int64)
+        ):
+            raise ValueError(
+                f"{WHERE}: cu_seqlens must be an int32/int64 tensor [S + 1] of the global "
+                f"(unsharded) cumulative sequence lengths, the same on every rank"
+            )
         if B != 1:
             raise ValueError(f"{WHERE}: with cu_seqlens the batch must be packed into B = 1, got B = {B}")
         c = cu_seqlens.tolist()
         if c[0] != 0 or any(b < a for a, b in zip(c, c[1:])):
             raise ValueError(f"{WHERE}: cu_seqlens must start at 0 and not decrease, got {c}")
         n_cu = float(len(c))
-        checksum = float(sum((i + 1) * x for i, x in enumerate(c)) % (2 ** 50))
+        checksum = float(sum((i + 1) * x for i, x in enumerate(c)) % (2**50))
     if strategy == "ring":
         name = _registry.resolve(backend, q.device, OP, _ring_backends(backend))
         if name not in _ops.PARTIAL_FWD:
             raise NotImplementedError(
                 f"{WHERE}: strategy='ring' runs on the backends {tuple(_ops.PARTIAL_FWD)} (its partial key-block "
                 f"kernels); backend {name!r} does not have them yet. Use strategy='all_gather' or 'all_to_all', "
-                f"which run the single-device op on every backend.")
+                f"which run the single-device op on every backend."
+            )
         if name == "triton" and q.dtype == torch.float64:
-            raise TypeError(f"{WHERE}: backend 'triton' accepts float32, bfloat16 and float16; float64 runs on "
-                            f"backend='cpp' or 'reference'")
-    return [0.0, B, H, Hkv, D, float(_DTYPES.index(q.dtype)), float(causal),
-            float(reweight_p or 0.0), float(qk_norm), float(LAYOUTS.index(layout)),
-            float(STRATEGIES.index(strategy)), float((_BACKENDS + ("auto",)).index(backend)), n_cu, checksum, T]
+            raise TypeError(
+                f"{WHERE}: backend 'triton' accepts float32, bfloat16 and float16; float64 runs on "
+                f"backend='cpp' or 'reference'"
+            )
+    return [
+        0.0,
+        B,
+        H,
+        Hkv,
+        D,
+        float(_DTYPES.index(q.dtype)),
+        float(causal),
+        float(reweight_p or 0.0),
+        float(qk_norm),
+        float(LAYOUTS.index(layout)),
+        float(STRATEGIES.index(strategy)),
+        float((_BACKENDS + ("auto",)).index(backend)),
+        n_cu,
+        checksum,
+        T,
+    ]
 
 
 def _exchange(info: GroupInfo, meta: list[float], device) -> list[list[float]]:
@@ -151,8 +200,9 @@ def _plan(info, metas, errors_here, q, strategy, layout, causal, reweight_p, qk_
     if bad:
         if errors_here is not None:
             raise errors_here
-        raise ValueError(f"{WHERE}: rank(s) {bad} rejected their inputs (their error says why); "
-                         f"no rank ran the attention")
+        raise ValueError(
+            f"{WHERE}: rank(s) {bad} rejected their inputs (their error says why); no rank ran the attention"
+        )
     for i in range(1, len(_META) - 1):
         vals = [m[i] for m in metas]
         if any(x != vals[0] for x in vals):
@@ -166,16 +216,22 @@ def _plan(info, metas, errors_here, q, strategy, layout, causal, reweight_p, qk_
         bounds = [list(b) for b in zigzag_bounds(T, P)]
         expect = [sum(b - a for a, b in bs) for bs in bounds]
         if expect != lengths:
-            raise ValueError(f"{WHERE}: layout='zigzag' over {P} ranks of T = {T} needs shards of lengths {expect} "
-                             f"(nlseq.distributed.shard(..., layout='zigzag')), got {lengths}")
+            raise ValueError(
+                f"{WHERE}: layout='zigzag' over {P} ranks of T = {T} needs shards of lengths {expect} "
+                f"(nlseq.distributed.shard(..., layout='zigzag')), got {lengths}"
+            )
     Hkv = int(metas[0][3])
     if strategy == "all_to_all":
         if Hkv % P != 0:
-            raise ValueError(f"{WHERE}: strategy='all_to_all' needs the number of ranks P = {P} to divide the number "
-                             f"of key/value heads Hkv = {Hkv}; use strategy='all_gather' or 'ring'")
+            raise ValueError(
+                f"{WHERE}: strategy='all_to_all' needs the number of ranks P = {P} to divide the number "
+                f"of key/value heads Hkv = {Hkv}; use strategy='all_gather' or 'ring'"
+            )
         if any(n != lengths[0] for n in lengths):
-            raise ValueError(f"{WHERE}: strategy='all_to_all' needs shards of equal length, got {lengths}; "
-                             f"use strategy='all_gather' or 'ring' for uneven shards")
+            raise ValueError(
+                f"{WHERE}: strategy='all_to_all' needs shards of equal length, got {lengths}; "
+                f"use strategy='all_gather' or 'ring' for uneven shards"
+            )
     if strategy == "ring" and any(n == 0 for n in lengths):
         raise ValueError(f"{WHERE}: strategy='ring' needs at least one position on every rank, got {lengths}")
     segs = [(0, T)]
@@ -183,21 +239,33 @@ def _plan(info, metas, errors_here, q, strategy, layout, causal, reweight_p, qk_
     if cu_seqlens is not None:
         c = cu_seqlens.tolist()
         if c[-1] != T:
-            raise ValueError(f"{WHERE}: cu_seqlens must end at the global length T = {T} (the sum of the "
-                             f"shards {lengths}), got {c[-1]}")
+            raise ValueError(
+                f"{WHERE}: cu_seqlens must end at the global length T = {T} (the sum of the "
+                f"shards {lengths}), got {c[-1]}"
+            )
         segs = list(zip(c, c[1:]))
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     if strategy == "ring":
         backend = _registry.resolve(backend, q.device, OP, _ring_backends(backend))
-    return _Plan(info, strategy, layout, causal, float(reweight_p or 0.0), qk_norm, backend, T, lengths, bounds,
-                 segs, cu)
+    return _Plan(
+        info, strategy, layout, causal, float(reweight_p or 0.0), qk_norm, backend, T, lengths, bounds, segs, cu
+    )
 
 
 # ------------------------------------------------------------------------------ public function
 def softplus_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, group: Optional[Any] = None, strategy: str = "all_gather",
-    layout: str = "contiguous", causal: bool = True, reweight_p: Optional[float] = None, qk_norm: bool = True,
-    cu_seqlens: Optional[Tensor] = None, backend: str = "auto",
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    group: Optional[Any] = None,
+    strategy: str = "all_gather",
+    layout: str = "contiguous",
+    causal: bool = True,
+    reweight_p: Optional[float] = None,
+    qk_norm: bool = True,
+    cu_seqlens: Optional[Tensor] = None,
+    backend: str = "auto",
 ) -> Tensor:
     """Context-parallel ``nlseq.softplus_attention`` on sequence shards; returns this rank's rows of o.
 
@@ -282,7 +350,7 @@ class _GatherKV(torch.autograd.Function):
         send = d.new_zeros((P,) + d.shape[:3] + (Lmax, d.shape[-1]))
         off = 0
         for s, n in enumerate(plan.lengths):
-            send[s, ..., :n, :] = ranked[..., off:off + n, :]
+            send[s, ..., :n, :] = ranked[..., off : off + n, :]
             off += n
         out = d.new_empty(send.shape[1:])
         _reduce_scatter(out, send.flatten(0, 1), group=plan.info.group)
@@ -303,9 +371,18 @@ def _all_gather_attention(q, k, v, plan: _Plan) -> Tensor:
                 continue
             qs = q.narrow(2, qa - qa0 + qo, qb - qa)
             stop = qb if plan.causal else e  # causal rows see keys up to their own position
-            outs.append(single(qs, K.narrow(2, s, stop - s), V.narrow(2, s, stop - s), causal=plan.causal,
-                               reweight_p=p, qk_norm=plan.qk_norm, kv_offset=(qa - s) if plan.causal else 0,
-                               backend=plan.backend))
+            outs.append(
+                single(
+                    qs,
+                    K.narrow(2, s, stop - s),
+                    V.narrow(2, s, stop - s),
+                    causal=plan.causal,
+                    reweight_p=p,
+                    qk_norm=plan.qk_norm,
+                    kv_offset=(qa - s) if plan.causal else 0,
+                    backend=plan.backend,
+                )
+            )
     if not outs:
         return q * 0
     return torch.cat(outs, dim=2)
@@ -322,7 +399,7 @@ def _seq_to_heads(xs: list[Tensor], plan: _Plan) -> list[Tensor]:
     out, off = [], 0
     for c in chunks:
         n = c[0].numel()
-        part = recv[:, off:off + n].view(c.shape)  # [P (source rank), B, Hx/P, Tl, D]
+        part = recv[:, off : off + n].view(c.shape)  # [P (source rank), B, Hx/P, Tl, D]
         off += n
         full = part.permute(1, 2, 0, 3, 4).flatten(2, 3)  # rank-order concatenation of the shards
         out.append(_to_global(full, plan).contiguous())
@@ -339,7 +416,7 @@ def _heads_to_seq(xs: list[Tensor], plan: _Plan) -> list[Tensor]:
     out, off = [], 0
     for c in parts:
         n = c[0].numel()
-        part = recv[:, off:off + n].view(c.shape)  # [P (head group), B, Hx/P, Tl, D]
+        part = recv[:, off : off + n].view(c.shape)  # [P (head group), B, Hx/P, Tl, D]
         off += n
         out.append(part.transpose(0, 1).flatten(1, 2).contiguous())
     return out
@@ -371,8 +448,17 @@ def _all_to_all_attention(q, k, v, plan: _Plan) -> Tensor:
     from ..ops.softplus_attention import softplus_attention as single
 
     qh, kh, vh = _SeqToHeads.apply(plan, q, k, v)
-    o = single(qh, kh, vh, causal=plan.causal, reweight_p=plan.p if plan.p > 0 else None, qk_norm=plan.qk_norm,
-               cu_seqlens_q=plan.cu, cu_seqlens_k=plan.cu, backend=plan.backend)
+    o = single(
+        qh,
+        kh,
+        vh,
+        causal=plan.causal,
+        reweight_p=plan.p if plan.p > 0 else None,
+        qk_norm=plan.qk_norm,
+        cu_seqlens_q=plan.cu,
+        cu_seqlens_k=plan.cu,
+        backend=plan.backend,
+    )
     return _HeadsToSeq.apply(plan, o)
 
 
@@ -390,8 +476,9 @@ def _ring(plan: _Plan, own: Tensor, step) -> None:
         if s < P - 1:
             nxt_src = (src - 1) % P
             nxt = own.new_empty(own.shape[:-2] + (plan.lengths[nxt_src], own.shape[-1]))
-            reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, cur, (r + 1) % P, g),
-                                           dist.P2POp(dist.irecv, nxt, (r - 1) % P, g)])
+            reqs = dist.batch_isend_irecv(
+                [dist.P2POp(dist.isend, cur, (r + 1) % P, g), dist.P2POp(dist.irecv, nxt, (r - 1) % P, g)]
+            )
         step(cur, src)
         for req in reqs:
             req.wait()
@@ -407,8 +494,21 @@ def _ring_forward(q, k, v, plan: _Plan):
     kv = torch.stack((k, v)).contiguous()
 
     def lssa_or_pass2(blk, src, stats_in=None):
-        _blocks.block_forward(plan.backend, q, qp, blk[0], blk[1], plan.pieces(src), plan.segs, plan.causal, plan.p,
-                              plan.qk_norm, U, st, stats_in)
+        _blocks.block_forward(
+            plan.backend,
+            q,
+            qp,
+            blk[0],
+            blk[1],
+            plan.pieces(src),
+            plan.segs,
+            plan.causal,
+            plan.p,
+            plan.qk_norm,
+            U,
+            st,
+            stats_in,
+        )
 
     if not reweight:
         _ring(plan, kv, lssa_or_pass2)
@@ -417,8 +517,13 @@ def _ring_forward(q, k, v, plan: _Plan):
         return _blocks.finish_forward(U, st, False, q.dtype), st
     # LSSAR: K alone around the ring for each row's global Σ_j softplus(s_ij) and max_j s_ij ...
     kk = k.contiguous()
-    _ring(plan, kk, lambda blk, src: _blocks.block_forward(plan.backend, q, qp, blk, blk, plan.pieces(src),
-                                                           plan.segs, plan.causal, plan.p, plan.qk_norm, U, st))
+    _ring(
+        plan,
+        kk,
+        lambda blk, src: _blocks.block_forward(
+            plan.backend, q, qp, blk, blk, plan.pieces(src), plan.segs, plan.causal, plan.p, plan.qk_norm, U, st
+        ),
+    )
     n = _blocks.row_lengths(qp, plan.segs, plan.causal, q.device)
     L = st[0].clone()
     stats_in = torch.stack((L, _blocks.lssar_base_max(st[1], L, n), torch.zeros_like(L)))
@@ -436,9 +541,26 @@ def _ring_backward(q, k, v, o, do, st, plan: _Plan):
     gamma = None
     if plan.p > 0:  # Γ_i = Σ_j dbase_ij w_ij / L_i over all keys: a K/V pass of its own
         G = torch.zeros(q.shape[:-1], dtype=acc, device=q.device)
-        _ring(plan, kv, lambda blk, src: _blocks.block_gamma(plan.backend, q, qp, blk[0], blk[1], plan.pieces(src),
-                                                             plan.segs, plan.causal, plan.p, plan.qk_norm, o, do,
-                                                             st, G))
+        _ring(
+            plan,
+            kv,
+            lambda blk, src: _blocks.block_gamma(
+                plan.backend,
+                q,
+                qp,
+                blk[0],
+                blk[1],
+                plan.pieces(src),
+                plan.segs,
+                plan.causal,
+                plan.p,
+                plan.qk_norm,
+                o,
+                do,
+                st,
+                G,
+            ),
+        )
         gamma = torch.where(st[0] > 0, G / torch.where(st[0] > 0, st[0], torch.ones_like(G)), torch.zeros_like(G))
     dq = torch.zeros(q.shape, dtype=acc, device=q.device)
     # dK/dV of the block in hand travel with it: each rank adds its rows' share and passes it on;
@@ -447,14 +569,35 @@ def _ring_backward(q, k, v, o, do, st, plan: _Plan):
 
     def step(blk, src):
         d = torch.zeros(blk.shape, dtype=acc, device=blk.device) if holder["d"] is None else holder["d"]
-        _blocks.block_backward(plan.backend, q, qp, blk[0], blk[1], plan.pieces(src), plan.segs, plan.causal,
-                               plan.p, plan.qk_norm, o, do, st, gamma, dq, d[0], d[1])
+        _blocks.block_backward(
+            plan.backend,
+            q,
+            qp,
+            blk[0],
+            blk[1],
+            plan.pieces(src),
+            plan.segs,
+            plan.causal,
+            plan.p,
+            plan.qk_norm,
+            o,
+            do,
+            st,
+            gamma,
+            dq,
+            d[0],
+            d[1],
+        )
         prev = (src - 1) % P
         nxt = d.new_empty(d.shape[:-2] + (plan.lengths[prev], d.shape[-1]))
         if P > 1:
             # tag 1: told apart from the K/V block of the next step, in flight on the same pair
-            for req in dist.batch_isend_irecv([dist.P2POp(dist.isend, d, (rank + 1) % P, g, tag=1),
-                                               dist.P2POp(dist.irecv, nxt, (rank - 1) % P, g, tag=1)]):
+            for req in dist.batch_isend_irecv(
+                [
+                    dist.P2POp(dist.isend, d, (rank + 1) % P, g, tag=1),
+                    dist.P2POp(dist.irecv, nxt, (rank - 1) % P, g, tag=1),
+                ]
+            ):
                 req.wait()
             holder["d"] = nxt
         else:

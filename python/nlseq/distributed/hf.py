@@ -14,6 +14,7 @@ does). Shift the labels on the full sequence before sharding them. No padding ma
 sequences instead), no dropout; decoding with a KV cache runs single-rank with the registered
 "lssa"/"lssar" (nlseq.integrations.transformers) on the gathered cache.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,14 +35,25 @@ def _attention(module, query, key, value, attention_mask, *, reweight: bool, dro
     if dropout and dropout > 0:
         raise ValueError("nlseq context-parallel attention: attention dropout is not supported; set it to 0")
     if attention_mask is not None:
-        raise ValueError("nlseq context-parallel attention: attention masks (padding) are not supported; pack the "
-                         "sequences (cu_seqlens) or run without a mask")
+        raise ValueError(
+            "nlseq context-parallel attention: attention masks (padding) are not supported; pack the "
+            "sequences (cu_seqlens) or run without a mask"
+        )
     p = None
     if reweight:
         p = float(getattr(getattr(module, "config", None), "lssar_p", None) or _settings["p"])
     causal = bool(getattr(module, "is_causal", True))
-    o = softplus_attention(query, key, value, group=_settings["group"], strategy=_settings["strategy"],
-                           layout=_settings["layout"], causal=causal, reweight_p=p, backend=_settings["backend"])
+    o = softplus_attention(
+        query,
+        key,
+        value,
+        group=_settings["group"],
+        strategy=_settings["strategy"],
+        layout=_settings["layout"],
+        causal=causal,
+        reweight_p=p,
+        backend=_settings["backend"],
+    )
     return o.transpose(1, 2).contiguous(), None
 
 
@@ -53,8 +65,9 @@ def lssar_cp_attention_forward(module, query, key, value, attention_mask, **kwar
     return _attention(module, query, key, value, attention_mask, reweight=True, **kwargs)
 
 
-def register(group: Optional[Any] = None, strategy: str = "ring", layout: str = "zigzag", p: float = 15.0,
-             backend: str = "auto") -> None:
+def register(
+    group: Optional[Any] = None, strategy: str = "ring", layout: str = "zigzag", p: float = 15.0, backend: str = "auto"
+) -> None:
     """Register "lssa_cp" and "lssar_cp" (attention + a no-op mask function) with transformers.
 
     ``group``/``strategy``/``layout``/``backend`` go to nlseq.distributed.softplus_attention; ``p`` is

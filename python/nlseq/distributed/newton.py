@@ -17,6 +17,7 @@ So an iteration costs 2 collectives and the final convergence test 1. The backwa
 implicit one of docs/spec.md §1.2: one sequence-parallel adjoint scan at the solution
 (``nlseq.distributed.scan.adjoint``) and the VJP of the cell. See docs/sequence_parallel_scan.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -102,13 +103,38 @@ def _nonconvergence(where: str, residual: float, tol: float, iters: int, max_ite
 
 
 # ---------------------------------------------------------------- built-in cells: the "state" strategy
-_PARARNN_FIELDS = ("cell", "B", "N", "dtype", "P", "s0", "mode", "max_iters", "tol", "policy", "grad_U", "grad_A",
-                   "grad_P", "grad_s0")
-_PARARNN_LABELS = {"cell": "cell", "B": "batch size B", "N": "channel count N", "dtype": "dtype",
-                   "P": "peepholes P (given or None)", "s0": "s0 (given on every rank, or on none)", "mode": "mode",
-                   "max_iters": "max_iters", "tol": "tol", "policy": "on_nonconvergence",
-                   "grad_U": "requires_grad of U", "grad_A": "requires_grad of A", "grad_P": "requires_grad of P",
-                   "grad_s0": "requires_grad of s0"}
+_PARARNN_FIELDS = (
+    "cell",
+    "B",
+    "N",
+    "dtype",
+    "P",
+    "s0",
+    "mode",
+    "max_iters",
+    "tol",
+    "policy",
+    "grad_U",
+    "grad_A",
+    "grad_P",
+    "grad_s0",
+)
+_PARARNN_LABELS = {
+    "cell": "cell",
+    "B": "batch size B",
+    "N": "channel count N",
+    "dtype": "dtype",
+    "P": "peepholes P (given or None)",
+    "s0": "s0 (given on every rank, or on none)",
+    "mode": "mode",
+    "max_iters": "max_iters",
+    "tol": "tol",
+    "policy": "on_nonconvergence",
+    "grad_U": "requires_grad of U",
+    "grad_A": "requires_grad of A",
+    "grad_P": "requires_grad of P",
+    "grad_s0": "requires_grad of s0",
+}
 
 
 def _check_pararnn(cell, U, A, P, s0, mode, max_iters, tol, on_nonconvergence, backend, info):
@@ -140,8 +166,7 @@ def _check_pararnn(cell, U, A, P, s0, mode, max_iters, tol, on_nonconvergence, b
     if mode not in MODES:
         raise ValueError(f"nlseq.{op}: mode must be one of {MODES}, got {mode!r}")
     if on_nonconvergence not in ON_NONCONVERGENCE:
-        raise ValueError(f"nlseq.{op}: on_nonconvergence must be one of {ON_NONCONVERGENCE}, "
-                         f"got {on_nonconvergence!r}")
+        raise ValueError(f"nlseq.{op}: on_nonconvergence must be one of {ON_NONCONVERGENCE}, got {on_nonconvergence!r}")
     max_iters = _op.DEFAULT_MAX_ITERS if max_iters is None else int(max_iters)
     if max_iters < 0:
         raise ValueError(f"nlseq.{op}: max_iters must be >= 0, got {max_iters}")
@@ -149,8 +174,10 @@ def _check_pararnn(cell, U, A, P, s0, mode, max_iters, tol, on_nonconvergence, b
     info.check_device("pararnn_state", "U", U)
     name = _registry.resolve(backend, U.device, "linear_recurrence", _SCAN_BACKENDS)
     if U.dtype == torch.float64 and name in ("cuda", "triton"):
-        raise TypeError(f"nlseq.{op}: backend {name!r} accepts float32, bfloat16 and float16; float64 runs on "
-                        f"backend='cpp' or 'reference'")
+        raise TypeError(
+            f"nlseq.{op}: backend {name!r} accepts float32, bfloat16 and float16; float64 runs on "
+            f"backend='cpp' or 'reference'"
+        )
     return B, T, N, max_iters, tol, name
 
 
@@ -211,8 +238,9 @@ class _PararnnState(torch.autograd.Function):
             H, first = _pararnn_sequential(cell, Ua, Aa, Pa, init, lengths, name, info)
         else:
             H, first, iters, residual = _pararnn_newton(cell, Ua, Aa, Pa, init, lengths, max_iters, tol, name, info)
-            if not residual <= tol and _nonconvergence(f"nlseq.distributed.pararnn_state ({cell}, backend {name!r})",
-                                                       residual, tol, iters, max_iters, policy):
+            if not residual <= tol and _nonconvergence(
+                f"nlseq.distributed.pararnn_state ({cell}, backend {name!r})", residual, tol, iters, max_iters, policy
+            ):
                 H, first = _pararnn_sequential(cell, Ua, Aa, Pa, init, lengths, name, info)
         S_all = H.to(U.dtype).contiguous()
         ctx.save_for_backward(U, A, P, s0, S_all, first)
@@ -240,16 +268,25 @@ class _PararnnState(torch.autograd.Function):
         # value) is already the same on every rank; dA, dP are sums over the pieces: one all_reduce.
         flat = torch.cat([dA.reshape(-1)] + ([] if dP is None else [dP.reshape(-1)]))
         dist.all_reduce(flat, group=info.group)
-        dA = flat[:dA.numel()].view_as(dA).to(A.dtype)
-        dP = None if P is None else flat[dA.numel():].view_as(P).to(P.dtype)
+        dA = flat[: dA.numel()].view_as(dA).to(A.dtype)
+        dP = None if P is None else flat[dA.numel() :].view_as(P).to(P.dtype)
         ds0 = None if s0 is None else _to_scan(ds0).to(s0.dtype).contiguous()
         return dU.to(U.dtype), dA, dP, ds0, None, None, None, None
 
 
 def pararnn_state(
-    cell: str, U: Tensor, A: Tensor, P: Optional[Tensor] = None, s0: Optional[Tensor] = None, *,
-    mode: str = "auto", max_iters: Optional[int] = None, tol: Optional[float] = None,
-    on_nonconvergence: str = "raise", backend: str = "auto", return_info: bool = False,
+    cell: str,
+    U: Tensor,
+    A: Tensor,
+    P: Optional[Tensor] = None,
+    s0: Optional[Tensor] = None,
+    *,
+    mode: str = "auto",
+    max_iters: Optional[int] = None,
+    tol: Optional[float] = None,
+    on_nonconvergence: str = "raise",
+    backend: str = "auto",
+    return_info: bool = False,
     group: Optional[Any] = None,
 ):
     """``nlseq.pararnn`` with the sequence split over the ranks of ``group``: Newton across ranks.
@@ -281,20 +318,35 @@ def pararnn_state(
     fields = dict.fromkeys(_PARARNN_FIELDS + ("T",), -1)
     grad = torch.is_grad_enabled()
     try:
-        B, T, N, max_iters_, tol_, name = _check_pararnn(cell, U, A, P, s0, mode, max_iters, tol, on_nonconvergence,
-                                                          backend, info)
+        B, T, N, max_iters_, tol_, name = _check_pararnn(
+            cell, U, A, P, s0, mode, max_iters, tol, on_nonconvergence, backend, info
+        )
         flag = lambda t: int(grad and t is not None and t.requires_grad)  # noqa: E731
-        fields = dict(cell=CELLS.index(cell), B=B, N=N, dtype=_DTYPE_CODES[U.dtype], P=int(P is not None),
-                      s0=int(s0 is not None), mode=MODES.index(mode), max_iters=max_iters_, tol=_bits(tol_),
-                      policy=ON_NONCONVERGENCE.index(on_nonconvergence), grad_U=flag(U), grad_A=flag(A),
-                      grad_P=flag(P), grad_s0=flag(s0), T=T)
+        fields = dict(
+            cell=CELLS.index(cell),
+            B=B,
+            N=N,
+            dtype=_DTYPE_CODES[U.dtype],
+            P=int(P is not None),
+            s0=int(s0 is not None),
+            mode=MODES.index(mode),
+            max_iters=max_iters_,
+            tol=_bits(tol_),
+            policy=ON_NONCONVERGENCE.index(on_nonconvergence),
+            grad_U=flag(U),
+            grad_A=flag(A),
+            grad_P=flag(P),
+            grad_s0=flag(s0),
+            T=T,
+        )
     except (TypeError, ValueError, RuntimeError) as e:
         err = e
     rows = agree("pararnn_state", info, err, fields, _PARARNN_FIELDS, _PARARNN_LABELS)
     lengths = [r["T"] for r in rows]
     run_mode = "newton" if mode == "auto" else mode  # a sequential pass would serialise the ranks
-    S_all, iters, residual = _PararnnState.apply(U, A, P, s0, cell, lengths,
-                                                 (run_mode, max_iters_, tol_, on_nonconvergence, name), info)
+    S_all, iters, residual = _PararnnState.apply(
+        U, A, P, s0, cell, lengths, (run_mode, max_iters_, tol_, on_nonconvergence, name), info
+    )
     if return_info:
         return S_all, NewtonInfo(int(iters), float(residual), tol_, run_mode, on_nonconvergence)
     return S_all
@@ -302,10 +354,19 @@ def pararnn_state(
 
 # ---------------------------------------------------------------- user cells
 _SOLVE_FIELDS = ("jacobian", "K", "B", "D", "dtype", "h0", "max_iters", "tol", "damping", "policy", "grad")
-_SOLVE_LABELS = {"jacobian": "jacobian structure", "K": "block_size", "B": "batch size B",
-                 "D": "state size", "dtype": "state dtype", "h0": "h0 (given on every rank, or on none)",
-                 "max_iters": "max_iters", "tol": "tol", "damping": "damping", "policy": "on_nonconvergence",
-                 "grad": "autograd state (grad mode and requires_grad of x, h0, params)"}
+_SOLVE_LABELS = {
+    "jacobian": "jacobian structure",
+    "K": "block_size",
+    "B": "batch size B",
+    "D": "state size",
+    "dtype": "state dtype",
+    "h0": "h0 (given on every rank, or on none)",
+    "max_iters": "max_iters",
+    "tol": "tol",
+    "damping": "damping",
+    "policy": "on_nonconvergence",
+    "grad": "autograd state (grad mode and requires_grad of x, h0, params)",
+}
 _JACOBIANS = ("diag", "block")
 
 
@@ -341,8 +402,9 @@ class _ImplicitGrad(torch.autograd.Function):
         gs = g.reshape(ctx.flat_shape).contiguous()
         B, _, N, K = gs.shape
         # the adjoint of s_t = J_t s_{t−1} + b_t; its dA is unused, so g stands in for the states
-        _, lam, _, _ = adjoint(J, gs, gs.new_zeros(B, N, K), gs, None, _product(J.to(acc_dtype(J.dtype)), False),
-                               False, ctx.name, ctx.info)
+        _, lam, _, _ = adjoint(
+            J, gs, gs.new_zeros(B, N, K), gs, None, _product(J.to(acc_dtype(J.dtype)), False), False, ctx.name, ctx.info
+        )
         return lam.reshape(g.shape), None, None, None, None
 
 
@@ -401,14 +463,16 @@ def newton_solve(
             raise ValueError(f"nlseq.{op}: jacobian must be one of {_JACOBIANS} across ranks, got {jacobian!r}")
         if jacobian == "block":
             if block_size is None or not 1 <= int(block_size) <= MAX_BLOCK_SIZE:
-                raise ValueError(f"nlseq.{op}: jacobian='block' needs block_size in 1..{MAX_BLOCK_SIZE}, "
-                                 f"got {block_size!r}")
+                raise ValueError(
+                    f"nlseq.{op}: jacobian='block' needs block_size in 1..{MAX_BLOCK_SIZE}, got {block_size!r}"
+                )
             block_size = int(block_size)
         elif block_size is not None:
             raise ValueError(f"nlseq.{op}: block_size is only used with jacobian='block'")
         if on_nonconvergence not in ON_NONCONVERGENCE:
-            raise ValueError(f"nlseq.{op}: on_nonconvergence must be one of {ON_NONCONVERGENCE}, "
-                             f"got {on_nonconvergence!r}")
+            raise ValueError(
+                f"nlseq.{op}: on_nonconvergence must be one of {ON_NONCONVERGENCE}, got {on_nonconvergence!r}"
+            )
         if not 0.0 < float(damping) <= 1.0:
             raise ValueError(f"nlseq.{op}: damping must be in (0, 1], got {damping}")
         if isinstance(step, torch.nn.Module) and params:
@@ -420,17 +484,30 @@ def newton_solve(
         with torch.no_grad():
             state_shape = _op._state_shape(step, tuple(p.detach() for p in params), x.detach(), h0)
         if jacobian == "block" and (len(state_shape) < 1 or state_shape[-1] != block_size):
-            raise ValueError(f"nlseq.{op}: jacobian='block' needs a state [B, T, ..., K] with K = block_size = "
-                             f"{block_size}, got state shape {tuple(state_shape)}")
+            raise ValueError(
+                f"nlseq.{op}: jacobian='block' needs a state [B, T, ..., K] with K = block_size = "
+                f"{block_size}, got state shape {tuple(state_shape)}"
+            )
         dtype = _op._state_dtype(x, h0)
         max_iters_ = _op.DEFAULT_MAX_ITERS if max_iters is None else int(max_iters)
         tol_ = default_tol(dtype) if tol is None else float(tol)
         name = _registry.resolve(backend, x.device, "linear_recurrence", _SCAN_BACKENDS)
         grads = [x, h0, *params] + (list(step.parameters()) if isinstance(step, torch.nn.Module) else [])
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in grads)
-        fields = dict(jacobian=_JACOBIANS.index(jacobian), K=block_size or 1, B=B, D=math.prod(state_shape),
-                      dtype=_DTYPE_CODES.get(dtype, 0), h0=int(h0 is not None), max_iters=max_iters_, tol=_bits(tol_),
-                      damping=_bits(damping), policy=ON_NONCONVERGENCE.index(on_nonconvergence), grad=int(grad), T=T)
+        fields = dict(
+            jacobian=_JACOBIANS.index(jacobian),
+            K=block_size or 1,
+            B=B,
+            D=math.prod(state_shape),
+            dtype=_DTYPE_CODES.get(dtype, 0),
+            h0=int(h0 is not None),
+            max_iters=max_iters_,
+            tol=_bits(tol_),
+            damping=_bits(damping),
+            policy=ON_NONCONVERGENCE.index(on_nonconvergence),
+            grad=int(grad),
+            T=T,
+        )
     except (TypeError, ValueError, RuntimeError) as e:
         err = e
     agree("newton_solve", info, err, fields, _SOLVE_FIELDS, _SOLVE_LABELS)
@@ -468,8 +545,9 @@ def newton_solve(
                 H = H + damping * delta.reshape(H.shape)
                 first = first + damping * d_in.to(dtype).reshape(first.shape)
             iters += 1
-        if not residual <= tol_ and _nonconvergence(f"nlseq.{op}", residual, tol_, iters, max_iters_,
-                                                    on_nonconvergence):
+        if not residual <= tol_ and _nonconvergence(
+            f"nlseq.{op}", residual, tol_, iters, max_iters_, on_nonconvergence
+        ):
             lengths = [T] * info.size  # every rank has steps (checked above)
             H, first = _broadcast_chain(lambda s: _op._sequential_user(step, pd, xd, s, H), init, lengths, info)
             h_prev = torch.cat([first.unsqueeze(1), H[:, :-1]], dim=1)

@@ -29,6 +29,7 @@ the metadata exchange turns a disagreement (or a bad argument on any rank) into 
 every rank instead of a hang. As with every autograd collective, every rank must run the backward:
 a rank whose loss does not use its output would leave the others waiting (add ``0 * y.sum()``).
 """
+
 from __future__ import annotations
 
 import struct
@@ -60,8 +61,9 @@ def _seq_to_chan(x: Tensor, lengths: list[int], info: GroupInfo) -> Tensor:
     Pn, n = info.size, N // info.size
     send = x.reshape(B, Tr, M, Pn, n).permute(3, 1, 0, 2, 4).reshape(Pn * Tr, B, M, n)  # rows for rank s first
     recv = x.new_empty(sum(lengths), B, M, n)  # [T, B, M, n]: rank s's steps arrive in rank order
-    dist.all_to_all_single(recv, send.contiguous(), output_split_sizes=lengths, input_split_sizes=[Tr] * Pn,
-                           group=info.group)
+    dist.all_to_all_single(
+        recv, send.contiguous(), output_split_sizes=lengths, input_split_sizes=[Tr] * Pn, group=info.group
+    )
     return recv.permute(1, 0, 2, 3)
 
 
@@ -87,7 +89,7 @@ def _gather_channels(pieces: list[Optional[Tensor]], shapes: list[tuple[int, ...
     full, off = [], 0
     for p, shape in zip(pieces, shapes):
         k = p.numel()
-        block = out[:, off:off + k].reshape(info.size, *p.shape)  # [P, ..., n]
+        block = out[:, off : off + k].reshape(info.size, *p.shape)  # [P, ..., n]
         lead = p.dim() - 1
         full.append(block.permute(*range(1, lead + 1), 0, lead + 1).reshape(shape).to(p.dtype))
         off += k
@@ -95,8 +97,24 @@ def _gather_channels(pieces: list[Optional[Tensor]], shapes: list[tuple[int, ...
 
 
 # ---------------------------------------------------------------- argument checks, agreed by every rank
-_META = ("error", "T_r", "B", "N", "cell", "dtype", "has_P", "has_s0", "mode", "grad_U", "grad_A", "grad_P", "grad_s0",
-         "max_iters", "tol", "on_nonconvergence")
+_META = (
+    "error",
+    "T_r",
+    "B",
+    "N",
+    "cell",
+    "dtype",
+    "has_P",
+    "has_s0",
+    "mode",
+    "grad_U",
+    "grad_A",
+    "grad_P",
+    "grad_s0",
+    "max_iters",
+    "tol",
+    "on_nonconvergence",
+)
 
 
 def _float_bits(x: Optional[float]) -> int:
@@ -137,9 +155,11 @@ def _local_checks(cell, U, A, P, s0, mode, on_nonconvergence, max_iters, size) -
     if max_iters is not None and int(max_iters) < 0:
         raise ValueError(f"nlseq.{op}: max_iters must be >= 0, got {max_iters}")
     if N % size:
-        raise ValueError(f"nlseq.{op}: strategy='all_to_all' splits the N = {N} channels over the {size} ranks of "
-                         f"the group, so N must be divisible by {size}; use a hidden size divisible by the group "
-                         f"size or strategy='state'")
+        raise ValueError(
+            f"nlseq.{op}: strategy='all_to_all' splits the N = {N} channels over the {size} ranks of "
+            f"the group, so N must be divisible by {size}; use a hidden size divisible by the group "
+            f"size or strategy='state'"
+        )
 
 
 def _agree(local_error: Optional[BaseException], meta: list[int], device: torch.device, info: GroupInfo) -> list[int]:
@@ -153,16 +173,20 @@ def _agree(local_error: Optional[BaseException], meta: list[int], device: torch.
     if bad:
         if local_error is not None:
             raise local_error
-        raise ValueError(f"nlseq.{OP}: rank(s) {bad} of the group rejected their arguments (see the error on those "
-                         f"ranks); every rank stops here")
+        raise ValueError(
+            f"nlseq.{OP}: rank(s) {bad} of the group rejected their arguments (see the error on those "
+            f"ranks); every rank stops here"
+        )
     for k, name in enumerate(_META):
         if name in ("error", "T_r"):
             continue
         vals = [row[k] for row in rows]
         if len(set(vals)) > 1:
-            raise ValueError(f"nlseq.{OP}: the ranks disagree on {name} (by rank: {vals}); every rank must pass "
-                             f"the same cell, mode, batch B, hidden size N, dtype, optional tensors and "
-                             f"requires_grad flags, and its own contiguous piece of the sequence")
+            raise ValueError(
+                f"nlseq.{OP}: the ranks disagree on {name} (by rank: {vals}); every rank must pass "
+                f"the same cell, mode, batch B, hidden size N, dtype, optional tensors and "
+                f"requires_grad flags, and its own contiguous piece of the sequence"
+            )
     return [row[1] for row in rows]
 
 
@@ -232,8 +256,10 @@ def _chan_to_seq_T(dS: Optional[Tensor], S_ch: Tensor, lengths: list[int], info:
 def _info_tensors(inf, like: Tensor) -> tuple[Tensor, Tensor]:
     """NewtonInfo's iterations and residual as 0-dim tensors on ``like``'s device (for the collectives)."""
     acc = torch.float64 if like.dtype == torch.float64 else torch.float32
-    return (torch.as_tensor(inf.iterations, dtype=torch.int64, device=like.device),
-            torch.as_tensor(inf.residual, dtype=acc, device=like.device))
+    return (
+        torch.as_tensor(inf.iterations, dtype=torch.int64, device=like.device),
+        torch.as_tensor(inf.residual, dtype=acc, device=like.device),
+    )
 
 
 def _solve(cell, U_ch, A_r, P_r, s0_r, opts, info):
@@ -242,13 +268,35 @@ def _solve(cell, U_ch, A_r, P_r, s0_r, opts, info):
     warned about or finished sequentially on every rank alike, with a global NewtonInfo."""
     mode, rmode, max_iters, tol, on_nc, backend = opts
     if rmode != "newton" or U_ch.shape[1] == 0:
-        S, inf = _op.pararnn(cell, U_ch, A_r, P_r, s0_r, mode=mode, max_iters=max_iters, tol=tol,
-                             on_nonconvergence=on_nc, backend=backend, return_info=True)
+        S, inf = _op.pararnn(
+            cell,
+            U_ch,
+            A_r,
+            P_r,
+            s0_r,
+            mode=mode,
+            max_iters=max_iters,
+            tol=tol,
+            on_nonconvergence=on_nc,
+            backend=backend,
+            return_info=True,
+        )
         return S, _info_tensors(inf, U_ch)
     with warnings.catch_warnings():  # this rank's verdict is not the group's: decided below
         warnings.simplefilter("ignore", RuntimeWarning)
-        S, inf = _op.pararnn(cell, U_ch, A_r, P_r, s0_r, mode="newton", max_iters=max_iters, tol=tol,
-                             on_nonconvergence="warn", backend=backend, return_info=True)
+        S, inf = _op.pararnn(
+            cell,
+            U_ch,
+            A_r,
+            P_r,
+            s0_r,
+            mode="newton",
+            max_iters=max_iters,
+            tol=tol,
+            on_nonconvergence="warn",
+            backend=backend,
+            return_info=True,
+        )
     iters_t, res = _info_tensors(inf, U_ch)
     res_dtype = res.dtype
     res = res.to(torch.float64)
@@ -259,8 +307,9 @@ def _solve(cell, U_ch, A_r, P_r, s0_r, opts, info):
     iters = both[1].to(torch.int64)
     r = float(both[0])
     if not r <= tol:
-        msg = _op._nonconvergence_message(f"nlseq.{OP} ({cell}, all_to_all, max over the group's channels)", r, tol,
-                                          int(both[1]), max_iters)
+        msg = _op._nonconvergence_message(
+            f"nlseq.{OP} ({cell}, all_to_all, max over the group's channels)", r, tol, int(both[1]), max_iters
+        )
         if on_nc == "raise":
             raise RuntimeError(msg)
         if on_nc == "warn":
@@ -278,14 +327,30 @@ def _all_to_all(cell, U, A, P, s0, info, mode, max_iters, tol, on_nonconvergence
         info.check_device("pararnn", "U", U)
         name = _op._resolve(backend, U.device)
         if U.dtype == torch.float64 and name in ("cuda", "triton"):
-            raise TypeError(f"nlseq.{OP}: backend {name!r} accepts float32, bfloat16 and float16; float64 runs on "
-                            f"backend='cpp' or 'reference'")
+            raise TypeError(
+                f"nlseq.{OP}: backend {name!r} accepts float32, bfloat16 and float16; float64 runs on "
+                f"backend='cpp' or 'reference'"
+            )
         rmode = _op._resolve_mode(mode, name)
         grad = torch.is_grad_enabled()
-        meta = [0, U.shape[1], U.shape[0], U.shape[3], CELLS.index(cell), _DTYPES.index(U.dtype), P is not None,
-                s0 is not None, MODES.index(rmode), grad and U.requires_grad, grad and A.requires_grad,
-                grad and P is not None and P.requires_grad, grad and s0 is not None and s0.requires_grad,
-                -1 if max_iters is None else int(max_iters), _float_bits(tol), ON_NONCONVERGENCE.index(on_nonconvergence)]
+        meta = [
+            0,
+            U.shape[1],
+            U.shape[0],
+            U.shape[3],
+            CELLS.index(cell),
+            _DTYPES.index(U.dtype),
+            P is not None,
+            s0 is not None,
+            MODES.index(rmode),
+            grad and U.requires_grad,
+            grad and A.requires_grad,
+            grad and P is not None and P.requires_grad,
+            grad and s0 is not None and s0.requires_grad,
+            -1 if max_iters is None else int(max_iters),
+            _float_bits(tol),
+            ON_NONCONVERGENCE.index(on_nonconvergence),
+        ]
     except (ValueError, TypeError) as e:
         error, meta[0] = e, 1
     if isinstance(U, Tensor):
@@ -304,9 +369,20 @@ def _all_to_all(cell, U, A, P, s0, info, mode, max_iters, tol, on_nonconvergence
 
 # ---------------------------------------------------------------- public entry points
 def pararnn(
-    cell: str, U: Tensor, A: Tensor, P: Optional[Tensor] = None, s0: Optional[Tensor] = None, *,
-    group: Optional[Any] = None, strategy: str = "all_to_all", mode: str = "auto", max_iters: Optional[int] = None,
-    tol: Optional[float] = None, on_nonconvergence: str = "raise", backend: str = "auto", return_info: bool = False,
+    cell: str,
+    U: Tensor,
+    A: Tensor,
+    P: Optional[Tensor] = None,
+    s0: Optional[Tensor] = None,
+    *,
+    group: Optional[Any] = None,
+    strategy: str = "all_to_all",
+    mode: str = "auto",
+    max_iters: Optional[int] = None,
+    tol: Optional[float] = None,
+    on_nonconvergence: str = "raise",
+    backend: str = "auto",
+    return_info: bool = False,
 ):
     """``nlseq.pararnn`` on a sequence split over the ranks of ``group`` (see the module docstring).
 
@@ -328,10 +404,23 @@ def pararnn(
         try:
             from .newton import pararnn_state
         except ImportError as e:  # pragma: no cover - present once the distributed Newton lands
-            raise NotImplementedError(f"nlseq.{OP}: strategy='state' needs nlseq.distributed.newton, which this "
-                                      f"build does not have") from e
-        return pararnn_state(cell, U, A, P, s0, group=group, mode=mode, max_iters=max_iters, tol=tol,
-                             on_nonconvergence=on_nonconvergence, backend=backend, return_info=return_info)
+            raise NotImplementedError(
+                f"nlseq.{OP}: strategy='state' needs nlseq.distributed.newton, which this build does not have"
+            ) from e
+        return pararnn_state(
+            cell,
+            U,
+            A,
+            P,
+            s0,
+            group=group,
+            mode=mode,
+            max_iters=max_iters,
+            tol=tol,
+            on_nonconvergence=on_nonconvergence,
+            backend=backend,
+            return_info=return_info,
+        )
     return _all_to_all(cell, U, A, P, s0, info, mode, max_iters, tol, on_nonconvergence, backend, return_info)
 
 
@@ -363,8 +452,11 @@ class _FinalState(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dS, dlast, _dflag):
         if dlast is None:
-            dlast = torch.zeros(dS.shape[0], dS.shape[2], dS.shape[3], dtype=dS.dtype, device=dS.device) \
-                if dS is not None else None
+            dlast = (
+                torch.zeros(dS.shape[0], dS.shape[2], dS.shape[3], dtype=dS.dtype, device=dS.device)
+                if dS is not None
+                else None
+            )
         if dlast is not None:
             dlast = dlast.contiguous().clone()
             dist.all_reduce(dlast, group=ctx.info.group)  # the final state is replicated: its gradients add up
@@ -381,8 +473,10 @@ def final_state(S: Tensor, *, group: Optional[Any] = None) -> tuple[Tensor, Opti
     through it and use the returned S, so that one autograd node carries both outputs."""
     info = resolve_group(group, op="final_state")
     if not isinstance(S, Tensor) or S.dim() != 4:
-        raise ValueError(f"nlseq.distributed.final_state: S must be this rank's states [B, T_local, S, N], got "
-                         f"{tuple(S.shape) if isinstance(S, Tensor) else type(S).__name__}")
+        raise ValueError(
+            f"nlseq.distributed.final_state: S must be this rank's states [B, T_local, S, N], got "
+            f"{tuple(S.shape) if isinstance(S, Tensor) else type(S).__name__}"
+        )
     S_out, last, any_steps = _FinalState.apply(S, info)
     return S_out, (last if bool(any_steps) else None)
 
@@ -407,7 +501,7 @@ class _GradSum(torch.autograd.Function):
         dist.all_reduce(flat, group=ctx.info.group)
         out, off = [], 0
         for g in gs:
-            out.append(flat[off:off + g.numel()].view_as(g).to(g.dtype))
+            out.append(flat[off : off + g.numel()].view_as(g).to(g.dtype))
             off += g.numel()
         return (None, *out)
 

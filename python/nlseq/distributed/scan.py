@@ -23,6 +23,7 @@ backward kernel with grad_h_last = μ gives dA and db.
 Summaries are computed and folded in float32 (float64 for float64) whatever the I/O dtype; the
 incoming state is rounded once to the I/O dtype, because the local kernels take h0 in it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -66,8 +67,14 @@ def _describe(field: str, values: Sequence[int]) -> str:
     return str(list(values))
 
 
-def agree(op: str, info: GroupInfo, local_error: Optional[BaseException], fields: dict[str, int],
-          same: Sequence[str], labels: Optional[dict[str, str]] = None) -> list[dict[str, int]]:
+def agree(
+    op: str,
+    info: GroupInfo,
+    local_error: Optional[BaseException],
+    fields: dict[str, int],
+    same: Sequence[str],
+    labels: Optional[dict[str, str]] = None,
+) -> list[dict[str, int]]:
     """One all_gather of [error flag, *fields] from every rank; raises the same way on every rank.
 
     A rank whose own checks failed (``local_error``) re-raises its error after the exchange; the
@@ -81,15 +88,19 @@ def agree(op: str, info: GroupInfo, local_error: Optional[BaseException], fields
         raise local_error
     bad = [r for r, rw in enumerate(rows) if rw[0]]
     if bad:
-        raise ValueError(f"nlseq.distributed.{op}: rank(s) {bad} of the group rejected their arguments (their own "
-                         "error says why); every rank stops here instead of waiting for them")
+        raise ValueError(
+            f"nlseq.distributed.{op}: rank(s) {bad} of the group rejected their arguments (their own "
+            "error says why); every rank stops here instead of waiting for them"
+        )
     per_rank = [dict(zip(names, rw[1:], strict=True)) for rw in rows]
     labels = labels or {}
     for k in same:
         values = [d[k] for d in per_rank]
         if len(set(values)) > 1:
-            raise ValueError(f"nlseq.distributed.{op}: every rank must pass the same {labels.get(k, k)}; got "
-                             f"{_describe(k, values)} on ranks 0..{info.size - 1} (mismatched shards?)")
+            raise ValueError(
+                f"nlseq.distributed.{op}: every rank must pass the same {labels.get(k, k)}; got "
+                f"{_describe(k, values)} on ranks 0..{info.size - 1} (mismatched shards?)"
+            )
     return per_rank
 
 
@@ -113,8 +124,8 @@ def _product(A: Tensor, reverse: bool) -> Tensor:
         return X.prod(dim=1)
     while X.shape[1] > 1:
         T = X.shape[1]
-        pair = X[:, 1:T - T % 2:2] @ X[:, 0:T - T % 2:2]  # later one on the left
-        X = torch.cat([pair, X[:, T - 1:]], dim=1) if T % 2 else pair
+        pair = X[:, 1 : T - T % 2 : 2] @ X[:, 0 : T - T % 2 : 2]  # later one on the left
+        X = torch.cat([pair, X[:, T - 1 :]], dim=1) if T % 2 else pair
     return X[:, 0]
 
 
@@ -140,7 +151,7 @@ def solve(A: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool, name: str, 
     acc = acc_dtype(b.dtype)
     M, v = _local_summary(A, b, reverse, name)
     g = all_gather_stacked(torch.cat([M.reshape(B, N, K * K), v], dim=-1), info)
-    Ms, vs = g[..., :K * K].unflatten(-1, (K, K)), g[..., K * K:]
+    Ms, vs = g[..., : K * K].unflatten(-1, (K, K)), g[..., K * K :]
     s = b.new_zeros(B, N, K, dtype=acc) if h0 is None else h0.to(acc)
     s_in = s
     for r in order(info.size, reverse):  # the same fold, in the same order, on every rank
@@ -154,8 +165,17 @@ def solve(A: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool, name: str, 
     return h, s_in, s, M
 
 
-def adjoint(A: Tensor, h: Tensor, s_in: Tensor, g: Tensor, gbar: Optional[Tensor], M: Tensor, reverse: bool,
-            name: str, info: GroupInfo):
+def adjoint(
+    A: Tensor,
+    h: Tensor,
+    s_in: Tensor,
+    g: Tensor,
+    gbar: Optional[Tensor],
+    M: Tensor,
+    reverse: bool,
+    name: str,
+    info: GroupInfo,
+):
     """The backward of :func:`solve` (block layout): (dA, db, d_in) in h's dtype and the global dh0 (acc).
 
     ``g`` = ∂L/∂h of this rank's steps; ``gbar`` = this rank's ∂L/∂h_last (None: no h_last output,
@@ -171,13 +191,19 @@ def adjoint(A: Tensor, h: Tensor, s_in: Tensor, g: Tensor, gbar: Optional[Tensor
     if T == 0:
         w = zero
     else:  # this rank's own contribution to the gradient of its incoming state (adjoint from zero)
-        _, _, w = _linear_recurrence_backward_op(A.to(acc).contiguous(), h.to(acc).contiguous(),
-                                                 s_in.to(acc).contiguous(), g.to(acc).contiguous(), zero,
-                                                 reverse, name)
+        _, _, w = _linear_recurrence_backward_op(
+            A.to(acc).contiguous(),
+            h.to(acc).contiguous(),
+            s_in.to(acc).contiguous(),
+            g.to(acc).contiguous(),
+            zero,
+            reverse,
+            name,
+        )
     parts = [M.reshape(B, N, K * K), w.to(acc)] + ([] if gbar is None else [gbar.to(acc)])
     gathered = all_gather_stacked(torch.cat(parts, dim=-1), info)
-    Ms, ws = gathered[..., :K * K].unflatten(-1, (K, K)), gathered[..., K * K:K * K + K]
-    mu = zero if gbar is None else gathered[..., K * K + K:].sum(dim=0)  # h_last is replicated: its gradients add
+    Ms, ws = gathered[..., : K * K].unflatten(-1, (K, K)), gathered[..., K * K : K * K + K]
+    mu = zero if gbar is None else gathered[..., K * K + K :].sum(dim=0)  # h_last is replicated: its gradients add
     mu_in = mu
     for r in reversed(order(info.size, reverse)):  # from the last rank of travel back to the first
         if r == info.rank:
@@ -185,8 +211,15 @@ def adjoint(A: Tensor, h: Tensor, s_in: Tensor, g: Tensor, gbar: Optional[Tensor
         mu = _matvec(Ms[r].transpose(-1, -2), mu) + ws[r]
     if T == 0:
         return A.new_empty(A.shape), h.new_empty(h.shape), mu_in.to(io), mu
-    dA, db, d_in = _linear_recurrence_backward_op(A.contiguous(), h.contiguous(), s_in.to(io).contiguous(),
-                                                  g.to(io).contiguous(), mu_in.to(io).contiguous(), reverse, name)
+    dA, db, d_in = _linear_recurrence_backward_op(
+        A.contiguous(),
+        h.contiguous(),
+        s_in.to(io).contiguous(),
+        g.to(io).contiguous(),
+        mu_in.to(io).contiguous(),
+        reverse,
+        name,
+    )
     return dA, db, d_in, mu
 
 
@@ -217,9 +250,17 @@ class _LinearRecurrence(torch.autograd.Function):
 _DIAG = "(diagonal layout: A and b [B, T_local, N], h0 [B, N])"
 _BLOCK = "(block layout: A [B, T_local, N, K, K], b [B, T_local, N, K], h0 [B, N, K])"
 _FIELDS = ("layout", "B", "N", "K", "dtype", "h0", "reverse", "grad")
-LABELS = {"layout": "layout (diagonal or block)", "B": "batch size B", "N": "channel count N", "K": "block size K",
-          "dtype": "dtype", "h0": "h0 (given on every rank, or on none)", "reverse": "reverse flag",
-          "grad": "autograd state (grad mode and requires_grad of A, b, h0)", "T": "local length"}
+LABELS = {
+    "layout": "layout (diagonal or block)",
+    "B": "batch size B",
+    "N": "channel count N",
+    "K": "block size K",
+    "dtype": "dtype",
+    "h0": "h0 (given on every rank, or on none)",
+    "reverse": "reverse flag",
+    "grad": "autograd state (grad mode and requires_grad of A, b, h0)",
+    "T": "local length",
+}
 
 
 def _check_local(A, b, h0, reverse, backend, info: GroupInfo):
@@ -245,13 +286,20 @@ def _check_local(A, b, h0, reverse, backend, info: GroupInfo):
     info.check_device(OP, "b", b)
     name = _registry.resolve(backend, b.device, OP, IMPLEMENTED)
     if b.dtype == torch.float64 and name in ("cuda", "triton"):
-        raise TypeError(f"{_WHERE}: backend {name!r} accepts float32, bfloat16 and float16; float64 runs on "
-                        f"backend='cpp' or 'reference'")
+        raise TypeError(
+            f"{_WHERE}: backend {name!r} accepts float32, bfloat16 and float16; float64 runs on "
+            f"backend='cpp' or 'reference'"
+        )
     return diagonal, B, T, N, K, name
 
 
 def linear_recurrence(
-    A: Tensor, b: Tensor, h0: Optional[Tensor] = None, *, group: Optional[Any] = None, reverse: bool = False,
+    A: Tensor,
+    b: Tensor,
+    h0: Optional[Tensor] = None,
+    *,
+    group: Optional[Any] = None,
+    reverse: bool = False,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """``nlseq.linear_recurrence`` on a sequence split over the ranks of ``group``: (h_local, h_last).
@@ -299,8 +347,17 @@ def linear_recurrence(
         diagonal, B, T, N, K, name = _check_local(A, b, h0, reverse, backend, info)
         # the backward is a collective too: every rank must build the autograd graph, or none
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (A, b, h0))
-        fields = dict(layout=1 if diagonal else 2, B=B, N=N, K=K, dtype=_DTYPE_CODES[b.dtype], h0=int(h0 is not None),
-                      reverse=int(reverse), grad=int(grad), T=T)
+        fields = dict(
+            layout=1 if diagonal else 2,
+            B=B,
+            N=N,
+            K=K,
+            dtype=_DTYPE_CODES[b.dtype],
+            h0=int(h0 is not None),
+            reverse=int(reverse),
+            grad=int(grad),
+            T=T,
+        )
     except (TypeError, ValueError, RuntimeError) as e:
         err = e
     agree(OP, info, err, fields, _FIELDS, LABELS)

@@ -8,6 +8,7 @@ Two layouts:
 - **zigzag** (causal load balance for attention): the sequence is cut into 2P chunks and rank r
   holds chunks r and 2P−1−r, concatenated in that order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,8 +74,15 @@ def layout_shard(T: int, P: int, rank: int, layout: str = "contiguous") -> Shard
     return Shard(zigzag_bounds(T, P)[rank], T, layout)
 
 
-def shard(x: Tensor, dim: int = 1, *, group: Optional[Any] = None, layout: str = "contiguous",
-          rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple[Tensor, Shard]:
+def shard(
+    x: Tensor,
+    dim: int = 1,
+    *,
+    group: Optional[Any] = None,
+    layout: str = "contiguous",
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+) -> tuple[Tensor, Shard]:
     """This rank's piece of a full tensor ``x`` along ``dim`` (no communication), and its :class:`Shard`.
 
     ``rank``/``world_size`` default to this process's place in ``group``; pass both to shard

@@ -16,6 +16,7 @@ bytes on this rank, P = group size): all_to_all: the pieces for the other ranks;
 (P−1)·n; all_reduce: 2(P−1)/P·n; reduce_scatter: (P−1)/P·n of the input; broadcast: n·(P−1) on
 the root, 0 elsewhere. It is the logical traffic, not a measurement of the transport.
 """
+
 from __future__ import annotations
 
 from collections import Counter

@@ -24,6 +24,7 @@ generation from prompts of different lengths is not supported (a left pad would 
 
 transformers is imported when this module is imported; ``import nlseq`` never imports it.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -55,15 +56,33 @@ class ParaRNNConfig(PretrainedConfig):
 
     model_type = MODEL_TYPE
 
-    def __init__(self, vocab_size: int = 256, hidden_size: int = 128, num_hidden_layers: int = 2, cell: str = "gru",
-                 heads: int = 2, intermediate_size: Optional[int] = None, mode: str = "auto", backend: str = "auto",
-                 max_iters: Optional[int] = None, tol: Optional[float] = None, on_nonconvergence: str = "sequential",
-                 rms_norm_eps: float = 1e-6, initializer_range: float = 0.02, tie_word_embeddings: bool = True,
-                 use_cache: bool = True, **kwargs):
+    def __init__(
+        self,
+        vocab_size: int = 256,
+        hidden_size: int = 128,
+        num_hidden_layers: int = 2,
+        cell: str = "gru",
+        heads: int = 2,
+        intermediate_size: Optional[int] = None,
+        mode: str = "auto",
+        backend: str = "auto",
+        max_iters: Optional[int] = None,
+        tol: Optional[float] = None,
+        on_nonconvergence: str = "sequential",
+        rms_norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        **kwargs,
+    ):
         if cell not in CELLS:
             raise ValueError(f"ParaRNNConfig: cell must be one of {tuple(CELLS)}, got {cell!r}")
-        for name, v in (("vocab_size", vocab_size), ("hidden_size", hidden_size),
-                        ("num_hidden_layers", num_hidden_layers), ("heads", heads)):
+        for name, v in (
+            ("vocab_size", vocab_size),
+            ("hidden_size", hidden_size),
+            ("num_hidden_layers", num_hidden_layers),
+            ("heads", heads),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"ParaRNNConfig: {name} must be a positive int, got {v!r}")
         if hidden_size % heads:
@@ -89,8 +108,9 @@ class ParaRNNCache:
 
     def reorder_cache(self, beam_idx: Tensor) -> None:
         """Beam search: keep the states of the chosen beams."""
-        self.states = [None if s is None else tuple(t.index_select(0, beam_idx.to(t.device)) for t in s)
-                       for s in self.states]
+        self.states = [
+            None if s is None else tuple(t.index_select(0, beam_idx.to(t.device)) for t in s) for s in self.states
+        ]
 
 
 class _RMSNorm(nn.Module):
@@ -111,9 +131,17 @@ class ParaRNNBlock(nn.Module):
         d = config.hidden_size
         self.is_lstm = config.cell == "lstm"
         self.norm_mix = _RMSNorm(d, config.rms_norm_eps)
-        self.cell = CELLS[config.cell](d, d, heads=config.heads, batch_first=True, backend=config.backend,
-                                       mode=config.mode, max_iters=config.max_iters, tol=config.tol,
-                                       on_nonconvergence=config.on_nonconvergence)
+        self.cell = CELLS[config.cell](
+            d,
+            d,
+            heads=config.heads,
+            batch_first=True,
+            backend=config.backend,
+            mode=config.mode,
+            max_iters=config.max_iters,
+            tol=config.tol,
+            on_nonconvergence=config.on_nonconvergence,
+        )
         self.out_proj = nn.Linear(d, d, bias=False)
         self.norm_mlp = _RMSNorm(d, config.rms_norm_eps)
         self.gate = nn.Linear(d, config.intermediate_size, bias=False)
@@ -166,8 +194,13 @@ class ParaRNNModel(ParaRNNPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def forward(self, input_ids: Optional[Tensor] = None, inputs_embeds: Optional[Tensor] = None,
-                cache: Optional[ParaRNNCache] = None, use_cache: bool = False) -> tuple[Tensor, Optional[ParaRNNCache]]:
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        cache: Optional[ParaRNNCache] = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, Optional[ParaRNNCache]]:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("ParaRNNModel: pass exactly one of input_ids and inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -207,23 +240,39 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def prepare_inputs_for_generation(self, input_ids: Tensor, cache: Optional[ParaRNNCache] = None,
-                                      use_cache: Optional[bool] = None, attention_mask: Optional[Tensor] = None,
-                                      inputs_embeds: Optional[Tensor] = None, **kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: Tensor,
+        cache: Optional[ParaRNNCache] = None,
+        use_cache: Optional[bool] = None,
+        attention_mask: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        **kwargs,
+    ):
         if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("ParaRNNForCausalLM.generate: padded prompts are not supported (a recurrent state "
-                             "would absorb the pads); generate prompts of different lengths separately")
+            raise ValueError(
+                "ParaRNNForCausalLM.generate: padded prompts are not supported (a recurrent state "
+                "would absorb the pads); generate prompts of different lengths separately"
+            )
         if cache is not None and cache.seen_tokens > 0:
             # every token before the last one is already folded into the recurrent state
-            return {"input_ids": input_ids[:, cache.seen_tokens:], "cache": cache, "use_cache": True}
+            return {"input_ids": input_ids[:, cache.seen_tokens :], "cache": cache, "use_cache": True}
         if inputs_embeds is not None:
             return {"inputs_embeds": inputs_embeds, "cache": cache, "use_cache": use_cache}
         return {"input_ids": input_ids, "cache": cache, "use_cache": use_cache}
 
-    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
-                inputs_embeds: Optional[Tensor] = None, cache: Optional[ParaRNNCache] = None,
-                labels: Optional[Tensor] = None, use_cache: Optional[bool] = None, return_dict: Optional[bool] = None,
-                logits_to_keep: int = 0, **kwargs) -> CausalLMOutput:
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        cache: Optional[ParaRNNCache] = None,
+        labels: Optional[Tensor] = None,
+        use_cache: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutput:
         """``labels`` are the input ids (shifted inside, −100 ignored), as in every causal LM of transformers.
 
         ``attention_mask`` may only mark right padding (1s then 0s per row): the recurrence runs
@@ -232,8 +281,10 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
         if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] > 1:
             am = attention_mask.to(torch.int64)
             if bool((am[:, 1:] > am[:, :-1]).any()):
-                raise ValueError("ParaRNNForCausalLM: attention_mask may only mark right padding (a 0 followed by "
-                                 "a 1 would feed pads into the recurrent state)")
+                raise ValueError(
+                    "ParaRNNForCausalLM: attention_mask may only mark right padding (a 0 followed by "
+                    "a 1 would feed pads into the recurrent state)"
+                )
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         hidden, cache = self.model(input_ids, inputs_embeds, cache, use_cache=bool(use_cache))
         if logits_to_keep:
@@ -241,8 +292,11 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden).float()
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                               labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
+            loss = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1).to(logits.device),
+                ignore_index=-100,
+            )
         out = CausalLMOutput(loss=loss, logits=logits)
         if use_cache:
             out["cache"] = cache

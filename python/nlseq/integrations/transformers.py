@@ -33,6 +33,7 @@ How the attention function maps transformers' arguments onto ``nlseq.softplus_at
 
 transformers is imported only when ``register`` runs; importing nlseq never imports it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -91,9 +92,19 @@ def _masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: Optional
     return (P @ v.to(acc)).to(dtype)
 
 
-def _attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Optional[Tensor], *,
-               reweight: bool, dropout: float = 0.0, scaling: Optional[float] = None,
-               is_causal: Optional[bool] = None, **kwargs):
+def _attention(
+    module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Optional[Tensor],
+    *,
+    reweight: bool,
+    dropout: float = 0.0,
+    scaling: Optional[float] = None,
+    is_causal: Optional[bool] = None,
+    **kwargs,
+):
     name = "lssar" if reweight else "lssa"
     op = f"integrations.transformers ({name} attention)"
     dropout = check_float(op, "dropout", dropout, lo=0.0, hi=1.0)
@@ -102,9 +113,12 @@ def _attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask
             raise ValueError(
                 f"nlseq {'lssar' if reweight else 'lssa'} attention: attention dropout {dropout} is not supported (the "
                 "fused kernels never form the weight matrix); set the model's attention dropout (attn_pdrop / "
-                "attention_dropout) to 0, or call nlseq.integrations.transformers.register(attention_dropout='ignore')")
-        warnings.warn(f"nlseq attention: attention dropout {dropout} is skipped (register(attention_dropout='ignore'))",
-                      stacklevel=2)
+                "attention_dropout) to 0, or call nlseq.integrations.transformers.register(attention_dropout='ignore')"
+            )
+        warnings.warn(
+            f"nlseq attention: attention dropout {dropout} is skipped (register(attention_dropout='ignore'))",
+            stacklevel=2,
+        )
     p = None
     if reweight:
         config = getattr(module, "config", None)
@@ -113,19 +127,39 @@ def _attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     Tq, Tk = query.shape[2], key.shape[2]
     if attention_mask is not None and attention_mask.dim() == 2:  # key padding mask from nlseq_mask
-        check_tensor("attention_mask", attention_mask, op=op, ndim=2, dtypes=(torch.bool,),
-                     layout="([B, Tk] key padding mask)", device=query.device, device_of="query")
+        check_tensor(
+            "attention_mask",
+            attention_mask,
+            op=op,
+            ndim=2,
+            dtypes=(torch.bool,),
+            layout="([B, Tk] key padding mask)",
+            device=query.device,
+            device_of="query",
+        )
         out = _padded_attention(query, key, value, attention_mask, bool(causal), p)
     elif attention_mask is not None:
-        check_tensor("attention_mask", attention_mask, op=op, ndim=4,
-                     dtypes=(torch.bool, torch.float32, torch.float16, torch.bfloat16, torch.float64),
-                     layout="([B, 1 or H, Tq, Tk], bool or additive float)", device=query.device, device_of="query")
+        check_tensor(
+            "attention_mask",
+            attention_mask,
+            op=op,
+            ndim=4,
+            dtypes=(torch.bool, torch.float32, torch.float16, torch.bfloat16, torch.float64),
+            layout="([B, 1 or H, Tq, Tk], bool or additive float)",
+            device=query.device,
+            device_of="query",
+        )
         B, H = query.shape[0], query.shape[1]
-        ok = attention_mask.shape[0] in (1, B) and attention_mask.shape[1] in (1, H) \
+        ok = (
+            attention_mask.shape[0] in (1, B)
+            and attention_mask.shape[1] in (1, H)
             and tuple(attention_mask.shape[2:]) == (Tq, Tk)
+        )
         if not ok:
-            raise ValueError(f"nlseq.{op}: attention_mask must have shape [B or 1, H or 1, Tq, Tk] = "
-                             f"[{B}, {H}, {Tq}, {Tk}], got {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"nlseq.{op}: attention_mask must have shape [B or 1, H or 1, Tq, Tk] = "
+                f"[{B}, {H}, {Tq}, {Tk}], got {tuple(attention_mask.shape)}"
+            )
         if attention_mask.dtype != torch.bool:  # an additive float mask: 0 = visible, finfo.min = masked
             attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
         out = _masked_attention(query, key, value, attention_mask, p)
@@ -133,8 +167,9 @@ def _attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask
         kv_offset = Tk - Tq
         if causal and Tq > 1 and Tk > Tq:  # prefill into an empty static cache (see module docstring)
             key, value, kv_offset = key[:, :, :Tq], value[:, :, :Tq], 0
-        out = softplus_attention(query, key, value, causal=bool(causal), reweight_p=p, kv_offset=max(kv_offset, 0),
-                                 backend=_backend)
+        out = softplus_attention(
+            query, key, value, causal=bool(causal), reweight_p=p, kv_offset=max(kv_offset, 0), backend=_backend
+        )
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -157,7 +192,7 @@ def _padded_attention(q: Tensor, k: Tensor, v: Tensor, mask2d: Tensor, causal: b
         raise ValueError(f"nlseq attention: the padding mask must be [B, Tk] = {(B, Tk)}, got {tuple(mask2d.shape)}")
     if not causal and Tq != Tk:  # cross-attention: the key mask says nothing of which queries are real
         return _masked_attention(q, k, v, mask2d[:, None, None, :].expand(B, 1, Tq, Tk), p)
-    valid_q = mask2d[:, Tk - Tq:]
+    valid_q = mask2d[:, Tk - Tq :]
     nq, nk = valid_q.sum(1), mask2d.sum(1)
     kv_offset = 0
     if causal and Tq == 1:
@@ -166,7 +201,7 @@ def _padded_attention(q: Tensor, k: Tensor, v: Tensor, mask2d: Tensor, causal: b
         offsets = (nk - nq).tolist()
         if len(set(offsets)) > 1:  # rows differ in how many real keys precede the query chunk: no one kv_offset
             pos = torch.arange(Tk, device=q.device)
-            return _masked_attention(q, k, v, mask2d[:, None, None, :] & (pos[None, :] <= pos[Tk - Tq:, None]), p)
+            return _masked_attention(q, k, v, mask2d[:, None, None, :] & (pos[None, :] <= pos[Tk - Tq :, None]), p)
         kv_offset = offsets[0]
     zero = torch.zeros(1, dtype=torch.int64, device=q.device)
     cu_q = torch.cat([zero, nq.cumsum(0)])
@@ -174,28 +209,56 @@ def _padded_attention(q: Tensor, k: Tensor, v: Tensor, mask2d: Tensor, causal: b
     qp = q.transpose(1, 2)[valid_q].transpose(0, 1).unsqueeze(0)  # [1, H, Σ nq, D]
     kp = k.transpose(1, 2)[mask2d].transpose(0, 1).unsqueeze(0)
     vp = v.transpose(1, 2)[mask2d].transpose(0, 1).unsqueeze(0)
-    o = softplus_attention(qp, kp, vp, causal=causal, reweight_p=p, kv_offset=kv_offset, cu_seqlens_q=cu_q,
-                           cu_seqlens_k=cu_k, backend=_backend)
+    o = softplus_attention(
+        qp,
+        kp,
+        vp,
+        causal=causal,
+        reweight_p=p,
+        kv_offset=kv_offset,
+        cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k,
+        backend=_backend,
+    )
     out = q.new_zeros(B, Tq, H, D)
     out[valid_q] = o[0].transpose(0, 1)
     return out.transpose(1, 2)
 
 
-def nlseq_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
-               mask_function=None, attention_mask: Optional[Tensor] = None, **kwargs):
+def nlseq_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function=None,
+    attention_mask: Optional[Tensor] = None,
+    **kwargs,
+):
     """transformers mask function: None (no padding), the 2-D padding mask, or sdpa_mask's 4-D mask."""
     from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, sdpa_mask
 
     plain = mask_function is None or mask_function in (causal_mask_function, bidirectional_mask_function)
-    if plain and (attention_mask is None or attention_mask.dim() == 2) and attention_mask is not None \
-            and attention_mask.shape[1] >= kv_length:
+    if (
+        plain
+        and (attention_mask is None or attention_mask.dim() == 2)
+        and attention_mask is not None
+        and attention_mask.shape[1] >= kv_length
+    ):
         m = attention_mask[:, -kv_length:].to(torch.bool)
         return None if bool(m.all()) else m
     if plain and attention_mask is None:
         return None
-    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                     kv_offset=kv_offset, mask_function=mask_function or causal_mask_function,
-                     attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        mask_function=mask_function or causal_mask_function,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
 
 
 def register(p: float = DEFAULT_P, backend: str = "auto", attention_dropout: str = "raise") -> None:

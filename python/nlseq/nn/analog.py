@@ -18,6 +18,7 @@ move), the training-mode programming is the op ``nlseq::analog_program`` and the
 kernel is ``nlseq::analog_rnn``, both with fake kernels. An eval-mode forward reads the crossbars
 programmed before: call ``program()`` (or ``nlseq.analog.program(model)``) before compiling it.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -65,8 +66,12 @@ def _(Ws, key, offset):
     for W, banks in zip(Ws, m._bank_specs()):
         N, K = W.shape
         L = banks[0][0].levels.numel()
-        out += [W.new_empty(N, K, dtype=torch.float32), W.new_empty(N, dtype=torch.float32),
-                W.new_empty(N, L - 1, dtype=torch.float32), W.new_empty(N, L, dtype=torch.float32)]
+        out += [
+            W.new_empty(N, K, dtype=torch.float32),
+            W.new_empty(N, dtype=torch.float32),
+            W.new_empty(N, L - 1, dtype=torch.float32),
+            W.new_empty(N, L, dtype=torch.float32),
+        ]
     return out + [Ws[0].new_empty(shape, dtype=torch.float32) for shape in m._cell_adc_shapes()]
 
 
@@ -74,13 +79,14 @@ class _Programmed:
     """What one programming of a crossbar and its ADC banks leaves behind (tensors on one device)."""
 
     def __init__(self, weight, col_scale, thresholds, levels, noise_a, noise_b):
-        self.weight, self.col_scale = weight, col_scale            # [N, K] digital units, [N] µA/unit
-        self.thresholds, self.levels = thresholds, levels          # [N, L−1] µA, [N, L]
+        self.weight, self.col_scale = weight, col_scale  # [N, K] digital units, [N] µA/unit
+        self.thresholds, self.levels = thresholds, levels  # [N, L−1] µA, [N, L]
         self.noise_a, self.noise_b = noise_a, noise_b
 
 
-def _program_crossbar(W: Tensor, banks: Sequence[tuple[NLADC, int]], config: CrossbarConfig,
-                      generator: torch.Generator) -> _Programmed:
+def _program_crossbar(
+    W: Tensor, banks: Sequence[tuple[NLADC, int]], config: CrossbarConfig, generator: torch.Generator
+) -> _Programmed:
     """Program W [N, K] (may require grad) and the ADC banks (adc, columns) covering its N columns.
 
     The returned weight equals the programmed weights in value and W in gradient (straight
@@ -92,7 +98,7 @@ def _program_crossbar(W: Tensor, banks: Sequence[tuple[NLADC, int]], config: Cro
     start = 0
     for adc, cols in banks:
         p = adc.program(cols, config, generator)
-        scale = col_scale[start:start + cols]  # µA per input unit of each column: ramp in µA
+        scale = col_scale[start : start + cols]  # µA per input unit of each column: ramp in µA
         start += cols
         thresholds.append(p.thresholds[None, :] * scale[:, None] + p.offsets[:, None])
         levels.append(adc.levels[None, :].expand(cols, -1))
@@ -151,14 +157,18 @@ class _AnalogBase(tnn.Module):
 
     def reset_noise(self, offset: int = 0) -> None:
         """Rewind the read-noise stream (the Philox offset) to ``offset``."""
-        self._noise_offset.fill_(check_int(f"nn.{type(self).__name__}.reset_noise", "offset", offset, lo=0, hi=2**63 - 1))
+        self._noise_offset.fill_(
+            check_int(f"nn.{type(self).__name__}.reset_noise", "offset", offset, lo=0, hi=2**63 - 1)
+        )
 
     def program(self, generator: Optional[torch.Generator] = None) -> "_AnalogBase":
         """Program the weights and ADC ramps now (programming noise, stuck devices, drift,
         comparator offsets), drawing from ``generator`` or the module's own generator."""
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"nlseq.nn.{type(self).__name__}.program: generator must be a torch.Generator or None, "
-                            f"got {type(generator).__name__}")
+            raise TypeError(
+                f"nlseq.nn.{type(self).__name__}.program: generator must be a torch.Generator or None, "
+                f"got {type(generator).__name__}"
+            )
         g = self._generator if generator is None else generator
         with torch.no_grad():  # the stored programming is a snapshot: no autograd graph back to the weights
             self._programmed = [_program_crossbar(W, banks, self.config, g) for W, banks in self._crossbars()]
@@ -170,8 +180,10 @@ class _AnalogBase(tnn.Module):
             return self._program_for_training()
         if self._programmed is None:
             if torch.compiler.is_compiling():
-                raise RuntimeError(f"{type(self).__name__}: program the crossbars before compiling an eval-mode forward "
-                                   "(call .program() or nlseq.analog.program(model) first)")
+                raise RuntimeError(
+                    f"{type(self).__name__}: program the crossbars before compiling an eval-mode forward "
+                    "(call .program() or nlseq.analog.program(model) first)"
+                )
             with torch.no_grad():
                 self.program()
         return self._programmed, self._cell_adc_state
@@ -184,10 +196,10 @@ class _AnalogBase(tnn.Module):
         self._program_offset.add_(1)
         out = []
         for i, (W, banks) in enumerate(crossbars):
-            pw, cs, thr, lev = flat[4 * i:4 * i + 4]
+            pw, cs, thr, lev = flat[4 * i : 4 * i + 4]
             na, nb = self.config.noise_coefficients(W.shape[1], banks[0][0].cmp_noise)
             out.append(_Programmed(W + (pw - W).detach(), cs, thr, lev, na, nb))
-        return out, list(flat[4 * len(crossbars):])
+        return out, list(flat[4 * len(crossbars) :])
 
     def _bank_specs(self) -> list[list[tuple[NLADC, int]]]:
         """The ADC banks (adc, columns) of every crossbar, in ``_crossbars`` order."""
@@ -202,10 +214,21 @@ class _AnalogBase(tnn.Module):
     def _mvm(self, x: Tensor, p: _Programmed, act: str) -> Tensor:
         offset = self._noise_offset.clone()
         self._noise_offset.add_(1)
-        return analog_mvm(x, p.weight, p.col_scale, p.thresholds, p.levels, in_bits=self.config.in_bits,
-                          x_max=self.config.x_max, noise_a=p.noise_a, noise_b=p.noise_b,
-                          seed=(self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1), offset=offset, act=act,
-                          backend=self.backend)
+        return analog_mvm(
+            x,
+            p.weight,
+            p.col_scale,
+            p.thresholds,
+            p.levels,
+            in_bits=self.config.in_bits,
+            x_max=self.config.x_max,
+            noise_a=p.noise_a,
+            noise_b=p.noise_b,
+            seed=(self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1),
+            offset=offset,
+            act=act,
+            backend=self.backend,
+        )
 
     def _crossbars(self):  # [(W_full [N, K], banks)]
         raise NotImplementedError
@@ -222,9 +245,20 @@ class AnalogLinear(_AnalogBase):
     over ±``linear_range``. Parameters ``weight`` [out, in] and ``bias`` [out] as torch.nn.Linear.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, config: Optional[CrossbarConfig] = None,
-                 adc: Optional[NLADC] = None, seed: int = 0, *, linear_range: float = 8.0, backend: str = "auto",
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        config: Optional[CrossbarConfig] = None,
+        adc: Optional[NLADC] = None,
+        seed: int = 0,
+        *,
+        linear_range: float = 8.0,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
         super().__init__(config, seed, backend)
         op = "nn.AnalogLinear"
         check_int(op, "in_features", in_features, lo=1)
@@ -247,21 +281,36 @@ class AnalogLinear(_AnalogBase):
         return [(W, self._bank_specs()[0])]
 
     def forward(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, op="nn.AnalogLinear", layout=f"([..., in_features = {self.in_features}])",
-                     device=self.weight.device, device_of="the module's parameters")
+        check_tensor(
+            "x",
+            x,
+            op="nn.AnalogLinear",
+            layout=f"([..., in_features = {self.in_features}])",
+            device=self.weight.device,
+            device_of="the module's parameters",
+        )
         if x.dim() < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"nlseq.nn.AnalogLinear: x must have in_features = {self.in_features} in its last dim, "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"nlseq.nn.AnalogLinear: x must have in_features = {self.in_features} in its last dim, "
+                f"got shape {tuple(x.shape)}"
+            )
         (p,), _ = self._state()
         if self.bias is not None:
             x = torch.cat([x, _ones_column(x)], dim=-1)
         return self._mvm(x, p, _act_string([(self.adc, self.out_features)]))
 
     @classmethod
-    def from_digital(cls, module: tnn.Linear, config: Optional[CrossbarConfig] = None, adc_bits: int = 8,
-                     adc: Optional[NLADC] = None, **kwargs) -> "AnalogLinear":
-        out = cls(module.in_features, module.out_features, bias=module.bias is not None, config=config,
-                  adc=adc, **kwargs)
+    def from_digital(
+        cls,
+        module: tnn.Linear,
+        config: Optional[CrossbarConfig] = None,
+        adc_bits: int = 8,
+        adc: Optional[NLADC] = None,
+        **kwargs,
+    ) -> "AnalogLinear":
+        out = cls(
+            module.in_features, module.out_features, bias=module.bias is not None, config=config, adc=adc, **kwargs
+        )
         if adc is None:
             rng = kwargs.get("linear_range", 8.0)
             out.adc = NLADC("identity", adc_bits, (-rng, rng))
@@ -272,11 +321,26 @@ class AnalogLinear(_AnalogBase):
 class _AnalogRNNBase(_AnalogBase):
     _MODE = ""
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = True, dropout: float = 0.0, bidirectional: bool = False,
-                 config: Optional[CrossbarConfig] = None, adc_bits: int = 5, seed: int = 0, *,
-                 cmp_offset: float = 0.0, cmp_noise: float = 0.0, linear_range: float = 4.0,
-                 backend: str = "auto", device=None, dtype=None):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = True,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        config: Optional[CrossbarConfig] = None,
+        adc_bits: int = 5,
+        seed: int = 0,
+        *,
+        cmp_offset: float = 0.0,
+        cmp_noise: float = 0.0,
+        linear_range: float = 4.0,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
         super().__init__(config, seed, backend)
         op = f"nn.Analog{self._MODE}"
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
@@ -290,8 +354,9 @@ class _AnalogRNNBase(_AnalogBase):
             raise NotImplementedError(f"Analog{self._MODE}: bidirectional=True is not supported")
         if dropout:
             raise NotImplementedError(f"Analog{self._MODE}: dropout between layers is not supported")
-        ref = (tnn.LSTM if self._MODE == "LSTM" else tnn.GRU)(input_size, hidden_size, num_layers, bias=bias,
-                                                             batch_first=batch_first, device=device, dtype=dtype)
+        ref = (tnn.LSTM if self._MODE == "LSTM" else tnn.GRU)(
+            input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first, device=device, dtype=dtype
+        )
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.adc_bits = bias, batch_first, adc_bits
         for name, p in ref.named_parameters():
@@ -348,11 +413,20 @@ class _AnalogRNNBase(_AnalogBase):
     def forward(self, input: Tensor, hx=None):
         op = f"nn.Analog{self._MODE}"
         layout = "[B, T, I]" if self.batch_first else "[T, B, I]"
-        check_tensor("input", input, op=op, ndim=(2, 3), layout=f"({layout}, or [T, I] unbatched)",
-                     device=self.weight_ih_l0.device, device_of="the module's parameters")
+        check_tensor(
+            "input",
+            input,
+            op=op,
+            ndim=(2, 3),
+            layout=f"({layout}, or [T, I] unbatched)",
+            device=self.weight_ih_l0.device,
+            device_of="the module's parameters",
+        )
         if input.shape[-1] != self.input_size:
-            raise ValueError(f"nlseq.{op}: input must have input_size = {self.input_size} features in its last dim, "
-                             f"got shape {tuple(input.shape)}")
+            raise ValueError(
+                f"nlseq.{op}: input must have input_size = {self.input_size} features in its last dim, "
+                f"got shape {tuple(input.shape)}"
+            )
         batched = input.dim() == 3
         x = input if batched else input.unsqueeze(1 if not self.batch_first else 0)
         if self.batch_first:
@@ -411,10 +485,23 @@ class _AnalogRNNBase(_AnalogBase):
         self._noise_offset.add_(x.shape[0])
         with torch.no_grad():
             out, h_n, c_n = analog_rnn_op(
-                self._MODE.lower(), x.contiguous(), p.weight.detach().contiguous(), p.col_scale, p.thresholds,
-                p.levels, cell_thr, self.tanh_adc.levels.to(torch.float32), h.contiguous(),
-                None if c is None else c.contiguous(), self.config.in_bits, self.config.x_max, p.noise_a, p.noise_b,
-                (self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1), offset)
+                self._MODE.lower(),
+                x.contiguous(),
+                p.weight.detach().contiguous(),
+                p.col_scale,
+                p.thresholds,
+                p.levels,
+                cell_thr,
+                self.tanh_adc.levels.to(torch.float32),
+                h.contiguous(),
+                None if c is None else c.contiguous(),
+                self.config.in_bits,
+                self.config.x_max,
+                p.noise_a,
+                p.noise_b,
+                (self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1),
+                offset,
+            )
         return out, h_n, (c_n if c is not None else None)
 
     def _check_hx(self, name: str, h, B: int, x: Tensor, batched: bool) -> Tensor:
@@ -423,11 +510,21 @@ class _AnalogRNNBase(_AnalogBase):
         op = f"nn.Analog{self._MODE}"
         L, H = self.num_layers, self.hidden_size
         shape = (L, B, H) if batched else (L, H)
-        check_tensor(name, h, op=op, ndim=len(shape), dtypes=FLOAT_DTYPES, device=x.device, device_of="input",
-                     layout=f"([num_layers, B, hidden_size] = {shape}{'' if batched else ' unbatched'})")
+        check_tensor(
+            name,
+            h,
+            op=op,
+            ndim=len(shape),
+            dtypes=FLOAT_DTYPES,
+            device=x.device,
+            device_of="input",
+            layout=f"([num_layers, B, hidden_size] = {shape}{'' if batched else ' unbatched'})",
+        )
         if tuple(h.shape) != shape:
-            raise ValueError(f"nlseq.{op}: {name} must have shape [num_layers, {'B, ' if batched else ''}hidden_size] = "
-                             f"{shape}, got {tuple(h.shape)}")
+            raise ValueError(
+                f"nlseq.{op}: {name} must have shape [num_layers, {'B, ' if batched else ''}hidden_size] = "
+                f"{shape}, got {tuple(h.shape)}"
+            )
         if h.dtype != x.dtype:
             raise TypeError(f"nlseq.{op}: {name} must have the dtype of input ({x.dtype}), got {h.dtype}")
         return h if batched else h.unsqueeze(1)
@@ -447,8 +544,16 @@ class _AnalogRNNBase(_AnalogBase):
     def from_digital(cls, module, config: Optional[CrossbarConfig] = None, adc_bits: int = 5, **kwargs):
         if module.bidirectional or getattr(module, "proj_size", 0):
             raise NotImplementedError(f"Analog{cls._MODE}.from_digital: bidirectional and proj_size are not supported")
-        out = cls(module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
-                  batch_first=module.batch_first, config=config, adc_bits=adc_bits, **kwargs)
+        out = cls(
+            module.input_size,
+            module.hidden_size,
+            module.num_layers,
+            bias=module.bias,
+            batch_first=module.batch_first,
+            config=config,
+            adc_bits=adc_bits,
+            **kwargs,
+        )
         out.load_state_dict(module.state_dict(), strict=False)
         return out.to(next(module.parameters()).device)
 
@@ -504,9 +609,9 @@ class AnalogGRU(_AnalogRNNBase):
         for k, banks in enumerate(self._bank_specs()):
             w_ih, w_hh, b_ih, b_hh = self._layer_params(k)
             I = w_ih.shape[1]
-            rz = torch.cat([w_ih[:2 * H], w_hh[:2 * H], (b_ih[:2 * H] + b_hh[:2 * H])[:, None]], dim=1)
-            xn = torch.cat([w_ih[2 * H:], w_ih.new_zeros(H, H), b_ih[2 * H:, None]], dim=1)
-            hn = torch.cat([w_ih.new_zeros(H, I), w_hh[2 * H:], b_hh[2 * H:, None]], dim=1)
+            rz = torch.cat([w_ih[: 2 * H], w_hh[: 2 * H], (b_ih[: 2 * H] + b_hh[: 2 * H])[:, None]], dim=1)
+            xn = torch.cat([w_ih[2 * H :], w_ih.new_zeros(H, H), b_ih[2 * H :, None]], dim=1)
+            hn = torch.cat([w_ih.new_zeros(H, I), w_hh[2 * H :], b_hh[2 * H :, None]], dim=1)
             out.append((torch.cat([rz, xn, hn], dim=0), banks))
         return out
 
@@ -518,5 +623,3 @@ class AnalogGRU(_AnalogRNNBase):
 
 
 __all__ = ["AnalogLinear", "AnalogLSTM", "AnalogGRU"]
-
-

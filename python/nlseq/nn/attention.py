@@ -1,4 +1,5 @@
 """``nlseq.nn.SoftplusAttention``: multi-head softplus attention (LSSA / LSSAR) with its projections."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -28,7 +29,7 @@ def rotary_embedding(x: Tensor, positions: Tensor, theta: float = 10000.0) -> Te
     if ang.dim() == 3:
         ang = ang[:, None]  # [B, 1, T, D/2]
     cos, sin = torch.cos(ang).to(x.dtype), torch.sin(ang).to(x.dtype)
-    x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
@@ -66,10 +67,25 @@ class SoftplusAttention(nn.Module):
     a cache runs the single-device op.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: Optional[int] = None, *, causal: bool = True,
-                 reweight_p: Optional[float] = None, qk_norm: bool = True, bias: bool = False, backend: str = "auto",
-                 rope_theta: Optional[float] = None, rotary: Optional[Rotary] = None, device=None, dtype=None,
-                 context_parallel_group=None, cp_strategy: str = "all_gather", cp_layout: str = "contiguous"):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_kv_heads: Optional[int] = None,
+        *,
+        causal: bool = True,
+        reweight_p: Optional[float] = None,
+        qk_norm: bool = True,
+        bias: bool = False,
+        backend: str = "auto",
+        rope_theta: Optional[float] = None,
+        rotary: Optional[Rotary] = None,
+        device=None,
+        dtype=None,
+        context_parallel_group=None,
+        cp_strategy: str = "all_gather",
+        cp_layout: str = "contiguous",
+    ):
         super().__init__()
         check_int(_OP, "embed_dim", embed_dim, lo=1)
         check_int(_OP, "num_heads", num_heads, lo=1)
@@ -77,13 +93,21 @@ class SoftplusAttention(nn.Module):
         for name, flag in (("causal", causal), ("qk_norm", qk_norm), ("bias", bias)):
             check_bool(_OP, name, flag)
         if reweight_p is not None:
-            reweight_p = check_float(_OP, "reweight_p", reweight_p, lo=0.0, lo_open=True,
-                                     what="(None for LSSA, a finite number > 0 for LSSAR)")
+            reweight_p = check_float(
+                _OP,
+                "reweight_p",
+                reweight_p,
+                lo=0.0,
+                lo_open=True,
+                what="(None for LSSA, a finite number > 0 for LSSAR)",
+            )
         check_backend(_OP, backend)
         if embed_dim % num_heads != 0:
             raise ValueError(f"nlseq.{_OP}: embed_dim = {embed_dim} must be divisible by num_heads = {num_heads}")
         if num_heads % num_kv_heads != 0:
-            raise ValueError(f"nlseq.{_OP}: num_heads = {num_heads} must be a multiple of num_kv_heads = {num_kv_heads}")
+            raise ValueError(
+                f"nlseq.{_OP}: num_heads = {num_heads} must be a multiple of num_kv_heads = {num_kv_heads}"
+            )
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
         self.causal, self.reweight_p, self.qk_norm, self.backend = causal, reweight_p, qk_norm, backend
@@ -94,8 +118,9 @@ class SoftplusAttention(nn.Module):
             if self.head_dim % 2:
                 raise ValueError(f"nlseq.{_OP}: rotary embeddings need an even head dim, got {self.head_dim}")
         if rotary is not None and not callable(rotary):
-            raise TypeError(f"nlseq.{_OP}: rotary must be callable(q, k, positions) -> (q, k), got "
-                            f"{type(rotary).__name__}")
+            raise TypeError(
+                f"nlseq.{_OP}: rotary must be callable(q, k, positions) -> (q, k), got {type(rotary).__name__}"
+            )
         self.rope_theta, self.rotary = rope_theta, rotary
         f = dict(device=device, dtype=dtype)
         self.q_proj = nn.Linear(embed_dim, num_heads * self.head_dim, bias=bias, **f)
@@ -117,16 +142,26 @@ class SoftplusAttention(nn.Module):
         elif positions is None:
             positions = torch.arange(past, past + T, device=q.device)
         elif not isinstance(positions, Tensor) or positions.shape[-1] != T or positions.dim() not in (1, 2):
-            raise ValueError(f"nlseq.{_OP}: positions must be a tensor [T] or [B, T] with T = {T}, got "
-                             f"{tuple(positions.shape) if isinstance(positions, Tensor) else type(positions).__name__}")
+            raise ValueError(
+                f"nlseq.{_OP}: positions must be a tensor [T] or [B, T] with T = {T}, got "
+                f"{tuple(positions.shape) if isinstance(positions, Tensor) else type(positions).__name__}"
+            )
         if self.rotary is not None:
             return self.rotary(q, k, positions)
         return rotary_embedding(q, positions, self.rope_theta), rotary_embedding(k, positions, self.rope_theta)
 
-    def forward(self, x: Tensor, kv_cache: Optional[tuple[Tensor, Tensor]] = None,
-                positions: Optional[Tensor] = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        check_tensor("x", x, op=_OP, ndim=3, layout=f"[B, T, E = {self.embed_dim}]", device=self.q_proj.weight.device,
-                     device_of="the module's parameters")
+    def forward(
+        self, x: Tensor, kv_cache: Optional[tuple[Tensor, Tensor]] = None, positions: Optional[Tensor] = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        check_tensor(
+            "x",
+            x,
+            op=_OP,
+            ndim=3,
+            layout=f"[B, T, E = {self.embed_dim}]",
+            device=self.q_proj.weight.device,
+            device_of="the module's parameters",
+        )
         if x.shape[-1] != self.embed_dim:
             raise ValueError(f"nlseq.{_OP}: x must be [B, T, E = {self.embed_dim}], got shape {tuple(x.shape)}")
         B, T, _ = x.shape
@@ -143,8 +178,16 @@ class SoftplusAttention(nn.Module):
         if self.context_parallel_group is not None and kv_cache is None:
             o = self._context_parallel_attention(q, k, v)
         else:
-            o = softplus_attention(q, k, v, causal=self.causal, reweight_p=self.reweight_p, qk_norm=self.qk_norm,
-                                   kv_offset=past if self.causal else 0, backend=self.backend)
+            o = softplus_attention(
+                q,
+                k,
+                v,
+                causal=self.causal,
+                reweight_p=self.reweight_p,
+                qk_norm=self.qk_norm,
+                kv_offset=past if self.causal else 0,
+                backend=self.backend,
+            )
         out = self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         return out, (k, v)
 
@@ -159,15 +202,19 @@ class SoftplusAttention(nn.Module):
                 raise ValueError(f"nlseq.{_OP}: {name} must have shape {layout}, got {tuple(t.shape)}")
         check_same(_OP, "the new keys", k_new, **{"kv_cache[0] (k)": k_past, "kv_cache[1] (v)": v_past})
         if k_past.shape[2] != v_past.shape[2]:
-            raise ValueError(f"nlseq.{_OP}: kv_cache's k and v must hold the same number of past positions, got "
-                             f"{k_past.shape[2]} and {v_past.shape[2]}")
+            raise ValueError(
+                f"nlseq.{_OP}: kv_cache's k and v must hold the same number of past positions, got "
+                f"{k_past.shape[2]} and {v_past.shape[2]}"
+            )
         return k_past, v_past
 
     def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
-                f"causal={self.causal}, reweight_p={self.reweight_p}, qk_norm={self.qk_norm}"
-                + (f", rope_theta={self.rope_theta}" if self.rope_theta is not None else "")
-                + (", rotary=<callable>" if self.rotary is not None else ""))
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
+            f"causal={self.causal}, reweight_p={self.reweight_p}, qk_norm={self.qk_norm}"
+            + (f", rope_theta={self.rope_theta}" if self.rope_theta is not None else "")
+            + (", rotary=<callable>" if self.rotary is not None else "")
+        )
 
     # ---------------------------------------------------------------- context parallelism
     def _init_context_parallel(self, group, strategy: str, layout: str) -> None:
@@ -183,9 +230,18 @@ class SoftplusAttention(nn.Module):
     def _context_parallel_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         from ..distributed.attention import softplus_attention as cp_attention
 
-        return cp_attention(q, k, v, group=self.context_parallel_group, strategy=self.cp_strategy,
-                            layout=self.cp_layout, causal=self.causal, reweight_p=self.reweight_p,
-                            qk_norm=self.qk_norm, backend=self.backend)
+        return cp_attention(
+            q,
+            k,
+            v,
+            group=self.context_parallel_group,
+            strategy=self.cp_strategy,
+            layout=self.cp_layout,
+            causal=self.causal,
+            reweight_p=self.reweight_p,
+            qk_norm=self.qk_norm,
+            backend=self.backend,
+        )
 
     def _cp_positions(self, T_local: int, device) -> Tensor:
         """Global positions of this rank's rows (one all_gather of the shard lengths)."""
@@ -201,7 +257,7 @@ class SoftplusAttention(nn.Module):
         lengths = [int(t) for t in lengths]
         if self.cp_layout == "zigzag":
             return layout_shard(sum(lengths), info.size, info.rank, "zigzag").positions(device)
-        start = sum(lengths[:info.rank])
+        start = sum(lengths[: info.rank])
         return torch.arange(start, start + T_local, device=device)
 
     def gather_kv_cache(self, kv_cache: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -211,5 +267,7 @@ class SoftplusAttention(nn.Module):
 
         if self.context_parallel_group is None:
             return kv_cache
-        return tuple(unshard(t, dim=2, group=self.context_parallel_group, layout=self.cp_layout)  # type: ignore[return-value]
-                     for t in kv_cache)
+        return tuple(
+            unshard(t, dim=2, group=self.context_parallel_group, layout=self.cp_layout)  # type: ignore[return-value]
+            for t in kv_cache
+        )

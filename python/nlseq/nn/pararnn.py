@@ -31,6 +31,7 @@ miss is not silent: it is logged as a warning on the ``nlseq`` logger and counte
 ``last_info.fallbacks`` (and ``fallback_count``), so a run whose Newton solves keep failing (and
 whose speed therefore drops to the sequential pass) shows it. Pass "raise" to fail fast instead.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,10 +50,22 @@ class _ParaRNN(nn.Module):
     cell = ""
     _REF_NAMES = {"weight_hh": "A", "weight_ih": "B", "bias": "b"}
 
-    def __init__(self, input_size: int, hidden_size: int, heads: int = 2, batch_first: bool = True,
-                 backend: str = "auto", mode: str = "auto", max_iters: Optional[int] = None,
-                 tol: Optional[float] = None, on_nonconvergence: str = "sequential", device=None, dtype=None,
-                 sequence_parallel_group=None, sp_strategy: str = "all_to_all"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        heads: int = 2,
+        batch_first: bool = True,
+        backend: str = "auto",
+        mode: str = "auto",
+        max_iters: Optional[int] = None,
+        tol: Optional[float] = None,
+        on_nonconvergence: str = "sequential",
+        device=None,
+        dtype=None,
+        sequence_parallel_group=None,
+        sp_strategy: str = "all_to_all",
+    ):
         super().__init__()
         name = type(self).__name__
         op = f"nn.{name}"
@@ -96,8 +109,10 @@ class _ParaRNN(nn.Module):
                 self.peephole.normal_(0.0, std)
 
     def extra_repr(self) -> str:
-        return (f"{self.input_size}, {self.hidden_size}, heads={self.heads}, batch_first={self.batch_first}, "
-                f"backend={self.backend!r}, mode={self.mode!r}")
+        return (
+            f"{self.input_size}, {self.hidden_size}, heads={self.heads}, batch_first={self.batch_first}, "
+            f"backend={self.backend!r}, mode={self.mode!r}"
+        )
 
     # -- reference layout
     def reference_state_dict(self) -> dict[str, Tensor]:
@@ -110,14 +125,17 @@ class _ParaRNN(nn.Module):
         missing = [ref for ref in self._REF_NAMES.values() if ref not in sd]
         extra = [k for k in sd if k not in self._REF_NAMES.values()]
         if missing or extra:
-            raise KeyError(f"{name}.load_reference_state_dict: expected keys {sorted(self._REF_NAMES.values())}; "
-                           f"missing {missing}, unexpected {extra}")
+            raise KeyError(
+                f"{name}.load_reference_state_dict: expected keys {sorted(self._REF_NAMES.values())}; "
+                f"missing {missing}, unexpected {extra}"
+            )
         for ours, ref in self._REF_NAMES.items():
             p = getattr(self, ours)
             v = sd[ref]
             if tuple(v.shape) != tuple(p.shape):
-                raise ValueError(f"{name}.load_reference_state_dict: {ref} must have shape {tuple(p.shape)}, "
-                                 f"got {tuple(v.shape)}")
+                raise ValueError(
+                    f"{name}.load_reference_state_dict: {ref} must have shape {tuple(p.shape)}, got {tuple(v.shape)}"
+                )
         with torch.no_grad():
             for ours, ref in self._REF_NAMES.items():
                 getattr(self, ours).copy_(sd[ref])
@@ -126,11 +144,20 @@ class _ParaRNN(nn.Module):
     def _check_x(self, x: Tensor) -> tuple[Tensor, int, int]:
         name = type(self).__name__
         layout = "[B, T, I]" if self.batch_first else "[T, B, I]"
-        check_tensor("x", x, op=f"nn.{name}", ndim=3, layout=layout, device=self.weight_hh.device,
-                     device_of="the module's parameters")
+        check_tensor(
+            "x",
+            x,
+            op=f"nn.{name}",
+            ndim=3,
+            layout=layout,
+            device=self.weight_hh.device,
+            device_of="the module's parameters",
+        )
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"nlseq.nn.{name}: x's last dim must be input_size = {self.input_size} {layout}, "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"nlseq.nn.{name}: x's last dim must be input_size = {self.input_size} {layout}, "
+                f"got shape {tuple(x.shape)}"
+            )
         if not self.batch_first:
             x = x.transpose(0, 1)
         return x, x.shape[0], x.shape[1]
@@ -142,23 +169,43 @@ class _ParaRNN(nn.Module):
         N = self.hidden_size
         # float states of another precision are converted to x's; complex, bool and integer ones
         # are rejected (a cast would drop the imaginary part or turn values into 0/1)
-        check_tensor(what, h, op=f"nn.{name}", ndim=(2, 3), dtypes=FLOAT_DTYPES, device=like.device,
-                     device_of="x", layout=f"([1, B, N] or [B, N] = {(1, B, N)})")
+        check_tensor(
+            what,
+            h,
+            op=f"nn.{name}",
+            ndim=(2, 3),
+            dtypes=FLOAT_DTYPES,
+            device=like.device,
+            device_of="x",
+            layout=f"([1, B, N] or [B, N] = {(1, B, N)})",
+        )
         if h.dim() == 3 and h.shape[0] == 1:
             h = h[0]
         if tuple(h.shape) != (B, N):
-            raise ValueError(f"nlseq.nn.{name}: {what} must have shape [1, B, N] or [B, N] = {(1, B, N)} "
-                             f"(one layer), got {tuple(h.shape)}")
+            raise ValueError(
+                f"nlseq.nn.{name}: {what} must have shape [1, B, N] or [B, N] = {(1, B, N)} "
+                f"(one layer), got {tuple(h.shape)}"
+            )
         return h.to(like.dtype)
 
     def _run(self, x: Tensor, s0: Optional[Tensor]) -> Tensor:
         U = input_projection(x, self.weight_ih.to(x.dtype), self.bias.to(x.dtype))  # one GEMM per head, [B, T, 3, N]
         S_all, info = pararnn(
-            self.cell, U, self.weight_hh, getattr(self, "peephole", None), s0, mode=self.mode,
-            max_iters=self.max_iters, tol=self.tol, on_nonconvergence=self.on_nonconvergence,
-            backend=self.backend, return_info=True,
+            self.cell,
+            U,
+            self.weight_hh,
+            getattr(self, "peephole", None),
+            s0,
+            mode=self.mode,
+            max_iters=self.max_iters,
+            tol=self.tol,
+            on_nonconvergence=self.on_nonconvergence,
+            backend=self.backend,
+            return_info=True,
         )
-        if not torch.compiler.is_compiling() and info.fallback:  # the op logged the warning; count it so a long run can see the trend
+        if (
+            not torch.compiler.is_compiling() and info.fallback
+        ):  # the op logged the warning; count it so a long run can see the trend
             self.fallback_count += 1
         self.last_info = dataclasses.replace(info, fallbacks=self.fallback_count)
         return S_all
@@ -189,9 +236,19 @@ class _ParaRNN(nn.Module):
         W, b = grad_sum(self.weight_ih, self.bias, group=g)  # used on this rank's steps only
         U = input_projection(x, W.to(x.dtype), b.to(x.dtype))
         S_all, info = sp_pararnn(
-            self.cell, U, self.weight_hh, getattr(self, "peephole", None), s0, group=g, strategy=self.sp_strategy,
-            mode=self.mode, max_iters=self.max_iters, tol=self.tol, on_nonconvergence=self.on_nonconvergence,
-            backend=self.backend, return_info=True,
+            self.cell,
+            U,
+            self.weight_hh,
+            getattr(self, "peephole", None),
+            s0,
+            group=g,
+            strategy=self.sp_strategy,
+            mode=self.mode,
+            max_iters=self.max_iters,
+            tol=self.tol,
+            on_nonconvergence=self.on_nonconvergence,
+            backend=self.backend,
+            return_info=True,
         )
         self.last_info = info
         S_all, last = final_state(S_all, group=g)
@@ -249,8 +306,9 @@ class ParaLSTM(_ParaRNN):
 
     def __init__(self, input_size: int, hidden_size: int, heads: int = 2, batch_first: bool = True, **kwargs):
         super().__init__(input_size, hidden_size, heads, batch_first, **kwargs)
-        self.peephole = nn.Parameter(torch.empty(2, hidden_size, device=kwargs.get("device"),
-                                                 dtype=kwargs.get("dtype")))
+        self.peephole = nn.Parameter(
+            torch.empty(2, hidden_size, device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+        )
         self.reset_parameters()
 
     def forward(self, x: Tensor, state: Optional[tuple[Tensor, Tensor]] = None):
@@ -258,8 +316,10 @@ class ParaLSTM(_ParaRNN):
         s0 = None
         if state is not None:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise ValueError(f"nlseq.nn.ParaLSTM: state must be a pair (h0, c0), each [1, B, N] or [B, N], got "
-                                 f"{type(state).__name__}{' of ' + str(len(state)) if isinstance(state, (tuple, list)) else ''}")
+                raise ValueError(
+                    f"nlseq.nn.ParaLSTM: state must be a pair (h0, c0), each [1, B, N] or [B, N], got "
+                    f"{type(state).__name__}{' of ' + str(len(state)) if isinstance(state, (tuple, list)) else ''}"
+                )
             h0, c0 = self._state(state[0], "h0", B, x), self._state(state[1], "c0", B, x)
             s0 = torch.stack([c0, h0], dim=1)  # [B, 2, N]
         if self.sequence_parallel_group is not None:

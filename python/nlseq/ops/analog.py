@@ -10,6 +10,7 @@ Training goes through the quantisers with a straight-through gradient of the ide
 dL/du = dL/dy · f'(u), dL/dx = (dL/du @ weight)·[|x| <= x_max], dL/dweight = (dL/du)ᵀ @ DAC(x).
 The backward is two GEMMs and runs in PyTorch on every backend.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -33,38 +34,45 @@ _F32_F64 = (torch.float32, torch.float64)
 def _fwd_compiled(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset):
     offset = int(offset)
     _registry._extension()  # loading nlseq._C registers the nlseq_ext ops
-    return torch.ops.nlseq_ext.analog_mvm_fwd(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max,
-                                              noise_a, noise_b, seed, offset)
+    return torch.ops.nlseq_ext.analog_mvm_fwd(
+        x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset
+    )
 
 
 def _fwd_triton(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset):
     from ..kernels import analog as _tk
 
     offset = int(offset)
-    return _tk.analog_mvm_fwd(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b,
-                              seed, offset)
+    return _tk.analog_mvm_fwd(
+        x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset
+    )
 
 
 def _fwd_reference(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset):
-    return _ref.analog_mvm(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed,
-                           int(offset))
+    return _ref.analog_mvm(
+        x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, int(offset)
+    )
 
 
 _FWD = {"cuda": _fwd_compiled, "cpp": _fwd_compiled, "triton": _fwd_triton, "reference": _fwd_reference}
 
 
 def parse_act(act: str) -> list[tuple[str, int]]:
-    """"sigmoid" -> [("sigmoid", -1)] (every column); "sigmoid:256,tanh:128" -> column groups."""
+    """ "sigmoid" -> [("sigmoid", -1)] (every column); "sigmoid:256,tanh:128" -> column groups."""
     groups = []
     for part in act.split(","):
         name, _, count = part.partition(":")
         if name not in ACTIVATIONS:
             raise ValueError(f"nlseq.{OP}: act names must be in {ACTIVATIONS}, got {name!r} in {act!r}")
         if count and not (count.isdigit() and int(count) > 0):
-            raise ValueError(f"nlseq.{OP}: act group counts must be positive ints (\"sigmoid:256\"), got {count!r} in {act!r}")
+            raise ValueError(
+                f'nlseq.{OP}: act group counts must be positive ints ("sigmoid:256"), got {count!r} in {act!r}'
+            )
         groups.append((name, int(count) if count else -1))
     if len(groups) > 1 and any(c < 0 for _, c in groups):
-        raise ValueError(f"nlseq.{OP}: act with several groups needs a count for each (\"sigmoid:256,tanh:128\"), got {act!r}")
+        raise ValueError(
+            f'nlseq.{OP}: act with several groups needs a count for each ("sigmoid:256,tanh:128"), got {act!r}'
+        )
     return groups
 
 
@@ -74,7 +82,7 @@ def _activation_grad(u: Tensor, act: str) -> Tensor:
     if len(groups) > 1:
         parts, start = [], 0
         for name, count in groups:
-            parts.append(_activation_grad(u[:, start:start + count], name))
+            parts.append(_activation_grad(u[:, start : start + count], name))
             start += count
         return torch.cat(parts, dim=1)
     act = groups[0][0]
@@ -99,12 +107,26 @@ def analog_mvm_backward_reference(grad_y, x, weight, in_bits, x_max, act):
 # ---------------------------------------------------------------- registered ops (autograd boundary)
 @torch.library.custom_op("nlseq::analog_mvm", mutates_args=())
 def _analog_mvm_op(
-    x: Tensor, weight: Tensor, col_scale: Tensor, thresholds: Tensor, levels: Tensor, noise: Optional[Tensor],
-    in_bits: int, x_max: float, noise_a: float, noise_b: float, seed: int, offset: Tensor, act: str, backend: str,
+    x: Tensor,
+    weight: Tensor,
+    col_scale: Tensor,
+    thresholds: Tensor,
+    levels: Tensor,
+    noise: Optional[Tensor],
+    in_bits: int,
+    x_max: float,
+    noise_a: float,
+    noise_b: float,
+    seed: int,
+    offset: Tensor,
+    act: str,
+    backend: str,
 ) -> Tensor:
     # offset: 0-dim int64 tensor (a module's noise counter stays a tensor, so torch.compile neither
     # reads it on the host nor recompiles when it moves)
-    return _FWD[backend](x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset)
+    return _FWD[backend](
+        x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, noise_b, seed, offset
+    )
 
 
 @_analog_mvm_op.register_fake
@@ -113,7 +135,9 @@ def _(x, weight, col_scale, thresholds, levels, noise, in_bits, x_max, noise_a, 
 
 
 @torch.library.custom_op("nlseq::analog_mvm_backward", mutates_args=())
-def _analog_mvm_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, in_bits: int, x_max: float, act: str) -> tuple[Tensor, Tensor]:
+def _analog_mvm_backward_op(
+    grad_y: Tensor, x: Tensor, weight: Tensor, in_bits: int, x_max: float, act: str
+) -> tuple[Tensor, Tensor]:
     return analog_mvm_backward_reference(grad_y, x, weight, in_bits, x_max, act)
 
 
@@ -141,15 +165,16 @@ def _offset_tensor(offset) -> Tensor:
     """The Philox offset as a 0-dim int64 CPU tensor: an int in [0, 2^63), or such a tensor (a module's counter)."""
     if isinstance(offset, Tensor):
         if offset.dim() != 0 or offset.dtype != torch.int64:
-            raise ValueError(f"nlseq.{OP}: offset must be an int or a 0-dim int64 tensor, got a {offset.dtype} tensor "
-                             f"of shape {tuple(offset.shape)}")
+            raise ValueError(
+                f"nlseq.{OP}: offset must be an int or a 0-dim int64 tensor, got a {offset.dtype} tensor "
+                f"of shape {tuple(offset.shape)}"
+            )
         return offset.cpu() if offset.device.type != "cpu" else offset
     return torch.tensor(check_int(OP, "offset", offset, lo=0, hi=2**63 - 1), dtype=torch.int64)
 
 
 # ---------------------------------------------------------------- public function
-_LAYOUT = ("(x [M, K], weight [N, K], col_scale [N], thresholds [N, L-1] or [L-1], levels [N, L] or [L], "
-           "noise [M, N])")
+_LAYOUT = "(x [M, K], weight [N, K], col_scale [N], thresholds [N, L-1] or [L-1], levels [N, L] or [L], noise [M, N])"
 
 
 def analog_mvm(
@@ -193,7 +218,9 @@ def analog_mvm(
     check_tensor("weight", weight, op=OP, ndim=2, dtypes=_F32, layout=_LAYOUT)
     N, K = weight.shape
     if x.shape[-1] != K:
-        raise ValueError(f"nlseq.{OP}: x must have K = weight.shape[1] = {K} features in its last dim {_LAYOUT}, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"nlseq.{OP}: x must have K = weight.shape[1] = {K} features in its last dim {_LAYOUT}, got shape {tuple(x.shape)}"
+        )
     check_tensor("col_scale", col_scale, op=OP, ndim=1, dtypes=_F32, layout=_LAYOUT)
     check_shape("col_scale", col_scale, (N,), op=OP, layout=_LAYOUT)
     # thresholds/levels: float32, or float64 as nlseq.analog.NLADC keeps them (rounded to float32 here: the
@@ -238,8 +265,10 @@ def analog_mvm(
         # with the same element count ([N, M] would silently pair noise with the wrong outputs)
         check_tensor("noise", noise, op=OP, dtypes=_F32, layout=_LAYOUT, device=x.device, device_of="x")
         if tuple(noise.shape) not in (tuple(lead) + (N,), (M, N)):
-            raise ValueError(f"nlseq.{OP}: noise must have shape {tuple(lead) + (N,)} (x's leading dims, N) or "
-                             f"{(M, N)} {_LAYOUT}, got {tuple(noise.shape)}")
+            raise ValueError(
+                f"nlseq.{OP}: noise must have shape {tuple(lead) + (N,)} (x's leading dims, N) or "
+                f"{(M, N)} {_LAYOUT}, got {tuple(noise.shape)}"
+            )
         check_values(OP, "noise", noise, finite=True)
         noise = noise.reshape(M, N).contiguous()
     thr = thresholds.to(torch.float32).expand(N, L - 1).contiguous()
@@ -248,17 +277,44 @@ def analog_mvm(
     if M == 0:
         y = x2.new_zeros(0, N)
     else:
-        y = _analog_mvm_op(x2, weight.contiguous(), col_scale.contiguous(), thr, lev, noise, in_bits, float(x_max),
-                           float(noise_a), float(noise_b), seed, offset, act, name)
+        y = _analog_mvm_op(
+            x2,
+            weight.contiguous(),
+            col_scale.contiguous(),
+            thr,
+            lev,
+            noise,
+            in_bits,
+            float(x_max),
+            float(noise_a),
+            float(noise_b),
+            seed,
+            offset,
+            act,
+            name,
+        )
     return y.reshape(*lead, N).to(x.dtype)
 
 
 # ---------------------------------------------------------------- ops the analog modules call (torch.compile-able)
 @torch.library.custom_op("nlseq::analog_rnn", mutates_args=())
 def analog_rnn_op(
-    cell: str, x: Tensor, weight: Tensor, col_scale: Tensor, thresholds: Tensor, levels: Tensor, cell_thresholds: Tensor,
-    cell_levels: Tensor, h0: Tensor, c0: Optional[Tensor], in_bits: int, x_max: float, noise_a: float, noise_b: float,
-    seed: int, offset: Tensor,
+    cell: str,
+    x: Tensor,
+    weight: Tensor,
+    col_scale: Tensor,
+    thresholds: Tensor,
+    levels: Tensor,
+    cell_thresholds: Tensor,
+    cell_levels: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],
+    in_bits: int,
+    x_max: float,
+    noise_a: float,
+    noise_b: float,
+    seed: int,
+    offset: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One whole analog LSTM/GRU layer (the C++ kernel ``nlseq_ext::analog_rnn_fwd``), inference only.
 
@@ -266,15 +322,46 @@ def analog_rnn_op(
     Step t draws its noise at offset + t.
     """
     _registry._extension()
-    out, h_n, c_n = torch.ops.nlseq_ext.analog_rnn_fwd(cell, x, weight, col_scale, thresholds, levels, cell_thresholds,
-                                                      cell_levels, h0, c0, in_bits, x_max, noise_a, noise_b, seed,
-                                                      int(offset))
+    out, h_n, c_n = torch.ops.nlseq_ext.analog_rnn_fwd(
+        cell,
+        x,
+        weight,
+        col_scale,
+        thresholds,
+        levels,
+        cell_thresholds,
+        cell_levels,
+        h0,
+        c0,
+        in_bits,
+        x_max,
+        noise_a,
+        noise_b,
+        seed,
+        int(offset),
+    )
     return out, h_n, (c_n if c0 is not None else h_n.new_empty(0))
 
 
 @analog_rnn_op.register_fake
-def _(cell, x, weight, col_scale, thresholds, levels, cell_thresholds, cell_levels, h0, c0, in_bits, x_max, noise_a,
-      noise_b, seed, offset):
+def _(
+    cell,
+    x,
+    weight,
+    col_scale,
+    thresholds,
+    levels,
+    cell_thresholds,
+    cell_levels,
+    h0,
+    c0,
+    in_bits,
+    x_max,
+    noise_a,
+    noise_b,
+    seed,
+    offset,
+):
     T, B = x.shape[0], x.shape[1]
     H = h0.shape[1]
     return x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H) if c0 is not None else x.new_empty(0)

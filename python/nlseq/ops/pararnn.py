@@ -20,6 +20,7 @@ float64 U):
         -> (dU [B,T,3,N], dA [3,N] acc, dP [2,N] acc | None, ds0 [B,S,N])
     seq(cell, U, A, P, s0) -> S_all                                         (exact sequential pass)
 """
+
 from __future__ import annotations
 
 import functools
@@ -185,12 +186,24 @@ def _nonconvergence_message(where: str, residual: float, tol: float, iters: int,
 # ---------------------------------------------------------------- registered ops (autograd boundary)
 @torch.library.custom_op("nlseq::pararnn", mutates_args=())
 def _pararnn_op(
-    cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[Tensor], max_iters: int, tol: float,
-    mode: str, on_nonconvergence: str, backend: str,
+    cell: str,
+    U: Tensor,
+    A: Tensor,
+    P: Optional[Tensor],
+    s0: Optional[Tensor],
+    max_iters: int,
+    tol: float,
+    mode: str,
+    on_nonconvergence: str,
+    backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     if mode == "sequential":
         S_all = _sequential(backend, cell, U, A, P, s0)
-        return S_all, torch.zeros((), dtype=torch.int64, device=U.device), torch.zeros((), dtype=A.dtype, device=U.device)
+        return (
+            S_all,
+            torch.zeros((), dtype=torch.int64, device=U.device),
+            torch.zeros((), dtype=A.dtype, device=U.device),
+        )
     S_all, iters, residual = _FWD[backend](cell, U, A, P, s0, max_iters, tol)
     r = float(residual)
     if math.isfinite(r) and bool(torch.isnan(S_all).any()):
@@ -214,14 +227,20 @@ def _pararnn_op(
 @_pararnn_op.register_fake
 def _(cell, U, A, P, s0, max_iters, tol, mode, on_nonconvergence, backend):
     B, T, _, N = U.shape
-    return (U.new_empty(B, T, STATE_SIZE[cell], N), U.new_empty((), dtype=torch.int64),
-            U.new_empty((), dtype=A.dtype))
+    return (U.new_empty(B, T, STATE_SIZE[cell], N), U.new_empty((), dtype=torch.int64), U.new_empty((), dtype=A.dtype))
 
 
 @torch.library.custom_op("nlseq::pararnn_backward", mutates_args=())
 def _pararnn_backward_op(
-    cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[Tensor], S_all: Tensor, dS: Tensor,
-    ds_last: Tensor, backend: str,
+    cell: str,
+    U: Tensor,
+    A: Tensor,
+    P: Optional[Tensor],
+    s0: Optional[Tensor],
+    S_all: Tensor,
+    dS: Tensor,
+    ds_last: Tensor,
+    backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dU, dA, dP, ds0 = _BWD[backend](cell, U, A, P, s0, S_all, dS, ds_last)
     if dP is None:  # the GRU has no peepholes; the op always returns a [2, N] tensor
@@ -249,8 +268,7 @@ def _backward(ctx, dS, _diters, _dresidual):
     dS = torch.zeros_like(S_all) if dS is None else dS.contiguous()
     ds_last = S_all.new_zeros(B, S, N)  # the final state is a view of S_all: its gradient is in dS
     dU, dA, dP, ds0 = _pararnn_backward_op(ctx.cell, U, A, P, s0, S_all, dS, ds_last, ctx.backend)
-    return (None, dU, dA, dP if P is not None else None, ds0 if s0 is not None else None,
-            None, None, None, None, None)
+    return (None, dU, dA, dP if P is not None else None, ds0 if s0 is not None else None, None, None, None, None, None)
 
 
 _pararnn_op.register_autograd(_backward, setup_context=_setup_context)
@@ -264,9 +282,18 @@ def _resolve_mode(mode: str, backend: str) -> str:
 
 
 def pararnn(
-    cell: str, U: Tensor, A: Tensor, P: Optional[Tensor] = None, s0: Optional[Tensor] = None, *,
-    mode: str = "auto", max_iters: Optional[int] = None, tol: Optional[float] = None,
-    on_nonconvergence: str = "raise", backend: str = "auto", return_info: bool = False,
+    cell: str,
+    U: Tensor,
+    A: Tensor,
+    P: Optional[Tensor] = None,
+    s0: Optional[Tensor] = None,
+    *,
+    mode: str = "auto",
+    max_iters: Optional[int] = None,
+    tol: Optional[float] = None,
+    on_nonconvergence: str = "raise",
+    backend: str = "auto",
+    return_info: bool = False,
 ):
     """Run a built-in ParaRNN cell (docs/spec.md §1.3) over a sequence, from its projected input.
 
@@ -327,8 +354,10 @@ def pararnn(
 
     name = _resolve(backend, U.device)
     if U.dtype == torch.float64 and name in ("cuda", "triton"):
-        raise TypeError(f"nlseq.{op}: backend {name!r} accepts float32, bfloat16 and float16; float64 runs on "
-                        f"backend='cpp' or 'reference'")
+        raise TypeError(
+            f"nlseq.{op}: backend {name!r} accepts float32, bfloat16 and float16; float64 runs on "
+            f"backend='cpp' or 'reference'"
+        )
     mode = _resolve_mode(mode, name)
     acc = acc_dtype(U.dtype)
     A = A.to(acc).contiguous()
@@ -337,8 +366,18 @@ def pararnn(
         S_all = U.new_zeros(B, 0, S, N)
         iters, residual = U.new_zeros((), dtype=torch.int64), U.new_zeros((), dtype=acc)
     else:
-        S_all, iters, residual = _pararnn_op(cell, U.contiguous(), A, P, None if s0 is None else s0.contiguous(),
-                                             max_iters, tol, mode, on_nonconvergence, name)
+        S_all, iters, residual = _pararnn_op(
+            cell,
+            U.contiguous(),
+            A,
+            P,
+            None if s0 is None else s0.contiguous(),
+            max_iters,
+            tol,
+            mode,
+            on_nonconvergence,
+            name,
+        )
     if return_info:
         if not torch.compiler.is_compiling():  # Python numbers, as newton_solve's (one read, after the solve)
             iters, residual = int(iters), float(residual)
@@ -408,8 +447,9 @@ def _solve_adjoint(J, g, structure, backend):
         lam, _ = linear_recurrence(A_next, g.reshape(B, T, -1).contiguous(), reverse=True, backend=backend)
     elif structure == "block":
         A_next = torch.cat([J[:, 1:].transpose(-1, -2), zero], dim=1)
-        lam, _ = linear_recurrence(A_next.contiguous(), g.reshape(B, T, -1, J.shape[-1]).contiguous(), reverse=True,
-                                   backend=backend)
+        lam, _ = linear_recurrence(
+            A_next.contiguous(), g.reshape(B, T, -1, J.shape[-1]).contiguous(), reverse=True, backend=backend
+        )
     else:
         A_next = torch.cat([J[:, 1:].transpose(-1, -2), zero], dim=1)
         lam, _ = linear_recurrence_scan(A_next[:, :, None], g.reshape(B, T, 1, -1), None, True)
@@ -509,16 +549,18 @@ def newton_solve(
     if h0 is not None:
         check_tensor("h0", h0, op=op, device=x.device, device_of="x")
         if h0.dim() < 1 or h0.shape[0] != x.shape[0]:
-            raise ValueError(f"nlseq.{op}: h0 must have shape [B, *state] with B = x.shape[0] = {x.shape[0]}, "
-                             f"got {tuple(h0.shape)}")
+            raise ValueError(
+                f"nlseq.{op}: h0 must have shape [B, *state] with B = x.shape[0] = {x.shape[0]}, got {tuple(h0.shape)}"
+            )
     check_choice(op, "jacobian", jacobian, JACOBIANS)
     if jacobian == "block":
         if block_size is None:
             raise ValueError(f"nlseq.{op}: jacobian='block' needs block_size in 1..{MAX_BLOCK_SIZE}, got None")
         block_size = check_int(op, "block_size", block_size, lo=1, hi=MAX_BLOCK_SIZE)
     elif block_size is not None:
-        raise ValueError(f"nlseq.{op}: block_size is only used with jacobian='block', got {block_size!r} "
-                         f"with jacobian={jacobian!r}")
+        raise ValueError(
+            f"nlseq.{op}: block_size is only used with jacobian='block', got {block_size!r} with jacobian={jacobian!r}"
+        )
     check_choice(op, "on_nonconvergence", on_nonconvergence, ON_NONCONVERGENCE)
     damping = check_float(op, "damping", damping, lo=0.0, hi=1.0, lo_open=True)
     max_iters = None if max_iters is None else check_int(op, "max_iters", max_iters, lo=0)
@@ -529,8 +571,12 @@ def newton_solve(
         raise TypeError(f"nlseq.{op}: params must be a tuple or list of tensors, got {type(params).__name__}")
     params = tuple(params)
     for i, prm in enumerate(params):
-        check_tensor(f"params[{i}]", prm, op=op, dtypes=tuple(FLOAT_DTYPES) + (torch.complex64, torch.complex128,
-                                                                               torch.int32, torch.int64, torch.bool))
+        check_tensor(
+            f"params[{i}]",
+            prm,
+            op=op,
+            dtypes=tuple(FLOAT_DTYPES) + (torch.complex64, torch.complex128, torch.int32, torch.int64, torch.bool),
+        )
     if isinstance(step, torch.nn.Module) and params:
         raise ValueError(f"nlseq.{op}: pass either an nn.Module step or params, not both")
 
@@ -547,12 +593,13 @@ def newton_solve(
         _check_step_output(H, zeros_prev, op)
         del zeros_prev
     if jacobian == "block" and (len(state_shape) < 1 or state_shape[-1] != block_size):
-        raise ValueError(f"nlseq.{op}: jacobian='block' needs a state [B, T, ..., K] with K = block_size = "
-                         f"{block_size}, got state shape {tuple(state_shape)}")
+        raise ValueError(
+            f"nlseq.{op}: jacobian='block' needs a state [B, T, ..., K] with K = block_size = "
+            f"{block_size}, got state shape {tuple(state_shape)}"
+        )
     max_iters = DEFAULT_MAX_ITERS if max_iters is None else max_iters
     tol = default_tol(H.dtype) if tol is None else tol
-    name = _registry.resolve(backend, x.device, "linear_recurrence",
-                             ("cuda", "triton", "cpp", "reference"))
+    name = _registry.resolve(backend, x.device, "linear_recurrence", ("cuda", "triton", "cpp", "reference"))
     h0d = None if h0 is None else h0.detach()
     if h0d is None:
         h0_flat = None
@@ -572,8 +619,10 @@ def newton_solve(
         # No host read of the residual inside a graph: max_iters Newton steps (steps past convergence
         # add ~0), the residual checked on the device, NewtonInfo with the residual as a tensor.
         if on_nonconvergence == "sequential":
-            raise ValueError(f"nlseq.{op}: on_nonconvergence='sequential' needs a host decision and cannot run "
-                             "under torch.compile; use 'raise' (checked on the device) or 'warn'")
+            raise ValueError(
+                f"nlseq.{op}: on_nonconvergence='sequential' needs a host decision and cannot run "
+                "under torch.compile; use 'raise' (checked on the device) or 'warn'"
+            )
         with torch.no_grad():
             for _ in range(max_iters):
                 h_prev = shift(H)
@@ -583,11 +632,24 @@ def newton_solve(
             f, J = _jacobian(step, pd, h_prev, xd, jacobian, block_size)
             residual = (H - f).abs().amax() if H.numel() else H.new_zeros(())
             if on_nonconvergence == "raise":  # NaN fails it too
-                torch._assert_async(residual <= tol, f"nlseq.{op}: Newton did not reach the residual tol = {tol:g} in "
-                                    f"max_iters = {max_iters} iterations (or the residual is not finite)")
+                torch._assert_async(
+                    residual <= tol,
+                    f"nlseq.{op}: Newton did not reach the residual tol = {tol:g} in "
+                    f"max_iters = {max_iters} iterations (or the residual is not finite)",
+                )
         iters = max_iters
-        return _implicit_output(step, params, x, h0, H, J, jacobian, name, return_info,
-                                NewtonInfo(iters, residual, tol, "newton", on_nonconvergence))
+        return _implicit_output(
+            step,
+            params,
+            x,
+            h0,
+            H,
+            J,
+            jacobian,
+            name,
+            return_info,
+            NewtonInfo(iters, residual, tol, "newton", on_nonconvergence),
+        )
     with torch.no_grad():
         while True:
             h_prev = shift(H)
@@ -612,8 +674,18 @@ def newton_solve(
                 h_prev = shift(H)
                 _, J = _jacobian(step, pd, h_prev, xd, jacobian, block_size)
 
-    return _implicit_output(step, params, x, h0, H, J, jacobian, name, return_info,
-                            NewtonInfo(iters, residual, tol, "newton", on_nonconvergence))
+    return _implicit_output(
+        step,
+        params,
+        x,
+        h0,
+        H,
+        J,
+        jacobian,
+        name,
+        return_info,
+        NewtonInfo(iters, residual, tol, "newton", on_nonconvergence),
+    )
 
 
 def _implicit_output(step, params, x, h0, H, J, jacobian, name, return_info, info):
@@ -634,8 +706,10 @@ def _check_step_output(f, H: Tensor, op: str) -> None:
     if not isinstance(f, Tensor):
         raise TypeError(f"nlseq.{op}: step must return a tensor [B, T, *state], got {type(f).__name__}")
     if f.shape != H.shape:
-        raise ValueError(f"nlseq.{op}: step must return the state's shape [B, T, *state] = {tuple(H.shape)} for "
-                         f"h_prev of that shape, got {tuple(f.shape)}")
+        raise ValueError(
+            f"nlseq.{op}: step must return the state's shape [B, T, *state] = {tuple(H.shape)} for "
+            f"h_prev of that shape, got {tuple(f.shape)}"
+        )
     if f.dtype != H.dtype:
         raise TypeError(f"nlseq.{op}: step must return the state's dtype {H.dtype}, got {f.dtype}")
 
@@ -653,21 +727,29 @@ def _state_shape(step, params, x, h0):
         try:
             out = _call(step, params, h0.detach().unsqueeze(1), x[:, :1])
         except (RuntimeError, IndexError, TypeError, ValueError) as e:
-            raise ValueError(f"nlseq.newton_solve: h0 must have shape [B, *state] with state the shape of one "
-                             f"output of step; step(h0[:, None], x[:, :1]) failed for h0 of shape "
-                             f"{tuple(h0.shape)}") from e
+            raise ValueError(
+                f"nlseq.newton_solve: h0 must have shape [B, *state] with state the shape of one "
+                f"output of step; step(h0[:, None], x[:, :1]) failed for h0 of shape "
+                f"{tuple(h0.shape)}"
+            ) from e
         if out.dim() < 2 or tuple(out.shape) != (B, 1, *h0.shape[1:]):
-            raise ValueError(f"nlseq.newton_solve: h0 must have shape [B, *state] = {(B, *out.shape[2:])} "
-                             f"(step returned {tuple(out.shape)} for one step), got {tuple(h0.shape)}")
+            raise ValueError(
+                f"nlseq.newton_solve: h0 must have shape [B, *state] = {(B, *out.shape[2:])} "
+                f"(step returned {tuple(out.shape)} for one step), got {tuple(h0.shape)}"
+            )
         return tuple(h0.shape[1:])
     try:
         out = _call(step, params, torch.zeros((), dtype=x.dtype, device=x.device), x[:, :1])
     except (RuntimeError, IndexError, TypeError, ValueError) as e:  # the cell needs a shaped state
-        raise ValueError("nlseq.newton_solve: with h0=None the state shape is found by calling step(h_prev, x) "
-                         "with a zero scalar h_prev, which failed; pass h0 (zeros for a zero initial state)") from e
+        raise ValueError(
+            "nlseq.newton_solve: with h0=None the state shape is found by calling step(h_prev, x) "
+            "with a zero scalar h_prev, which failed; pass h0 (zeros for a zero initial state)"
+        ) from e
     if out.dim() < 2 or out.shape[:2] != (B, 1):
-        raise ValueError("nlseq.newton_solve: step(h_prev, x) must return [B, T, *state]; with h0=None it is "
-                         f"probed with a zero scalar h_prev and returned shape {tuple(out.shape)}; pass h0")
+        raise ValueError(
+            "nlseq.newton_solve: step(h_prev, x) must return [B, T, *state]; with h0=None it is "
+            f"probed with a zero scalar h_prev and returned shape {tuple(out.shape)}; pass h0"
+        )
     return tuple(out.shape[2:])
 
 
@@ -677,6 +759,6 @@ def _sequential_user(step, params, x, h0, H_like):
     h = torch.zeros_like(H_like[:, :1]) if h0 is None else h0.unsqueeze(1).to(H_like.dtype)
     out = []
     for t in range(T):
-        h = _call(step, params, h, x[:, t:t + 1])
+        h = _call(step, params, h, x[:, t : t + 1])
         out.append(h)
     return torch.cat(out, dim=1)

@@ -7,6 +7,7 @@ Launchers all take the block layout A [B, T, N, K, K], b [B, T, N, K], h0 [B, N,
 contiguous, and return tensors in the input dtype after accumulating in float32 (float64 for
 float64).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -63,7 +64,9 @@ _BWD = {"cuda": _bwd_compiled, "cpp": _bwd_compiled, "triton": _bwd_triton, "ref
 
 # ---------------------------------------------------------------- registered ops (autograd boundary)
 @torch.library.custom_op("nlseq::linear_recurrence", mutates_args=())
-def _linear_recurrence_op(A: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool, backend: str) -> tuple[Tensor, Tensor]:
+def _linear_recurrence_op(
+    A: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool, backend: str
+) -> tuple[Tensor, Tensor]:
     h, h_last = _FWD[backend](A, b, h0, reverse)
     return h, h_last
 
@@ -148,7 +151,11 @@ def linear_recurrence(
         counts = list(said.values())
         odd = [n for n in said if counts.count(said[n]) == 1] if len(said) == 3 else list(said)
         ranks = ", ".join(f"{n} {tuple(t.shape)} ({said[n]})" for n, t in (("A", A), ("b", b), ("h0", h0)) if n in said)
-        what = f"{odd[0]} has the rank of the other layout" if len(odd) == 1 else f"{' and '.join(odd)} disagree on the layout"
+        what = (
+            f"{odd[0]} has the rank of the other layout"
+            if len(odd) == 1
+            else f"{' and '.join(odd)} disagree on the layout"
+        )
         raise ValueError(f"nlseq.{OP}: {what}: {ranks}; expected {both}")
     diagonal = votes["b"]
     layout = _DIAG if diagonal else _BLOCK
@@ -179,7 +186,9 @@ def linear_recurrence(
         h_last = b.new_zeros(B, N, K) if h0 is None else h0.clone()
         h = b.new_empty(b.shape)
     else:
-        h, h_last = _linear_recurrence_op(A.contiguous(), b.contiguous(), None if h0 is None else h0.contiguous(), reverse, name)
+        h, h_last = _linear_recurrence_op(
+            A.contiguous(), b.contiguous(), None if h0 is None else h0.contiguous(), reverse, name
+        )
     if diagonal:
         # squeeze, not h[..., 0]: the backward of a squeeze is a view of the gradient, while that
         # of an index allocates a zero tensor of h's size and copies the gradient into it (two

@@ -15,6 +15,7 @@ after normalisation; stats [3, B, H, Tq] = (L, M, R) of reference/softplus_atten
 w.r.t. the normalised q̂ = q·rq and k̂ = k·rk in the accumulation dtype; this module finishes them
 with the QK-norm backward, once for every backend.
 """
+
 from __future__ import annotations
 
 import math
@@ -108,6 +109,7 @@ _LAYOUT_BTHD = "(layout='bthd': q [B, Tq, H, D], k and v [B, Tk, Hkv, D])"
 def _refuse_other_layout(q: Tensor, k: Tensor, v: Tensor) -> None:
     """Refuse a [B, T, H, D] call read as [B, H, T, D] where the shapes tell: the reading as
     'bhtd' breaks a rule (H a multiple of Hkv, k and v alike) that the 'bthd' reading keeps."""
+
     def fits(hq, hk, tk, tv_k, hv):
         return hk > 0 and hq % hk == 0 and hk == hv and tk == tv_k
 
@@ -115,11 +117,15 @@ def _refuse_other_layout(q: Tensor, k: Tensor, v: Tensor) -> None:
     as_bthd = fits(q.shape[2], k.shape[2], k.shape[1], v.shape[1], v.shape[2])
     if not as_bhtd and as_bthd and q.shape[0] == k.shape[0] == v.shape[0] and q.shape[3] == k.shape[3] == v.shape[3]:
         H, Hkv = q.shape[1], k.shape[1]
-        why = (f"the number of query heads H = {H} must be a multiple of the number of key/value heads Hkv = {Hkv}"
-               if Hkv == 0 or H % Hkv else "k and v must have the same shape")
+        why = (
+            f"the number of query heads H = {H} must be a multiple of the number of key/value heads Hkv = {Hkv}"
+            if Hkv == 0 or H % Hkv
+            else "k and v must have the same shape"
+        )
         raise ValueError(
             f"nlseq.{OP}: {why} {_LAYOUT}; q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} would fit the "
-            f"flash-attn layout [B, T, H, D]: pass layout='bthd' if that is what they are")
+            f"flash-attn layout [B, T, H, D]: pass layout='bthd' if that is what they are"
+        )
 
 
 def _p_or_none(p: float) -> Optional[float]:
@@ -141,8 +147,16 @@ def _scales(x: Tensor, qk_norm: bool) -> Tensor:
 # ---------------------------------------------------------------- registered ops (autograd boundary)
 @torch.library.custom_op("nlseq::softplus_attention", mutates_args=())
 def _softplus_attention_op(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool, reweight_p: float, qk_norm: bool, kv_offset: int,
-    cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor], backend: str,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool,
+    reweight_p: float,
+    qk_norm: bool,
+    kv_offset: int,
+    cu_seqlens_q: Optional[Tensor],
+    cu_seqlens_k: Optional[Tensor],
+    backend: str,
 ) -> tuple[Tensor, Tensor]:
     o, stats = _FWD[backend](q, k, v, qk_norm, causal, reweight_p, kv_offset, cu_seqlens_q, cu_seqlens_k)
     return o, stats
@@ -157,11 +171,23 @@ def _(q, k, v, causal, reweight_p, qk_norm, kv_offset, cu_seqlens_q, cu_seqlens_
 
 @torch.library.custom_op("nlseq::softplus_attention_backward", mutates_args=())
 def _softplus_attention_backward_op(
-    q: Tensor, k: Tensor, v: Tensor, o: Tensor, do: Tensor, stats: Tensor, causal: bool, reweight_p: float,
-    qk_norm: bool, kv_offset: int, cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor], backend: str,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    do: Tensor,
+    stats: Tensor,
+    causal: bool,
+    reweight_p: float,
+    qk_norm: bool,
+    kv_offset: int,
+    cu_seqlens_q: Optional[Tensor],
+    cu_seqlens_k: Optional[Tensor],
+    backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dqh, dkh, dv = _BWD[backend](q, k, v, qk_norm, o, do, stats, causal, reweight_p, kv_offset,
-                                 cu_seqlens_q, cu_seqlens_k)
+    dqh, dkh, dv = _BWD[backend](
+        q, k, v, qk_norm, o, do, stats, causal, reweight_p, kv_offset, cu_seqlens_q, cu_seqlens_k
+    )
     if qk_norm:  # the QK-norm backward, once for every backend
         dqh, dkh = _ref.norm_backward(q, dqh), _ref.norm_backward(k, dkh)
     return dqh.to(q.dtype), dkh.to(k.dtype), dv.to(v.dtype)
@@ -217,9 +243,18 @@ def _cuda_serves(Tq: int, qk_norm: bool, varlen: bool) -> str:
 
 
 def softplus_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, reweight_p: Optional[float] = None,
-    qk_norm: bool = True, kv_offset: int = 0, cu_seqlens_q: Optional[Tensor] = None,
-    cu_seqlens_k: Optional[Tensor] = None, backend: str = "auto", layout: str = "bhtd",
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = True,
+    reweight_p: Optional[float] = None,
+    qk_norm: bool = True,
+    kv_offset: int = 0,
+    cu_seqlens_q: Optional[Tensor] = None,
+    cu_seqlens_k: Optional[Tensor] = None,
+    backend: str = "auto",
+    layout: str = "bhtd",
 ) -> Tensor:
     """Softplus attention LSSA, or LSSAR with ``reweight_p=p`` (docs/spec.md §2). Returns o shaped like q.
 
@@ -255,14 +290,26 @@ def softplus_attention(
     A backward through the cuda backend runs the Triton backward.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"nlseq.{OP}: layout must be one of {LAYOUTS} ('bhtd': q [B, H, T, D]; 'bthd': "
-                         f"q [B, T, H, D] as flash-attn), got {layout!r}")
+        raise ValueError(
+            f"nlseq.{OP}: layout must be one of {LAYOUTS} ('bhtd': q [B, H, T, D]; 'bthd': "
+            f"q [B, T, H, D] as flash-attn), got {layout!r}"
+        )
     if layout == "bthd":
         for name, t in (("q", q), ("k", k), ("v", v)):
             check_tensor(name, t, op=OP, ndim=4, layout=_LAYOUT_BTHD)
-        o = softplus_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal,
-                               reweight_p=reweight_p, qk_norm=qk_norm, kv_offset=kv_offset, cu_seqlens_q=cu_seqlens_q,
-                               cu_seqlens_k=cu_seqlens_k, backend=backend, layout="bhtd")
+        o = softplus_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            causal=causal,
+            reweight_p=reweight_p,
+            qk_norm=qk_norm,
+            kv_offset=kv_offset,
+            cu_seqlens_q=cu_seqlens_q,
+            cu_seqlens_k=cu_seqlens_k,
+            backend=backend,
+            layout="bhtd",
+        )
         return o.transpose(1, 2)
     check_tensor("q", q, op=OP, ndim=4, layout=_LAYOUT)
     check_tensor("k", k, op=OP, ndim=4, layout=_LAYOUT)
@@ -273,35 +320,52 @@ def softplus_attention(
     B, H, Tq, D = q.shape
     Hkv, Tk = dims["Hkv"], dims["Tk"]
     if Hkv == 0 or H % Hkv != 0:
-        raise ValueError(f"nlseq.{OP}: the number of query heads H = {H} must be a multiple of the "
-                         f"number of key/value heads Hkv = {Hkv} {_LAYOUT}")
+        raise ValueError(
+            f"nlseq.{OP}: the number of query heads H = {H} must be a multiple of the "
+            f"number of key/value heads Hkv = {Hkv} {_LAYOUT}"
+        )
     if D == 0:
         raise ValueError(f"nlseq.{OP}: the head dim D must be at least 1 {_LAYOUT}")
     check_bool(OP, "causal", causal)
     check_bool(OP, "qk_norm", qk_norm)
     check_backend(OP, backend)
     # positions i + kv_offset + 1 must fit the kernels' int32 (and never overflow int64)
-    kv_offset = check_int(OP, "kv_offset", kv_offset, lo=0, hi=MAX_POSITION - Tq,
-                          what=f"(cached keys before the first query; kv_offset + Tq <= 2^31 - 1, Tq = {Tq})")
+    kv_offset = check_int(
+        OP,
+        "kv_offset",
+        kv_offset,
+        lo=0,
+        hi=MAX_POSITION - Tq,
+        what=f"(cached keys before the first query; kv_offset + Tq <= 2^31 - 1, Tq = {Tq})",
+    )
     if Tk > MAX_POSITION or Tq > MAX_POSITION:
         raise ValueError(f"nlseq.{OP}: Tq = {Tq} and Tk = {Tk} must be <= 2^31 - 1")
     if reweight_p is None:
         p = 0.0
     else:
-        p = check_float(OP, "reweight_p", reweight_p, lo=0.0, lo_open=True,
-                        what="(None for LSSA, a finite number > 0 for LSSAR)")
+        p = check_float(
+            OP, "reweight_p", reweight_p, lo=0.0, lo_open=True, what="(None for LSSA, a finite number > 0 for LSSAR)"
+        )
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     if varlen:
         if cu_seqlens_q is None or cu_seqlens_k is None:
             raise ValueError(f"nlseq.{OP}: pass both cu_seqlens_q and cu_seqlens_k, or neither")
         for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
-            check_tensor(name, cu, op=OP, ndim=1, dtypes=(torch.int32, torch.int64),
-                         layout="(cumulative sequence lengths [S + 1], starting at 0)")
+            check_tensor(
+                name,
+                cu,
+                op=OP,
+                ndim=1,
+                dtypes=(torch.int32, torch.int64),
+                layout="(cumulative sequence lengths [S + 1], starting at 0)",
+            )
             if cu.device != q.device:
                 raise ValueError(f"nlseq.{OP}: {name} must be on the device of q ({q.device}), got {cu.device}")
         if cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.numel() < 2:
-            raise ValueError(f"nlseq.{OP}: cu_seqlens_q and cu_seqlens_k must both have shape [S + 1] with S >= 1, "
-                             f"got {tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}")
+            raise ValueError(
+                f"nlseq.{OP}: cu_seqlens_q and cu_seqlens_k must both have shape [S + 1] with S >= 1, "
+                f"got {tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}"
+            )
         if B != 1:
             raise ValueError(f"nlseq.{OP}: with cu_seqlens the batch must be packed into B = 1, got B = {B}")
         if not torch.compiler.is_compiling():
@@ -317,17 +381,22 @@ def softplus_attention(
         why = _cuda_serves(Tq, qk_norm, varlen)
         if why:
             if backend == "cuda":
-                raise RuntimeError(f"nlseq.{OP}: backend 'cuda' is not available for this call: {why}. "
-                                   f"Use backend='triton' (or 'auto', which picks Triton here).")
+                raise RuntimeError(
+                    f"nlseq.{OP}: backend 'cuda' is not available for this call: {why}. "
+                    f"Use backend='triton' (or 'auto', which picks Triton here)."
+                )
             implemented = tuple(b for b in IMPLEMENTED if b != "cuda")
     name = _registry.resolve(backend, q.device, OP, implemented)
     if q.dtype == torch.float64 and name in ("cuda", "triton"):
-        raise TypeError(f"nlseq.{OP}: backend {name!r} accepts float32, bfloat16 and float16; float64 runs on "
-                        f"backend='cpp' or 'reference'")
+        raise TypeError(
+            f"nlseq.{OP}: backend {name!r} accepts float32, bfloat16 and float16; float64 runs on "
+            f"backend='cpp' or 'reference'"
+        )
     if Tq == 0:
         return q * 0  # empty, and still connected to the autograd graph
-    o, _ = _softplus_attention_op(q.contiguous(), k.contiguous(), v.contiguous(), causal, p, qk_norm, kv_offset,
-                                  cu_seqlens_q, cu_seqlens_k, name)
+    o, _ = _softplus_attention_op(
+        q.contiguous(), k.contiguous(), v.contiguous(), causal, p, qk_norm, kv_offset, cu_seqlens_q, cu_seqlens_k, name
+    )
     return o
 
 
@@ -347,8 +416,9 @@ def _partial_fwd_cpp(q, k, v, qk_norm, causal, p, kv_offset, n_offset, stats_in)
 
 def _partial_bwd_cpp(q, k, v, qk_norm, o, do, stats, causal, p, kv_offset, n_offset, gamma):
     rq, rk = _scales(q, qk_norm), _scales(k, qk_norm)
-    return tuple(_ext_ops().softplus_attention_bwd_partial(q, k, v, rq, rk, o, do, stats, causal, p, kv_offset,
-                                                           n_offset, gamma))
+    return tuple(
+        _ext_ops().softplus_attention_bwd_partial(q, k, v, rq, rk, o, do, stats, causal, p, kv_offset, n_offset, gamma)
+    )
 
 
 def _partial_gamma_cpp(q, k, v, qk_norm, o, do, stats, causal, p, kv_offset, n_offset):

@@ -26,6 +26,7 @@ u2 = (b >> 8)·2⁻²⁴, and z = sqrt(−2 ln u1)·cos(2π u2) for even j, ·si
 cos and sin the fixed float32 polynomials of ``log_unit`` / ``sincos_turn`` (no libm: every
 backend performs the same roundings).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -42,8 +43,8 @@ def _mulhilo(a: int, b: Tensor) -> tuple[Tensor, Tensor]:
     """(hi, lo) 32-bit words of a·b for a constant a < 2³² and int64 tensor b < 2³², without
     overflowing int64: b is split in 16-bit halves."""
     bl, bh = b & 0xFFFF, b >> 16
-    p_l = a * bl                      # < 2^48
-    p_h = a * bh                      # < 2^48
+    p_l = a * bl  # < 2^48
+    p_h = a * bh  # < 2^48
     mid = p_l + ((p_h & 0xFFFF) << 16)  # < 2^49
     lo = mid & _MASK32
     hi = ((p_h >> 16) + (mid >> 32)) & _MASK32
@@ -67,10 +68,11 @@ def philox_normal(M: int, N: int, seed: int, offset: int, device=None) -> Tensor
     e = torch.arange(M * N, dtype=torch.int64, device=device)
     p, j = e >> 2, e & 3
     zeros = torch.zeros_like(p)
-    r0, r1, r2, r3 = philox4x32(p & _MASK32, (p >> 32) & _MASK32, zeros + (offset & _MASK32),
-                                zeros + ((offset >> 32) & _MASK32), seed)
+    r0, r1, r2, r3 = philox4x32(
+        p & _MASK32, (p >> 32) & _MASK32, zeros + (offset & _MASK32), zeros + ((offset >> 32) & _MASK32), seed
+    )
     a, b = torch.where(j < 2, r0, r2), torch.where(j < 2, r1, r3)
-    u1 = ((a >> 8).to(torch.float32) + 0.5) * (2.0 ** -24)
+    u1 = ((a >> 8).to(torch.float32) + 0.5) * (2.0**-24)
     radius = torch.sqrt(-2.0 * log_unit(u1))
     c, s = sincos_turn(b)
     z = torch.where((j & 1) == 0, radius * c, radius * s)
@@ -106,7 +108,7 @@ def log_unit(u: Tensor) -> Tensor:
 def sincos_turn(b: Tensor) -> tuple[Tensor, Tensor]:
     """cos and sin of 2π·(b >> 8)·2⁻²⁴ for int64 tensors b holding uint32 words."""
     quadrant = b >> 30
-    x = ((b >> 8) & 0x3FFFFF).to(torch.float32) * (2.0 ** -24) * 6.2831855
+    x = ((b >> 8) & 0x3FFFFF).to(torch.float32) * (2.0**-24) * 6.2831855
     x2 = x * x
     sn = x * _horner(x2, _SIN_POLY)
     cp = _horner(x2, _COS_POLY)
@@ -130,8 +132,18 @@ def dac_quantize(x: Tensor, in_bits: int, x_max: float) -> Tensor:
 
 
 def analog_mvm(
-    x: Tensor, weight: Tensor, col_scale: Tensor, thresholds: Tensor, levels: Tensor, noise: Optional[Tensor],
-    in_bits: int, x_max: float, noise_a: float, noise_b: float, seed: int, offset: int,
+    x: Tensor,
+    weight: Tensor,
+    col_scale: Tensor,
+    thresholds: Tensor,
+    levels: Tensor,
+    noise: Optional[Tensor],
+    in_bits: int,
+    x_max: float,
+    noise_a: float,
+    noise_b: float,
+    seed: int,
+    offset: int,
 ) -> Tensor:
     """The fused op in float32 torch ops, comparator count by ``torch.searchsorted`` (bucketize).
 

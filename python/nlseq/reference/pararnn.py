@@ -16,6 +16,7 @@ Layouts (the launcher contract of ``nlseq.ops.pararnn``; S = 1 for the GRU, 2 fo
 - ``input_projection``: U = Wx + b with the block-diagonal W [heads, I/heads, 3, N/heads], written
   in place (``_HeadsProjection``).
 """
+
 from __future__ import annotations
 
 import math
@@ -79,8 +80,10 @@ def input_projection(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """
     heads, ih, G, nh = W.shape
     if x.shape[-1] != heads * ih:
-        raise ValueError(f"input_projection: x's last dim must be heads * I/heads = {heads * ih} "
-                         f"(W has shape {tuple(W.shape)}), got {x.shape[-1]}")
+        raise ValueError(
+            f"input_projection: x's last dim must be heads * I/heads = {heads * ih} "
+            f"(W has shape {tuple(W.shape)}), got {x.shape[-1]}"
+        )
     if tuple(b.shape) != (G, heads * nh):
         raise ValueError(f"input_projection: b must have shape [G, N] = {(G, heads * nh)}, got {tuple(b.shape)}")
     lead = x.shape[:-1]
@@ -89,8 +92,12 @@ def input_projection(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
         U = torch.addmm(b.reshape(G * nh), x2, W[0].reshape(ih, G * nh))
     elif torch.compiler.is_compiling():
         U = torch.stack(
-            [torch.addmm(b[:, h * nh:(h + 1) * nh].reshape(G * nh), x2[:, h * ih:(h + 1) * ih],
-                         W[h].reshape(ih, G * nh)).view(-1, G, nh) for h in range(heads)],
+            [
+                torch.addmm(
+                    b[:, h * nh : (h + 1) * nh].reshape(G * nh), x2[:, h * ih : (h + 1) * ih], W[h].reshape(ih, G * nh)
+                ).view(-1, G, nh)
+                for h in range(heads)
+            ],
             dim=2,
         )  # [B·T, G, heads, nh]
     else:
@@ -222,8 +229,9 @@ def _in_acc(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[T
     return U, A, P, _initial(s0, B, STATE_SIZE[cell], N, U)
 
 
-def pararnn_fwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[Tensor],
-                          max_iters: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
+def pararnn_fwd_reference(
+    cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[Tensor], max_iters: int, tol: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Newton forward (docs/spec.md §1.1) with the reference scan. Returns (S_all, iters, residual).
 
     Initial guess f(0, x_t) (s0 at t = 1); every iteration evaluates f and J at the current
@@ -249,21 +257,33 @@ def pararnn_fwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], 
         H_scan, _ = linear_recurrence_scan(J, _to_scan(rhs).contiguous(), first.transpose(-1, -2))
         H = _to_scan(H_scan)
         iters += 1
-    return (H.to(out_dtype).contiguous(), torch.tensor(iters, dtype=torch.int64, device=U.device),
-            residual.to(acc).reshape(()))
+    return (
+        H.to(out_dtype).contiguous(),
+        torch.tensor(iters, dtype=torch.int64, device=U.device),
+        residual.to(acc).reshape(()),
+    )
 
 
 def pararnn_seq_fwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[Tensor]) -> Tensor:
     """Sequential forward in the accumulation dtype, rounded once to the dtype of U."""
     acc = acc_dtype(U.dtype)
     with torch.no_grad():
-        S_all = pararnn_sequential(cell, U.to(acc), A.to(acc), None if P is None else P.to(acc),
-                                   None if s0 is None else s0.to(acc))
+        S_all = pararnn_sequential(
+            cell, U.to(acc), A.to(acc), None if P is None else P.to(acc), None if s0 is None else s0.to(acc)
+        )
     return S_all.to(U.dtype).contiguous()
 
 
-def pararnn_bwd_reference(cell: str, U: Tensor, A: Tensor, P: Optional[Tensor], s0: Optional[Tensor],
-                          S_all: Tensor, dS: Tensor, ds_last: Tensor):
+def pararnn_bwd_reference(
+    cell: str,
+    U: Tensor,
+    A: Tensor,
+    P: Optional[Tensor],
+    s0: Optional[Tensor],
+    S_all: Tensor,
+    dS: Tensor,
+    ds_last: Tensor,
+):
     """Exact gradient at the solution S_all (docs/spec.md §1.2). Returns (dU, dA, dP or None, ds0).
 
     λ_t = g_t + J_{t+1}ᵀ λ_{t+1} (g_T also gets ds_last) is solved by the reference scan in reverse

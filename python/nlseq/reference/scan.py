@@ -12,6 +12,7 @@ trailing dims. Forward direction: h_t = A_t h_{t-1} + b_t, t = 1..T, h_0 = h0 (o
 - ``linear_recurrence_backward``: the implicit backward (a reverse recurrence with transposed,
   shifted A), written once in terms of any forward ``scan_fn``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -73,7 +74,12 @@ ScanFn = Callable[[Tensor, Tensor, Optional[Tensor], bool], tuple]
 
 
 def linear_recurrence_backward(
-    A: Tensor, h: Tensor, h0: Optional[Tensor], grad_h: Tensor, grad_h_last: Tensor, reverse: bool,
+    A: Tensor,
+    h: Tensor,
+    h0: Optional[Tensor],
+    grad_h: Tensor,
+    grad_h_last: Tensor,
+    reverse: bool,
     scan_fn: ScanFn = linear_recurrence_scan,
 ):
     """Gradients (dA, db, dh0) of the recurrence, in the block layout, for any forward ``scan_fn``.

@@ -28,6 +28,7 @@ Functions:
   instead of O(Tq·Tk)), and the backward recomputes each chunk with the explicit gradient
   formulas the kernels use (no autograd graph is kept).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,7 @@ def softplus(x: Tensor) -> Tensor:
     return torch.clamp_min(x, 0) + torch.log1p(torch.exp(-x.abs()))
 
 
-def visible(Tq: int, Tk: int, causal: bool, kv_offset: int, device, rows: Optional[slice] = None,
-            n_offset: int = -1):
+def visible(Tq: int, Tk: int, causal: bool, kv_offset: int, device, rows: Optional[slice] = None, n_offset: int = -1):
     """(mask [Tq', Tk] bool, N [Tq'] int64) for query rows ``rows`` (default all) of one sequence.
 
     Causal: row i sees keys j <= i + kv_offset (and j < Tk), so N_i = min(i + 1 + kv_offset, Tk).
@@ -134,7 +134,7 @@ def over_sum(s: Tensor, L: Tensor) -> tuple[Tensor, Tensor]:
 
 def _split(x: Tensor, cu: Tensor) -> list[Tensor]:
     bounds = cu.tolist()
-    return [x[:, :, bounds[z]:bounds[z + 1]] for z in range(len(bounds) - 1)]
+    return [x[:, :, bounds[z] : bounds[z + 1]] for z in range(len(bounds) - 1)]
 
 
 # ------------------------------------------------------------------------------------ naive oracle
@@ -167,8 +167,15 @@ def _naive_dense(q, k, v, causal, reweight_p, qk_norm, kv_offset):
 
 
 def softplus_attention_naive(
-    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, reweight_p: Optional[float] = None,
-    qk_norm: bool = True, kv_offset: int = 0, cu_seqlens_q: Optional[Tensor] = None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = True,
+    reweight_p: Optional[float] = None,
+    qk_norm: bool = True,
+    kv_offset: int = 0,
+    cu_seqlens_q: Optional[Tensor] = None,
     cu_seqlens_k: Optional[Tensor] = None,
 ) -> Tensor:
     """docs/spec.md §2 written out with the full [Tq, Tk] matrix, in the accumulation dtype.
@@ -223,7 +230,7 @@ def _row_weights(qc, k, rows, Tq, causal, reweight_p, kv_offset, stats=None, n_o
     Msafe = torch.where(M > 0, M, torch.ones_like(M))
     base = nf[:, None] * a - O[:, None]
     t = torch.where(mask & (M > 0)[..., None], torch.relu(base) / Msafe[..., None], zero_t)
-    r = t ** reweight_p
+    r = t**reweight_p
     R = r.sum(-1) if stats is None else stats[2]
     Rsafe = torch.where(R > 0, R, torch.ones_like(R))
     P = _nan_rows(r / Rsafe[..., None], L, M)
@@ -262,8 +269,9 @@ def _fwd_dense(q, k, v, causal, reweight_p, qk_norm, kv_offset, chunk):
     return o, stats
 
 
-def _bwd_dense(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, chunk, n_offset=-1, gamma=None,
-               gamma_out=None):
+def _bwd_dense(
+    q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, chunk, n_offset=-1, gamma=None, gamma_out=None
+):
     """Gradients w.r.t. q̂, k̂ (float32/float64, before the QK-norm backward) and v.
 
     Context parallelism: ``gamma`` [B, H, Tq] supplies the global Γ_i (LSSAR); with ``gamma_out``
@@ -328,8 +336,9 @@ def norm_backward(x: Tensor, dxhat: Tensor) -> Tensor:
     return dxhat.mul_(inv[..., None])
 
 
-def softplus_attention_fwd(q, k, v, causal, reweight_p, qk_norm, kv_offset, cu_seqlens_q, cu_seqlens_k,
-                           chunk: int = CHUNK):
+def softplus_attention_fwd(
+    q, k, v, causal, reweight_p, qk_norm, kv_offset, cu_seqlens_q, cu_seqlens_k, chunk: int = CHUNK
+):
     """Chunked forward: (o [B, H, Tq, D] in q's dtype, stats [3, B, H, Tq] = (L, M, R)).
 
     stats are in the accumulation dtype (float32; float64 for float64 inputs); M = R = 0 for LSSA.
@@ -343,8 +352,9 @@ def softplus_attention_fwd(q, k, v, causal, reweight_p, qk_norm, kv_offset, cu_s
     return torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=3)
 
 
-def softplus_attention_bwd(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, cu_seqlens_q,
-                           cu_seqlens_k, chunk: int = CHUNK):
+def softplus_attention_bwd(
+    q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, cu_seqlens_q, cu_seqlens_k, chunk: int = CHUNK
+):
     """Chunked backward: (dq̂ [B, H, Tq, D], dk̂ [B, Hkv, Tk, D], dv [B, Hkv, Tk, D]), accumulation dtype.
 
     dq̂ and dk̂ are gradients w.r.t. the normalised q̂, k̂ (w.r.t. q, k when qk_norm=False);
@@ -356,8 +366,21 @@ def softplus_attention_bwd(q, k, v, o, do, stats, causal, reweight_p, qk_norm, k
     parts = []
     for z in range(len(bq) - 1):
         rq, rk = slice(bq[z], bq[z + 1]), slice(bk[z], bk[z + 1])
-        parts.append(_bwd_dense(q[:, :, rq], k[:, :, rk], v[:, :, rk], o[:, :, rq], do[:, :, rq],
-                                stats[:, :, :, rq], causal, reweight_p, qk_norm, kv_offset, chunk))
+        parts.append(
+            _bwd_dense(
+                q[:, :, rq],
+                k[:, :, rk],
+                v[:, :, rk],
+                o[:, :, rq],
+                do[:, :, rq],
+                stats[:, :, :, rq],
+                causal,
+                reweight_p,
+                qk_norm,
+                kv_offset,
+                chunk,
+            )
+        )
     return tuple(torch.cat([p[i] for p in parts], dim=2) for i in range(3))
 
 
@@ -366,6 +389,7 @@ def softplus_attention_bwd(q, k, v, o, do, stats, causal, reweight_p, qk_norm, k
 # signed and n_offset gives the global N_i (see ``visible``). Partials of the blocks of one row merge
 # by addition; the cpp backend has the same three functions (nlseq_ext::softplus_attention_*_partial,
 # softplus_attention_bwd_gamma).
+
 
 def partial_fwd(q, k, v, causal, reweight_p, qk_norm, kv_offset, n_offset, stats_in=None, chunk: int = CHUNK):
     """Unnormalised forward of one key block: (U [B, H, Tq, D], stats [3, B, H, Tq]), accumulation dtype.
@@ -389,8 +413,9 @@ def partial_fwd(q, k, v, causal, reweight_p, qk_norm, kv_offset, n_offset, stats
     for start in range(0, Tq, chunk):
         rows = slice(start, min(start + chunk, Tq))
         if reweight_p is None or st_in is None:
-            s, _, _, _, mask, _, _, _ = _row_weights(qg[:, :, :, rows], kg, rows, Tq, causal, None, kv_offset,
-                                                     n_offset=n_offset)
+            s, _, _, _, mask, _, _, _ = _row_weights(
+                qg[:, :, :, rows], kg, rows, Tq, causal, None, kv_offset, n_offset=n_offset
+            )
             # unshifted weights: partials of one row from different key blocks must share one scale to
             # merge by addition (so the underflow shift of SHIFT_BELOW does not apply across ranks)
             w = torch.where(mask, softplus(s), torch.zeros((), dtype=s.dtype, device=s.device))
@@ -400,8 +425,17 @@ def partial_fwd(q, k, v, causal, reweight_p, qk_norm, kv_offset, n_offset, stats
                 U[:, :, rows] = (w @ vg).view(B, H, -1, D)
             R = torch.zeros_like(L)
         else:
-            _, _, _, Pn, _, _, _, (L, m, R) = _row_weights(qg[:, :, :, rows], kg, rows, Tq, causal, reweight_p,
-                                                           kv_offset, stats=st_in[..., rows], n_offset=n_offset)
+            _, _, _, Pn, _, _, _, (L, m, R) = _row_weights(
+                qg[:, :, :, rows],
+                kg,
+                rows,
+                Tq,
+                causal,
+                reweight_p,
+                kv_offset,
+                stats=st_in[..., rows],
+                n_offset=n_offset,
+            )
             r = Pn  # = t^p, since R = 1 in st_in
             U[:, :, rows] = (r @ vg).view(B, H, -1, D)
             R = r.sum(-1)
@@ -409,8 +443,9 @@ def partial_fwd(q, k, v, causal, reweight_p, qk_norm, kv_offset, n_offset, stats
     return U, stats
 
 
-def partial_bwd(q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, n_offset, gamma=None,
-                chunk: int = CHUNK):
+def partial_bwd(
+    q, k, v, o, do, stats, causal, reweight_p, qk_norm, kv_offset, n_offset, gamma=None, chunk: int = CHUNK
+):
     """Backward of one key block with the global o, stats (L, M, R) and, for LSSAR, Γ [B, H, Tq]:
     (this block's share of dq̂, dk̂ and dv of this block's keys from these rows), accumulation dtype."""
     if reweight_p is not None and gamma is None:

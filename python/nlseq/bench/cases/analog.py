@@ -19,6 +19,7 @@ float32 in any order and a correct kernel agrees with the oracle level for level
 the CPU. On the GPU the Triton/CUDA polynomials may fuse multiply-adds (one ulp on a normal), so a
 current within ~1e-6 of a threshold may move one level: tolerance one LSB of the 8-bit ADC.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,16 +49,18 @@ def _rnn_modules(kind, H=H):
     digital = getattr(torch.nn, kind)(H, H)
     with torch.no_grad():
         for p in digital.parameters():
-            p.copy_(_grid(p.shape, 2.0 ** -3, -2, 2, g))  # |w| <= 1/4
+            p.copy_(_grid(p.shape, 2.0**-3, -2, 2, g))  # |w| <= 1/4
     cls = AnalogLSTM if kind == "LSTM" else AnalogGRU
-    analog = {b: cls.from_digital(digital, config=BENCH_CONFIG, adc_bits=5, backend=b).eval().program()
-              for b in ("cpp", "reference")}
+    analog = {
+        b: cls.from_digital(digital, config=BENCH_CONFIG, adc_bits=5, backend=b).eval().program()
+        for b in ("cpp", "reference")
+    }
     return digital.eval(), analog
 
 
 def lstm_inputs(T=T, B=B, H=H):
     g = torch.Generator().manual_seed(1)
-    return {"x": _grid((T, B, H), 2.0 ** -7, -127, 127, g)}
+    return {"x": _grid((T, B, H), 2.0**-7, -127, 127, g)}
 
 
 def _rnn_analog(kind, backend, x):
@@ -97,15 +100,15 @@ def linear_inputs(M, K, N, device):
     g = torch.Generator().manual_seed(0)
     adc = NLADC("sigmoid", 8)
     x = _grid((M, K), 1 / 16, -127, 127, g)  # DAC grid of x_max = 127/16, in_bits 8
-    w = _grid((N, K), 2.0 ** -3, -2, 2, g)
-    col_scale = torch.full((N,), 2.0 ** -6)  # current in units where the ramp spans ~±0.1 µA
-    thr = (adc.thresholds.float() * 16.0)[None, :].expand(N, -1).contiguous() * 2.0 ** -6
+    w = _grid((N, K), 2.0**-3, -2, 2, g)
+    col_scale = torch.full((N,), 2.0**-6)  # current in units where the ramp spans ~±0.1 µA
+    thr = (adc.thresholds.float() * 16.0)[None, :].expand(N, -1).contiguous() * 2.0**-6
     lev = adc.levels.float()[None, :].expand(N, -1).contiguous()
     to = lambda t: t.to(device)  # noqa: E731
     return {"x": to(x), "w": to(w), "col_scale": to(col_scale), "thr": to(thr), "lev": to(lev)}
 
 
-_LINEAR_KW = dict(in_bits=8, x_max=127 / 16, noise_a=2.0 ** -28, noise_b=2.0 ** -24, seed=3, offset=0)
+_LINEAR_KW = dict(in_bits=8, x_max=127 / 16, noise_a=2.0**-28, noise_b=2.0**-24, seed=3, offset=0)
 
 
 def _linear_analog(backend, x, w, col_scale, thr, lev):
@@ -132,20 +135,50 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
         inputs = functools.partial(linear_inputs, M, K_GPU, N_GPU, device)
         flops = {"fwd": 2 * M * K_GPU * N_GPU}
         byt = {"fwd": 4 * (M * K_GPU + N_GPU * K_GPU + M * N_GPU)}
-        impls = [Impl(b, functools.partial(_linear_analog, b), backend=b, backward=False)
-                 for b in ("cuda", "triton", "reference")]
-        impls.append(Impl("matmul+sigmoid", _linear_digital, backward=False, oracle=_linear_digital_oracle,
-                          tol=(1e-4, 1e-4), note="digital peer: torch matmul + sigmoid, same x and w; checked "
-                                                 "against float64 (fp32 GEMM, K = 1024)"))
+        impls = [
+            Impl(b, functools.partial(_linear_analog, b), backend=b, backward=False)
+            for b in ("cuda", "triton", "reference")
+        ]
+        impls.append(
+            Impl(
+                "matmul+sigmoid",
+                _linear_digital,
+                backward=False,
+                oracle=_linear_digital_oracle,
+                tol=(1e-4, 1e-4),
+                note="digital peer: torch matmul + sigmoid, same x and w; checked "
+                "against float64 (fp32 GEMM, K = 1024)",
+            )
+        )
         return [
-            Case(family=FAMILY, name="linear", device=device, dtype=f32, shape=shape, inputs=inputs,
-                 oracle=_linear_oracle, impls=impls, output_names=("y",), atol=1 / 256 + 1e-6, rtol=0.0,
-                 tolerance_note="one LSB of the 8-bit ADC: fused multiply-adds in the GPU polynomials may move "
-                                "a current within ~1e-6 of a threshold by one level",
-                 baseline="matmul+sigmoid", flops=flops, bytes=byt, headline=True,
-                 goals=(Goal(("cuda", "triton"), "fwd", speedup=1 / 1.15,
-                             text="fused within 1.15x of digital matmul + sigmoid (docs/spec.md §3.3)"),),
-                 note="goal: fused (cuda/triton) <= 1.15x the digital row; eager simulation 1.58x (docs/spec.md §3.3)"),
+            Case(
+                family=FAMILY,
+                name="linear",
+                device=device,
+                dtype=f32,
+                shape=shape,
+                inputs=inputs,
+                oracle=_linear_oracle,
+                impls=impls,
+                output_names=("y",),
+                atol=1 / 256 + 1e-6,
+                rtol=0.0,
+                tolerance_note="one LSB of the 8-bit ADC: fused multiply-adds in the GPU polynomials may move "
+                "a current within ~1e-6 of a threshold by one level",
+                baseline="matmul+sigmoid",
+                flops=flops,
+                bytes=byt,
+                headline=True,
+                goals=(
+                    Goal(
+                        ("cuda", "triton"),
+                        "fwd",
+                        speedup=1 / 1.15,
+                        text="fused within 1.15x of digital matmul + sigmoid (docs/spec.md §3.3)",
+                    ),
+                ),
+                note="goal: fused (cuda/triton) <= 1.15x the digital row; eager simulation 1.58x (docs/spec.md §3.3)",
+            ),
         ]
     out = []
     for kind in ("LSTM", "GRU"):
@@ -155,23 +188,56 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
             x_fn = functools.partial(lstm_inputs, t, b, h)
             goals = ()
             if kind == "LSTM" and not suffix:
-                goals = (Goal(("cpp",), "fwd", max_ms=2.5, text="torch.nn.LSTM 1.19 ms, aihwkit 25.3 ms on the "
-                              "2-core CPU (docs/spec.md §3.3)"),)
-            digital = Impl(f"nn.{kind}", functools.partial(_rnn_digital, kind), backward=False,
-                           oracle=functools.partial(_rnn_digital_oracle, kind), tol=(1e-5, 1e-5),
-                           note=f"digital peer: torch.nn.{kind}, same weights and inputs, checked against float64")
-            out.append(Case(
-                family=FAMILY, name=name, device=device, dtype=f32, shape=shape, inputs=x_fn,
-                oracle=functools.partial(_rnn_oracle, kind),
-                impls=[Impl("cpp", functools.partial(_rnn_analog, kind, "cpp"), backend="cpp", backward=False),
-                       Impl("reference", functools.partial(_rnn_analog, kind, "reference"), backend="reference",
-                            backward=False, timed=not quick or bool(suffix),
-                            note="" if not quick or suffix else "--quick: checked, not timed (per-step Python path)"),
-                       digital],
-                output_names=("out",), atol=0.0, rtol=0.0,
-                tolerance_note="exact: binary-grid weights and inputs make every float32 sum order-independent",
-                baseline=f"nn.{kind}", flops={"fwd": _rnn_flops(t, b, h)}, goals=goals,
-                headline=kind == "LSTM" and not suffix,
-                note=("goal: cpp <= 2.5 ms (torch.nn.LSTM 1.19 ms, aihwkit 25.3 ms; docs/spec.md §3.3)"
-                      if goals else "")))
+                goals = (
+                    Goal(
+                        ("cpp",),
+                        "fwd",
+                        max_ms=2.5,
+                        text="torch.nn.LSTM 1.19 ms, aihwkit 25.3 ms on the 2-core CPU (docs/spec.md §3.3)",
+                    ),
+                )
+            digital = Impl(
+                f"nn.{kind}",
+                functools.partial(_rnn_digital, kind),
+                backward=False,
+                oracle=functools.partial(_rnn_digital_oracle, kind),
+                tol=(1e-5, 1e-5),
+                note=f"digital peer: torch.nn.{kind}, same weights and inputs, checked against float64",
+            )
+            out.append(
+                Case(
+                    family=FAMILY,
+                    name=name,
+                    device=device,
+                    dtype=f32,
+                    shape=shape,
+                    inputs=x_fn,
+                    oracle=functools.partial(_rnn_oracle, kind),
+                    impls=[
+                        Impl("cpp", functools.partial(_rnn_analog, kind, "cpp"), backend="cpp", backward=False),
+                        Impl(
+                            "reference",
+                            functools.partial(_rnn_analog, kind, "reference"),
+                            backend="reference",
+                            backward=False,
+                            timed=not quick or bool(suffix),
+                            note="" if not quick or suffix else "--quick: checked, not timed (per-step Python path)",
+                        ),
+                        digital,
+                    ],
+                    output_names=("out",),
+                    atol=0.0,
+                    rtol=0.0,
+                    tolerance_note="exact: binary-grid weights and inputs make every float32 sum order-independent",
+                    baseline=f"nn.{kind}",
+                    flops={"fwd": _rnn_flops(t, b, h)},
+                    goals=goals,
+                    headline=kind == "LSTM" and not suffix,
+                    note=(
+                        "goal: cpp <= 2.5 ms (torch.nn.LSTM 1.19 ms, aihwkit 25.3 ms; docs/spec.md §3.3)"
+                        if goals
+                        else ""
+                    ),
+                )
+            )
     return out

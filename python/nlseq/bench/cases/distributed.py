@@ -15,6 +15,7 @@ same run on rank 0 while the other ranks wait (with 1 thread, and with P threads
 the P ranks use). Correctness is the tests' job (tests/distributed); here the distributed outputs
 are only checked against the single-process ones to a float32 bound so a broken row cannot hide.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -66,8 +67,9 @@ def _rank(rank, P, init_file, out_dir, B, T, N, reps):
     from nlseq.distributed import CommCounter, linear_recurrence, pararnn, shard
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=P,
-                            timeout=datetime.timedelta(minutes=10))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=P, timeout=datetime.timedelta(minutes=10)
+    )
     rows = []
     try:
         A_scan, b_scan, U, A = _inputs(B, T, N)
@@ -79,10 +81,12 @@ def _rank(rank, P, init_file, out_dir, B, T, N, reps):
             if rank == 0:
                 torch.set_num_threads(threads)
                 for k, with_bwd in enumerate((False, True)):
+
                     def call(with_bwd=with_bwd):
                         out = fwd(with_bwd)
                         if with_bwd:
                             out.sum().backward()
+
                     call()
                     ts = []
                     for _ in range(reps):
@@ -92,8 +96,17 @@ def _rank(rank, P, init_file, out_dir, B, T, N, reps):
                     ms[k] = statistics.median(ts)
                 torch.set_num_threads(1)
             dist.barrier()
-            rows.append({"op": name[0], "impl": f"{name[1]} ({threads} thread{'s' if threads > 1 else ''})",
-                         "fwd_ms": ms[0], "fwdbwd_ms": ms[1], "bytes_fwd": 0, "bytes_fwdbwd": 0, "collectives": 0})
+            rows.append(
+                {
+                    "op": name[0],
+                    "impl": f"{name[1]} ({threads} thread{'s' if threads > 1 else ''})",
+                    "fwd_ms": ms[0],
+                    "fwdbwd_ms": ms[1],
+                    "bytes_fwd": 0,
+                    "bytes_fwdbwd": 0,
+                    "collectives": 0,
+                }
+            )
 
         def distributed(name, fwd, check):
             out = fwd(False)
@@ -106,8 +119,17 @@ def _rank(rank, P, init_file, out_dir, B, T, N, reps):
                 fwd(True).sum().backward()
             sent = torch.tensor([cf.bytes_sent, cb.bytes_sent], dtype=torch.float64)
             dist.all_reduce(sent, op=dist.ReduceOp.MAX)
-            rows.append({"op": name[0], "impl": name[1], "fwd_ms": fwd_ms, "fwdbwd_ms": fb_ms,
-                         "bytes_fwd": int(sent[0]), "bytes_fwdbwd": int(sent[1]), "collectives": cb.total_calls})
+            rows.append(
+                {
+                    "op": name[0],
+                    "impl": name[1],
+                    "fwd_ms": fwd_ms,
+                    "fwdbwd_ms": fb_ms,
+                    "bytes_fwd": int(sent[0]),
+                    "bytes_fwdbwd": int(sent[1]),
+                    "collectives": cb.total_calls,
+                }
+            )
 
         def leaf(t, g):
             return t.clone().requires_grad_(g)
@@ -126,6 +148,7 @@ def _rank(rank, P, init_file, out_dir, B, T, N, reps):
                 err = float((got.detach() - want).abs().max()) / max(float(want.abs().max()), 1e-30)
                 if not err <= 1e-4:
                     raise AssertionError(f"distributed bench: output off by {err:.2e} relative")
+
             return check
 
         for threads in sorted({1, P}):
@@ -162,8 +185,13 @@ def run(P: int = 2, B: int = 4, T: int = 8192, N: int = 256, reps: int = 3) -> l
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="nlseq-bench-dist-") as tmp:
-        ctx = mp.start_processes(_rank, args=(P, os.path.join(tmp, "rendezvous"), tmp, B, T, N, reps), nprocs=P,
-                                 join=True, start_method="spawn")
+        ctx = mp.start_processes(
+            _rank,
+            args=(P, os.path.join(tmp, "rendezvous"), tmp, B, T, N, reps),
+            nprocs=P,
+            join=True,
+            start_method="spawn",
+        )
         del ctx
         results = []
         for r in range(P):
@@ -177,9 +205,13 @@ def run(P: int = 2, B: int = 4, T: int = 8192, N: int = 256, reps: int = 3) -> l
 
 def table(rows: list[dict], P: int, B: int, T: int, N: int) -> str:
     """The rows as a markdown table."""
-    head = (f"B={B}, T={T}, N={N}, float32, P={P} gloo ranks (1 thread each)\n\n"
-            "| op | impl | fwd ms | fwd+bwd ms | bytes sent/rank fwd | bytes sent/rank fwd+bwd | collectives fwd+bwd |\n"
-            "|---|---|---:|---:|---:|---:|---:|\n")
+    head = (
+        f"B={B}, T={T}, N={N}, float32, P={P} gloo ranks (1 thread each)\n\n"
+        "| op | impl | fwd ms | fwd+bwd ms | bytes sent/rank fwd | bytes sent/rank fwd+bwd | collectives fwd+bwd |\n"
+        "|---|---|---:|---:|---:|---:|---:|\n"
+    )
     return head + "\n".join(
         f"| {r['op']} | {r['impl']} | {r['fwd_ms']:.1f} | {r['fwdbwd_ms']:.1f} | {r['bytes_fwd']:,} | "
-        f"{r['bytes_fwdbwd']:,} | {r['collectives']} |" for r in rows)
+        f"{r['bytes_fwdbwd']:,} | {r['collectives']} |"
+        for r in rows
+    )

@@ -23,6 +23,7 @@ forward+backward <= 4.0 ms (½ and ⅓ of the reference code's fused 2.38 / 12.0
 Headline: ParaGRU and ParaLSTM 8×2048×1024 fp32 on the GPU, the goal case on the CPU.
 Oracle: the sequential loop in float64 (autograd through it for the gradients).
 """
+
 from __future__ import annotations
 
 import functools
@@ -100,24 +101,46 @@ def _cuda_skip() -> str:
     return "" if "cuda" in _implemented() else "nlseq._C has no CUDA kernel for pararnn_fwd"
 
 
-def _impls(cell, device, dtype, B, T, N, *, loop=True, time_reference=True, loop_backward=True,
-           torch_backward=True):
+def _impls(cell, device, dtype, B, T, N, *, loop=True, time_reference=True, loop_backward=True, torch_backward=True):
     p = functools.partial
     if device.type == "cuda":
-        impls = [Impl("cuda", p(_nlseq, cell, "cuda", "newton"), backend="cuda", skip=_cuda_skip()),
-                 Impl("triton", p(_nlseq, cell, "triton", "newton"), backend="triton", skip=_triton_skip())]
+        impls = [
+            Impl("cuda", p(_nlseq, cell, "cuda", "newton"), backend="cuda", skip=_cuda_skip()),
+            Impl("triton", p(_nlseq, cell, "triton", "newton"), backend="triton", skip=_triton_skip()),
+        ]
     else:
-        impls = [Impl("cpp", p(_nlseq, cell, "cpp", "auto"), backend="cpp",
-                      note="mode=auto on the CPU: fused exact sequential kernel + fused backward"),
-                 Impl("cpp-newton", p(_nlseq, cell, "cpp", "newton"), backend="cpp",
-                      note="Newton iterations solved by the C++ scan")]
-    impls.append(Impl("reference", p(_nlseq, cell, "reference", "newton"), backend="reference",
-                      timed=time_reference,
-                      note="" if time_reference else "--quick: checked, not timed (Newton in PyTorch)"))
+        impls = [
+            Impl(
+                "cpp",
+                p(_nlseq, cell, "cpp", "auto"),
+                backend="cpp",
+                note="mode=auto on the CPU: fused exact sequential kernel + fused backward",
+            ),
+            Impl(
+                "cpp-newton",
+                p(_nlseq, cell, "cpp", "newton"),
+                backend="cpp",
+                note="Newton iterations solved by the C++ scan",
+            ),
+        ]
+    impls.append(
+        Impl(
+            "reference",
+            p(_nlseq, cell, "reference", "newton"),
+            backend="reference",
+            timed=time_reference,
+            note="" if time_reference else "--quick: checked, not timed (Newton in PyTorch)",
+        )
+    )
     if loop:
-        impls.append(Impl("loop", p(_loop, cell), backward=loop_backward,
-                          note="eager sequential loop of the same cell (PyTorch)"
-                          + ("" if loop_backward else "; forward only")))
+        impls.append(
+            Impl(
+                "loop",
+                p(_loop, cell),
+                backward=loop_backward,
+                note="eager sequential loop of the same cell (PyTorch)" + ("" if loop_backward else "; forward only"),
+            )
+        )
     impls.append(_torch_impl(cell, device, dtype, B, T, N, backward=torch_backward))
     return impls
 
@@ -131,11 +154,25 @@ def _case(cell, device, dtype, B, T, N, *, impls, note="", baseline=None, goals=
     atol, rtol = TOL[dtype]
     name = ("ParaGRU" if cell == "gru" else "ParaLSTM") + suffix
     return Case(
-        family=FAMILY, name=name, device=device, dtype=dtype, shape={"B": B, "T": T, "N": N},
+        family=FAMILY,
+        name=name,
+        device=device,
+        dtype=dtype,
+        shape={"B": B, "T": T, "N": N},
         inputs=functools.partial(_inputs, cell, B, T, N, dtype, device),
-        oracle=functools.partial(oracle, cell), impls=impls, grad_inputs=grad_inputs, output_names=("y",),
-        atol=atol, rtol=rtol, grad_tol=GRAD_TOL[dtype], tolerance_note=TOL_NOTE[dtype], baseline=baseline,
-        bytes={"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}, note=note, goals=goals, headline=headline,
+        oracle=functools.partial(oracle, cell),
+        impls=impls,
+        grad_inputs=grad_inputs,
+        output_names=("y",),
+        atol=atol,
+        rtol=rtol,
+        grad_tol=GRAD_TOL[dtype],
+        tolerance_note=TOL_NOTE[dtype],
+        baseline=baseline,
+        bytes={"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd},
+        note=note,
+        goals=goals,
+        headline=headline,
         # the float64 oracle is a Python loop over T steps; its autograd backward at T = 65536 on
         # the GPU costs minutes: there the gradients are timed, the forward checked
         check_grads=not (device.type == "cuda" and T > 8192),
@@ -162,11 +199,18 @@ def _torch_impl(cell, device, dtype, B, T, N, *, backward=True):
     """nn.GRU / nn.LSTM as a peer in the ParaGRU / ParaLSTM case: its own weights and float64 oracle."""
     name = "nn.GRU" if cell == "gru" else "nn.LSTM"
     inputs = functools.partial(_torch_inputs, cell, B, T, N, dtype, device)
-    return Impl(name, functools.partial(_torch_rnn, cell), backward=backward, inputs=inputs,
-                oracle=functools.partial(_torch_rnn, cell), grad_inputs=("x",), tol=TOL[dtype],
-                grad_tol=GRAD_TOL[dtype],
-                note=f"torch.nn.{name[3:]} ({'cuDNN' if device.type == 'cuda' else 'ATen'}): dense recurrence, "
-                     "own weights, checked against its own float64 run" + ("" if backward else "; forward only"))
+    return Impl(
+        name,
+        functools.partial(_torch_rnn, cell),
+        backward=backward,
+        inputs=inputs,
+        oracle=functools.partial(_torch_rnn, cell),
+        grad_inputs=("x",),
+        tol=TOL[dtype],
+        grad_tol=GRAD_TOL[dtype],
+        note=f"torch.nn.{name[3:]} ({'cuDNN' if device.type == 'cuda' else 'ATen'}): dense recurrence, "
+        "own weights, checked against its own float64 run" + ("" if backward else "; forward only"),
+    )
 
 
 def cases(device: torch.device, quick: bool) -> list[Case]:
@@ -180,34 +224,95 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
             loop = B * T * N == smallest
             goals = ()
             if (cell, B, T, N) == ("gru", 8, 2048, 1024):
-                goals = (Goal(("cuda", "triton"), "fwd", max_ms=1.2, text="1/2 of the reference code's fused "
-                              "2.38 ms (docs/spec.md §1.4)"),
-                         Goal(("cuda", "triton"), "fwdbwd", max_ms=4.0, text="1/3 of the reference code's fused "
-                              "12.06 ms (docs/spec.md §1.4)"))
-            out.append(_case(cell, device, f32, B, T, N,
-                             impls=_impls(cell, device, f32, B, T, N, loop=loop, loop_backward=False),
-                             baseline="nn.GRU" if cell == "gru" else "nn.LSTM", goals=goals,
-                             headline=(B, T, N) == (8, 2048, 1024),
-                             note="docs/spec.md §1.4 reference code fused CUDA: see the module docstring for the goals"))
+                goals = (
+                    Goal(
+                        ("cuda", "triton"),
+                        "fwd",
+                        max_ms=1.2,
+                        text="1/2 of the reference code's fused 2.38 ms (docs/spec.md §1.4)",
+                    ),
+                    Goal(
+                        ("cuda", "triton"),
+                        "fwdbwd",
+                        max_ms=4.0,
+                        text="1/3 of the reference code's fused 12.06 ms (docs/spec.md §1.4)",
+                    ),
+                )
+            out.append(
+                _case(
+                    cell,
+                    device,
+                    f32,
+                    B,
+                    T,
+                    N,
+                    impls=_impls(cell, device, f32, B, T, N, loop=loop, loop_backward=False),
+                    baseline="nn.GRU" if cell == "gru" else "nn.LSTM",
+                    goals=goals,
+                    headline=(B, T, N) == (8, 2048, 1024),
+                    note="docs/spec.md §1.4 reference code fused CUDA: see the module docstring for the goals",
+                )
+            )
         for cell, B, T, N in sizes:
-            out.append(_case(cell, device, bf16, B, T, N, impls=_impls(cell, device, bf16, B, T, N, loop=False),
-                             baseline="nn.GRU" if cell == "gru" else "nn.LSTM"))
+            out.append(
+                _case(
+                    cell,
+                    device,
+                    bf16,
+                    B,
+                    T,
+                    N,
+                    impls=_impls(cell, device, bf16, B, T, N, loop=False),
+                    baseline="nn.GRU" if cell == "gru" else "nn.LSTM",
+                )
+            )
         return out
     # CPU: the goal size in the full run; in --quick a short sequence and nn.GRU forward only. The
     # loop is timed forward only (its autograd over 4096 steps takes minutes per call on 2 cores).
     B, T, N = (4, 256, 256) if quick else (4, 4096, 256)
     goals = () if quick else (Goal(("cpp",), "fwd", speedup=10.0, text="CPU goal at B=4, T=4096, N=256"),)
     out = [
-        _case("gru", device, f32, B, T, N,
-              impls=_impls("gru", device, f32, B, T, N, time_reference=not quick, loop_backward=False,
-                           torch_backward=not quick),
-              baseline="loop", goals=goals, headline=True,
-              note="goal: cpp forward >= 10x faster than the eager loop at B=4, T=4096, N=256"),
+        _case(
+            "gru",
+            device,
+            f32,
+            B,
+            T,
+            N,
+            impls=_impls(
+                "gru", device, f32, B, T, N, time_reference=not quick, loop_backward=False, torch_backward=not quick
+            ),
+            baseline="loop",
+            goals=goals,
+            headline=True,
+            note="goal: cpp forward >= 10x faster than the eager loop at B=4, T=4096, N=256",
+        ),
     ]
     if not quick:
-        out.append(_case("lstm", device, f32, 2, 2048, 128,
-                         impls=_impls("lstm", device, f32, 2, 2048, 128, loop_backward=False), baseline="loop"))
+        out.append(
+            _case(
+                "lstm",
+                device,
+                f32,
+                2,
+                2048,
+                128,
+                impls=_impls("lstm", device, f32, 2, 2048, 128, loop_backward=False),
+                baseline="loop",
+            )
+        )
     # tiny (T prime): cheap, timed; the GPU check's dry run uses it
-    out.append(_case("gru", device, f32, 2, 37, 16, impls=_impls("gru", device, f32, 2, 37, 16, loop_backward=False),
-                     baseline="loop", suffix="-tiny"))
+    out.append(
+        _case(
+            "gru",
+            device,
+            f32,
+            2,
+            37,
+            16,
+            impls=_impls("gru", device, f32, 2, 37, 16, loop_backward=False),
+            baseline="loop",
+            suffix="-tiny",
+        )
+    )
     return out

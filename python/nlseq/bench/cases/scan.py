@@ -23,6 +23,7 @@ Oracle: the sequential loop in float64, and its backward (docs/spec.md §1.2) wi
 on the GPU above T = 4096 the reference scan in float64 instead (a loop of 65536 Python steps
 costs seconds).
 """
+
 from __future__ import annotations
 
 import functools
@@ -148,19 +149,30 @@ def _copy_peer(device, dtype, fwd_bytes, bwd_bytes) -> Impl:
 
     def inputs():
         g = torch.Generator().manual_seed(0)
-        return {"x": torch.randn(fwd_bytes // (2 * s), generator=g).to(device=device, dtype=dtype),
-                "y": torch.randn(bwd_bytes // (2 * s), generator=g).to(device=device, dtype=dtype)}
+        return {
+            "x": torch.randn(fwd_bytes // (2 * s), generator=g).to(device=device, dtype=dtype),
+            "y": torch.randn(bwd_bytes // (2 * s), generator=g).to(device=device, dtype=dtype),
+        }
 
-    return Impl("copy", _CopyPeer.apply, inputs=inputs, oracle=lambda x, y: x.clone(),
-                oracle_grads=lambda inputs64, grads64: {"y": inputs64["y"]}, grad_inputs=("y",), tol=(0.0, 0.0),
-                grad_tol=(0.0, 0.0),
-                note="clone of the case's byte model: fwd bytes/2 read + written forward, bwd bytes/2 "
-                     "backward (its gradient is a copy, not a derivative): the copy bandwidth at this size")
+    return Impl(
+        "copy",
+        _CopyPeer.apply,
+        inputs=inputs,
+        oracle=lambda x, y: x.clone(),
+        oracle_grads=lambda inputs64, grads64: {"y": inputs64["y"]},
+        grad_inputs=("y",),
+        tol=(0.0, 0.0),
+        grad_tol=(0.0, 0.0),
+        note="clone of the case's byte model: fwd bytes/2 read + written forward, bwd bytes/2 "
+        "backward (its gradient is a copy, not a derivative): the copy bandwidth at this size",
+    )
 
 
 def _copy_goals(fwd=0.6, bwd=0.45):
-    return (Goal(("cpp",), "fwd", speedup=fwd, over="copy", text=f"issue 15: forward >= {fwd:.0%} of copy bandwidth"),
-            Goal(("cpp",), "bwd", speedup=bwd, over="copy", text=f"issue 15: backward >= {bwd:.0%} of copy bandwidth"))
+    return (
+        Goal(("cpp",), "fwd", speedup=fwd, over="copy", text=f"issue 15: forward >= {fwd:.0%} of copy bandwidth"),
+        Goal(("cpp",), "bwd", speedup=bwd, over="copy", text=f"issue 15: backward >= {bwd:.0%} of copy bandwidth"),
+    )
 
 
 def _triton_skip() -> str:
@@ -174,15 +186,34 @@ def _impls(device, *, loop=False, time_reference=True):
     impls = []
     for n in names:
         timed = time_reference or n != "reference"
-        impls.append(Impl(n, functools.partial(_nlseq, n), backend=n, timed=timed,
-                          skip=_triton_skip() if n == "triton" else "",
-                          note="" if timed else "checked, not timed (seconds per call on the CPU)"))
+        impls.append(
+            Impl(
+                n,
+                functools.partial(_nlseq, n),
+                backend=n,
+                timed=timed,
+                skip=_triton_skip() if n == "triton" else "",
+                note="" if timed else "checked, not timed (seconds per call on the CPU)",
+            )
+        )
     if loop == "fp32":  # low-precision inputs: a loop in bf16 arithmetic would not be a fair peer
-        impls.append(Impl("loop", _loop_fp32, backward=False,
-                          note="sequential loop accumulating in float32, outputs rounded; forward only"))
+        impls.append(
+            Impl(
+                "loop",
+                _loop_fp32,
+                backward=False,
+                note="sequential loop accumulating in float32, outputs rounded; forward only",
+            )
+        )
     elif loop:
-        impls.append(Impl("loop", _loop, backward=False,
-                          note="sequential loop in the input dtype; forward only (its autograd is O(T^2))"))
+        impls.append(
+            Impl(
+                "loop",
+                _loop,
+                backward=False,
+                note="sequential loop in the input dtype; forward only (its autograd is O(T^2))",
+            )
+        )
     return impls
 
 
@@ -206,11 +237,27 @@ def _case(name, device, dtype, B, T, N, K=None, *, impls, baseline, note="", goa
         impls = [*impls, _copy_peer(device, dtype, fwd, bwd)]
         goals = (*goals, *_copy_goals())
     return Case(
-        family=FAMILY, name=name, device=device, dtype=dtype, shape=shape, inputs=inputs,
-        oracle=oracle, oracle_grads=oracle_grads, impls=impls, grad_inputs=("A", "b"),
-        output_names=("h", "h_last"), atol=atol, rtol=rtol, grad_tol=GRAD_TOL[dtype], tolerance_note=TOL_NOTE[dtype],
-        baseline=baseline, bytes={"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd},
-        mem_estimate={"cpp": outputs}, note=note, goals=goals, headline=headline,
+        family=FAMILY,
+        name=name,
+        device=device,
+        dtype=dtype,
+        shape=shape,
+        inputs=inputs,
+        oracle=oracle,
+        oracle_grads=oracle_grads,
+        impls=impls,
+        grad_inputs=("A", "b"),
+        output_names=("h", "h_last"),
+        atol=atol,
+        rtol=rtol,
+        grad_tol=GRAD_TOL[dtype],
+        tolerance_note=TOL_NOTE[dtype],
+        baseline=baseline,
+        bytes={"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd},
+        mem_estimate={"cpp": outputs},
+        note=note,
+        goals=goals,
+        headline=headline,
     )
 
 
@@ -218,29 +265,78 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     f32, bf16 = torch.float32, torch.bfloat16
     if device.type == "cuda":
         sizes = GPU_SIZES[:2] if quick else GPU_SIZES
-        out = [_case("diagonal", device, f32, *bts, impls=_impls(device), baseline="reference",
-                     note="docs/spec.md §1.4: reference CUDA reduction 2.04-2.17 TB/s; bytes = 3·B·T·N·4 (fwd)",
-                     headline=True)
-               for bts in sizes]
+        out = [
+            _case(
+                "diagonal",
+                device,
+                f32,
+                *bts,
+                impls=_impls(device),
+                baseline="reference",
+                note="docs/spec.md §1.4: reference CUDA reduction 2.04-2.17 TB/s; bytes = 3·B·T·N·4 (fwd)",
+                headline=True,
+            )
+            for bts in sizes
+        ]
         out.append(_case("diagonal", device, bf16, 16, 4096, 512, impls=_impls(device), baseline="reference"))
         out.append(_case("block", device, f32, 8, 2048, 1024, K=2, impls=_impls(device), baseline="reference"))
         return out
     big, long = (4, 4096, 256), (1, 65536, 64)  # issue 15: many channels; few channels, long T
     copy_note = "goals: cpp >= 60% (fwd) / 45% (bwd) of the copy peer's bandwidth (issue 15)"
     return [
-        _case("diagonal", device, f32, *big, impls=_impls(device, loop=True, time_reference=not quick),
-              baseline="loop", note="goal: cpp >= 5x faster than the sequential loop (fwd); " + copy_note,
-              headline=True, copy=True,
-              goals=(Goal(("cpp",), "fwd", speedup=5.0, text="docs/spec.md §1.4: CPU kernel vs the loop"),)),
+        _case(
+            "diagonal",
+            device,
+            f32,
+            *big,
+            impls=_impls(device, loop=True, time_reference=not quick),
+            baseline="loop",
+            note="goal: cpp >= 5x faster than the sequential loop (fwd); " + copy_note,
+            headline=True,
+            copy=True,
+            goals=(Goal(("cpp",), "fwd", speedup=5.0, text="docs/spec.md §1.4: CPU kernel vs the loop"),),
+        ),
         # Long T: no loop peer (65536 Python steps per call); the reference is checked, not timed.
-        _case("diagonal", device, f32, *long, impls=_impls(device, time_reference=False), baseline="copy",
-              note=copy_note, copy=True),
-        _case("block", device, f32, *big, K=2, impls=_impls(device, loop=True, time_reference=not quick),
-              baseline="loop", note=copy_note, copy=True),
-        _case("block", device, f32, *long, K=2, impls=_impls(device, time_reference=False), baseline="copy",
-              note=copy_note, copy=True),
-        _case("diagonal", device, bf16, *((2, 1024, 256) if quick else big),
-              impls=_impls(device, loop="fp32", time_reference=not quick), baseline="loop"),
+        _case(
+            "diagonal",
+            device,
+            f32,
+            *long,
+            impls=_impls(device, time_reference=False),
+            baseline="copy",
+            note=copy_note,
+            copy=True,
+        ),
+        _case(
+            "block",
+            device,
+            f32,
+            *big,
+            K=2,
+            impls=_impls(device, loop=True, time_reference=not quick),
+            baseline="loop",
+            note=copy_note,
+            copy=True,
+        ),
+        _case(
+            "block",
+            device,
+            f32,
+            *long,
+            K=2,
+            impls=_impls(device, time_reference=False),
+            baseline="copy",
+            note=copy_note,
+            copy=True,
+        ),
+        _case(
+            "diagonal",
+            device,
+            bf16,
+            *((2, 1024, 256) if quick else big),
+            impls=_impls(device, loop="fp32", time_reference=not quick),
+            baseline="loop",
+        ),
         # Triton interpreter: correctness only, tiny (T prime, past one block of 16 channels); cpp
         # timed against the reference there too (cheap: the GPU check's dry run times these).
         _case("diagonal-tiny", device, f32, 2, 37, 19, impls=_impls_tiny(device), baseline="reference"),
@@ -250,5 +346,12 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
 
 def _impls_tiny(device):
     return _impls(device) + [
-        Impl("triton", functools.partial(_nlseq, "triton"), backend="triton", timed=False, skip=_triton_skip(),
-             note="Triton interpreter on the CPU: correctness only")]
+        Impl(
+            "triton",
+            functools.partial(_nlseq, "triton"),
+            backend="triton",
+            timed=False,
+            skip=_triton_skip(),
+            note="Triton interpreter on the CPU: correctness only",
+        )
+    ]

@@ -20,6 +20,7 @@ report of issue 4).
 Oracle: the chunked reference in float64 (``nlseq.reference.softplus_attention``; the tests check
 it against the naive N×N definition), forward and explicit backward, so that large N fits.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,17 +39,28 @@ FAMILY = "softplus_attention"
 # bf16: outputs rounded once (2^-8) and, on the GPU kernels, the weights rounded to bf16 before
 # the P·V product: 2e-2 relative plus 2e-2 absolute for values near 0. LSSAR p = 15 amplifies the
 # rounding of the scores fifteenfold where N a − 1 is small: 5e-2.
-TOL = {(torch.float32, None): (2e-5, 2e-5), (torch.float32, 15.0): (1e-4, 1e-4),
-       (torch.bfloat16, None): (2e-2, 2e-2), (torch.bfloat16, 15.0): (5e-2, 5e-2)}
-GRAD_TOL = {(torch.float32, None): (1e-4, 1e-4), (torch.float32, 15.0): (2e-3, 1e-3),
-            (torch.bfloat16, None): (5e-2, 5e-2), (torch.bfloat16, 15.0): (1e-1, 1e-1)}
+TOL = {
+    (torch.float32, None): (2e-5, 2e-5),
+    (torch.float32, 15.0): (1e-4, 1e-4),
+    (torch.bfloat16, None): (2e-2, 2e-2),
+    (torch.bfloat16, 15.0): (5e-2, 5e-2),
+}
+GRAD_TOL = {
+    (torch.float32, None): (1e-4, 1e-4),
+    (torch.float32, 15.0): (2e-3, 1e-3),
+    (torch.bfloat16, None): (5e-2, 5e-2),
+    (torch.bfloat16, 15.0): (1e-1, 1e-1),
+}
 
 
 def inputs(B, H, N, D, dtype, device):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, N, D, generator=g) for _ in range(3))
-    return {"q": q.to(device=device, dtype=dtype), "k": k.to(device=device, dtype=dtype),
-            "v": v.to(device=device, dtype=dtype)}
+    return {
+        "q": q.to(device=device, dtype=dtype),
+        "k": k.to(device=device, dtype=dtype),
+        "v": v.to(device=device, dtype=dtype),
+    }
 
 
 def _oracle(q, k, v, *, p):
@@ -170,58 +182,111 @@ def _flops(B, H, N, D):
 FWD_ONLY_ORACLE_ABOVE = 8192  # N above which the float64 oracle checks the forward only
 
 
-def _case(name, device, dtype, B, H, N, D, *, p, impls, baseline, note="", mem_estimate=None, goals=(),
-          headline=False):
+def _case(name, device, dtype, B, H, N, D, *, p, impls, baseline, note="", mem_estimate=None, goals=(), headline=False):
     atol, rtol = TOL[(dtype, p)]
     return Case(
-        family=FAMILY, name=name, device=device, dtype=dtype, shape={"B": B, "H": H, "N": N, "D": D},
+        family=FAMILY,
+        name=name,
+        device=device,
+        dtype=dtype,
+        shape={"B": B, "H": H, "N": N, "D": D},
         inputs=functools.partial(inputs, B, H, N, D, dtype, device),
-        oracle=functools.partial(_oracle, p=p), oracle_grads=functools.partial(_oracle_grads, p=p),
-        impls=impls, grad_inputs=("q", "k", "v"), output_names=("o",), atol=atol, rtol=rtol,
+        oracle=functools.partial(_oracle, p=p),
+        oracle_grads=functools.partial(_oracle_grads, p=p),
+        impls=impls,
+        grad_inputs=("q", "k", "v"),
+        output_names=("o",),
+        atol=atol,
+        rtol=rtol,
         grad_tol=GRAD_TOL[(dtype, p)],
         tolerance_note="float32 scores and sums; bf16: output and P rounded to bf16 (see module docstring)",
-        baseline=baseline, flops=_flops(B, H, N, D), mem_estimate=mem_estimate or {}, note=note, goals=goals,
-        check_grads=N <= FWD_ONLY_ORACLE_ABOVE, headline=headline,
+        baseline=baseline,
+        flops=_flops(B, H, N, D),
+        mem_estimate=mem_estimate or {},
+        note=note,
+        goals=goals,
+        check_grads=N <= FWD_ONLY_ORACLE_ABOVE,
+        headline=headline,
     )
 
 
 def _sdpa_impl(B, H, N, D, dtype, device):
     """SDPA flash (softmax attention) as the speed bar inside the LSSA / LSSAR case."""
-    return Impl("sdpa-flash", _sdpa_flash, inputs=functools.partial(inputs, B, H, N, D, dtype, device),
-                oracle=_softmax_oracle, oracle_grads=_softmax_oracle_grads, grad_inputs=("q", "k", "v"),
-                tol=(2e-2, 2e-2),
-                note="softmax attention (the speed bar, not LSSA): checked against float64 softmax attention")
+    return Impl(
+        "sdpa-flash",
+        _sdpa_flash,
+        inputs=functools.partial(inputs, B, H, N, D, dtype, device),
+        oracle=_softmax_oracle,
+        oracle_grads=_softmax_oracle_grads,
+        grad_inputs=("q", "k", "v"),
+        tol=(2e-2, 2e-2),
+        note="softmax attention (the speed bar, not LSSA): checked against float64 softmax attention",
+    )
 
 
 def _gpu_cases(device, quick):
     bf16 = torch.bfloat16
     out = []
-    sizes = [(4, 16, 4096, 128)] if quick else [(4, 16, 16384, 128), (4, 16, 4096, 128), (8, 12, 1024, 64),
-                                                 (8, 12, 8192, 64)]
+    sizes = (
+        [(4, 16, 4096, 128)]
+        if quick
+        else [(4, 16, 16384, 128), (4, 16, 4096, 128), (8, 12, 1024, 64), (8, 12, 8192, 64)]
+    )
     for B, H, N, D in sizes:
         for p in (None, 15.0):
             ref_ok = N <= 4096  # the eager reference: timed up to 4096, forward-checked only above
             impls = [
                 Impl("triton", functools.partial(_nlseq, "triton", p=p), backend="triton"),
-                Impl("flex", functools.partial(_flex_lssa, p=p), skip=_flex_skip(),
-                     note="FlexAttention, score_mod = log softplus" + ("; two calls (LSSAR)" if p else "")),
-                Impl("reference", functools.partial(_nlseq, "reference", p=p), backend="reference",
-                     timed=ref_ok, backward=N <= FWD_ONLY_ORACLE_ABOVE,
-                     note="" if ref_ok else "checked (forward), not timed at this N"),
+                Impl(
+                    "flex",
+                    functools.partial(_flex_lssa, p=p),
+                    skip=_flex_skip(),
+                    note="FlexAttention, score_mod = log softplus" + ("; two calls (LSSAR)" if p else ""),
+                ),
+                Impl(
+                    "reference",
+                    functools.partial(_nlseq, "reference", p=p),
+                    backend="reference",
+                    timed=ref_ok,
+                    backward=N <= FWD_ONLY_ORACLE_ABOVE,
+                    note="" if ref_ok else "checked (forward), not timed at this N",
+                ),
                 _sdpa_impl(B, H, N, D, bf16, device),
             ]
             if p is None:
-                goals = tuple(Goal(("triton",), m, speedup=1.0, over="sdpa-flash",
-                                   text="issue 4: LSSA at least SDPA flash's speed") for m in ("fwd", "fwdbwd"))
-                goals += tuple(Goal(("triton",), m, speedup=2.5, over="flex", text="issue 4: >= 2.5x FlexAttention")
-                               for m in ("fwd", "fwdbwd"))
+                goals = tuple(
+                    Goal(
+                        ("triton",), m, speedup=1.0, over="sdpa-flash", text="issue 4: LSSA at least SDPA flash's speed"
+                    )
+                    for m in ("fwd", "fwdbwd")
+                )
+                goals += tuple(
+                    Goal(("triton",), m, speedup=2.5, over="flex", text="issue 4: >= 2.5x FlexAttention")
+                    for m in ("fwd", "fwdbwd")
+                )
             else:
-                goals = tuple(Goal(("triton",), m, speedup=0.6, over="sdpa-flash",
-                                   text="issue 4: LSSAR >= 0.6x SDPA flash") for m in ("fwd", "fwdbwd"))
-            out.append(_case("lssa" if p is None else "lssar-p15", device, bf16, B, H, N, D, p=p, impls=impls,
-                             baseline="sdpa-flash", goals=goals, headline=(B, H, N, D) == (4, 16, 16384, 128),
-                             note="docs/spec.md §2.1 anchor for SDPA flash: 307/256 TFLOP/s at 4096, 342/318 at 16384 "
-                                  "(fwd / fwd+bwd)"))
+                goals = tuple(
+                    Goal(("triton",), m, speedup=0.6, over="sdpa-flash", text="issue 4: LSSAR >= 0.6x SDPA flash")
+                    for m in ("fwd", "fwdbwd")
+                )
+            out.append(
+                _case(
+                    "lssa" if p is None else "lssar-p15",
+                    device,
+                    bf16,
+                    B,
+                    H,
+                    N,
+                    D,
+                    p=p,
+                    impls=impls,
+                    baseline="sdpa-flash",
+                    goals=goals,
+                    headline=(B, H, N, D) == (4, 16, 16384, 128),
+                    note="docs/spec.md §2.1 anchor for SDPA flash: 307/256 TFLOP/s at 4096, 342/318 at 16384 "
+                    "(fwd / fwd+bwd)",
+                )
+            )
     return out
 
 
@@ -235,23 +300,66 @@ def _cpu_cases(quick):
         # Peak extra bytes of one fwd+bwd (model): cpp keeps O(T·D): o, stats, the float32 dq̂, dk̂, dv
         # (turned into the gradients in place), ~5·B·H·N·D·4, plus per-thread tiles of 64x256 scores.
         # The reference keeps ~8 float32 [B, H, 256, N] temporaries per chunk of 256 query rows.
-        est = {"cpp": 5 * B * H * N * D * 4 + 2 * 4 * 64 * 256 * 4,
-               "reference": 8 * B * H * 256 * N * 4 + 8 * B * H * N * D * 4}
-        impls = [Impl("cpp", functools.partial(_nlseq, "cpp", p=p), backend="cpp"),
-                 Impl("reference", functools.partial(_nlseq, "reference", p=p), backend="reference",
-                      timed=not quick, note="" if not quick else "--quick: checked, not timed")]
-        out.append(_case("lssa" if p is None else "lssar-p15", cpu, f32, B, H, N, D, p=p, impls=impls,
-                         baseline="reference", mem_estimate=est, headline=p is None,
-                         goals=() if quick else (Goal(("cpp",), "fwdbwd", speedup=1.0, text="issue 4: cpp faster "
-                                                      "than the reference"),),
-                         note="goal: cpp faster than the reference, peak memory < 1/10 of it"))
+        est = {
+            "cpp": 5 * B * H * N * D * 4 + 2 * 4 * 64 * 256 * 4,
+            "reference": 8 * B * H * 256 * N * 4 + 8 * B * H * N * D * 4,
+        }
+        impls = [
+            Impl("cpp", functools.partial(_nlseq, "cpp", p=p), backend="cpp"),
+            Impl(
+                "reference",
+                functools.partial(_nlseq, "reference", p=p),
+                backend="reference",
+                timed=not quick,
+                note="" if not quick else "--quick: checked, not timed",
+            ),
+        ]
+        out.append(
+            _case(
+                "lssa" if p is None else "lssar-p15",
+                cpu,
+                f32,
+                B,
+                H,
+                N,
+                D,
+                p=p,
+                impls=impls,
+                baseline="reference",
+                mem_estimate=est,
+                headline=p is None,
+                goals=()
+                if quick
+                else (Goal(("cpp",), "fwdbwd", speedup=1.0, text="issue 4: cpp faster than the reference"),),
+                note="goal: cpp faster than the reference, peak memory < 1/10 of it",
+            )
+        )
     # Triton interpreter: correctness only, tiny (T prime, D not a power of two); cpp timed against
     # the reference there too (cheap: the GPU check's dry run times it).
-    out.append(_case("lssar-p15-tiny", cpu, f32, 1, 2, 37, 24, p=15.0, baseline="reference",
-                     impls=[Impl("cpp", functools.partial(_nlseq, "cpp", p=15.0), backend="cpp"),
-                            Impl("reference", functools.partial(_nlseq, "reference", p=15.0), backend="reference"),
-                            Impl("triton", functools.partial(_nlseq, "triton", p=15.0), backend="triton",
-                                 timed=False, note="Triton interpreter on the CPU: correctness only")]))
+    out.append(
+        _case(
+            "lssar-p15-tiny",
+            cpu,
+            f32,
+            1,
+            2,
+            37,
+            24,
+            p=15.0,
+            baseline="reference",
+            impls=[
+                Impl("cpp", functools.partial(_nlseq, "cpp", p=15.0), backend="cpp"),
+                Impl("reference", functools.partial(_nlseq, "reference", p=15.0), backend="reference"),
+                Impl(
+                    "triton",
+                    functools.partial(_nlseq, "triton", p=15.0),
+                    backend="triton",
+                    timed=False,
+                    note="Triton interpreter on the CPU: correctness only",
+                ),
+            ],
+        )
+    )
     return out
 
 

@@ -7,6 +7,7 @@ read of K and V (LSSAR reads K twice; the model counts it once, so its GB/s show
 Peer: the same formulas in eager PyTorch (float32 arithmetic on the bf16 inputs), the baseline.
 Oracle: docs/spec.md §2 in float64 with the full score row.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,7 +48,9 @@ def softplus_attention_formula(q, k, v, p, kv_offset):
     n = torch.clamp(i + 1 + kv_offset, max=Tk)
     c = math.log(D) * torch.log(n.clamp_min(1).to(q.dtype))
     s = c[:, None] * torch.einsum("bhgqd,bhkd->bhgqk", qn, kn)
-    w = torch.where(mask, s.clamp_min(0) + torch.log1p(torch.exp(-s.abs())), torch.zeros((), dtype=s.dtype, device=s.device))
+    w = torch.where(
+        mask, s.clamp_min(0) + torch.log1p(torch.exp(-s.abs())), torch.zeros((), dtype=s.dtype, device=s.device)
+    )
     L = w.sum(-1, keepdim=True)
     L1 = torch.where(L > 0, L, torch.ones_like(L))
     if p <= 0:
@@ -77,16 +80,27 @@ def _case(device, B, H, Hkv, Tk, D, p):
     kv_bytes = 2 * B * Hkv * Tk * D * s
     name = "decode-lssa" if p <= 0 else f"decode-lssar{p:g}"
     return Case(
-        family=FAMILY, name=name, device=device, dtype=dtype,
+        family=FAMILY,
+        name=name,
+        device=device,
+        dtype=dtype,
         shape={"B": B, "H": H, "Hkv": Hkv, "Tq": 1, "Tk": Tk, "D": D},
         inputs=functools.partial(decode_inputs, B, H, Hkv, Tk, D, p, dtype, device),
         oracle=softplus_attention_formula,
         impls=[
-            Impl("cuda", _cuda, backend="cuda", backward=False,
-                 note="nlseq_ext::softplus_attention_decode: split over keys, then a combine"),
+            Impl(
+                "cuda",
+                _cuda,
+                backend="cuda",
+                backward=False,
+                note="nlseq_ext::softplus_attention_decode: split over keys, then a combine",
+            ),
             Impl("torch", _eager_fp32, backward=False, note="eager PyTorch, float32 arithmetic"),
         ],
-        atol=ATOL, rtol=RTOL, tolerance_note=TOL_NOTE, baseline="torch",
+        atol=ATOL,
+        rtol=RTOL,
+        tolerance_note=TOL_NOTE,
+        baseline="torch",
         bytes={"fwd": kv_bytes + 2 * B * H * D * s},
         flops={"fwd": 4 * B * H * Tk * D},
         note="decoding: one query per head against the cache; bytes = one read of K and V",
