@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import os
 
-os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, never interpret
-os.environ.pop("NLSEQ_AUTOTUNE_FIRST", None)  # report every config
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+if __name__ == "__main__":  # as a script only: a test that imports the parsers keeps its own environment
+    os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, never interpret
+    os.environ.pop("NLSEQ_AUTOTUNE_FIRST", None)  # report every config
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
