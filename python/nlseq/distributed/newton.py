@@ -30,9 +30,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import registry as _registry
-from .._checks import check_same, check_shape, check_tensor
+from .._checks import check_tensor
 from ..ops import pararnn as _op
-from ..ops.pararnn import CELLS, MODES, ON_NONCONVERGENCE, STATE_SIZE, NewtonInfo, default_tol
+from ..ops.pararnn import CELLS, MODES, ON_NONCONVERGENCE, NewtonInfo, default_tol
 from ..ops.scan import IMPLEMENTED as _SCAN_BACKENDS
 from ..ops.scan import MAX_BLOCK_SIZE
 from ..reference import pararnn as _ref
@@ -137,36 +137,13 @@ _PARARNN_LABELS = {
 }
 
 
+_LOCAL_LAYOUT = "(U [B, T_local, 3, N], A [3, N], P [2, N] (lstm only), s0 [B, S, N], S = 1 gru / 2 lstm)"
+
+
 def _check_pararnn(cell, U, A, P, s0, mode, max_iters, tol, on_nonconvergence, backend, info):
     op = "distributed.pararnn_state"
-    if cell not in CELLS:
-        raise ValueError(f"nlseq.{op}: cell must be one of {CELLS}, got {cell!r}")
-    S = STATE_SIZE[cell]
-    layout = "(U [B, T_local, 3, N], A [3, N], P [2, N], s0 [B, S, N])"
-    check_tensor("U", U, op=op, ndim=4, layout=layout)
-    B, T, G, N = U.shape
-    if G != 3:
-        raise ValueError(f"nlseq.{op}: U must have shape [B, T_local, 3, N] (three gates), got {tuple(U.shape)}")
-    check_tensor("A", A, op=op, ndim=2, layout=layout)
-    check_shape("A", A, (3, N), op=op, layout=layout)
-    if cell == "lstm":
-        if P is None:
-            raise ValueError(f"nlseq.{op}: the lstm cell needs the peepholes P [2, N]")
-        check_tensor("P", P, op=op, ndim=2, layout=layout)
-        check_shape("P", P, (2, N), op=op, layout=layout)
-    elif P is not None:
-        raise ValueError(f"nlseq.{op}: the gru cell has no peepholes; pass P=None")
-    if s0 is not None:
-        check_tensor("s0", s0, op=op, ndim=3, layout=layout)
-        check_shape("s0", s0, (B, S, N), op=op, layout=layout)
-        check_same(op, "U", U, s0=s0)
-    for name, t in (("A", A), ("P", P)):
-        if t is not None and t.device != U.device:
-            raise ValueError(f"nlseq.{op}: {name} must be on the device of U ({U.device}), got {t.device}")
-    if mode not in MODES:
-        raise ValueError(f"nlseq.{op}: mode must be one of {MODES}, got {mode!r}")
-    if on_nonconvergence not in ON_NONCONVERGENCE:
-        raise ValueError(f"nlseq.{op}: on_nonconvergence must be one of {ON_NONCONVERGENCE}, got {on_nonconvergence!r}")
+    _op.check_pararnn_inputs(op, cell, U, A, P, s0, mode, on_nonconvergence, _LOCAL_LAYOUT)
+    B, T, _, N = U.shape
     max_iters = _op.DEFAULT_MAX_ITERS if max_iters is None else int(max_iters)
     if max_iters < 0:
         raise ValueError(f"nlseq.{op}: max_iters must be >= 0, got {max_iters}")

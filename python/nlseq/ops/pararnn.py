@@ -281,6 +281,43 @@ def _resolve_mode(mode: str, backend: str) -> str:
     return mode
 
 
+PARARNN_LAYOUT = "(U [B, T, 3, N], A [3, N], P [2, N] (lstm only), s0 [B, S, N], S = 1 gru / 2 lstm)"
+
+
+def check_pararnn_inputs(op: str, cell, U, A, P, s0, mode, on_nonconvergence, layout: str = PARARNN_LAYOUT) -> None:
+    """The checks of ``nlseq.pararnn``'s cell, tensors and choices, shared with nlseq.distributed
+    (``op`` names the caller in the messages, ``layout`` its shapes)."""
+    check_choice(op, "cell", cell, CELLS)
+    S = STATE_SIZE[cell]
+    check_tensor("U", U, op=op, ndim=4, layout=layout)
+    check_tensor("A", A, op=op, ndim=2, layout=layout, device=U.device, device_of="U")
+    if cell == "lstm":
+        if P is None:
+            raise ValueError(f"nlseq.{op}: the lstm cell needs the peepholes P [2, N], got None")
+        check_tensor("P", P, op=op, ndim=2, layout=layout, device=U.device, device_of="U")
+    elif P is not None:
+        raise ValueError(f"nlseq.{op}: the gru cell has no peepholes; pass P=None, got {type(P).__name__}")
+    if s0 is not None:
+        check_tensor("s0", s0, op=op, ndim=3, layout=layout)
+        check_same(op, "U", U, s0=s0)
+    if U.shape[2] != 3:
+        raise ValueError(f"nlseq.{op}: U must have shape [B, T, 3, N] (three gates), got {tuple(U.shape)}")
+    # U is the data and fixes B, T, N, unless the other tensors agree with each other against it
+    # (then U is the odd one: check_dims blames it); otherwise each is checked against U's shape.
+    others = {n: (t, d) for n, t, d in (("A", A, "_ N"), ("P", P, "_ N"), ("s0", s0, "B _ N")) if t is not None}
+    n_others = {t.shape[-1] for t, _ in others.values()}
+    if len(others) >= 2 and len(n_others) == 1 and n_others != {U.shape[-1]}:
+        check_dims(op, layout, U=(U, "B T _ N"), **others)
+    B, _, _, N = U.shape
+    check_shape("A", A, (3, N), op=op, layout=layout)
+    if P is not None:
+        check_shape("P", P, (2, N), op=op, layout=layout)
+    if s0 is not None:
+        check_shape("s0", s0, (B, S, N), op=op, layout=layout)
+    check_choice(op, "mode", mode, MODES)
+    check_choice(op, "on_nonconvergence", on_nonconvergence, ON_NONCONVERGENCE)
+
+
 def pararnn(
     cell: str,
     U: Tensor,
@@ -317,36 +354,9 @@ def pararnn(
     Precision: every backend carries state and accumulates in float32 (float64 for float64).
     """
     op = OP
-    check_choice(op, "cell", cell, CELLS)
+    check_pararnn_inputs(op, cell, U, A, P, s0, mode, on_nonconvergence)
     S = STATE_SIZE[cell]
-    layout = "(U [B, T, 3, N], A [3, N], P [2, N] (lstm only), s0 [B, S, N], S = 1 gru / 2 lstm)"
-    check_tensor("U", U, op=op, ndim=4, layout=layout)
-    check_tensor("A", A, op=op, ndim=2, layout=layout, device=U.device, device_of="U")
-    if cell == "lstm":
-        if P is None:
-            raise ValueError(f"nlseq.{op}: the lstm cell needs the peepholes P [2, N], got None")
-        check_tensor("P", P, op=op, ndim=2, layout=layout, device=U.device, device_of="U")
-    elif P is not None:
-        raise ValueError(f"nlseq.{op}: the gru cell has no peepholes; pass P=None, got {type(P).__name__}")
-    if s0 is not None:
-        check_tensor("s0", s0, op=op, ndim=3, layout=layout)
-        check_same(op, "U", U, s0=s0)
-    if U.shape[2] != 3:
-        raise ValueError(f"nlseq.{op}: U must have shape [B, T, 3, N] (three gates), got {tuple(U.shape)}")
-    # U is the data and fixes B, T, N, unless the other tensors agree with each other against it
-    # (then U is the odd one: check_dims blames it); otherwise each is checked against U's shape.
-    others = {n: (t, d) for n, t, d in (("A", A, "_ N"), ("P", P, "_ N"), ("s0", s0, "B _ N")) if t is not None}
-    n_others = {t.shape[-1] for t, _ in others.values()}
-    if len(others) >= 2 and len(n_others) == 1 and n_others != {U.shape[-1]}:
-        check_dims(op, layout, U=(U, "B T _ N"), **others)
     B, T, _, N = U.shape
-    check_shape("A", A, (3, N), op=op, layout=layout)
-    if P is not None:
-        check_shape("P", P, (2, N), op=op, layout=layout)
-    if s0 is not None:
-        check_shape("s0", s0, (B, S, N), op=op, layout=layout)
-    check_choice(op, "mode", mode, MODES)
-    check_choice(op, "on_nonconvergence", on_nonconvergence, ON_NONCONVERGENCE)
     check_bool(op, "return_info", return_info)
     check_backend(op, backend)
     max_iters = DEFAULT_MAX_ITERS if max_iters is None else check_int(op, "max_iters", max_iters, lo=0)
