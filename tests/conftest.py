@@ -33,6 +33,13 @@ SLOW_MODULES = {
     "test_triton_sm90.py",  # Triton AOT compiles
     "test_cuda_emulation.py",  # CUDA kernels built with g++ and run on the CPU
     "test_pararnn_cuda_emulated.py",  # same
+    "test_softplus_attention_partial_triton.py",  # Triton interpreter and sm_90 compiles
+    "test_analog_triton_sm90.py",  # Triton AOT compiles
+    "test_sass_report.py",  # sm_90 compiles of every kernel and config
+    "test_pararnn_host_sync.py",  # Triton interpreter
+    "test_gpu_check.py",  # the GPU check's dry run: several phases in their own processes
+    "test_compile_modules.py",  # torch.compile (dynamo + AOTAutograd) of every module
+    "test_experiments.py",  # the experiments' smoke runs, each in its own process
 }
 
 
@@ -67,6 +74,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if (
             item.path.name in SLOW_MODULES
+            or item.path.parent.name == "distributed"  # tests/distributed: spawned ranks (module-level spawns too)
             or _runs_triton_interpreter(item)
             or _spawns_ranks(item)
             or _long_sequence(item)
