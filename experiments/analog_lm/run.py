@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
-import shutil
 import sys
 import time
 
@@ -39,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import nlseq  # noqa: E402
 from _data import VOCAB, batches, eval_windows, load_corpus, machine  # noqa: E402
+from _report import write_results  # noqa: E402
 from nlseq.analog import CrossbarConfig  # noqa: E402
 
 PAPER_BPC = 1.349  # character-level Penn Treebank, the paper's analog LSTM
@@ -185,8 +184,6 @@ def main(argv=None):
         "analog": analog,
         "paper_bpc_ptb": PAPER_BPC,
     }
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
     lines = [
         "# Analog LSTM language model (NL-ADC)\n",
         f"{corpus.describe()}; embedding {cfg['embed']}, LSTM H = {cfg['hidden']}, {cfg['steps']} digital steps "
@@ -203,13 +200,7 @@ def main(argv=None):
             f"{r['hwa']['mean']:.3f} ± {r['hwa']['std']:.3f} |"
         )
     md = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(md)
-    plot(results, os.path.join(args.out, "bpc.png"))
-    if args.publish:
-        for name in ("results.json", "results.md", "bpc.png"):
-            shutil.copy(os.path.join(args.out, name), os.path.join(HERE, name))
-    print(md)
+    write_results(args.out, HERE, results, md, "bpc.png", lambda p: plot(results, p), args.publish)
     return results
 
 

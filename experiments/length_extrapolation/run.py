@@ -30,10 +30,8 @@ change); ``--publish`` also copies them over the committed ones in this folder.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import shutil
 import sys
 import time
 
@@ -44,6 +42,7 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from _data import VOCAB, batches, eval_windows, load_corpus, machine  # noqa: E402
+from _report import write_results  # noqa: E402
 from nlseq.nn import SoftplusAttention, rotary_embedding  # noqa: E402
 
 PAPER = {
@@ -292,8 +291,6 @@ def main(argv=None):
         "methods": methods,
         "paper": PAPER,
     }
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
     md = (
         f"# Length extrapolation: softmax vs LSSA vs LSSAR\n\n{corpus.describe()}; {params / 1e6:.2f}M parameters, "
         f"{cfg['layers']} layers, d = {cfg['d']}, {cfg['heads']} heads, trained at {cfg['train_len']} bytes for "
@@ -303,13 +300,7 @@ def main(argv=None):
         + table(results, cfg)
         + "\n"
     )
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(md)
-    plot(results, cfg, os.path.join(args.out, "loss.png"))
-    if args.publish:
-        for name in ("results.json", "results.md", "loss.png"):
-            shutil.copy(os.path.join(args.out, name), os.path.join(HERE, name))
-    print(md)
+    write_results(args.out, HERE, results, md, "loss.png", lambda p: plot(results, cfg, p), args.publish)
     return results
 
 

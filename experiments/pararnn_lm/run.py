@@ -21,9 +21,7 @@ Writes results.json, results.md and curves.png into results/ beside this file (`
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
 
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from _data import VOCAB, batches, eval_windows, load_corpus, machine  # noqa: E402
+from _report import write_results  # noqa: E402
 from nlseq.integrations import pararnn_lm  # noqa: E402
 
 PRESETS = {
@@ -247,8 +246,6 @@ def main(argv=None):
         "seconds": time.perf_counter() - t_start,
         "cells": out,
     }
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
     lines = [
         "# ParaRNN: Newton training equals sequential training\n",
         f"{corpus.describe()}; {cfg['layers']} blocks, d = {cfg['d']}, heads = {cfg['heads']}, sequences of "
@@ -268,13 +265,7 @@ def main(argv=None):
             + " |"
         )
     md = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(md)
-    plot(results, os.path.join(args.out, "curves.png"))
-    if args.publish:
-        for name in ("results.json", "results.md", "curves.png"):
-            shutil.copy(os.path.join(args.out, name), os.path.join(HERE, name))
-    print(md)
+    write_results(args.out, HERE, results, md, "curves.png", lambda p: plot(results, p), args.publish)
     return results
 
 
