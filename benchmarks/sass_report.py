@@ -74,23 +74,35 @@ def _cfg_str(c) -> str:
     return f"{kw} w{c.num_warps} s{c.num_stages}"
 
 
-def _attention_kernels(sa):
-    """(kernel, configs, kind) of the attention kernels present in the module."""
-    out = [("_fwd_kernel", sa._configs(), "fwd")]
+def _attention_kernels(sa, prec):
+    """(kernel, configs, kind) of the attention kernels present in the module, with the configs
+    their launches use for DOT_PREC ``prec`` (float32 inputs have their own lists)."""
+    import triton
+
+    out = [("_fwd_kernel", sa._configs(prec), "fwd")]
     for name in ("_bwd_kernel", "_bwd_gamma_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel"):
         if hasattr(sa, name):
-            out.append((name, sa._bwd_configs(), "bwd"))
+            out.append((name, sa._bwd_configs(prec), "bwd"))
+    if hasattr(sa, "_shift_config"):  # LSSA's redo of underflowing rows: one launch config
+        sc = dict(sa._shift_config(prec))
+        w, s = sc.pop("num_warps"), sc.pop("num_stages")
+        out.append(("_fwd_shift_kernel", [triton.Config(sc, num_warps=w, num_stages=s)], "shift"))
     return out
+
+
+HEAD_DIMS = None  # --head-dims: the attention head dims to compile (default: 128, with --full 64 and 128)
 
 
 def _attention_variants(full: bool):
     from nlseq.kernels import softplus_attention as sa
 
-    dims = (64, 128) if full else (128,)
+    dims = HEAD_DIMS or ((64, 128) if full else (128,))
     dtypes = ("bf16", "fp32")
     out = []
+    import torch
+
     for dtype in dtypes:
-        prec = "ieee" if dtype == "fp32" else "tf32"
+        prec = sa._dot_precision(torch.float32 if dtype == "fp32" else torch.bfloat16)  # as the launcher
         ptrs = dict(
             q=dtype,
             k=dtype,
@@ -115,11 +127,13 @@ def _attention_variants(full: bool):
                 if "P_INT" in sa._fwd_kernel.fn.arg_names:
                     consts["P_INT"] = 15 if reweight else 0  # the default p, a compile-time integer
                 spec = f"{dtype} D={D} {op.upper()} causal"
-                for name, configs, kind in _attention_kernels(sa):
+                for name, configs, kind in _attention_kernels(sa, prec):
                     if name == "_bwd_gamma_kernel" and not reweight:
                         continue  # LSSA has no Γ pass
-                    if dtype == "fp32" and not full:
-                        configs = configs[-1:]  # the float32 config (its IEEE dots compile slowly)
+                    if name == "_fwd_shift_kernel" and reweight:
+                        continue  # LSSAR has no shift pass
+                    kern = getattr(sa, name)
+                    params = set((kern.fn if hasattr(kern, "configs") else kern).arg_names)
                     for c in configs:
                         threads = 32 * c.num_warps
                         bm, bn = c.kwargs["BM"], c.kwargs["BN"]
@@ -134,7 +148,7 @@ def _attention_variants(full: bool):
                                 dict(dtype=dtype, D=D, op=op, kind=kind),
                                 dict(
                                     ptrs=ptrs,
-                                    consts=dict(consts, **c.kwargs),
+                                    consts={n: x for n, x in dict(consts, **c.kwargs).items() if n in params},
                                     warps=c.num_warps,
                                     stages=c.num_stages,
                                     floats=("log_d", "p", "zero_tol"),
@@ -229,32 +243,37 @@ def _pararnn_variants(full: bool):
 
 
 def _analog_variants(full: bool):
+    """Every launch variant of the analog kernel: the tiles of its launcher (kernels/analog.py
+    tile_config, per noise mode and GEMM precision), compiled without FP contraction as it launches."""
     from nlseq.kernels import analog as ak
 
     ptrs = {n: "fp32" for n in ("x", "w", "col_scale", "thr", "lev", "noise", "y")}
     floats = ("x_max", "inv_delta", "delta", "qmax", "noise_a", "noise_b")
-    configs = getattr(ak, "_configs", None)
-    configs = configs() if configs else [dict(BM=128, BN=128, BK=32, num_warps=8, num_stages=3)]
     out = []
-    for c in configs:
-        if hasattr(c, "kwargs"):
-            meta, warps, stages = dict(c.kwargs), c.num_warps, c.num_stages
-        else:
-            meta = {k: v for k, v in c.items() if k not in ("num_warps", "num_stages")}
-            warps, stages = c["num_warps"], c["num_stages"]
-        for quantize, noisy, supplied, ieee in [(True, True, False, True), (False, True, True, False)]:
-            consts = dict(QUANTIZE=quantize, NOISY=noisy, SUPPLIED=supplied, BITS=8, IEEE=ieee, **meta)
-            spec = f"fp32 {'quantized' if quantize else 'clamped'} {'ieee' if ieee else 'tf32'}"
+    for noisy, supplied in [(True, False), (True, True), (False, False)]:
+        for ieee in (True, False):
+            BM, BN, BK, warps, stages = ak.tile_config(noisy, ieee)
+            meta = dict(BM=BM, BN=BN, BK=BK)
+            consts = dict(QUANTIZE=True, NOISY=noisy, SUPPLIED=supplied, BITS=8, IEEE=ieee, **meta)
+            noise = ("philox" if not supplied else "supplied") if noisy else "noiseless"
             out.append(
                 Variant(
                     "analog",
                     "analog_mvm_fwd_kernel",
-                    spec,
+                    f"fp32 quantized {noise} {'ieee' if ieee else 'tf32'}",
                     " ".join(f"{k}{v}" for k, v in meta.items()) + f" w{warps} s{stages}",
-                    meta["BM"] * meta["BN"] * meta["BK"] / (32 * warps),
+                    BM * BN * BK / (32 * warps),
                     "MAC",
                     dict(dtype="fp32", D=0, op="analog", kind="fwd"),
-                    dict(ptrs=ptrs, consts=consts, warps=warps, stages=stages, floats=floats, div16=("M", "N", "K")),
+                    dict(
+                        ptrs=ptrs,
+                        consts=consts,
+                        warps=warps,
+                        stages=stages,
+                        floats=floats,
+                        div16=("M", "N", "K"),
+                        options=dict(enable_fp_fusion=False),  # as analog_mvm_fwd launches it
+                    ),
                 )
             )
     return out
@@ -449,7 +468,9 @@ def _compile_triton(v: Variant) -> dict:
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     t0 = time.time()
     k = triton.compile(
-        src, target=GPUTarget("cuda", 90, 32), options={"num_warps": a["warps"], "num_stages": a["stages"]}
+        src,
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": a["warps"], "num_stages": a["stages"], **a.get("options", {})},
     )
     with tempfile.TemporaryDirectory() as d:
         cub = Path(d) / "k.cubin"
@@ -684,6 +705,9 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--match", default=None, help="only the variants whose family/kernel[spec](config) matches this regex"
     )
+    ap.add_argument(
+        "--head-dims", default=None, help="comma-separated attention head dims (default: 128; with --full 64,128)"
+    )
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--md", type=Path, help="write the Markdown table here")
     ap.add_argument("--dump", type=Path, help="write each variant's SASS and TTGIR into this folder")
@@ -692,6 +716,9 @@ def main(argv=None) -> int:
         a.dump.mkdir(parents=True, exist_ok=True)
         os.environ["NLSEQ_SASS_DUMP"] = str(a.dump)
     t0 = time.time()
+    if a.head_dims:
+        global HEAD_DIMS
+        HEAD_DIMS = tuple(int(d) for d in a.head_dims.split(","))
     fams = [f for f in a.families.split(",") if f]
     bad = [f for f in fams if f not in FAMILIES]
     if bad:

@@ -32,40 +32,85 @@ from ..reference.softplus_attention import SHIFT_BELOW, ZERO_ROW_TOL
 from ..registry import triton_interpret
 from ._autotune import tuned
 
+_INTERPRETER_CONFIG = triton.Config({"BM": 16, "BN": 16}, num_warps=1, num_stages=1)
 
-def _configs():
+
+def _tiles(tiles):
+    """Autotune configs of (BM, BN, warps, stages) tiles; under the interpreter its single small config."""
     if triton_interpret():
-        return [triton.Config({"BM": 16, "BN": 16}, num_warps=1, num_stages=1)]
-    # Hopper (H100/H200) and Ampere (A100): 128x64 tiles with 8 warps for bf16 at D = 128; smaller
-    # ones for D = 256 and short sequences; 32x32 single-stage is the one that fits the shared
-    # memory for float32 at D = 256 (configs that do not fit are skipped by the autotuner).
-    # Only configs without spills for bf16 at D <= 128 (benchmarks/sass_report.py; 128x64 with 4
-    # warps, 128x128, 128x32 and 64x128 spilled); the choice among them is still to be timed on a GPU.
-    return tuned(
-        [
-            triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
-            for BM, BN, w, s in [
-                (128, 64, 8, 3),
-                (64, 64, 4, 2),
-                (64, 32, 4, 2),
-                (32, 64, 4, 2),
-                (32, 32, 4, 1),
-            ]
-        ]
-    )
+        return [_INTERPRETER_CONFIG]
+    return tuned([triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s) for BM, BN, w, s in tiles])
 
 
-def _bwd_configs():
+# The config lists, per DOT_PREC: "tf32" (16-bit inputs; their dots run on the tensor cores in the
+# input dtype) and "ieee" (float32 inputs). Each autotuned kernel holds both lists and
+# _for_precision keeps the launch's own (the autotune key holds the input dtype, so each gets its
+# best). Every config is spill-free at D <= 128 on sm_90 (benchmarks/sass_report.py, checked by
+# tests/test_sass_report.py); which of them is fastest is still to be timed on a GPU.
+#
+# 16-bit: 128x64 tiles with 8 warps at D = 128; smaller ones for D = 256 and short sequences (configs
+# that do not fit the shared memory are skipped by the autotuner). 128x64 with 4 warps, 128x128,
+# 128x32 and 64x128 spilled.
+# float32: an IEEE float32 tl.dot is not a tensor-core instruction on sm_90; Triton unrolls it into
+# FMAs on operands it loads from shared memory into registers (each thread: its rows and columns of
+# the whole reduction dim), and ptxas keeps many of them live: every 16-bit tile spilled in float32
+# at D = 128 (0.6 to 61 KB of spill loads), as did every 64-row tile tried (8 or 16 warps) and
+# 32x128. What fits: 16 or 32 rows with 2 to 8 scores per thread. It costs ~370-430 SASS
+# instructions per score forward at D = 128 (the two dots alone are 2·D FMAs per score) against ~20
+# for bf16 (docs/compiled_code.md). Checked spill-free at D = 16, 32, 64 and 128.
+_FWD = {
+    "tf32": _tiles([(128, 64, 8, 3), (64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1)]),
+    "ieee": _tiles([(32, 64, 8, 2), (32, 32, 16, 1), (32, 16, 8, 1), (16, 16, 4, 1)]),
+}
+# The fused backward holds dk and dv accumulators and issues dq's atomic adds per element: at D = 128
+# every 16-bit tile of 64 query rows spilled, so 32-row tiles for now. float32 (k, v reloaded per
+# query tile, see _bwd_kernel): 32x32 with 8 warps, 16x64 with 8 or 16 warps spilled.
+_BWD = {
+    "tf32": _tiles([(32, 64, 8, 1), (32, 32, 4, 1)]),
+    "ieee": _tiles([(32, 32, 16, 1), (16, 32, 8, 1), (16, 16, 4, 1)]),
+}
+# _fwd_shift_kernel (one launch config, no autotuning): 32x32 with 4 warps has no spill for
+# bf16/fp16 up to D = 256; float32 spilled at D = 128 with it (and 16x16 with 2 warps), 16x16 with
+# 4 warps does not.
+_SHIFT = {
+    "tf32": dict(BM=32, BN=32, num_warps=4, num_stages=1),
+    "ieee": dict(BM=16, BN=16, num_warps=4, num_stages=1),
+}
+
+
+def _both(table):
+    return table["tf32"] + [c for c in table["ieee"] if c not in table["tf32"]]
+
+
+def _configs(prec=None):
+    """_fwd_kernel's configs for DOT_PREC ``prec``, or (None) every one: the 16-bit list, then float32's."""
+    return _both(_FWD) if prec is None else _FWD[prec]
+
+
+def _bwd_configs(prec=None):
+    """The backward kernels' configs (_bwd_kernel, _bwd_gamma_kernel), as :func:`_configs`."""
+    return _both(_BWD) if prec is None else _BWD[prec]
+
+
+def _shift_config(prec):
+    """_fwd_shift_kernel's launch config: BM, BN, num_warps, num_stages (one BM×BN tile, BM = BN)."""
     if triton_interpret():
-        return [triton.Config({"BM": 16, "BN": 16}, num_warps=1, num_stages=1)]
-    # The fused backward holds dk and dv accumulators and issues dq's atomic adds per element: at
-    # D = 128 every tile of 64 query rows spilled (sass_report), so 32-row tiles for now.
-    return tuned(
-        [
-            triton.Config({"BM": BM, "BN": BN}, num_warps=w, num_stages=s)
-            for BM, BN, w, s in [(32, 64, 8, 1), (32, 32, 4, 1)]
-        ]
-    )
+        return dict(BM=16, BN=16, num_warps=1, num_stages=1)
+    return _SHIFT[prec]
+
+
+def _for_precision(table):
+    """An early_config_prune that keeps the configs of the launch's DOT_PREC (triton.Config compares
+    by value: a tile in both lists is held once and kept for both)."""
+
+    def prune(configs, named_args, **kwargs):
+        own = table["ieee" if kwargs["DOT_PREC"] == "ieee" else "tf32"]
+        return [c for c in configs if c in own]
+
+    return prune
+
+
+_KEY = ["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN", "DOT_PREC"]
 
 
 # On the GPU the per-score math uses the SFU: ex2.approx (what tl.exp compiles to anyway), and, for
@@ -303,7 +348,7 @@ def _row_stats(stats, delta, plane, row0, o_m, m_m):
     return L, M, R, b_delta
 
 
-@triton.autotune(configs=_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"])
+@triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _for_precision(_FWD)})
 @triton.jit
 def _fwd_kernel(
     q,
@@ -569,7 +614,7 @@ def _scores_backward(
     return b_P, ds, gw
 
 
-@triton.autotune(configs=_bwd_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"])
+@triton.autotune(configs=_bwd_configs(), key=_KEY, prune_configs_by={"early_config_prune": _for_precision(_BWD)})
 @triton.jit
 def _bwd_gamma_kernel(
     q,
@@ -637,7 +682,12 @@ def _bwd_gamma_kernel(
     tl.store(gamma + row0 + o_m, b_gamma, mask=m_m)
 
 
-@triton.autotune(configs=_bwd_configs(), key=["BD", "CAUSAL", "REWEIGHT", "IS_VARLEN"], reset_to_zero=["dq"])
+@triton.autotune(
+    configs=_bwd_configs(),
+    key=_KEY,
+    prune_configs_by={"early_config_prune": _for_precision(_BWD)},
+    reset_to_zero=["dq"],
+)
 @triton.jit
 def _bwd_kernel(
     q,
@@ -677,6 +727,10 @@ def _bwd_kernel(
     dq̂ is accumulated across key blocks with float32 atomic adds (dq zeroed by the launcher, which
     divides it by rq afterwards, see _bwd_row_consts)."""
     FAST: tl.constexpr = DOT_PREC != "ieee"  # 16-bit inputs: the SFU log (see _softplus_e)
+    # float32 (IEEE dots, unrolled into FMAs): k, v and k̂ are loaded again for every query tile (from
+    # L1/L2) instead of being held in registers across the query loop, where ptxas spilled them in
+    # every config (sass_report: 16x16 tiles, 4 warps, D = 128: 512 B spilled; reloaded: none)
+    RELOAD_KV: tl.constexpr = DOT_PREC == "ieee"
     i_n, i_zg = tl.program_id(0), tl.program_id(1)
     Hkv = H // G
     i_z, i_g = i_zg // Hkv, i_zg % Hkv
@@ -713,6 +767,9 @@ def _bwd_kernel(
             a_i, b_i, inv_R, g1, g2, k_row, sh_row = _bwd_row_consts(
                 L, M, R, b_delta, b_gamma, nf, off, c_i, b_rq, p, REWEIGHT
             )
+            if RELOAD_KV:
+                b_k, b_v, b_rk = _key_tile(k, v, rk, krow0, o_n, o_d, nk, D, True)
+                b_kh = (b_k.to(tl.float32) * b_rk[:, None]).to(b_k.dtype)
             b_s = _scores(b_q, b_k, c_i * b_rq, b_rk, DOT_PREC)  # [BM, BN]
             b_dP = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)  # [BM, BN]
             m_vis = (o_n[None, :] < n_i[:, None]) & m_m[:, None]
@@ -731,6 +788,13 @@ def _bwd_kernel(
 def _p_int(p) -> int:
     """p as the compile-time integer of the t^p multiplies (1..63), or 0 for the general exp2/log2 path."""
     return int(p) if 0 < p < 64 and float(p).is_integer() else 0
+
+
+def _dot_precision(dtype) -> str:
+    """DOT_PREC of a launch: "ieee" for float32 inputs (exact float32 products, FMAs on sm_90: float32
+    users expect float32 accuracy, so never TF32), "tf32" otherwise (16-bit dots run in the input
+    dtype on the tensor cores; the value only selects the fast per-score math there)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _common(q, k, cu_q, cu_k):
@@ -759,7 +823,7 @@ def _common(q, k, cu_q, cu_k):
         varlen=varlen,
         cu_q=cu_q if varlen else dummy,
         cu_k=cu_k if varlen else dummy,
-        prec="ieee" if q.dtype == torch.float32 else "tf32",
+        prec=_dot_precision(q.dtype),
     )
 
 
@@ -809,8 +873,8 @@ def softplus_attention_fwd(q, k, v, rq, rk, causal, p, kv_offset, cu_q, cu_k):
         P_INT=_p_int(p),
     )
     if not p > 0:  # the rows flagged in the M plane (tiny sums): nearly free when there are none
-        bm = 16 if triton_interpret() else 32  # 32x32, 4 warps: no spill for bf16/fp16 up to D = 256, fp32 D = 64
-        _fwd_shift_kernel[(triton.cdiv(c["max_q"], bm), c["S"] * c["H"])](
+        sc = _shift_config(c["prec"])
+        _fwd_shift_kernel[(triton.cdiv(c["max_q"], sc["BM"]), c["S"] * c["H"])](
             q,
             k,
             v,
@@ -832,10 +896,7 @@ def softplus_attention_fwd(q, k, v, rq, rk, causal, p, kv_offset, cu_q, cu_k):
             IS_VARLEN=c["varlen"],
             DOT_PREC=c["prec"],
             BD=c["BD"],
-            BM=bm,
-            BN=bm,
-            num_warps=1 if triton_interpret() else 4,
-            num_stages=1,
+            **sc,
         )
     return o, stats
 
