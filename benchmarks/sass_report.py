@@ -159,6 +159,48 @@ def _attention_variants(full: bool):
     return out
 
 
+def _attention_partial_variants(full: bool):
+    """The context-parallel kernels (kernels/softplus_attention_partial.py): every dot is IEEE float32
+    whatever the input dtype (inputs are converted on load), so float32 inputs only, bf16 with --full."""
+    from nlseq.kernels import softplus_attention_partial as kp
+
+    kinds = [("_partial_fwd_kernel", "lssa", "MODE=0", dict(MODE=0))]
+    kinds += [("_partial_fwd_kernel", "lssar", f"MODE={m}", dict(MODE=m)) for m in (1, 2)]
+    kinds += [("_partial_dq_kernel", "lssa", "dq", dict(REWEIGHT=False, GAMMA=False))]
+    kinds += [("_partial_dq_kernel", "lssar", "dq", dict(REWEIGHT=True, GAMMA=False))]
+    kinds += [("_partial_dq_kernel", "lssar", "gamma", dict(REWEIGHT=True, GAMMA=True))]
+    kinds += [("_partial_dkv_kernel", op, "dkv", dict(REWEIGHT=op == "lssar")) for op in ("lssa", "lssar")]
+    out = []
+    for dtype in ("fp32", "bf16") if full else ("fp32",):
+        ptrs = {n: dtype for n in ("q_ptr", "k_ptr", "v_ptr", "do_ptr")}
+        ptrs.update({n: "fp32" for n in ("rq_ptr", "rk_ptr", "u_ptr", "st_ptr", "sin_ptr", "dl_ptr", "gam_ptr")})
+        ptrs.update(dq_ptr="fp32", dk_ptr="fp32", dv_ptr="fp32")
+        for D in HEAD_DIMS or ((64, 128) if full else (128,)):
+            for name, op, what, flags in kinds:
+                for c in kp._configs():
+                    out.append(
+                        Variant(
+                            "softplus_attention",
+                            name,
+                            f"{dtype} D={D} {op.upper()} causal {what}",
+                            _cfg_str(c),
+                            c.kwargs["BM"] * c.kwargs["BN"] / (32 * c.num_warps),
+                            "score",
+                            dict(dtype=dtype, D=D, op=op, kind="partial"),
+                            dict(
+                                ptrs=ptrs,
+                                consts=dict(flags, CAUSAL=True, BD=D, **c.kwargs),
+                                warps=c.num_warps,
+                                stages=c.num_stages,
+                                floats=("logD", "p"),
+                                div16=("Tq", "Tk", "D", "H"),
+                                module="softplus_attention_partial",
+                            ),
+                        )
+                    )
+    return out
+
+
 def _scan_variants(full: bool):
     from nlseq.kernels import scan as sk
 
@@ -280,7 +322,7 @@ def _analog_variants(full: bool):
 
 
 FAMILIES = {
-    "softplus_attention": _attention_variants,
+    "softplus_attention": lambda full: _attention_variants(full) + _attention_partial_variants(full),
     "scan": _scan_variants,
     "pararnn": _pararnn_variants,
     "analog": _analog_variants,
@@ -442,7 +484,7 @@ def _compile_triton(v: Variant) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
 
-    mod = importlib.import_module(f"nlseq.kernels.{MODULES[v.family]}")
+    mod = importlib.import_module(f"nlseq.kernels.{v.args.get('module', MODULES[v.family])}")
     kernel = getattr(mod, v.kernel)
     fn = kernel.fn if hasattr(kernel, "configs") else kernel
     a = v.args

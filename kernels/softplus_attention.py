@@ -53,8 +53,8 @@ def _tiles(tiles):
 # 128x32 and 64x128 spilled.
 # float32: an IEEE float32 tl.dot is not a tensor-core instruction on sm_90; Triton unrolls it into
 # FMAs on operands it loads from shared memory into registers (each thread: its rows and columns of
-# the whole reduction dim), and ptxas keeps many of them live: every 16-bit tile spilled in float32
-# at D = 128 (0.6 to 61 KB of spill loads), as did every 64-row tile tried (8 or 16 warps) and
+# the whole reduction dim), and ptxas keeps many of them live: every 16-bit forward tile spilled in
+# float32 at D = 128 (0.6 to 61 KB of spill loads), as did every 64-row tile tried (8 or 16 warps) and
 # 32x128. What fits: 16 or 32 rows with 2 to 8 scores per thread. It costs ~370-430 SASS
 # instructions per score forward at D = 128 (the two dots alone are 2·D FMAs per score) against ~20
 # for bf16 (docs/compiled_code.md). Checked spill-free at D = 16, 32, 64 and 128.
