@@ -114,7 +114,9 @@ def main():
     xh = x.reshape(B * T, heads, ih).transpose(0, 1)
     Wh = W.reshape(heads, ih, G * nh)
     out = torch.empty(heads, B * T, G * nh)
-    assert (input_projection(x, W, b).double() - ref.input_projection(x.double(), W.double(), b.double())).abs().max() < 1e-4
+    assert (
+        input_projection(x, W, b).double() - ref.input_projection(x.double(), W.double(), b.double())
+    ).abs().max() < 1e-4
 
     rows = [
         ("projection", lambda: input_projection(x, W, b)),
