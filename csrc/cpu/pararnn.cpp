@@ -477,7 +477,7 @@ std::pair<int64_t, double> pararnn_newton_fwd(pararnn::CellKind cell, const at::
 // BLAS entry, is not exported by libtorch; the blocks are large enough that the dispatcher's
 // few µs per call do not show.)
 namespace {
-constexpr int64_t kProjRows = 2048;
+constexpr int64_t kProjRows = 256;  // rows per block: U block (256 x 3N) stays in L2 between the bias copy and the GEMMs
 
 // Row blocks of [0, M): at least one per thread, at most kProjRows rows each.
 int64_t proj_blocks(int64_t M) {
