@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -36,6 +37,21 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kChannels = 64;  // channels per work item: a contiguous run of each U row
+
+// Runs body(w, w + 1) for every work item w in [0, n), each claimed by whichever thread is free
+// next (an atomic counter) rather than at::parallel_for's fixed share per thread: on a shared
+// machine a thread that loses its core for a while leaves its remaining items to the others
+// instead of holding the whole call back. Every item writes only its own outputs (reductions
+// over items happen afterwards in a fixed order), so results do not depend on who ran what.
+template <typename F>
+void parallel_items(int64_t n, const F& body) {
+  if (n <= 0) return;
+  const int64_t nt = std::min<int64_t>(n, at::get_num_threads());
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {
+    for (int64_t w = next.fetch_add(1); w < n; w = next.fetch_add(1)) body(w, w + 1);
+  });
+}
 
 // exp and tanh without branches or calls, so that the channel loop vectorises. Float: a
 // Cody–Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 Taylor polynomial for e^r
@@ -322,7 +338,7 @@ void pararnn_seq_fwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tens
     const acc* p = P.has_value() ? P->data_ptr<acc>() : nullptr;
     const scalar_t* init = s0.has_value() ? s0->data_ptr<scalar_t>() : nullptr;
     scalar_t* out = S_all.data_ptr<scalar_t>();
-    at::parallel_for(0, B * nblk, 1, [&](int64_t w0, int64_t w1) {
+    parallel_items(B * nblk, [&](int64_t w0, int64_t w1) {
       BlockParams<acc> bp;
       acc st[2][kChannels];
       for (int64_t w = w0; w < w1; ++w) {
@@ -358,7 +374,7 @@ void pararnn_bwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tensor& 
     scalar_t* dinit = ds0.data_ptr<scalar_t>();
     // Per batch row partial sums of dA, dP ([B, 3, N], [B, 2, N]), reduced over B below.
     std::vector<acc> da_part(B * 3 * N, acc(0)), dp_part(B * 2 * N, acc(0));
-    at::parallel_for(0, B * nblk, 1, [&](int64_t w0, int64_t w1) {
+    parallel_items(B * nblk, [&](int64_t w0, int64_t w1) {
       BlockParams<acc> bp;
       acc lam[2][kChannels], da[3][kChannels], dp[2][kChannels];
       for (int64_t w = w0; w < w1; ++w) {
@@ -493,7 +509,7 @@ void pararnn_projection_fwd(const at::Tensor& x_in, const at::Tensor& W_in, cons
   const int64_t M = x.size(0);
   const int64_t heads = W.size(0), ih = W.size(1), G = W.size(2), nh = W.size(3), N = heads * nh;
   const int64_t nblk = proj_blocks(M);
-  at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
+  parallel_items(nblk, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t m0 = M * c / nblk, m1 = M * (c + 1) / nblk;
       if (m1 <= m0) continue;
@@ -524,7 +540,7 @@ void pararnn_projection_bwd(const at::Tensor& x_in, const at::Tensor& W_in, cons
     // dx[m, h·ih + i] = Σ_g Σ_j dU[m, g, h·nh + j] W[h, i, g, j]: per row block and head, G GEMMs
     // accumulating into the block of dx (the first one overwrites it).
     const int64_t nblk = proj_blocks(M);
-    at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
+    parallel_items(nblk, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t m0 = M * c / nblk, m1 = M * (c + 1) / nblk;
         if (m1 <= m0) continue;
@@ -551,7 +567,7 @@ void pararnn_projection_bwd(const at::Tensor& x_in, const at::Tensor& W_in, cons
     const int64_t want = 2 * static_cast<int64_t>(at::get_num_threads());
     const int64_t split = std::max<int64_t>(1, std::min<int64_t>(nh / 16, (want + pairs - 1) / pairs));
     const int64_t piece = (nh + split - 1) / split;
-    at::parallel_for(0, pairs * split, 1, [&](int64_t t0, int64_t t1) {
+    parallel_items(pairs * split, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t pr = t / split, j0 = (t % split) * piece, j1 = std::min(nh, j0 + piece);
         if (j1 <= j0) continue;
