@@ -234,9 +234,13 @@ namespace {
 // product is 8×128 @ 128×512: too small for the BLAS call to pay its dispatch and threading
 // (≈ 17 µs measured against ≈ 6 µs here), and this one runs inside a thread's own batch rows.
 // Register tile kGemmRows × kGemmCols; every output sums over k in order, then adds c.
+// Multiply-adds are contracted here (the file is built with -ffp-contract=off for the epilogue's
+// exact order): this product is the BLAS GEMM's counterpart, which fuses them as well, and the
+// ADC codes only match bit for bit where every sum is exact (docs/cpu_rnn.md), fused or not.
+// A fused multiply-add halves the instructions of the step's largest piece of work.
 constexpr int kGemmRows = 4, kGemmCols = 32;
 
-NLSEQ_CLONES void gemm_add(const float* a, int64_t R, int64_t K, const float* w, int64_t N, const float* c,
+__attribute__((optimize("fp-contract=fast"))) NLSEQ_CLONES void gemm_add(const float* a, int64_t R, int64_t K, const float* w, int64_t N, const float* c,
                            float* out) {
   int64_t r0 = 0;
   for (; r0 + kGemmRows <= R; r0 += kGemmRows) {

@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -36,6 +37,21 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kChannels = 64;  // channels per work item: a contiguous run of each U row
+
+// Runs body(w, w + 1) for every work item w in [0, n), each claimed by whichever thread is free
+// next (an atomic counter) rather than at::parallel_for's fixed share per thread: on a shared
+// machine a thread that loses its core for a while leaves its remaining items to the others
+// instead of holding the whole call back. Every item writes only its own outputs (reductions
+// over items happen afterwards in a fixed order), so results do not depend on who ran what.
+template <typename F>
+void parallel_items(int64_t n, const F& body) {
+  if (n <= 0) return;
+  const int64_t nt = std::min<int64_t>(n, at::get_num_threads());
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {
+    for (int64_t w = next.fetch_add(1); w < n; w = next.fetch_add(1)) body(w, w + 1);
+  });
+}
 
 // exp and tanh without branches or calls, so that the channel loop vectorises. Float: a
 // Cody–Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 Taylor polynomial for e^r
@@ -322,7 +338,7 @@ void pararnn_seq_fwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tens
     const acc* p = P.has_value() ? P->data_ptr<acc>() : nullptr;
     const scalar_t* init = s0.has_value() ? s0->data_ptr<scalar_t>() : nullptr;
     scalar_t* out = S_all.data_ptr<scalar_t>();
-    at::parallel_for(0, B * nblk, 1, [&](int64_t w0, int64_t w1) {
+    parallel_items(B * nblk, [&](int64_t w0, int64_t w1) {
       BlockParams<acc> bp;
       acc st[2][kChannels];
       for (int64_t w = w0; w < w1; ++w) {
@@ -358,7 +374,7 @@ void pararnn_bwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tensor& 
     scalar_t* dinit = ds0.data_ptr<scalar_t>();
     // Per batch row partial sums of dA, dP ([B, 3, N], [B, 2, N]), reduced over B below.
     std::vector<acc> da_part(B * 3 * N, acc(0)), dp_part(B * 2 * N, acc(0));
-    at::parallel_for(0, B * nblk, 1, [&](int64_t w0, int64_t w1) {
+    parallel_items(B * nblk, [&](int64_t w0, int64_t w1) {
       BlockParams<acc> bp;
       acc lam[2][kChannels], da[3][kChannels], dp[2][kChannels];
       for (int64_t w = w0; w < w1; ++w) {
@@ -463,6 +479,106 @@ std::pair<int64_t, double> pararnn_newton_fwd(pararnn::CellKind cell, const at::
     S_all.copy_(H.permute({0, 1, 3, 2}));
   });
   return {iters, residual};
+}
+
+// ---------------------------------------------------------------- input projection U = Wx + b
+// Block-diagonal W [heads, ih, G, nh]: U[m, g, h·nh + j] = Σ_i x[m, h·ih + i] W[h, i, g, j] + b[g, h·nh + j].
+// Work items are blocks of kProjRows rows of x; each runs its heads·G GEMMs single-threaded (an
+// ATen GEMM inside at::parallel_for does not start threads of its own: the BLAS sees the
+// parallel region), straight into U's [rows, G, N] layout, the one the recurrence reads (row
+// stride G·N, unit column stride: BLAS takes the view as it is, no copy). Why not torch's
+// batched GEMMs: with 2 threads, the G·heads GEMMs of N/heads columns each are split by the
+// BLAS across both threads per call and run ~2x slower than one GEMM of the same FLOPs;
+// splitting the rows over the threads gives each thread whole GEMMs. (cpublas::gemm, the raw
+// BLAS entry, is not exported by libtorch; the blocks are large enough that the dispatcher's
+// few µs per call do not show.)
+namespace {
+constexpr int64_t kProjRows = 256;  // rows per block: U block (256 x 3N) stays in L2 between the bias copy and the GEMMs
+
+// Row blocks of [0, M): at least one per thread, at most kProjRows rows each.
+int64_t proj_blocks(int64_t M) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  return std::max<int64_t>(std::min<int64_t>(M, threads), (M + kProjRows - 1) / kProjRows);
+}
+}  // namespace
+
+void pararnn_projection_fwd(const at::Tensor& x_in, const at::Tensor& W_in, const at::Tensor& b, at::Tensor& U) {
+  // The ATen GEMMs below write into views of the outputs, on worker threads whose grad mode is
+  // their own: the inputs are detached so that no autograd rule sees them (autograd is Python's).
+  const at::Tensor x = x_in.detach(), W = W_in.detach();
+  const int64_t M = x.size(0);
+  const int64_t heads = W.size(0), ih = W.size(1), G = W.size(2), nh = W.size(3), N = heads * nh;
+  const int64_t nblk = proj_blocks(M);
+  parallel_items(nblk, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t m0 = M * c / nblk, m1 = M * (c + 1) / nblk;
+      if (m1 <= m0) continue;
+      const at::Tensor xr = x.slice(0, m0, m1);
+      const at::Tensor ur = U.slice(0, m0, m1);
+      // each U row [G, N] starts as b (contiguous, the same layout); the GEMMs accumulate onto it
+      // (addmm_ in place: torch's broadcast copy of the bias into a strided block is ~5x slower)
+      const size_t row_bytes = static_cast<size_t>(G * N) * b.element_size();
+      char* u_bytes = static_cast<char*>(ur.data_ptr());
+      for (int64_t m = 0; m < m1 - m0; ++m) std::memcpy(u_bytes + m * row_bytes, b.data_ptr(), row_bytes);
+      for (int64_t h = 0; h < heads; ++h) {
+        const at::Tensor xh = xr.slice(1, h * ih, (h + 1) * ih);
+        for (int64_t g = 0; g < G; ++g) {
+          at::Tensor out = ur.select(1, g).slice(1, h * nh, (h + 1) * nh);  // [rows, nh], row stride G·N
+          out.addmm_(xh, W.select(0, h).select(1, g));
+        }
+      }
+    }
+  });
+}
+
+void pararnn_projection_bwd(const at::Tensor& x_in, const at::Tensor& W_in, const at::Tensor& dU_in, at::Tensor* dx,
+                            at::Tensor* dW) {
+  const at::Tensor x = x_in.detach(), W = W_in.detach(), dU = dU_in.detach();  // as in the forward
+  const int64_t M = x.size(0);
+  const int64_t heads = W.size(0), ih = W.size(1), G = W.size(2), nh = W.size(3);
+  if (dx != nullptr) {
+    // dx[m, h·ih + i] = Σ_g Σ_j dU[m, g, h·nh + j] W[h, i, g, j]: per row block and head, G GEMMs
+    // accumulating into the block of dx (the first one overwrites it).
+    const int64_t nblk = proj_blocks(M);
+    parallel_items(nblk, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t m0 = M * c / nblk, m1 = M * (c + 1) / nblk;
+        if (m1 <= m0) continue;
+        const at::Tensor dur = dU.slice(0, m0, m1);
+        for (int64_t h = 0; h < heads; ++h) {
+          at::Tensor out = dx->slice(0, m0, m1).slice(1, h * ih, (h + 1) * ih);
+          for (int64_t g = 0; g < G; ++g) {
+            const at::Tensor a = dur.select(1, g).slice(1, h * nh, (h + 1) * nh);  // [rows, nh]
+            const at::Tensor wt = W.select(0, h).select(1, g).t();                // [nh, ih]
+            if (g == 0)
+              at::mm_out(out, a, wt);
+            else
+              out.addmm_(a, wt);
+          }
+        }
+      }
+    });
+  }
+  if (dW != nullptr) {
+    // dW[h, :, g, :] = x[:, h]ᵀ dU[:, g, h]: one GEMM over all M rows per (head, gate, column
+    // piece), the pieces in parallel; each is one fixed sum, so the result does not depend on
+    // the thread count. Columns are split so that there are at least 2 pieces per thread.
+    const int64_t pairs = heads * G;
+    const int64_t want = 2 * static_cast<int64_t>(at::get_num_threads());
+    const int64_t split = std::max<int64_t>(1, std::min<int64_t>(nh / 16, (want + pairs - 1) / pairs));
+    const int64_t piece = (nh + split - 1) / split;
+    parallel_items(pairs * split, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t pr = t / split, j0 = (t % split) * piece, j1 = std::min(nh, j0 + piece);
+        if (j1 <= j0) continue;
+        const int64_t h = pr / G, g = pr % G;
+        at::Tensor out = dW->select(0, h).select(1, g).slice(1, j0, j1);                // [ih, nj]
+        const at::Tensor xt = x.slice(1, h * ih, (h + 1) * ih).t();                     // [ih, M]
+        const at::Tensor d = dU.select(1, g).slice(1, h * nh + j0, h * nh + j1);        // [M, nj]
+        at::mm_out(out, xt, d);
+      }
+    });
+  }
 }
 
 }  // namespace cpu

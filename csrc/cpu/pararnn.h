@@ -29,5 +29,14 @@ void pararnn_bwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tensor& 
                  const c10::optional<at::Tensor>& s0, const at::Tensor& S_all, const at::Tensor& dS,
                  const at::Tensor& ds_last, at::Tensor& dU, at::Tensor& dA, at::Tensor& dP, at::Tensor& ds0);
 
+// Input projection (docs/spec.md §1.3) with the block-diagonal W [heads, ih, G, nh] (all contiguous, one
+// dtype): U [M, G, heads·nh] = x [M, heads·ih] W + b [G, heads·nh], GEMMs written straight into U.
+void pararnn_projection_fwd(const at::Tensor& x, const at::Tensor& W, const at::Tensor& b, at::Tensor& U);
+
+// Its backward: dx [M, heads·ih] (when dx is given) and dW [heads, ih, G, nh] (when dW is given)
+// from dU [M, G, heads·nh]; db = Σ_m dU is left to the caller.
+void pararnn_projection_bwd(const at::Tensor& x, const at::Tensor& W, const at::Tensor& dU, at::Tensor* dx,
+                            at::Tensor* dW);
+
 }  // namespace cpu
 }  // namespace nlseq

@@ -72,6 +72,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pararnn_bwd_cpu(
   return {dU, dA, dP, ds0};
 }
 
+// U = Wx + b (block-diagonal W over heads; python/nlseq/ops/pararnn_projection.py owns the autograd
+// rule and the fallbacks). x [M, I], W [heads, I/heads, G, nh], b [G, heads·nh] -> U [M, G, heads·nh].
+void pararnn_projection_check(const char* op, const at::Tensor& x, const at::Tensor& W) {
+  TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D [M, I], got ", x.sizes());
+  TORCH_CHECK(W.dim() == 4, op, ": W must be 4-D [heads, I/heads, G, N/heads], got ", W.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK(W.scalar_type() == x.scalar_type(), op, ": W must have x's dtype ", x.scalar_type(), ", got ",
+              W.scalar_type());
+  TORCH_CHECK(x.size(1) == W.size(0) * W.size(1), op, ": x's last dim must be heads * I/heads = ",
+              W.size(0) * W.size(1), " (W ", W.sizes(), "), got ", x.size(1));
+  TORCH_CHECK(x.is_contiguous() && W.is_contiguous(), op, ": x and W must be contiguous");
+  TORCH_CHECK(x.device() == W.device(), op, ": W must be on x's device ", x.device(), ", got ", W.device());
+}
+
+at::Tensor pararnn_projection_cpu(const at::Tensor& x, const at::Tensor& W, const at::Tensor& b) {
+  const char* op = "nlseq_ext::pararnn_projection";
+  pararnn_projection_check(op, x, W);
+  const int64_t G = W.size(2), N = W.size(0) * W.size(3);
+  TORCH_CHECK(b.dim() == 2 && b.size(0) == G && b.size(1) == N, op, ": b must have shape [G, N] = [", G, ", ", N,
+              "], got ", b.sizes());
+  TORCH_CHECK(b.scalar_type() == x.scalar_type() && b.is_contiguous() && b.device() == x.device(), op,
+              ": b must be a contiguous tensor of x's dtype and device");
+  at::Tensor U = empty_output({x.size(0), G, N}, x.options());
+  if (x.size(0) > 0 && N > 0) cpu::pararnn_projection_fwd(x, W, b, U);
+  return U;
+}
+
+// -> (dx [M, I] or a 0-element tensor when not needed_dx, dW [heads, I/heads, G, nh] or 0-element)
+std::tuple<at::Tensor, at::Tensor> pararnn_projection_bwd_cpu(const at::Tensor& x, const at::Tensor& W,
+                                                              const at::Tensor& dU, bool need_dx, bool need_dW) {
+  const char* op = "nlseq_ext::pararnn_projection_bwd";
+  pararnn_projection_check(op, x, W);
+  const int64_t M = x.size(0), G = W.size(2), N = W.size(0) * W.size(3);
+  TORCH_CHECK(dU.dim() == 3 && dU.size(0) == M && dU.size(1) == G && dU.size(2) == N, op,
+              ": dU must have shape [M, G, N] = [", M, ", ", G, ", ", N, "], got ", dU.sizes());
+  TORCH_CHECK(dU.scalar_type() == x.scalar_type() && dU.is_contiguous(), op,
+              ": dU must be a contiguous tensor of x's dtype");
+  at::Tensor dx = need_dx ? empty_output_like(x) : at::empty({0}, x.options());
+  at::Tensor dW = need_dW ? empty_output_like(W) : at::empty({0}, W.options());
+  if (M == 0 || N == 0) {  // nothing to multiply: the sums are empty
+    if (need_dx) dx.zero_();
+    if (need_dW) dW.zero_();
+  } else {
+    cpu::pararnn_projection_bwd(x, W, dU, need_dx ? &dx : nullptr, need_dW ? &dW : nullptr);
+  }
+  return {dx, dW};
+}
+
 }  // namespace
 }  // namespace nlseq
 
@@ -81,10 +129,14 @@ TORCH_LIBRARY_FRAGMENT(nlseq_ext, m) {
   m.def("pararnn_bwd(str cell, Tensor U, Tensor A, Tensor? P, Tensor? s0, Tensor S_all, Tensor dS, Tensor ds_last)"
         " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("pararnn_seq_fwd(str cell, Tensor U, Tensor A, Tensor? P, Tensor? s0) -> Tensor");
+  m.def("pararnn_projection(Tensor x, Tensor W, Tensor b) -> Tensor");
+  m.def("pararnn_projection_bwd(Tensor x, Tensor W, Tensor dU, bool need_dx, bool need_dW) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(nlseq_ext, CPU, m) {
   m.impl("pararnn_fwd", &nlseq::pararnn_fwd_cpu);
   m.impl("pararnn_bwd", &nlseq::pararnn_bwd_cpu);
   m.impl("pararnn_seq_fwd", &nlseq::pararnn_seq_fwd_cpu);
+  m.impl("pararnn_projection", &nlseq::pararnn_projection_cpu);
+  m.impl("pararnn_projection_bwd", &nlseq::pararnn_projection_bwd_cpu);
 }

@@ -19,7 +19,8 @@ convert from / to the reference names. Initialisation (docs/spec.md §1.3): A (a
 ~ N(0, (2/√(5N))²); W Xavier-uniform with fan_in = I/heads, fan_out = N; b row 0 = −linspace(0, 1, N),
 other rows 0.
 
-The input projection U = Wx + b is one batched GEMM over heads outside the recurrence; the
+The input projection U = Wx + b runs outside the recurrence (``nlseq.ops.pararnn_projection``:
+on the CPU GEMMs written straight into U's layout, rows split over the threads); the
 recurrence runs in ``nlseq.pararnn`` (Newton or sequential, see ``mode``). After each forward,
 ``last_info`` holds a ``NewtonInfo`` (iterations and residual as Python numbers).
 
@@ -43,7 +44,7 @@ from torch import Tensor, nn
 
 from .._checks import FLOAT_DTYPES, check_backend, check_bool, check_choice, check_float, check_int, check_tensor
 from ..ops.pararnn import MODES, ON_NONCONVERGENCE, NewtonInfo, pararnn
-from ..reference.pararnn import input_projection
+from ..ops.pararnn_projection import input_projection
 
 
 class _ParaRNN(nn.Module):
@@ -189,7 +190,8 @@ class _ParaRNN(nn.Module):
         return h.to(like.dtype)
 
     def _run(self, x: Tensor, s0: Optional[Tensor]) -> Tensor:
-        U = input_projection(x, self.weight_ih.to(x.dtype), self.bias.to(x.dtype))  # one GEMM per head, [B, T, 3, N]
+        # [B, T, 3, N]; on the CPU the row-split C++ GEMMs written straight into U (ops/pararnn_projection.py)
+        U = input_projection(x, self.weight_ih.to(x.dtype), self.bias.to(x.dtype), backend=self.backend)
         S_all, info = pararnn(
             self.cell,
             U,
@@ -234,7 +236,7 @@ class _ParaRNN(nn.Module):
 
         g = self.sequence_parallel_group
         W, b = grad_sum(self.weight_ih, self.bias, group=g)  # used on this rank's steps only
-        U = input_projection(x, W.to(x.dtype), b.to(x.dtype))
+        U = input_projection(x, W.to(x.dtype), b.to(x.dtype), backend=self.backend)
         S_all, info = sp_pararnn(
             self.cell,
             U,

@@ -3,8 +3,9 @@
 Each case runs the module's computation functionally on the same inputs x [B, T, I] and
 parameters W [heads, I/heads, 3, N/heads], b [3, N], A [3, N] (and P [2, N] for the LSTM), drawn
 from the modules' default initialisation (docs/spec.md §1.3) with I = N, heads = 2; the output is
-y [B, T, N]. The input projection U = Wx + b is the same (nlseq.reference.pararnn.input_projection,
-one GEMM per head) in every implementation, so the rows differ only in how the recurrence is solved:
+y [B, T, N]. The input projection U = Wx + b is the modules' (``nlseq.ops.pararnn_projection``: the
+C++ row-split GEMMs on the cpp backend, the reference function elsewhere and in the loop), so the
+rows differ in the projection's implementation and in how the recurrence is solved:
 
     cpp           mode="auto" on the CPU: the exact fused sequential kernel (and its fused backward)
     cpp-newton    Newton iterations with the C++ scan (mode="newton")
@@ -17,8 +18,11 @@ one GEMM per head) in every implementation, so the rows differ only in how the r
                   different (dense) recurrence with its own weights, checked against its own
                   float64 run, shown as the reference point users know
 
-Baselines: the loop on the CPU; nn.GRU / nn.LSTM (cuDNN) on the GPU. Goals: CPU, ParaGRU forward
-(cpp) >= 10x the loop at B=4, T=4096, N=256; H200 (fp32): ParaGRU 8×2048×1024 forward <= 1.2 ms and
+Baselines: the loop on the CPU; nn.GRU / nn.LSTM (cuDNN) on the GPU. Goals (issue 15): CPU, ParaGRU
+forward (cpp: C++ projection + fused recurrence) >= 5x the eager module (reference projection +
+loop) at B=4, T=4096, N=256; ``ParaGRU-recurrence`` (from a given U) cpp >= 10x the loop;
+``ParaGRU-projection`` cpp within 1.1x (fwd) / 1.25x (fwd+bwd) of ``bmm``, torch.bmm of the same
+block-diagonal product in the same process. GPU: H200 (fp32): ParaGRU 8×2048×1024 forward <= 1.2 ms and
 forward+backward <= 4.0 ms (½ and ⅓ of the reference code's fused 2.38 / 12.06 ms).
 Headline: ParaGRU and ParaLSTM 8×2048×1024 fp32 on the GPU, the goal case on the CPU.
 Oracle: the sequential loop in float64 (autograd through it for the gradients).
@@ -34,6 +38,7 @@ import torch
 import nlseq
 from nlseq.bench import Case, Goal, Impl
 from nlseq.nn import ParaGRU, ParaLSTM
+from nlseq.ops.pararnn_projection import input_projection
 from nlseq.reference import pararnn as ref
 
 FAMILY = "pararnn"
@@ -77,7 +82,7 @@ def oracle(cell, x, W, b, A, P=None):
 
 
 def _nlseq(cell, backend, mode, x, W, b, A, P=None):
-    U = ref.input_projection(x, W, b)
+    U = input_projection(x, W, b, backend=backend)  # the modules' projection (C++ on the cpp backend)
     return _y(cell, nlseq.pararnn(cell, U, A, P, mode=mode, backend=backend))
 
 
@@ -179,6 +184,129 @@ def _case(cell, device, dtype, B, T, N, *, impls, note="", baseline=None, goals=
     )
 
 
+# ---------------------------------------------------------------- CPU: the two halves of the module
+# The module is the input projection plus the recurrence; each half has its own case with its
+# own peer in the same process (issue 15): the recurrence from U against the eager loop from the
+# same U, and the projection against torch.bmm of the same block-diagonal product.
+def _u_inputs(B, T, N, dtype, device):
+    d = _inputs("gru", B, T, N, dtype, device)
+    return {"U": ref.input_projection(d["x"], d["W"], d["b"]).contiguous(), "A": d["A"]}
+
+
+def _recurrence_cpp(U, A):
+    return nlseq.pararnn("gru", U, A, mode="sequential", backend="cpp")[:, :, -1]
+
+
+def _recurrence_loop(U, A):
+    return ref.pararnn_sequential("gru", U, A, None, None)[:, :, -1]
+
+
+def _recurrence_case(device, B, T, N, quick):
+    s = 4
+    goals = () if quick else (Goal(("cpp",), "fwd", speedup=10.0, text="issue 15: recurrence >= 10x the eager loop"),)
+    return Case(
+        family=FAMILY,
+        name="ParaGRU-recurrence",
+        device=device,
+        dtype=torch.float32,
+        shape={"B": B, "T": T, "N": N},
+        inputs=functools.partial(_u_inputs, B, T, N, torch.float32, device),
+        oracle=_recurrence_loop,
+        impls=[
+            Impl("cpp", _recurrence_cpp, backend="cpp", note="fused exact sequential kernel from U"),
+            Impl("loop", _recurrence_loop, backward=False, note="eager sequential loop from the same U; forward only"),
+        ],
+        grad_inputs=("U", "A"),
+        output_names=("y",),
+        atol=TOL[torch.float32][0],
+        rtol=TOL[torch.float32][1],
+        grad_tol=GRAD_TOL[torch.float32],
+        tolerance_note=TOL_NOTE[torch.float32],
+        baseline="loop",
+        bytes={"fwd": B * T * N * s * 4},  # read U (3 gates), write y
+        goals=goals,
+        note="the recurrence alone, from a given U: goal cpp >= 10x the eager loop",
+    )
+
+
+def _proj_inputs(B, T, N, dtype, device):
+    d = _inputs("gru", B, T, N, dtype, device)
+    return {"x": d["x"], "W": d["W"], "b": d["b"]}
+
+
+def _projection_cpp(x, W, b):
+    return input_projection(x, W, b, backend="cpp")
+
+
+def _projection_oracle(x, W, b):
+    return ref.input_projection(x, W, b)
+
+
+def _bmm_inputs(B, T, N, dtype, device, heads=2):
+    """The same block-diagonal product as one torch.bmm: xh [heads, B·T, I/heads], Wh [heads, I/heads, 3N/heads]."""
+    d = _proj_inputs(B, T, N, dtype, device)
+    hs, ih, G, nh = d["W"].shape
+    return {
+        "xh": d["x"].reshape(B * T, hs, ih).transpose(0, 1).contiguous(),
+        "Wh": d["W"].reshape(hs, ih, G * nh).contiguous(),
+    }
+
+
+def _bmm(xh, Wh):
+    return torch.bmm(xh, Wh)
+
+
+def _projection_case(device, B, T, N, heads=2):
+    s = 4
+    M = B * T
+    flops = 2 * M * N * 3 * N // heads
+    return Case(
+        family=FAMILY,
+        name="ParaGRU-projection",
+        device=device,
+        dtype=torch.float32,
+        shape={"B": B, "T": T, "N": N},
+        inputs=functools.partial(_proj_inputs, B, T, N, torch.float32, device),
+        oracle=_projection_oracle,
+        impls=[
+            Impl("cpp", _projection_cpp, backend="cpp", note="row-split GEMMs straight into U (C++)"),
+            Impl(
+                "reference",
+                functools.partial(input_projection, backend="reference"),
+                backend="reference",
+                note="G baddbmm into U's gate views",
+            ),
+            Impl(
+                "bmm",
+                _bmm,
+                inputs=functools.partial(_bmm_inputs, B, T, N, torch.float32, device, heads),
+                oracle=_bmm,
+                grad_inputs=("xh", "Wh"),
+                tol=(1e-4, 1e-4),
+                grad_tol=GRAD_TOL[torch.float32],
+                note="peer: torch.bmm of the same block-diagonal product (same FLOPs, its own [heads, M, 3N/heads] "
+                "output layout, allocated per call)",
+            ),
+        ],
+        grad_inputs=("x", "W", "b"),
+        output_names=("U",),
+        atol=1e-4,
+        rtol=1e-4,
+        grad_tol=GRAD_TOL[torch.float32],
+        tolerance_note="fp32 GEMM over I/heads = 128 terms; gradients sum over B*T rows",
+        baseline="bmm",
+        flops={"fwd": flops, "bwd": 2 * flops, "fwdbwd": 3 * flops},
+        bytes={"fwd": (M * N + M * 3 * N) * s},
+        goals=(
+            Goal(
+                ("cpp",), "fwd", speedup=1 / 1.1, text="issue 15: projection within 1.1x of one bmm of the same FLOPs"
+            ),
+            Goal(("cpp",), "fwdbwd", speedup=1 / 1.25, text="issue 15: projection fwd+bwd within 1.25x of bmm's"),
+        ),
+        note="the input projection alone against torch.bmm of the same FLOPs",
+    )
+
+
 # ---------------------------------------------------------------- torch.nn.GRU / LSTM reference points
 def _torch_inputs(cell, B, T, N, dtype, device):
     torch.manual_seed(0)
@@ -270,7 +398,7 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     # CPU: the goal size in the full run; in --quick a short sequence and nn.GRU forward only. The
     # loop is timed forward only (its autograd over 4096 steps takes minutes per call on 2 cores).
     B, T, N = (4, 256, 256) if quick else (4, 4096, 256)
-    goals = () if quick else (Goal(("cpp",), "fwd", speedup=10.0, text="CPU goal at B=4, T=4096, N=256"),)
+    goals = () if quick else (Goal(("cpp",), "fwd", speedup=5.0, text="issue 15: module >= 5x the eager module"),)
     out = [
         _case(
             "gru",
@@ -285,8 +413,11 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
             baseline="loop",
             goals=goals,
             headline=True,
-            note="goal: cpp forward >= 10x faster than the eager loop at B=4, T=4096, N=256",
+            note="goal: cpp forward (projection + recurrence) >= 5x the eager module (reference projection + "
+            "eager loop) at B=4, T=4096, N=256",
         ),
+        _recurrence_case(device, B, T, N, quick),
+        _projection_case(device, B, T, N),
     ]
     if not quick:
         out.append(
