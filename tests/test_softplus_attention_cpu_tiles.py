@@ -82,6 +82,22 @@ def test_gqa_past_one_tile(causal, Hkv, p):
     check(q, k, v, causal=causal, reweight_p=p, tol=F32, grad_tol=F32_GRAD[p])
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("p", [None, 15.0], ids=["lssa", "p15"])
+@pytest.mark.parametrize("N", [200, 600])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_backward_split_over_keys(causal, N, p, threads):
+    # B = 1 with MQA: fewer (sequence, kv head) pairs than threads, so the backward cuts the keys
+    # into one part per thread, each with its own dq̂ buffer (N = 200: one key tile, empty parts)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        q, k, v = make_qkv(1, 3, 1, N, N, 16, dtype=torch.float32, seed=N + threads)
+        check(q, k, v, causal=causal, reweight_p=p, tol=F32, grad_tol=F32_GRAD[p])
+    finally:
+        torch.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("p", [None, 15.0], ids=["lssa", "p15"])
 def test_offset_queries_past_one_tile(p):
     # Tq != Tk with kv_offset (cached keys): query tiles whose rows see different key counts

@@ -21,7 +21,8 @@
 // summed in the output rows and each query tile's dq̂ in a tile buffer. No two items write the
 // same row, so the threads never race, and every product is computed once (5 per tile pair, as
 // softmax flash attention). LSSAR first runs a pass of its own per query tile for Γ_i.
-// Parallelism is therefore B·Hkv (or sequences·Hkv) wide in the backward.
+// With fewer (sequence, kv head) pairs than threads, each pair's keys are cut into parts of about
+// equal work, one per thread, and each part adds its dq̂ share into a buffer of its own.
 //
 // Context parallelism (python/nlseq/distributed/attention.py) runs the same loops on one block of
 // a longer sequence: a signed kv_offset places the key block, n_offset >= 0 gives the global N_i
@@ -305,14 +306,52 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
   const int64_t D = P.D, G = P.H / P.Hkv;
   const int64_t plane = P.B * P.H * P.Tq;
   const bool reweight = P.p > acc(0);
-  // Work items: (sequence, kv head), heaviest first.
-  std::vector<std::pair<int64_t, int64_t>> items;  // (sequence, kv head)
-  for (int64_t z = 0; z < static_cast<int64_t>(P.seqs.size()); ++z)
-    for (int64_t g = 0; g < P.Hkv; ++g) items.push_back({z, g});
-  std::stable_sort(items.begin(), items.end(), [&](const auto& a, const auto& b) {
-    const Seq &x = P.seqs[a.first], &y = P.seqs[b.first];
-    return x.nq * x.nk > y.nq * y.nk;
-  });
+  // Work items: (sequence, kv head, key range), heaviest first. With fewer (sequence, kv head)
+  // pairs than threads (B = 1 with MQA, one long sequence), each pair's keys are cut into `parts`
+  // ranges of about equal work; an item then owns its keys' dk̂, dv and adds its share of dq̂
+  // into a buffer of its own part (dq_parts [parts, B·H·Tq, D], summed into dqh at the end), so
+  // threads still never write one row. LSSAR's Γ needs every key of a row: each part recomputes it.
+  struct Item {
+    int64_t seq, g, part, k0, k1;
+  };
+  const int64_t pairs = static_cast<int64_t>(P.seqs.size()) * P.Hkv;
+  const int64_t parts =
+      gamma_out || pairs == 0 ? 1 : std::max<int64_t>(1, (at::get_num_threads() + pairs - 1) / pairs);
+  std::vector<Item> items;
+  std::vector<int64_t> cost;
+  for (int64_t z = 0; z < static_cast<int64_t>(P.seqs.size()); ++z) {
+    const Seq& s = P.seqs[z];
+    // cut after whole key tiles where the running work (query rows that see each tile) passes i/parts
+    std::vector<int64_t> cuts{0}, tile_work;
+    int64_t total = 0;
+    for (int64_t k0 = 0; k0 < s.nk; k0 += kBlockK) {
+      const int64_t first = P.causal ? std::min(std::max<int64_t>(k0 - P.kv_offset, 0), s.nq) : 0;
+      tile_work.push_back((s.nq - first) * std::min(kBlockK, s.nk - k0) + 1);
+      total += tile_work.back();
+    }
+    int64_t run = 0;
+    for (int64_t t = 0; t < static_cast<int64_t>(tile_work.size()); ++t) {
+      run += tile_work[t];
+      if (static_cast<int64_t>(cuts.size()) < parts && run * parts >= total * static_cast<int64_t>(cuts.size()) &&
+          (t + 1) * kBlockK < s.nk)
+        cuts.push_back((t + 1) * kBlockK);
+    }
+    cuts.push_back(s.nk);
+    while (static_cast<int64_t>(cuts.size()) < parts + 1) cuts.push_back(s.nk);  // empty parts
+    for (int64_t g = 0; g < P.Hkv; ++g)
+      for (int64_t c = 0; c < parts; ++c) {
+        items.push_back({z, g, c, cuts[c], cuts[c + 1]});
+        int64_t w = 0;
+        for (int64_t t = cuts[c] / kBlockK; t * kBlockK < cuts[c + 1]; ++t) w += tile_work[t];
+        cost.push_back(w + s.nq);
+      }
+  }
+  std::vector<int64_t> order(items.size());
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
+  at::Tensor dq_parts;  // [parts, B·H·Tq·D] when parts > 1
+  if (parts > 1)
+    dq_parts = at::zeros({parts, plane * D}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc>::value));
   struct Scratch {
     std::vector<acc> Qh, dO, Kh, V, S, dP, dQ;
     std::vector<Row> rows;
@@ -328,16 +367,18 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
     return b;
   };
   for_each_item(static_cast<int64_t>(items.size()), make_scratch, [&](int64_t it, Scratch& b) {
-    const Seq& s = P.seqs[items[it].first];
-    const int64_t g = items[it].second;
+    const Item& item = items[order[it]];
+    const Seq& s = P.seqs[item.seq];
+    const int64_t g = item.g, kc0 = item.k0, kc1 = item.k1;
     const int64_t k_base = P.krow(s, g);
+    acc* dq_out = parts > 1 ? dq_parts.data_ptr<acc>() + item.part * plane * D : dqh;
     acc *S = b.S.data(), *dP = b.dP.data(), *Qh = b.Qh.data(), *dO = b.dO.data(), *Kh = b.Kh.data(),
         *dQ = b.dQ.data();
     Row* rows = b.rows.data();
     int64_t* vis_of_row = b.vis.data();
     if (!gamma_out) {
-      std::fill(dkh + k_base * D, dkh + (k_base + s.nk) * D, acc(0));
-      std::fill(dv + k_base * D, dv + (k_base + s.nk) * D, acc(0));
+      std::fill(dkh + (k_base + kc0) * D, dkh + (k_base + kc1) * D, acc(0));
+      std::fill(dv + (k_base + kc0) * D, dv + (k_base + kc1) * D, acc(0));
     }
     const acc* Vk = nullptr;  // the current key tile's values (acc dtype)
     // S = Q̂ K̂ᵀ and dP = dO Vᵀ of query tile (bq rows) and key tile [k0, k0 + bk)
@@ -351,6 +392,8 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
       for (int64_t i0 = 0; i0 < s.nq; i0 += kBlockQ) {
         const int64_t bq = std::min(kBlockQ, s.nq - i0);
         const int64_t q_off = P.qrow(s, h) + i0;
+        // a part whose keys this tile's rows do not reach adds nothing to it (its dq_parts rows stay 0)
+        if (parts > 1 && P.vis_of(i0 + bq - 1, s) <= kc0) continue;
         load_rows(P.q + q_off * D, P.rq + q_off, bq, D, Qh);
         load_rows<scalar_t, acc>(dout + q_off * D, nullptr, bq, D, dO);
         for (int64_t r = 0; r < bq; ++r) {
@@ -388,8 +431,9 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
         }
         if (gamma_out) continue;
         std::fill(dQ, dQ + bq * D, acc(0));
-        for (int64_t k0 = 0; k0 < kv_end; k0 += kBlockK) {
-          const int64_t bk = std::min(kBlockK, kv_end - k0);
+        const int64_t k_end = std::min(kv_end, kc1);
+        for (int64_t k0 = kc0; k0 < k_end; k0 += kBlockK) {
+          const int64_t bk = std::min(kBlockK, k_end - k0);
           tile_products(bq, k0, bk);
           for (int64_t r = 0; r < bq; ++r) {
             const int64_t vis = std::min(bk, std::max<int64_t>(vis_of_row[r] - k0, 0));
@@ -405,10 +449,20 @@ void backward_impl(const Problem<scalar_t>& P, const scalar_t* o, const scalar_t
           mm_tn_add(dP, Qh, dk_rows, bk, D, bq);  // dk̂ += dSᵀ Q̂
           mm_nn_add(dP, Kh, dQ, bq, D, bk);       // dq̂ += dS K̂
         }
-        std::copy(dQ, dQ + bq * D, dqh + q_off * D);
+        std::copy(dQ, dQ + bq * D, dq_out + q_off * D);
       }
     }
   });
+  if (parts > 1) {  // dq̂ = Σ over the key parts
+    const acc* src = dq_parts.data_ptr<acc>();
+    at::parallel_for(0, plane * D, 4096, [&](int64_t b0, int64_t e0) {
+      for (int64_t x = b0; x < e0; ++x) {
+        acc sum = 0;
+        for (int64_t c = 0; c < parts; ++c) sum += src[c * plane * D + x];
+        dqh[x] = sum;
+      }
+    });
+  }
 }
 
 template <typename scalar_t>
