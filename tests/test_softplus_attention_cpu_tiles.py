@@ -128,9 +128,11 @@ def test_no_qk_norm_wide_scores_and_shifted_rows(p):
     v = torch.randn(B, 1, T, D, generator=g, dtype=torch.float64)
     q, k, v = (x.float().requires_grad_() for x in (q, k, v))
     with torch.no_grad():
-        s = torch.einsum("bhid,bjd->bhij", q, k[:, 0]) * torch.log(torch.tensor(float(D))) * torch.log(
-            torch.arange(1, T + 1, dtype=torch.float32)
-        ).clamp_min(0)[:, None]
+        s = (
+            torch.einsum("bhid,bjd->bhij", q, k[:, 0])
+            * torch.log(torch.tensor(float(D)))
+            * torch.log(torch.arange(1, T + 1, dtype=torch.float32)).clamp_min(0)[:, None]
+        )
         vis = torch.ones(T, T).tril().bool()
         row_max = s.masked_fill(~vis, -float("inf")).amax(-1)
     assert (row_max < -40).any() and (row_max > 20).any(), "the case must hold shifted and ordinary rows"
