@@ -110,7 +110,10 @@ template <typename T> NLSEQ_HD T pow_ratio(T t, T p) {
 // For a shifted row (L < 0): base > 0 ⇔ e^(s − L) > 1 / N ⇔ s > L − ln N.
 template <typename T> NLSEQ_HD T lssar_score_floor(T L, int64_t n) {
   if (n <= 3 || L == T(0) || L != L) return -INFINITY;
-  const T x = L < T(0) ? L - std::log(static_cast<T>(n)) : std::log(std::expm1(L / static_cast<T>(n)));
+  // log(expm1(r)) = r + log1p(−e^−r): r itself past r = 20 (e^−20 is below float rounding of r),
+  // where float32 expm1 would overflow (r > 88.7, qk_norm=False) and make every base 0
+  const T r = L / static_cast<T>(n);
+  const T x = L < T(0) ? L - std::log(static_cast<T>(n)) : (r > T(20) ? r : std::log(std::expm1(r)));
   return x - T(1e-3) * (std::fabs(x) + T(1));
 }
 

@@ -16,6 +16,13 @@ CPU (N = 4096, fp32, causal, B = 1, H = 4, D = 64): cpp against the chunked refe
 faster, peak memory < 1/10 of the reference's. The bench reports CPU memory as the case model's
 estimate (below); the issue's measured RSS numbers come from a fresh process per call (see the
 report of issue 4).
+CPU against SDPA (issue 15, ``lssa-vs-sdpa``: fp32, causal, B = 1, H = 4, D = 64 and 128, N = 1024,
+4096 and 16384; --quick: N = 1024): the cpp LSSA kernel beside PyTorch's
+``F.scaled_dot_product_attention(is_causal=True)`` (softmax; on the CPU it picks its flash kernel),
+in the same process, SDPA the baseline so that the table's speedup column is the ratio. Goal: cpp
+within 1.5x of SDPA's time (speedup >= 1/1.5), forward and forward+backward. Above N = 4096 the
+float64 oracles check the forward only (``CPU_FWD_ONLY_ORACLE_ABOVE``: their chunked backward in
+float64 would take minutes on two cores); the gradients are still timed.
 
 Oracle: the chunked reference in float64 (``nlseq.reference.softplus_attention``; the tests check
 it against the naive N×N definition), forward and explicit backward, so that large N fits.
@@ -131,6 +138,10 @@ def _sdpa_flash(q, k, v):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def _sdpa(q, k, v):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 def _softmax_oracle(q, k, v):
     """float64 causal softmax attention, chunked over queries (the SDPA case's oracle)."""
     N, D = q.shape[2], q.shape[3]
@@ -180,9 +191,28 @@ def _flops(B, H, N, D):
 
 
 FWD_ONLY_ORACLE_ABOVE = 8192  # N above which the float64 oracle checks the forward only
+CPU_FWD_ONLY_ORACLE_ABOVE = 4096  # the same on the CPU (the float64 backward at 16384 takes minutes)
+CPU_SDPA_RATIO = 1.5  # issue 15: cpp LSSA at most 1.5x SDPA's time on the CPU
 
 
-def _case(name, device, dtype, B, H, N, D, *, p, impls, baseline, note="", mem_estimate=None, goals=(), headline=False):
+def _case(
+    name,
+    device,
+    dtype,
+    B,
+    H,
+    N,
+    D,
+    *,
+    p,
+    impls,
+    baseline,
+    note="",
+    mem_estimate=None,
+    goals=(),
+    headline=False,
+    check_grads=None,
+):
     atol, rtol = TOL[(dtype, p)]
     return Case(
         family=FAMILY,
@@ -205,22 +235,23 @@ def _case(name, device, dtype, B, H, N, D, *, p, impls, baseline, note="", mem_e
         mem_estimate=mem_estimate or {},
         note=note,
         goals=goals,
-        check_grads=N <= FWD_ONLY_ORACLE_ABOVE,
+        check_grads=N <= FWD_ONLY_ORACLE_ABOVE if check_grads is None else check_grads,
         headline=headline,
     )
 
 
-def _sdpa_impl(B, H, N, D, dtype, device):
-    """SDPA flash (softmax attention) as the speed bar inside the LSSA / LSSAR case."""
+def _sdpa_impl(B, H, N, D, dtype, device, *, name="sdpa-flash", fn=_sdpa_flash, tol=(2e-2, 2e-2), note=""):
+    """SDPA (softmax attention) as the speed bar inside the LSSA / LSSAR case: the flash kernel on
+    the GPU; on the CPU whatever ``is_causal=True`` picks (``fn=_sdpa``)."""
     return Impl(
-        "sdpa-flash",
-        _sdpa_flash,
+        name,
+        fn,
         inputs=functools.partial(inputs, B, H, N, D, dtype, device),
         oracle=_softmax_oracle,
         oracle_grads=_softmax_oracle_grads,
         grad_inputs=("q", "k", "v"),
-        tol=(2e-2, 2e-2),
-        note="softmax attention (the speed bar, not LSSA): checked against float64 softmax attention",
+        tol=tol,
+        note=note or "softmax attention (the speed bar, not LSSA): checked against float64 softmax attention",
     )
 
 
@@ -334,6 +365,7 @@ def _cpu_cases(quick):
                 note="goal: cpp faster than the reference, peak memory < 1/10 of it",
             )
         )
+    out += _cpu_sdpa_cases(quick)
     # Triton interpreter: correctness only, tiny (T prime, D not a power of two); cpp timed against
     # the reference there too (cheap: the GPU check's dry run times it).
     out.append(
@@ -360,6 +392,69 @@ def _cpu_cases(quick):
             ],
         )
     )
+    return out
+
+
+def _cpu_sdpa_cases(quick):
+    """Issue 15: cpp LSSA beside SDPA on the CPU, fp32, causal, B = 1, H = 4 (module docstring)."""
+    f32 = torch.float32
+    cpu = torch.device("cpu")
+    B, H = 1, 4
+    out = []
+    for D in (64, 128):
+        for N in (1024,) if quick else (1024, 4096, 16384):
+            # Peak extra bytes of one fwd+bwd (model): o and stats, the float32 dq̂, dk̂, dv, and
+            # per thread two 128x256 score tiles and a few [tile, D] buffers.
+            est = {"cpp": 5 * B * H * N * D * 4 + 2 * (2 * 128 * 256 + 8 * 256 * D) * 4}
+            goals = tuple(
+                Goal(
+                    ("cpp",),
+                    m,
+                    speedup=1 / CPU_SDPA_RATIO,
+                    over="sdpa",
+                    text=f"issue 15: cpp LSSA at most {CPU_SDPA_RATIO}x SDPA's time on the CPU",
+                )
+                for m in ("fwd", "fwdbwd")
+            )
+            check_grads = N <= CPU_FWD_ONLY_ORACLE_ABOVE
+            impls = [
+                Impl("cpp", functools.partial(_nlseq, "cpp", p=None), backend="cpp"),
+                _sdpa_impl(
+                    B,
+                    H,
+                    N,
+                    D,
+                    f32,
+                    cpu,
+                    name="sdpa",
+                    fn=_sdpa,
+                    # float32 softmax attention: rounding of O(1e-6) in o, a few 1e-6 in the
+                    # gradients summed over N rows; an indexing or masking error is O(1)
+                    tol=(1e-4, 1e-4),
+                    note="F.scaled_dot_product_attention(is_causal=True), softmax (the speed bar, not "
+                    "LSSA): checked against float64 softmax attention",
+                ),
+            ]
+            out.append(
+                _case(
+                    "lssa-vs-sdpa",
+                    cpu,
+                    f32,
+                    B,
+                    H,
+                    N,
+                    D,
+                    p=None,
+                    impls=impls,
+                    baseline="sdpa",
+                    mem_estimate=est,
+                    goals=goals,
+                    check_grads=check_grads,
+                    note=f"goal: cpp <= {CPU_SDPA_RATIO}x SDPA's time (speedup >= {1 / CPU_SDPA_RATIO:.2f}), fwd and "
+                    "fwd+bwd"
+                    + ("" if check_grads else f"; N > {CPU_FWD_ONLY_ORACLE_ABOVE}: oracle checks the forward only"),
+                )
+            )
     return out
 
 
