@@ -1,4 +1,4 @@
-"""The analog LSTM / GRU inference fast path on the CPU (nn.analog ``_layer_fused_eager``).
+"""The analog LSTM / GRU inference fast path on the CPU (nn.analog ``_layer_fused`` outside torch.compile).
 
 Outside torch.compile the modules call the whole-layer kernel directly (no registered-op
 wrapper). Checked here, with read and output noise on and fixed seeds: its codes equal the
@@ -83,7 +83,7 @@ def test_fast_path_equals_registered_op(kind):
     h = hx[0][0] if kind == "LSTM" else hx[0]
     c = hx[1][0] if kind == "LSTM" else None
     m.reset_noise(3)
-    fast = m._layer_fused_eager(x, h, c, p, thr)
+    fast = m._layer_fused(x, h, c, p, thr)  # outside a graph: the direct call
     assert m._draws == 3 + 6
     m.reset_noise(3)
     orig = torch.compiler.is_compiling

@@ -482,45 +482,23 @@ class _AnalogRNNBase(_AnalogBase):
 
     def _layer_fused(self, x, h, c, p, cell_thr):
         """One layer by the whole-layer kernel: step t draws its noise at offset (draws + t), as
-        the step path's t-th crossbar read does, so both paths replay the same stream."""
-        if not torch.compiler.is_compiling():
-            return self._layer_fused_eager(x, h, c, p, cell_thr)
-        offset = self._noise_offset.clone()
-        self._noise_offset.add_(x.shape[0])
-        with torch.no_grad():
-            out, h_n, c_n = analog_rnn_op(
-                self._MODE.lower(),
-                x.contiguous(),
-                p.weight.detach().contiguous(),
-                p.col_scale,
-                p.thresholds,
-                p.levels,
-                cell_thr,
-                self.tanh_adc.levels.to(torch.float32),
-                h.contiguous(),
-                None if c is None else c.contiguous(),
-                self.config.in_bits,
-                self.config.x_max,
-                p.noise_a,
-                p.noise_b,
-                (self.seed ^ _PHILOX_SEED_SALT) & (2**63 - 1),
-                offset,
-            )
-        return out, h_n, (c_n if c is not None else None)
+        the step path's t-th crossbar read does, so both paths replay the same stream.
 
-    def _layer_fused_eager(self, x, h, c, p, cell_thr):
-        """``_layer_fused`` outside torch.compile: the same kernel called directly. The registered
-        op's Python wrapper (dispatch, autograd and fake-tensor plumbing) costs ~0.1 ms a call, a
-        tenth of the whole layer at T = 64, B = 8, H = 128 (docs/cpu_rnn.md); the counter is read
-        as a host number here, where no graph can break."""
-        offset = int(self._noise_offset)
+        Outside torch.compile the kernel is called directly: the registered op's Python wrapper
+        (dispatch, autograd and fake-tensor plumbing) costs ~0.1 ms a call, a tenth of the whole
+        layer at T = 64, B = 8, H = 128 (docs/cpu_rnn.md); the counter is read as a host number
+        there, where no graph can break, and the detached weight is kept with the programming."""
+        if torch.compiler.is_compiling():
+            op, weight, offset = analog_rnn_op, p.weight.detach().contiguous(), self._noise_offset.clone()
+        else:
+            _registry._extension()
+            op, offset = torch.ops.nlseq_ext.analog_rnn_fwd, int(self._noise_offset)
+            weight = p._fused_weight
+            if weight is None:  # the stored programming's weight, detached and contiguous once
+                weight = p._fused_weight = p.weight.detach().contiguous()
         self._noise_offset.add_(x.shape[0])
-        weight = p._fused_weight
-        if weight is None:  # the stored programming's weight, detached and contiguous once
-            weight = p._fused_weight = p.weight.detach().contiguous()
-        _registry._extension()
         with torch.no_grad():
-            out, h_n, c_n = torch.ops.nlseq_ext.analog_rnn_fwd(
+            out, h_n, c_n = op(
                 self._MODE.lower(),
                 x.contiguous(),
                 weight,

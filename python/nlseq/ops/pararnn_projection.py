@@ -75,14 +75,7 @@ def input_projection(x: Tensor, W: Tensor, b: Tensor, *, backend: str = "auto") 
     """U [..., G, N] = Wx + b for x [..., I], W [heads, I/heads, G, N/heads], b [G, N] (see the module doc)."""
     if not _use_cpp(x, W, b, backend):
         return _ref.input_projection(x, W, b)
-    heads, ih, G, nh = W.shape
-    if x.shape[-1] != heads * ih:
-        raise ValueError(
-            f"input_projection: x's last dim must be heads * I/heads = {heads * ih} "
-            f"(W has shape {tuple(W.shape)}), got {x.shape[-1]}"
-        )
-    if tuple(b.shape) != (G, heads * nh):
-        raise ValueError(f"input_projection: b must have shape [G, N] = {(G, heads * nh)}, got {tuple(b.shape)}")
+    heads, ih, G, nh = _ref.check_projection(x, W, b)
     lead = x.shape[:-1]
     x2 = x.reshape(math.prod(lead), heads * ih).contiguous()
     U = _CppProjection.apply(x2, W.contiguous(), b.contiguous())

@@ -69,6 +69,20 @@ class _HeadsProjection(torch.autograd.Function):
         return dx, dW, db
 
 
+def check_projection(x: Tensor, W: Tensor, b: Tensor) -> tuple[int, int, int, int]:
+    """The shapes of U = Wx + b agree (x [..., I], W [heads, I/heads, G, N/heads], b [G, N]);
+    returns W's (heads, I/heads, G, N/heads). Shared by every implementation of the projection."""
+    heads, ih, G, nh = W.shape
+    if x.shape[-1] != heads * ih:
+        raise ValueError(
+            f"input_projection: x's last dim must be heads * I/heads = {heads * ih} "
+            f"(W has shape {tuple(W.shape)}), got {x.shape[-1]}"
+        )
+    if tuple(b.shape) != (G, heads * nh):
+        raise ValueError(f"input_projection: b must have shape [G, N] = {(G, heads * nh)}, got {tuple(b.shape)}")
+    return heads, ih, G, nh
+
+
 def input_projection(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     """U [B, T, G, N] = Wx + b for x [B, T, I], W [heads, I/heads, G, N/heads], b [G, N].
 
@@ -78,14 +92,7 @@ def input_projection(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     U). Under torch.compile the plain-op form (an ``addmm`` per head and one ``stack``) is traced
     instead: the compiler sees ordinary ops and fuses the copy itself.
     """
-    heads, ih, G, nh = W.shape
-    if x.shape[-1] != heads * ih:
-        raise ValueError(
-            f"input_projection: x's last dim must be heads * I/heads = {heads * ih} "
-            f"(W has shape {tuple(W.shape)}), got {x.shape[-1]}"
-        )
-    if tuple(b.shape) != (G, heads * nh):
-        raise ValueError(f"input_projection: b must have shape [G, N] = {(G, heads * nh)}, got {tuple(b.shape)}")
+    heads, ih, G, nh = check_projection(x, W, b)
     lead = x.shape[:-1]
     x2 = x.reshape(math.prod(lead), heads * ih)
     if heads == 1:
