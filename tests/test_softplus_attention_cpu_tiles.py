@@ -1,7 +1,8 @@
 """The tiled CPU kernel of softplus attention (cpp backend, csrc/cpu/softplus_attention.cpp):
 the edges of its tiles and of its vectorised row passes, against the float64 naive oracle.
 
-The kernel cuts query rows into tiles of 128 and keys into tiles of 256, and runs float rows through
+The kernel cuts query rows into tiles of 256 and keys into tiles of 512 in the forward, 128 and
+256 in the backward, and runs float rows through
 polynomial exp / log1p (csrc/cpu/softplus_attention_rows.cpp); rows it cannot take there (shifted
 rows, non-integer LSSAR exponents, NaN rows) go through the shared scalar math. The sizes below sit
 on both sides of those edges: N = 1, primes, one tile exactly, one row or key past it.
@@ -18,7 +19,8 @@ from nlseq.reference.softplus_attention import softplus_attention_naive
 
 pytestmark = pytest.mark.skipif(not nlseq.backends()["cpp"], reason=str(nlseq.backends()["cpp"]))
 
-TILE_Q, TILE_K = 128, 256  # csrc/cpu/softplus_attention.cpp kBlockQ, kBlockK
+TILE_Q, TILE_K = 128, 256  # csrc/cpu/softplus_attention.cpp kBlockQ, kBlockK (backward)
+FWD_TILE_Q, FWD_TILE_K = 256, 512  # kFwdBlockQ, kFwdBlockK (forward)
 
 # The tolerances of tests/test_softplus_attention.py (same reasoning: float32 scores of size
 # <= ln D · ln N, convex combinations of v; gradients amplified by c_i and by p for LSSAR).
@@ -57,12 +59,21 @@ def check(q, k, v, *, tol, grad_tol, **kw):
 P_VALUES = [None, 1.0, 2.5, 15.0]  # 2.5: a non-integer exponent takes the scalar rows
 P_IDS = {None: "lssa", 1.0: "p1", 2.5: "p2.5", 15.0: "p15"}
 N_EDGES = [1, 2, 127, TILE_Q, TILE_Q + 1, 251, TILE_K, TILE_K + 1, 389]  # 251, 389 prime
+FWD_EDGES = [FWD_TILE_K - 1, FWD_TILE_K, FWD_TILE_K + 1, 521, 2 * FWD_TILE_K + FWD_TILE_Q + 3]  # 521 prime
 
 
 @pytest.mark.parametrize("p", P_VALUES, ids=[P_IDS[p] for p in P_VALUES])
 @pytest.mark.parametrize("N", N_EDGES)
 def test_causal_lengths_at_tile_edges(N, p):
     q, k, v = make_qkv(1, 2, 2, N, N, 24, dtype=torch.float32, seed=N)
+    check(q, k, v, reweight_p=p, tol=F32, grad_tol=F32_GRAD[p])
+
+
+@pytest.mark.parametrize("p", [None, 2.5, 15.0], ids=["lssa", "p2.5", "p15"])
+@pytest.mark.parametrize("N", FWD_EDGES)
+def test_causal_lengths_at_forward_key_tile_edges(N, p):
+    # past one forward key tile (512): rows whose keys span two and three key tiles
+    q, k, v = make_qkv(1, 1, 1, N, N, 16, dtype=torch.float32, seed=N)
     check(q, k, v, reweight_p=p, tol=F32, grad_tol=F32_GRAD[p])
 
 

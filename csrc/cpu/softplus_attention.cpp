@@ -6,7 +6,7 @@
 // inside a parallel region they run single-threaded); between them one vectorised pass per row
 // turns scores into weights (softplus_attention_rows.h: float rows run polynomial exp / log1p in
 // target clones, the rare rows it leaves out and double the shared header's scalar math). Only
-// [tile, D] accumulators and [kBlockQ, kBlockK] score tiles are kept: memory O(tile·D) per thread
+// [tile, D] accumulators and one or two [tile, key tile] score tiles are kept: memory O(tile·D) per thread
 // beyond the outputs, never O(Tq·Tk). fp32 inputs are read in place (K̂ and Q̂ are copies only
 // because the QK-norm scales their rows); bf16 / fp16 tiles are converted to float on loading.
 //
@@ -43,6 +43,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "blas.h"
 #include "nlseq/softplus_attention.h"
 #include "softplus_attention_rows.h"
 
@@ -52,11 +53,15 @@ namespace {
 
 namespace sa = nlseq::softplus_attention;
 
-// Tile sizes: a 128 x 256 float score tile (128 KiB) and its twin dP stay in L2; 128 query rows
-// amortise each K̂ tile's load over enough products, and the causal diagonal wastes at most one
-// partly masked key tile per query tile.
+// Tile sizes. Backward: a 128 x 256 float score tile (128 KiB) and its twin dP stay in L2; 128
+// query rows amortise each K̂ tile's load over enough products, and the causal diagonal wastes at
+// most one partly masked key tile per query tile. Forward: one 256 x 512 score tile (512 KiB, no
+// twin); the larger products run closer to the BLAS's peak and each K̂ tile is loaded half as
+// often (at D = 64 the forward took 8–20 % less time than with 128 x 256 tiles on the 2-core Xeon).
 constexpr int64_t kBlockQ = 128;
 constexpr int64_t kBlockK = 256;
+constexpr int64_t kFwdBlockQ = 256;
+constexpr int64_t kFwdBlockK = 512;
 
 // One sequence: batch index, first query/key row and their counts.
 struct Seq {
@@ -97,29 +102,20 @@ void for_each_item(int64_t n, MakeScratch make_scratch, Body body) {
   });
 }
 
-// C [m, n] = A [m, kk] · B [n, kk]ᵀ   (row-major, leading dims kk)
+// The tile products (blas.h: straight to the BLAS, no ATen call per tile).
+// C [m, n] = A [m, kk] · B [n, kk]ᵀ
 template <typename acc> void mm_nt(const acc* A, const acc* B, acc* C, int64_t m, int64_t n, int64_t kk) {
-  const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc>::value);
-  at::Tensor a = at::from_blob(const_cast<acc*>(A), {m, kk}, opt);
-  at::Tensor b = at::from_blob(const_cast<acc*>(B), {n, kk}, opt);
-  at::Tensor c = at::from_blob(C, {m, n}, opt);
-  at::mm_out(c, a, b.t());
+  blas::gemm<acc>(false, true, m, n, kk, A, B, acc(0), C);
 }
 
 // C [m, n] += A [m, kk] · B [kk, n]
 template <typename acc> void mm_nn_add(const acc* A, const acc* B, acc* C, int64_t m, int64_t n, int64_t kk) {
-  const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc>::value);
-  at::Tensor a = at::from_blob(const_cast<acc*>(A), {m, kk}, opt);
-  at::Tensor b = at::from_blob(const_cast<acc*>(B), {kk, n}, opt);
-  at::from_blob(C, {m, n}, opt).addmm_(a, b);
+  blas::gemm<acc>(false, false, m, n, kk, A, B, acc(1), C);
 }
 
 // C [m, n] += A [kk, m]ᵀ · B [kk, n]
 template <typename acc> void mm_tn_add(const acc* A, const acc* B, acc* C, int64_t m, int64_t n, int64_t kk) {
-  const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc>::value);
-  at::Tensor a = at::from_blob(const_cast<acc*>(A), {kk, m}, opt);
-  at::Tensor b = at::from_blob(const_cast<acc*>(B), {kk, n}, opt);
-  at::from_blob(C, {m, n}, opt).addmm_(a.t(), b);
+  blas::gemm<acc>(true, false, m, n, kk, A, B, acc(1), C);
 }
 
 // dst [rows, D] = src rows (converted to acc), each multiplied by scale[row] (scale may be null).
@@ -160,13 +156,13 @@ struct Problem {
   int64_t vis_of(int64_t i, const Seq& s) const { return sa::visible_count(i, s.nk, causal, kv_offset); }
   int64_t n_of(int64_t i, const Seq& s) const { return sa::row_length(i, vis_of(i, s), causal, n_offset); }
 
-  // Query tiles of every (sequence, head), heaviest (most visible keys) first.
-  std::vector<Tile> query_tiles() const {
+  // Query tiles of every (sequence, head), `rows` rows each, heaviest (most visible keys) first.
+  std::vector<Tile> query_tiles(int64_t rows) const {
     std::vector<Tile> out;
     for (int64_t z = 0; z < static_cast<int64_t>(seqs.size()); ++z)
       for (int64_t h = 0; h < H; ++h)
-        for (int64_t s = 0; s < seqs[z].nq; s += kBlockQ) {
-          const int64_t len = std::min(kBlockQ, seqs[z].nq - s);
+        for (int64_t s = 0; s < seqs[z].nq; s += rows) {
+          const int64_t len = std::min(rows, seqs[z].nq - s);
           out.push_back({z, h, s, len, len * vis_of(s + len - 1, seqs[z])});
         }
     std::stable_sort(out.begin(), out.end(), [](const Tile& a, const Tile& b) { return a.cost > b.cost; });
@@ -191,17 +187,18 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
   const bool reweight = P.p > acc(0);
   const bool partial = partial_o != nullptr, given = reweight && stats_in != nullptr;
   const int first_pass = given ? 1 : 0, last_pass = reweight && (given || !partial) ? 1 : 0;
-  const std::vector<Tile> work = P.query_tiles();
+  const int64_t bQ = kFwdBlockQ, bK = kFwdBlockK;
+  const std::vector<Tile> work = P.query_tiles(bQ);
   struct Scratch {
     std::vector<acc> Qh, Kh, V, S, O, c, L, m, sh, M, R;
     std::vector<int64_t> n, nvis;
   };
   auto make_scratch = [&] {
     Scratch b;
-    b.Qh.resize(kBlockQ * D); b.Kh.resize(kBlockK * D); b.S.resize(kBlockQ * kBlockK); b.O.resize(kBlockQ * D);
-    if (!std::is_same<scalar_t, acc>::value) b.V.resize(kBlockK * D);
-    for (auto* x : {&b.c, &b.L, &b.m, &b.sh, &b.M, &b.R}) x->resize(kBlockQ);
-    b.n.resize(kBlockQ); b.nvis.resize(kBlockQ);
+    b.Qh.resize(bQ * D); b.Kh.resize(bK * D); b.S.resize(bQ * bK); b.O.resize(bQ * D);
+    if (!std::is_same<scalar_t, acc>::value) b.V.resize(bK * D);
+    for (auto* x : {&b.c, &b.L, &b.m, &b.sh, &b.M, &b.R}) x->resize(bQ);
+    b.n.resize(bQ); b.nvis.resize(bQ);
     return b;
   };
   for_each_item(static_cast<int64_t>(work.size()), make_scratch, [&](int64_t it, Scratch& b) {
@@ -235,8 +232,8 @@ void forward_impl(const Problem<scalar_t>& P, scalar_t* o, acc_t<scalar_t>* stat
           }
           m[r] = sa::lssar_score_floor(L[r], n[r]);  // pass 2: scores at or below give weight 0
         }
-      for (int64_t k0 = 0; k0 < kv_end; k0 += kBlockK) {
-        const int64_t bk = std::min(kBlockK, kv_end - k0);
+      for (int64_t k0 = 0; k0 < kv_end; k0 += bK) {
+        const int64_t bk = std::min(bK, kv_end - k0);
         load_rows(P.k + (k_off + k0) * D, P.rk + k_off + k0, bk, D, b.Kh.data());
         mm_nt(b.Qh.data(), b.Kh.data(), S, t.len, bk, D);
         for (int64_t r = 0; r < t.len; ++r) {
