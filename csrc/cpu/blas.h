@@ -13,7 +13,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
+#include <type_traits>
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
@@ -28,8 +30,41 @@ namespace nlseq {
 namespace cpu {
 namespace blas {
 
-// C [m, n] = A·B + beta·C with A [m, kk] (or [kk, m] when ta: A is read transposed) and B [kk, n]
-// (or [n, kk] when tb), all row-major and contiguous. beta is 0 or 1.
+// Whether torch's BLAS entry point for T (float, double) was found when the library loaded.
+template <typename T>
+bool available() {
+  if constexpr (std::is_same<T, float>::value) return sgemm_ != nullptr;
+  if constexpr (std::is_same<T, double>::value) return dgemm_ != nullptr;
+  return false;
+}
+
+// Whether every size and leading dimension fits the BLAS's 32-bit int.
+inline bool fits_int(std::initializer_list<int64_t> dims) {
+  for (int64_t d : dims)
+    if (d > std::numeric_limits<int>::max()) return false;
+  return true;
+}
+
+// Row-major C [m, n] (leading dimension ldc) = op(A)·op(B) + beta·C with op(A) [m, kk] and
+// op(B) [kk, n]; ta / tb: A is stored [kk, m] / B is stored [n, kk] (leading dimensions lda,
+// ldb of the stored arrays). Needs available<T>() and fits_int of every size; kk >= 1. The
+// row-major C is the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, so the operands are swapped.
+template <typename T>
+void gemm_ld(bool ta, bool tb, int64_t m, int64_t n, int64_t kk, const T* A, int64_t lda, const T* B, int64_t ldb,
+             T beta, T* C, int64_t ldc) {
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(kk);
+  const int la = static_cast<int>(std::max<int64_t>(1, ldb)), lb = static_cast<int>(std::max<int64_t>(1, lda)),
+            lc = static_cast<int>(std::max<int64_t>(1, ldc));
+  const char opa = tb ? 'T' : 'N', opb = ta ? 'T' : 'N';
+  const T one = 1;
+  if constexpr (std::is_same<T, float>::value)
+    sgemm_(&opa, &opb, &M, &N, &K, &one, B, &la, A, &lb, &beta, C, &lc);
+  else
+    dgemm_(&opa, &opb, &M, &N, &K, &one, B, &la, A, &lb, &beta, C, &lc);
+}
+
+// The same on contiguous operands (leading dimensions the row lengths), beta 0 or 1, through
+// at::mm_out / addmm_ where the BLAS entry point is missing or a size does not fit an int.
 template <typename T>
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t kk, const T* A, const T* B, T beta, T* C) {
   if (m == 0 || n == 0) return;
@@ -37,18 +72,8 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t kk, const T* A, const 
     if (beta == T(0)) std::fill(C, C + m * n, T(0));
     return;
   }
-  constexpr int64_t kMax = std::numeric_limits<int>::max();
-  const bool fortran = std::is_same<T, float>::value ? sgemm_ != nullptr : dgemm_ != nullptr;
-  if (fortran && m < kMax && n < kMax && kk < kMax) {
-    // row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands
-    const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(kk);
-    const int lda = static_cast<int>(tb ? kk : n), ldb = static_cast<int>(ta ? m : kk), ldc = static_cast<int>(n);
-    const char opa = tb ? 'T' : 'N', opb = ta ? 'T' : 'N';
-    const T one = 1;
-    if constexpr (std::is_same<T, float>::value)
-      sgemm_(&opa, &opb, &M, &N, &K, &one, B, &lda, A, &ldb, &beta, C, &ldc);
-    else
-      dgemm_(&opa, &opb, &M, &N, &K, &one, B, &lda, A, &ldb, &beta, C, &ldc);
+  if (available<T>() && fits_int({m, n, kk})) {
+    gemm_ld<T>(ta, tb, m, n, kk, A, ta ? m : kk, B, tb ? kk : n, beta, C, n);
     return;
   }
   const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
