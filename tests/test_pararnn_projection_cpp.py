@@ -158,6 +158,7 @@ def test_results_do_not_depend_on_the_thread_count(cell):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow  # a float64 loop over 4099 steps and GEMMs of 16 MB: seconds
 def test_large_outputs():
     """Outputs of 8 MB and more get the huge-page advice (csrc/cpu/pararnn.cpp advise_huge_pages) and
     the projection runs on the BLAS directly: at such sizes (U 12.6 MB, S_all 8.4 MB, dU 25 MB;
