@@ -521,13 +521,13 @@ std::pair<int64_t, double> pararnn_newton_fwd(pararnn::CellKind cell, const at::
 // across both threads per call and run ~2x slower than one GEMM of the same FLOPs; splitting the
 // rows over the threads gives each thread whole GEMMs.
 //
-// float and double call the BLAS that libtorch links (MKL in the x86-64 wheels, OpenBLAS in
-// others) through its Fortran entry points sgemm_ / dgemm_, the ones ATen's own CPU GEMM calls;
-// at::native::cpublas::gemm is not exported by libtorch. Through at::addmm_ each of the small
-// GEMMs paid the dispatcher and ATen's argument checks, and the blocks had to stay small to keep
-// the bias in cache: the op ran at ~0.5x a torch.bmm of the same FLOPs (docs/cpu_rnn.md). The
-// symbols are declared weak, so an extension built against a libtorch without them still loads
-// and takes the ATen path, as half and bfloat16 always do.
+// float and double call the BLAS that libtorch links (MKL in the x86-64 wheels) through its
+// Fortran entry points sgemm_ / dgemm_ (32-bit integers), the ones ATen's own CPU GEMM calls;
+// at::native::cpublas::gemm is not exported by libtorch. Through at::addmm_ each of the 384
+// small GEMMs of a B4 T4096 N256 forward also paid the dispatcher and ATen's argument checks:
+// the direct call is ~10-15% faster (docs/cpu_rnn.md). The symbols are declared weak, so an
+// extension loaded into a libtorch without them still loads and takes the ATen path, as half
+// and bfloat16 always do.
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
             const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
