@@ -156,3 +156,46 @@ def test_results_do_not_depend_on_the_thread_count(cell):
         torch.set_num_threads(before)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow  # a float64 loop over 4099 steps and GEMMs of 16 MB: seconds
+def test_large_outputs():
+    """Outputs of 8 MB and more get the huge-page advice (csrc/cpu/pararnn.cpp advise_huge_pages) and
+    the projection runs on the BLAS directly: at such sizes (U 12.6 MB, S_all 8.4 MB, dU 25 MB;
+    4099 rows: blocks of unequal length, a tensor start not on a 2 MiB boundary) the projection,
+    its gradients and the fused recurrence forward+backward match float64."""
+    x, W, b = _problem(1, 4099, 2, 128, 128, torch.float32, seed=5)
+    W = W / 16
+    xg, Wg, bg = (t.clone().requires_grad_() for t in (x, W, b))
+    U = input_projection(xg, Wg, bg)
+    ref = _formula(x, W, b)
+    scale = _formula(x.abs(), W.abs(), b.abs()).abs()
+    assert ((U.double() - ref).abs() / scale).max().item() <= TOL[torch.float32]
+    dU = torch.randn_like(U)
+    got = torch.autograd.grad(U, (xg, Wg, bg), dU)
+    x64, W64, b64 = (t.double().requires_grad_() for t in (x, W, b))
+    want = torch.autograd.grad(_formula(x64, W64, b64), (x64, W64, b64), dU.double())
+    for name, g, w in zip("xWb", got, want):
+        err = ((g.double() - w).abs().max() / w.abs().max()).item()
+        assert err <= 1e-5, f"d{name}: max error {err:.2e} relative to max |d{name}|"
+
+    from nlseq.reference import pararnn as ref_pararnn
+
+    Ur = torch.randn(2, 4099, 3, 256, dtype=torch.float64)
+    A = torch.rand(3, 256, dtype=torch.float64) * 0.5
+    Ug, Ag = Ur.float().requires_grad_(), A.float().requires_grad_()
+    S = nlseq.pararnn("gru", Ug, Ag, mode="sequential", backend="cpp")
+    S64 = ref_pararnn.pararnn_sequential("gru", Ur, A, None, None)
+    torch.testing.assert_close(S.double(), S64, atol=1e-5, rtol=1e-5)
+    gS = torch.randn_like(S)
+    dUc, dAc = torch.autograd.grad(S, (Ug, Ag), gS)
+    # the fused backward against float64 autograd over the last 64 steps (autograd through the
+    # whole loop is slow): λ runs backwards from T, so dU there depends only on those steps, their
+    # cotangents and the state before them
+    assert dUc.shape == Ug.shape and torch.isfinite(dUc).all() and torch.isfinite(dAc).all()
+    t0 = 4099 - 64
+    s0 = S64[:, t0 - 1].clone()
+    Ut = Ur[:, t0:].clone().requires_grad_()
+    St = ref_pararnn.pararnn_sequential("gru", Ut, A, None, s0)
+    (dUt,) = torch.autograd.grad(St, (Ut,), gS[:, t0:].double())
+    torch.testing.assert_close(dUc[:, t0:].double(), dUt, atol=1e-5, rtol=1e-4)

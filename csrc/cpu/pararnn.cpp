@@ -21,7 +21,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <limits>
+#include <type_traits>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "nlseq/pararnn.h"
 #include "scan.h"
@@ -37,6 +44,27 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kChannels = 64;  // channels per work item: a contiguous run of each U row
+
+// Asks the kernel for transparent huge pages behind a large output before it is first written.
+// An output of tens of MB is a fresh mmap on every call (glibc serves blocks above 32 MB that
+// way), and on the VM of docs/cpu_rnn.md faulting it in 4 KiB pages cost about as much as the
+// GEMMs that fill it (a 50 MB U: ~30 ms of page faults, ~12 ms with huge pages). This is what
+// PyTorch's THP_MEM_ALLOC_ENABLE=1 does for every allocation, done here for the outputs of
+// these kernels only. Only whole 2 MiB pages inside the tensor's bytes are advised, so no other
+// allocation shares them; where THP is off ("never") or unsupported the call does nothing.
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  constexpr size_t kMinBytes = size_t(8) << 20;  // below 4 huge pages the faults are cheap anyway
+  const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
+  if (bytes < kMinBytes) return;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t a = (p + kHuge - 1) & ~(kHuge - 1), e = (p + bytes) & ~(kHuge - 1);
+  if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);  // advisory: errors are ignored
+#else
+  (void)t;
+#endif
+}
 
 // Runs body(w, w + 1) for every work item w in [0, n), each claimed by whichever thread is free
 // next (an atomic counter) rather than at::parallel_for's fixed share per thread: on a shared
@@ -337,6 +365,7 @@ void pararnn_seq_fwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tens
     const acc* a = A.data_ptr<acc>();
     const acc* p = P.has_value() ? P->data_ptr<acc>() : nullptr;
     const scalar_t* init = s0.has_value() ? s0->data_ptr<scalar_t>() : nullptr;
+    advise_huge_pages(S_all);
     scalar_t* out = S_all.data_ptr<scalar_t>();
     parallel_items(B * nblk, [&](int64_t w0, int64_t w1) {
       BlockParams<acc> bp;
@@ -370,6 +399,7 @@ void pararnn_bwd(pararnn::CellKind cell, const at::Tensor& U, const at::Tensor& 
     const scalar_t* states = S_all.data_ptr<scalar_t>();
     const scalar_t* g = dS.data_ptr<scalar_t>();
     const scalar_t* g_last = ds_last.data_ptr<scalar_t>();
+    advise_huge_pages(dU);
     scalar_t* du = dU.data_ptr<scalar_t>();
     scalar_t* dinit = ds0.data_ptr<scalar_t>();
     // Per batch row partial sums of dA, dP ([B, 3, N], [B, 2, N]), reduced over B below.
@@ -483,22 +513,126 @@ std::pair<int64_t, double> pararnn_newton_fwd(pararnn::CellKind cell, const at::
 
 // ---------------------------------------------------------------- input projection U = Wx + b
 // Block-diagonal W [heads, ih, G, nh]: U[m, g, h·nh + j] = Σ_i x[m, h·ih + i] W[h, i, g, j] + b[g, h·nh + j].
-// Work items are blocks of kProjRows rows of x; each runs its heads·G GEMMs single-threaded (an
-// ATen GEMM inside at::parallel_for does not start threads of its own: the BLAS sees the
-// parallel region), straight into U's [rows, G, N] layout, the one the recurrence reads (row
-// stride G·N, unit column stride: BLAS takes the view as it is, no copy). Why not torch's
-// batched GEMMs: with 2 threads, the G·heads GEMMs of N/heads columns each are split by the
-// BLAS across both threads per call and run ~2x slower than one GEMM of the same FLOPs;
-// splitting the rows over the threads gives each thread whole GEMMs. (cpublas::gemm, the raw
-// BLAS entry, is not exported by libtorch; the blocks are large enough that the dispatcher's
-// few µs per call do not show.)
+// Work items are blocks of rows of x (a fixed partition, see proj_blocks); each runs its heads·G
+// GEMMs single-threaded (a BLAS called inside a parallel region does not start threads of its
+// own), straight into U's [rows, G, N] layout, the one the recurrence reads (row stride G·N, unit
+// column stride: the BLAS takes it as the leading dimension, nothing is copied). Why not torch's
+// batched GEMMs: with 2 threads, the G·heads GEMMs of N/heads columns each are split by the BLAS
+// across both threads per call and run ~2x slower than one GEMM of the same FLOPs; splitting the
+// rows over the threads gives each thread whole GEMMs.
+//
+// float and double call the BLAS that libtorch links (MKL in the x86-64 wheels) through its
+// Fortran entry points sgemm_ / dgemm_ (32-bit integers), the ones ATen's own CPU GEMM calls;
+// at::native::cpublas::gemm is not exported by libtorch. Through at::addmm_ each of the 384
+// small GEMMs of a B4 T4096 N256 forward also paid the dispatcher and ATen's argument checks:
+// the direct call is ~10-15% faster (docs/cpu_rnn.md). The symbols are declared weak, so an
+// extension loaded into a libtorch without them still loads and takes the ATen path, as half
+// and bfloat16 always do.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
 namespace {
 constexpr int64_t kProjRows = 256;  // rows per block: U block (256 x 3N) stays in L2 between the bias copy and the GEMMs
+constexpr int64_t kDwRows = 4096;   // rows per GEMM of the dW sum (a fixed chunking: the bits do not depend on threads)
 
 // Row blocks of [0, M): at least one per thread, at most kProjRows rows each.
 int64_t proj_blocks(int64_t M) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   return std::max<int64_t>(std::min<int64_t>(M, threads), (M + kProjRows - 1) / kProjRows);
+}
+
+template <typename T>
+bool have_blas() {
+  if constexpr (std::is_same<T, float>::value) return sgemm_ != nullptr;
+  if constexpr (std::is_same<T, double>::value) return dgemm_ != nullptr;
+  return false;
+}
+
+// Whether every size and leading dimension of the projection's GEMMs fits the BLAS's 32-bit int.
+bool fits_blas_int(std::initializer_list<int64_t> dims) {
+  for (int64_t d : dims)
+    if (d > std::numeric_limits<int>::max()) return false;
+  return true;
+}
+
+// Row-major C [m, n] (leading dimension ldc) = op(A) op(B) + beta C, op(A) [m, k], op(B) [k, n],
+// by the column-major BLAS: the row-major C is the column-major Cᵀ = op(B)ᵀ op(A)ᵀ.
+template <typename T>
+void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+             T beta, T* c, int64_t ldc) {
+  const char tra = ta ? 'T' : 'N', trb = tb ? 'T' : 'N';
+  const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
+  const int ila = static_cast<int>(std::max<int64_t>(1, lda)), ilb = static_cast<int>(std::max<int64_t>(1, ldb)),
+            ilc = static_cast<int>(std::max<int64_t>(1, ldc));
+  const T one = T(1);
+  if constexpr (std::is_same<T, float>::value)
+    sgemm_(&trb, &tra, &in, &im, &ik, &one, b, &ilb, a, &ila, &beta, c, &ilc);
+  else
+    dgemm_(&trb, &tra, &in, &im, &ik, &one, b, &ilb, a, &ila, &beta, c, &ilc);
+}
+
+template <typename T>
+void projection_fwd_blas(const T* x, const T* W, const T* b, T* U, int64_t M, int64_t heads, int64_t ih, int64_t G,
+                         int64_t nh) {
+  const int64_t N = heads * nh, I = heads * ih, ldu = G * N, ldw = G * nh;
+  const int64_t nblk = proj_blocks(M);
+  parallel_items(nblk, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t m0 = M * c / nblk, m1 = M * (c + 1) / nblk, rows = m1 - m0;
+      if (rows <= 0) continue;
+      T* u = U + m0 * ldu;
+      // each U row [G, N] starts as b (same layout); the GEMMs accumulate onto it (beta = 1)
+      for (int64_t m = 0; m < rows; ++m) std::memcpy(u + m * ldu, b, sizeof(T) * ldu);
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t g = 0; g < G; ++g)
+          gemm_rm<T>(false, false, rows, nh, ih, x + m0 * I + h * ih, I, W + h * ih * ldw + g * nh, ldw, T(1),
+                     u + g * N + h * nh, ldu);
+    }
+  });
+}
+
+template <typename T>
+void projection_dx_blas(const T* W, const T* dU, T* dx, int64_t M, int64_t heads, int64_t ih, int64_t G, int64_t nh) {
+  const int64_t N = heads * nh, I = heads * ih, ldu = G * N, ldw = G * nh;
+  const int64_t nblk = proj_blocks(M);
+  parallel_items(nblk, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t m0 = M * c / nblk, m1 = M * (c + 1) / nblk, rows = m1 - m0;
+      if (rows <= 0) continue;
+      // dx[m, h·ih + i] = Σ_g dU[m, g, h·nh + :] · W[h, i, g, :]: G GEMMs per head, the first overwrites
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t g = 0; g < G; ++g)
+          gemm_rm<T>(false, true, rows, ih, nh, dU + m0 * ldu + g * N + h * nh, ldu, W + h * ih * ldw + g * nh, ldw,
+                     g == 0 ? T(0) : T(1), dx + m0 * I + h * ih, I);
+    }
+  });
+}
+
+template <typename T>
+void projection_dw_blas(const T* x, const T* dU, T* dW, int64_t M, int64_t heads, int64_t ih, int64_t G, int64_t nh,
+                        int64_t split) {
+  const int64_t N = heads * nh, I = heads * ih, ldu = G * N, ldw = G * nh;
+  const int64_t piece = (nh + split - 1) / split;
+  parallel_items(heads * G * split, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t pr = t / split, j0 = (t % split) * piece, j1 = std::min(nh, j0 + piece);
+      if (j1 <= j0) continue;
+      const int64_t h = pr / G, g = pr % G;
+      // dW[h, :, g, j0:j1] = x[:, h]ᵀ dU[:, g, h·nh + j0 : h·nh + j1]: the sum over the M rows in
+      // chunks of kDwRows, accumulated in order (beta = 1 after the first). One GEMM over all rows
+      // ran ~2x slower single-threaded than the chunks (the strided dU rows over a K of 16384).
+      for (int64_t k0 = 0; k0 < M; k0 += kDwRows)
+        gemm_rm<T>(true, false, ih, j1 - j0, std::min(kDwRows, M - k0), x + k0 * I + h * ih, I,
+                   dU + k0 * ldu + g * N + h * nh + j0, ldu, k0 == 0 ? T(0) : T(1), dW + h * ih * ldw + g * nh + j0,
+                   ldw);
+    }
+  });
 }
 }  // namespace
 
@@ -508,6 +642,18 @@ void pararnn_projection_fwd(const at::Tensor& x_in, const at::Tensor& W_in, cons
   const at::Tensor x = x_in.detach(), W = W_in.detach();
   const int64_t M = x.size(0);
   const int64_t heads = W.size(0), ih = W.size(1), G = W.size(2), nh = W.size(3), N = heads * nh;
+  advise_huge_pages(U);
+  const bool blas_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
+  if (blas_dtype && fits_blas_int({M, heads * ih, G * N})) {
+    bool done = false;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nlseq_pararnn_projection_cpu", [&] {
+      if (!have_blas<scalar_t>()) return;
+      projection_fwd_blas<scalar_t>(x.data_ptr<scalar_t>(), W.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+                                    U.data_ptr<scalar_t>(), M, heads, ih, G, nh);
+      done = true;
+    });
+    if (done) return;
+  }
   const int64_t nblk = proj_blocks(M);
   parallel_items(nblk, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -534,8 +680,31 @@ void pararnn_projection_fwd(const at::Tensor& x_in, const at::Tensor& W_in, cons
 void pararnn_projection_bwd(const at::Tensor& x_in, const at::Tensor& W_in, const at::Tensor& dU_in, at::Tensor* dx,
                             at::Tensor* dW) {
   const at::Tensor x = x_in.detach(), W = W_in.detach(), dU = dU_in.detach();  // as in the forward
+  if (dx != nullptr) advise_huge_pages(*dx);
   const int64_t M = x.size(0);
   const int64_t heads = W.size(0), ih = W.size(1), G = W.size(2), nh = W.size(3);
+  // dW: one GEMM over all M rows per (head, gate, column piece), the pieces in parallel; each is
+  // one fixed sum, so the result does not depend on the thread count. Columns are split so that
+  // there are at least 2 pieces per thread.
+  const int64_t pairs = heads * G;
+  const int64_t want = 2 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t split = std::max<int64_t>(1, std::min<int64_t>(nh / 16, (want + pairs - 1) / pairs));
+  const int64_t piece = (nh + split - 1) / split;
+  bool blas = false;
+  const bool blas_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
+  if (blas_dtype && fits_blas_int({M, heads * ih, G * heads * nh})) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nlseq_pararnn_projection_bwd_cpu", [&] {
+      if (!have_blas<scalar_t>()) return;
+      blas = true;
+      if (dx != nullptr)
+        projection_dx_blas<scalar_t>(W.data_ptr<scalar_t>(), dU.data_ptr<scalar_t>(), dx->data_ptr<scalar_t>(), M,
+                                     heads, ih, G, nh);
+      if (dW != nullptr)
+        projection_dw_blas<scalar_t>(x.data_ptr<scalar_t>(), dU.data_ptr<scalar_t>(), dW->data_ptr<scalar_t>(), M,
+                                     heads, ih, G, nh, split);
+    });
+  }
+  if (blas) return;
   if (dx != nullptr) {
     // dx[m, h·ih + i] = Σ_g Σ_j dU[m, g, h·nh + j] W[h, i, g, j]: per row block and head, G GEMMs
     // accumulating into the block of dx (the first one overwrites it).
@@ -560,13 +729,6 @@ void pararnn_projection_bwd(const at::Tensor& x_in, const at::Tensor& W_in, cons
     });
   }
   if (dW != nullptr) {
-    // dW[h, :, g, :] = x[:, h]ᵀ dU[:, g, h]: one GEMM over all M rows per (head, gate, column
-    // piece), the pieces in parallel; each is one fixed sum, so the result does not depend on
-    // the thread count. Columns are split so that there are at least 2 pieces per thread.
-    const int64_t pairs = heads * G;
-    const int64_t want = 2 * static_cast<int64_t>(at::get_num_threads());
-    const int64_t split = std::max<int64_t>(1, std::min<int64_t>(nh / 16, (want + pairs - 1) / pairs));
-    const int64_t piece = (nh + split - 1) / split;
     parallel_items(pairs * split, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t pr = t / split, j0 = (t % split) * piece, j1 = std::min(nh, j0 + piece);

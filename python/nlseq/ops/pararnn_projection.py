@@ -7,7 +7,10 @@ N/heads], b [G, N] -> U [..., G, N], the layout the recurrence reads.
 On the CPU (backend "auto" or "cpp", the compiled extension loaded, not under torch.compile) it
 runs ``nlseq_ext::pararnn_projection``: the rows of x are split over the threads and every thread
 runs the heads·G GEMMs of its rows single-threaded, straight into U (bias written first, the
-GEMMs accumulate onto it), so nothing is copied, stacked or permuted around the GEMMs. Its
+GEMMs accumulate onto it), so nothing is copied, stacked or permuted around the GEMMs. float32 and
+float64 call the BLAS libtorch links (sgemm_ / dgemm_) directly, and U is backed by transparent
+huge pages where the kernel allows (first touch of a fresh 50 MB buffer in 4 KiB pages cost about
+as much as the GEMMs on the VM of docs/cpu_rnn.md). Its
 backward is ``nlseq_ext::pararnn_projection_bwd``: dx by GEMMs over row blocks, dW by one GEMM
 over all rows per (head, gate), db = Σ dU. Why not torch's batched GEMMs: on a 2-core CPU the
 BLAS splits each of the G·heads narrow GEMMs (N/heads columns) over both threads and runs ~2x
