@@ -30,6 +30,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "blas.h"
 #include "nlseq/pararnn.h"
 #include "scan.h"
 
@@ -521,22 +522,10 @@ std::pair<int64_t, double> pararnn_newton_fwd(pararnn::CellKind cell, const at::
 // across both threads per call and run ~2x slower than one GEMM of the same FLOPs; splitting the
 // rows over the threads gives each thread whole GEMMs.
 //
-// float and double call the BLAS that libtorch links (MKL in the x86-64 wheels) through its
-// Fortran entry points sgemm_ / dgemm_ (32-bit integers), the ones ATen's own CPU GEMM calls;
-// at::native::cpublas::gemm is not exported by libtorch. Through at::addmm_ each of the 384
-// small GEMMs of a B4 T4096 N256 forward also paid the dispatcher and ATen's argument checks:
-// the direct call is ~10-15% faster (docs/cpu_rnn.md). The symbols are declared weak, so an
-// extension loaded into a libtorch without them still loads and takes the ATen path, as half
-// and bfloat16 always do.
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc) __attribute__((weak));
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc) __attribute__((weak));
-}
-
+// float and double call the BLAS that libtorch links directly (csrc/cpu/blas.h): through
+// at::addmm_ each of the 384 small GEMMs of a B4 T4096 N256 forward also paid the dispatcher and
+// ATen's argument checks; the direct call is ~10-15% faster (docs/cpu_rnn.md). Where torch has
+// no such entry point, and for half and bfloat16, the ATen path below runs.
 namespace {
 constexpr int64_t kProjRows = 256;  // rows per block: U block (256 x 3N) stays in L2 between the bias copy and the GEMMs
 constexpr int64_t kDwRows = 4096;   // rows per GEMM of the dW sum (a fixed chunking: the bits do not depend on threads)
@@ -545,36 +534,6 @@ constexpr int64_t kDwRows = 4096;   // rows per GEMM of the dW sum (a fixed chun
 int64_t proj_blocks(int64_t M) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   return std::max<int64_t>(std::min<int64_t>(M, threads), (M + kProjRows - 1) / kProjRows);
-}
-
-template <typename T>
-bool have_blas() {
-  if constexpr (std::is_same<T, float>::value) return sgemm_ != nullptr;
-  if constexpr (std::is_same<T, double>::value) return dgemm_ != nullptr;
-  return false;
-}
-
-// Whether every size and leading dimension of the projection's GEMMs fits the BLAS's 32-bit int.
-bool fits_blas_int(std::initializer_list<int64_t> dims) {
-  for (int64_t d : dims)
-    if (d > std::numeric_limits<int>::max()) return false;
-  return true;
-}
-
-// Row-major C [m, n] (leading dimension ldc) = op(A) op(B) + beta C, op(A) [m, k], op(B) [k, n],
-// by the column-major BLAS: the row-major C is the column-major Cᵀ = op(B)ᵀ op(A)ᵀ.
-template <typename T>
-void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
-             T beta, T* c, int64_t ldc) {
-  const char tra = ta ? 'T' : 'N', trb = tb ? 'T' : 'N';
-  const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
-  const int ila = static_cast<int>(std::max<int64_t>(1, lda)), ilb = static_cast<int>(std::max<int64_t>(1, ldb)),
-            ilc = static_cast<int>(std::max<int64_t>(1, ldc));
-  const T one = T(1);
-  if constexpr (std::is_same<T, float>::value)
-    sgemm_(&trb, &tra, &in, &im, &ik, &one, b, &ilb, a, &ila, &beta, c, &ilc);
-  else
-    dgemm_(&trb, &tra, &in, &im, &ik, &one, b, &ilb, a, &ila, &beta, c, &ilc);
 }
 
 template <typename T>
@@ -591,7 +550,7 @@ void projection_fwd_blas(const T* x, const T* W, const T* b, T* U, int64_t M, in
       for (int64_t m = 0; m < rows; ++m) std::memcpy(u + m * ldu, b, sizeof(T) * ldu);
       for (int64_t h = 0; h < heads; ++h)
         for (int64_t g = 0; g < G; ++g)
-          gemm_rm<T>(false, false, rows, nh, ih, x + m0 * I + h * ih, I, W + h * ih * ldw + g * nh, ldw, T(1),
+          blas::gemm_ld<T>(false, false, rows, nh, ih, x + m0 * I + h * ih, I, W + h * ih * ldw + g * nh, ldw, T(1),
                      u + g * N + h * nh, ldu);
     }
   });
@@ -608,7 +567,7 @@ void projection_dx_blas(const T* W, const T* dU, T* dx, int64_t M, int64_t heads
       // dx[m, h·ih + i] = Σ_g dU[m, g, h·nh + :] · W[h, i, g, :]: G GEMMs per head, the first overwrites
       for (int64_t h = 0; h < heads; ++h)
         for (int64_t g = 0; g < G; ++g)
-          gemm_rm<T>(false, true, rows, ih, nh, dU + m0 * ldu + g * N + h * nh, ldu, W + h * ih * ldw + g * nh, ldw,
+          blas::gemm_ld<T>(false, true, rows, ih, nh, dU + m0 * ldu + g * N + h * nh, ldu, W + h * ih * ldw + g * nh, ldw,
                      g == 0 ? T(0) : T(1), dx + m0 * I + h * ih, I);
     }
   });
@@ -628,7 +587,7 @@ void projection_dw_blas(const T* x, const T* dU, T* dW, int64_t M, int64_t heads
       // chunks of kDwRows, accumulated in order (beta = 1 after the first). One GEMM over all rows
       // ran ~2x slower single-threaded than the chunks (the strided dU rows over a K of 16384).
       for (int64_t k0 = 0; k0 < M; k0 += kDwRows)
-        gemm_rm<T>(true, false, ih, j1 - j0, std::min(kDwRows, M - k0), x + k0 * I + h * ih, I,
+        blas::gemm_ld<T>(true, false, ih, j1 - j0, std::min(kDwRows, M - k0), x + k0 * I + h * ih, I,
                    dU + k0 * ldu + g * N + h * nh + j0, ldu, k0 == 0 ? T(0) : T(1), dW + h * ih * ldw + g * nh + j0,
                    ldw);
     }
@@ -644,10 +603,10 @@ void pararnn_projection_fwd(const at::Tensor& x_in, const at::Tensor& W_in, cons
   const int64_t heads = W.size(0), ih = W.size(1), G = W.size(2), nh = W.size(3), N = heads * nh;
   advise_huge_pages(U);
   const bool blas_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
-  if (blas_dtype && fits_blas_int({M, heads * ih, G * N})) {
+  if (blas_dtype && blas::fits_int({M, heads * ih, G * N})) {
     bool done = false;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nlseq_pararnn_projection_cpu", [&] {
-      if (!have_blas<scalar_t>()) return;
+      if (!blas::available<scalar_t>()) return;
       projection_fwd_blas<scalar_t>(x.data_ptr<scalar_t>(), W.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
                                     U.data_ptr<scalar_t>(), M, heads, ih, G, nh);
       done = true;
@@ -692,9 +651,9 @@ void pararnn_projection_bwd(const at::Tensor& x_in, const at::Tensor& W_in, cons
   const int64_t piece = (nh + split - 1) / split;
   bool blas = false;
   const bool blas_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
-  if (blas_dtype && fits_blas_int({M, heads * ih, G * heads * nh})) {
+  if (blas_dtype && blas::fits_int({M, heads * ih, G * heads * nh})) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nlseq_pararnn_projection_bwd_cpu", [&] {
-      if (!have_blas<scalar_t>()) return;
+      if (!blas::available<scalar_t>()) return;
       blas = true;
       if (dx != nullptr)
         projection_dx_blas<scalar_t>(W.data_ptr<scalar_t>(), dU.data_ptr<scalar_t>(), dx->data_ptr<scalar_t>(), M,
