@@ -162,10 +162,11 @@ struct Ramp {
   int L;
 
   Ramp(const float* thr_, const float* lev_, int64_t N_, int L_) : thr(thr_), lev(lev_), N(N_), L(L_) {
-    if (linear()) {
-      thr_t.resize(static_cast<size_t>((L - 1) * N));
-      for (int64_t n = 0; n < N; ++n)
-        for (int k = 0; k < L - 1; ++k) thr_t[k * N + n] = thr[n * (L - 1) + k];
+    if (linear()) {  // in blocks of 16 columns: the reads stay in a few cache lines, the writes run
+      thr_t.resize(static_cast<size_t>((L - 1) * N));  // along rows (the column-major store loop
+      for (int64_t n0 = 0; n0 < N; n0 += 16)           // cost ~35 µs of the layer's fixed cost)
+        for (int k = 0; k < L - 1; ++k)
+          for (int64_t n = n0; n < std::min<int64_t>(N, n0 + 16); ++n) thr_t[k * N + n] = thr[n * (L - 1) + k];
     }
   }
   // Whether count_row counts against every threshold (thr_t) rather than binary-searching thr.
