@@ -36,22 +36,24 @@ namespace cpu {
 namespace {
 
 constexpr int kLinearSearchMax = 64;  // ADCs up to 6 bits count all thresholds (vectorised)
-constexpr int kGroups = 16;           // Philox groups (of four normals) per vector pass
+// Philox groups (of four normals) per vector pass: kGroups in the main loop, four 16-lane
+// registers whose rounds interleave (one register's ten rounds are a chain of dependent
+// multiplies, latency-bound), then passes of kGroupsTail, then single groups.
+constexpr int kGroups = 64, kGroupsTail = 16;
 
-// analog::philox4x32_10 on kGroups counters at once, each round across the lanes. The
-// auto-vectorised loop widens every 32×32-bit product to a 64×64-bit one (three multiplies and
-// a repack per eight lanes); the AVX-512 version multiplies the even and the odd lanes once each
-// (vpmuludq) and blends the halves back: the same integers, a third of the work (docs/cpu_rnn.md).
-void philox16_portable(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3, uint32_t k0, uint32_t k1) {
+// analog::philox4x32_10 on G counters at once, each round across the lanes. The auto-vectorised
+// loop widens every 32×32-bit product to a 64×64-bit one (three multiplies and a repack per eight
+// lanes); the AVX-512 version multiplies the even and the odd lanes once each (vpmuludq) and
+// blends the halves back: the same integers, a third of the work (docs/cpu_rnn.md).
+template <int G>
+void philox_portable(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3, uint32_t k0, uint32_t k1) {
   for (int r = 0; r < 10; ++r) {
     if (r) analog::philox_bump_key(k0, k1);
-    for (int i = 0; i < kGroups; ++i) analog::philox_round(c0[i], c1[i], c2[i], c3[i], k0, k1);
+    for (int i = 0; i < G; ++i) analog::philox_round(c0[i], c1[i], c2[i], c3[i], k0, k1);
   }
 }
 
 #if NLSEQ_X86_AVX512
-static_assert(kGroups == 16, "philox16_avx512 holds the kGroups counters in one 16-lane register");
-
 // hi, lo = the high and low words of a[i]·m for 16 lanes (m in both halves of every 64-bit lane).
 __attribute__((target("avx512f"))) inline void mul_hilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
   // The maskz forms with every lane on are the plain instructions; GCC 12's unmasked intrinsics
@@ -62,28 +64,42 @@ __attribute__((target("avx512f"))) inline void mul_hilo16(__m512i a, __m512i m, 
   lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_maskz_slli_epi64(0xFF, odd, 32));
 }
 
-__attribute__((target("avx512f"))) void philox16_avx512(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3,
-                                                        uint32_t k0, uint32_t k1) {
-  __m512i x0 = _mm512_loadu_si512(c0), x1 = _mm512_loadu_si512(c1);
-  __m512i x2 = _mm512_loadu_si512(c2), x3 = _mm512_loadu_si512(c3);
+template <int G>
+__attribute__((target("avx512f"))) void philox_avx512(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3,
+                                                      uint32_t k0, uint32_t k1) {
+  static_assert(G % 16 == 0, "philox_avx512: whole 16-lane registers");
+  constexpr int V = G / 16;
+  __m512i x0[V], x1[V], x2[V], x3[V];
+  for (int j = 0; j < V; ++j) {
+    x0[j] = _mm512_loadu_si512(c0 + 16 * j);
+    x1[j] = _mm512_loadu_si512(c1 + 16 * j);
+    x2[j] = _mm512_loadu_si512(c2 + 16 * j);
+    x3[j] = _mm512_loadu_si512(c3 + 16 * j);
+  }
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
   for (int r = 0; r < 10; ++r) {  // analog::philox_round, word for word
     if (r) analog::philox_bump_key(k0, k1);
-    __m512i hi0, lo0, hi1, lo1;
-    mul_hilo16(x0, m0, hi0, lo0);
-    mul_hilo16(x2, m1, hi1, lo1);
-    const __m512i n0 = _mm512_ternarylogic_epi32(hi1, x1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
-    const __m512i n2 = _mm512_ternarylogic_epi32(hi0, x3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
-    x1 = lo1;
-    x3 = lo0;
-    x0 = n0;
-    x2 = n2;
+    const __m512i kk0 = _mm512_set1_epi32(static_cast<int>(k0)), kk1 = _mm512_set1_epi32(static_cast<int>(k1));
+#pragma GCC unroll 4
+    for (int j = 0; j < V; ++j) {
+      __m512i hi0, lo0, hi1, lo1;
+      mul_hilo16(x0[j], m0, hi0, lo0);
+      mul_hilo16(x2[j], m1, hi1, lo1);
+      const __m512i n0 = _mm512_ternarylogic_epi32(hi1, x1[j], kk0, 0x96);
+      const __m512i n2 = _mm512_ternarylogic_epi32(hi0, x3[j], kk1, 0x96);
+      x1[j] = lo1;
+      x3[j] = lo0;
+      x0[j] = n0;
+      x2[j] = n2;
+    }
   }
-  _mm512_storeu_si512(c0, x0);
-  _mm512_storeu_si512(c1, x1);
-  _mm512_storeu_si512(c2, x2);
-  _mm512_storeu_si512(c3, x3);
+  for (int j = 0; j < V; ++j) {
+    _mm512_storeu_si512(c0 + 16 * j, x0[j]);
+    _mm512_storeu_si512(c1 + 16 * j, x1[j]);
+    _mm512_storeu_si512(c2 + 16 * j, x2[j]);
+    _mm512_storeu_si512(c3 + 16 * j, x3[j]);
+  }
 }
 
 bool has_avx512() {
@@ -95,16 +111,42 @@ bool has_avx512() {
 }
 #endif
 
-inline void philox16(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3, uint32_t k0, uint32_t k1) {
+template <int G>
+inline void philox_lanes(uint32_t* c0, uint32_t* c1, uint32_t* c2, uint32_t* c3, uint32_t k0, uint32_t k1) {
 #if NLSEQ_X86_AVX512
-  if (has_avx512()) return philox16_avx512(c0, c1, c2, c3, k0, k1);
+  if (has_avx512()) return philox_avx512<G>(c0, c1, c2, c3, k0, k1);
 #endif
-  philox16_portable(c0, c1, c2, c3, k0, k1);
+  philox_portable<G>(c0, c1, c2, c3, k0, k1);
+}
+
+// The 4·G normals of groups q .. q + G − 1 into z: Philox across the lanes, then Box–Muller
+// across the lanes (loops the clones vectorise), then interleaved into stream order. Inlined
+// into fill_normals, so it is compiled for each of its clones.
+template <int G>
+__attribute__((always_inline)) inline void normal_groups(uint64_t q, uint32_t off0, uint32_t off1, uint32_t key0,
+                                                         uint32_t key1, float* z) {
+  uint32_t c0[G], c1[G], c2[G], c3[G];
+  for (int i = 0; i < G; ++i) {
+    c0[i] = static_cast<uint32_t>(q + i);
+    c1[i] = static_cast<uint32_t>((q + i) >> 32);
+    c2[i] = off0;
+    c3[i] = off1;
+  }
+  philox_lanes<G>(c0, c1, c2, c3, key0, key1);
+  float zc0[G], zs0[G], zc1[G], zs1[G];
+  for (int i = 0; i < G; ++i) analog::box_muller(c0[i], c1[i], zc0[i], zs0[i]);
+  for (int i = 0; i < G; ++i) analog::box_muller(c2[i], c3[i], zc1[i], zs1[i]);
+  for (int i = 0; i < G; ++i) {
+    z[4 * i] = zc0[i];
+    z[4 * i + 1] = zs0[i];
+    z[4 * i + 2] = zc1[i];
+    z[4 * i + 3] = zs1[i];
+  }
 }
 
 // z[0, count) = normals begin .. begin + count − 1 of the stream (seed, offset). Full groups
-// run kGroups at a time with every round a loop over lanes (one vector op per instruction);
-// partial groups at either end take the scalar normal_quad. Same values as normal_at.
+// run kGroups (then kGroupsTail) at a time; partial groups at either end take the scalar
+// normal_quad. Same values as normal_at.
 NLSEQ_CLONES void fill_normals(uint64_t seed, uint64_t offset, int64_t begin, int64_t count, float* z) {
   int64_t e = begin;
   const int64_t end = begin + count;
@@ -115,26 +157,10 @@ NLSEQ_CLONES void fill_normals(uint64_t seed, uint64_t offset, int64_t begin, in
   }
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
   const uint32_t off0 = static_cast<uint32_t>(offset), off1 = static_cast<uint32_t>(offset >> 32);
-  for (; end - e >= 4 * kGroups; e += 4 * kGroups, z += 4 * kGroups) {
-    const uint64_t q = static_cast<uint64_t>(e >> 2);
-    uint32_t c0[kGroups], c1[kGroups], c2[kGroups], c3[kGroups];
-    for (int i = 0; i < kGroups; ++i) {
-      c0[i] = static_cast<uint32_t>(q + i);
-      c1[i] = static_cast<uint32_t>((q + i) >> 32);
-      c2[i] = off0;
-      c3[i] = off1;
-    }
-    philox16(c0, c1, c2, c3, key0, key1);
-    float zc0[kGroups], zs0[kGroups], zc1[kGroups], zs1[kGroups];
-    for (int i = 0; i < kGroups; ++i) analog::box_muller(c0[i], c1[i], zc0[i], zs0[i]);
-    for (int i = 0; i < kGroups; ++i) analog::box_muller(c2[i], c3[i], zc1[i], zs1[i]);
-    for (int i = 0; i < kGroups; ++i) {
-      z[4 * i] = zc0[i];
-      z[4 * i + 1] = zs0[i];
-      z[4 * i + 2] = zc1[i];
-      z[4 * i + 3] = zs1[i];
-    }
-  }
+  for (; end - e >= 4 * kGroups; e += 4 * kGroups, z += 4 * kGroups)
+    normal_groups<kGroups>(static_cast<uint64_t>(e >> 2), off0, off1, key0, key1, z);
+  for (; end - e >= 4 * kGroupsTail; e += 4 * kGroupsTail, z += 4 * kGroupsTail)
+    normal_groups<kGroupsTail>(static_cast<uint64_t>(e >> 2), off0, off1, key0, key1, z);
   while (e < end) {
     float w[4];
     analog::normal_quad(seed, offset, static_cast<uint64_t>(e >> 2), w);
