@@ -6,11 +6,13 @@
 //   1. the DAC: quantise a row of inputs and sum the squares (the read-noise variance);
 //   2. the MVM, by the BLAS GEMM torch links (MKL / OpenBLAS), the one piece that would be slower
 //      written by hand here;
-//   3. the row epilogue: current = acc·col_scale + σ·z with Philox normals z drawn sixteen
-//      groups at a time, the comparator count against the ramp thresholds, the level lookup.
-// The count compares a row's currents with threshold k of every column at once (thresholds
-// stored transposed, [L−1, N]), so it runs across columns with contiguous loads; above 6 bits a
-// per-element binary search (L − 1 compares would cost more than its bits dependent loads) is used.
+//   3. the row epilogue: current = acc·col_scale + σ·z with Philox normals z drawn 64 groups
+//      at a time, the comparator count against the ramp thresholds, the level lookup.
+// The count compares up to four rows' currents with threshold k of every column at once
+// (thresholds stored transposed, [L−1, N]), so it runs across columns with contiguous loads;
+// above 6 bits a per-element binary search (L − 1 compares would cost more than its bits
+// dependent loads) is used. Philox and the count have hand-written AVX-512 forms (integer and
+// compare instructions only, chosen at run time), the rest is left to the clones.
 // The arithmetic is the one of nlseq/analog.h in the same order and without contraction, so
 // the codes are those of the reference and of the CUDA kernel, bit for bit.
 #include "analog.h"
