@@ -95,3 +95,35 @@ def test_fast_path_equals_registered_op(kind):
     assert m._draws == 3 + 6
     for a, b in zip(fast, op):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+# Batches of 8 and 9 rows give each of two threads 4 or 5 rows: the kernel's 4-row comparator
+# blocks (AVX-512 where the CPU has it) and its single-row remainder; 4H·rows normals reach the
+# 64-group Philox passes, the 16-group ones and the scalar tail (H = 37: 148 columns, not a
+# multiple of 16, so the column tails run too).
+WIDE = [(3, 9, 7, 37), (2, 8, 16, 64)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("T,B,I,H", WIDE, ids=["T{}-B{}-I{}-H{}".format(*s) for s in WIDE])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_fast_path_row_blocks_equal_step_path(kind, T, B, I, H, threads):
+    g = torch.Generator().manual_seed(B * 1000 + H)
+    x = torch.randint(-100, 101, (T, B, I), generator=g) / 128.0
+    hx = _state(kind, 1, B, H, g)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        torch.set_num_threads(threads)
+        for backend in ("cpp", "reference"):
+            m = _modules(kind, I, H, 1, backend)
+            assert m._fused_sequence(x) == (backend == "cpp")
+            with torch.no_grad():
+                outs.append(m(x, hx))
+    finally:
+        torch.set_num_threads(before)
+    (y1, s1), (y2, s2) = outs
+    assert y1.abs().sum() > 0  # the layer produced levels, not an all-zero output
+    assert torch.equal(y1, y2)
+    for a, b in zip(s1 if kind == "LSTM" else [s1], s2 if kind == "LSTM" else [s2]):
+        assert torch.equal(a, b)
