@@ -13,8 +13,9 @@ namespace analog {
 
 // ---------------------------------------------------------------- Philox4x32-10 (Salmon et al. 2011)
 // Counter (c0, c1, c2, c3), key (k0, k1); ten rounds, the key bumped between rounds. The round
-// and the bump are functions of their own so that the CPU kernel can run them across sixteen
-// counters at once (csrc/cpu/analog.cpp fill_normals) with exactly this arithmetic.
+// and the bump are functions of their own so that the CPU kernel can run them across many
+// counters at once (csrc/cpu/analog.cpp fill_normals: 64 groups a pass, hand-written AVX-512
+// where available) with exactly this arithmetic.
 NLSEQ_HD void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
   const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
   const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
