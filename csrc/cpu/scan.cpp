@@ -18,6 +18,13 @@
 //     3. the later chunks are re-run from their incoming states (3 words per element).
 //   Chunk 0 is longer than the others so that both phase-1 jobs take the same time; with two
 //   threads each thread moves 2.1 T words instead of the 2.5 T of re-running every chunk.
+//   For K = 1, time chunks are also preferred to splitting rows into pieces under kMinRunBytes
+//   (few channels, long T): short strided pieces defeat the prefetchers (see run_scan).
+//   Composed A entries below the smallest normal number are flushed to 0 (flush_subnormal):
+//   a product of gates in (1/2, 1) otherwise sticks at the smallest subnormal, and every
+//   multiply by it is a microcode assist.
+// * Blocks of exactly 16, 32 or 64 float32 channels (K = 1) keep their state in registers
+//   across steps (fwd_run_narrow, compose_run_narrow); wider blocks go through `state`.
 // * Below kMinParallelWork elements one thread does everything: a parallel region costs tens
 //   of microseconds, and on a busy machine it waits for a descheduled thread (milliseconds).
 //
@@ -47,7 +54,7 @@ namespace {
 constexpr int64_t kLineChannels = 16;        // channels of one 64-byte cache line (float32, K = 1)
 constexpr int64_t kMaxChannels = 1024;       // widest block: its state (≤ 1024·K² words) stays in L1/L2
 constexpr int64_t kMinChunk = 256;           // shortest time chunk worth a separate work item
-constexpr int64_t kMinRunBytes = 1024;       // narrowest slice of a row of A a block streams (see run_scan)
+constexpr int64_t kMinRunBytes = 1024;       // narrowest piece of a row a K = 1 block streams (see run_scan)
 constexpr int64_t kMinParallelWork = 1 << 15;  // elements of A below which one thread runs the scan (~30 µs)
 
 #define NLSEQ_INLINE inline __attribute__((always_inline))
@@ -187,9 +194,34 @@ NLSEQ_CLONES void fwd_run_f2(int64_t steps, int64_t stride, int64_t count, const
                              float* state) {
   fwd_run<2, float, float>(steps, stride, count, a, b, h, state);
 }
+// compose_run for K = 1 and exactly W channels, the map kept in registers (as fwd_run_narrow).
+template <int W>
+NLSEQ_INLINE void compose_run_narrow(int64_t steps, int64_t stride, const float* __restrict__ a,
+                                     const float* __restrict__ b, float* __restrict__ gA, float* __restrict__ gb) {
+  float xa[W], xb[W];
+  for (int n = 0; n < W; ++n) xa[n] = gA[n], xb[n] = gb[n];
+  for (int64_t s = 0; s < steps; ++s, a += stride, b += stride) {
+    for (int n = 0; n < W; ++n) {
+      const float am = a[n];
+      float v = b[n];
+      v += am * xb[n];
+      float m = 0.0f;
+      m += am * xa[n];
+      xb[n] = v;
+      xa[n] = flush_subnormal(m);
+    }
+  }
+  for (int n = 0; n < W; ++n) gA[n] = xa[n], gb[n] = xb[n];
+}
+
 NLSEQ_CLONES void compose_run_f1(int64_t steps, int64_t stride, int64_t count, const float* a, const float* b,
                                  float* gA, float* gb) {
-  compose_run<1, false, float, float>(steps, stride, count, a, b, gA, gb);  // K = 1: Aᵀ = A
+  switch (count) {  // K = 1: Aᵀ = A
+    case 16: return compose_run_narrow<16>(steps, stride, a, b, gA, gb);
+    case 32: return compose_run_narrow<32>(steps, stride, a, b, gA, gb);
+    case 64: return compose_run_narrow<64>(steps, stride, a, b, gA, gb);
+    default: return compose_run<1, false, float, float>(steps, stride, count, a, b, gA, gb);
+  }
 }
 NLSEQ_CLONES void compose_run_f2(int64_t steps, int64_t stride, int64_t count, const float* a, const float* b,
                                  float* gA, float* gb) {
@@ -394,15 +426,19 @@ void run_scan(const Problem& p, int64_t B, int64_t T, int64_t N, const acc* init
   // Channel blocks: whole rows when batches alone feed the threads, else split (≥ one line).
   const int64_t per_batch = std::max<int64_t>(1, (threads + B - 1) / B);
   int64_t width = block_width(N, per_batch, K);
-  // Few channels: a split that leaves each block less than kMinRunBytes of A per step makes
-  // every thread stream short pieces of rows that the other threads read too, and the
-  // hardware prefetchers, which follow contiguous runs, fall behind (the 2-thread split of 64
-  // float32 channels ran at 0.36x the copy bandwidth, the chunked whole rows below at 0.8x).
+  // Few channels (K = 1): a split that leaves each block less than kMinRunBytes of every
+  // stream per step makes each thread read and write short pieces of rows whose neighbours
+  // belong to the other threads, and the hardware prefetchers, which follow contiguous runs,
+  // fall behind (the 2-thread split of 64 float32 channels ran at 0.36x the copy peer; splits
+  // of 512 B pieces at under 0.5x, of 1 KiB at 0.7x, against 0.7-0.9x for chunked whole rows).
   // Then blocks stay at least that wide (whole rows when N is smaller) and the threads left
-  // over cut time into chunks instead, when T is long enough for them.
+  // over cut time into chunks instead, when T is long enough for them. Only for K = 1: for
+  // K >= 2 composing a step costs K times the arithmetic of running it (matrix products), and
+  // at 1x65536x64 K = 2 the split into 32-channel blocks (512 B of A) was the faster one
+  // (13.9 ms against 19.6 ms for the chunks, forward).
   using scalar = typename Problem::scalar;
-  const int64_t min_width = std::max<int64_t>(kLineChannels, kMinRunBytes / (K * K * int64_t(sizeof(scalar))));
-  if (width < min_width && per_batch > 1) {
+  const int64_t min_width = std::max<int64_t>(kLineChannels, kMinRunBytes / int64_t(sizeof(scalar)));
+  if (K == 1 && width < min_width && per_batch > 1) {
     const int64_t wide = block_width(N, std::max<int64_t>(1, std::min(per_batch, N / min_width)), K);
     const int64_t wide_items = B * ((N + wide - 1) / wide);
     if (time_chunks(T, threads / wide_items).M > 0) width = wide;
