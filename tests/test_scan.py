@@ -212,8 +212,10 @@ def _oracle_grads_linear(A, b, h0, reverse, gh, gl):
 
 # Shapes that reach each of the cpp kernel's work splits (B*T*N*K*K >= 2^15 so that it runs in
 # parallel at all): time chunks with 2 threads (B = 1, N = 3: one channel block), with 4 threads
-# (one item: 4 phase-1 jobs and 12 re-run chunks; two batches: 2 threads per item), and channel
-# blocks of unequal width (N = 37 over 2 threads: 32 + 5 channels, K = 3 too). T is prime.
+# (one item: 4 phase-1 jobs and 12 re-run chunks; two batches: 2 threads per item), N = 37 over
+# 2 threads: whole rows in time chunks for K = 1 (rows under 1 KiB are not split, see
+# run_scan), channel blocks of unequal width (32 + 5) for K = 3. T is prime. More splits (few
+# channels, fallbacks when T is short, 3 threads): tests/test_scan_cpu_split.py.
 SPLIT_SHAPES = [
     (2, (1, 11003, 3, 0)),
     (4, (1, 3761, 5, 2)),

@@ -18,6 +18,13 @@
 //     3. the later chunks are re-run from their incoming states (3 words per element).
 //   Chunk 0 is longer than the others so that both phase-1 jobs take the same time; with two
 //   threads each thread moves 2.1 T words instead of the 2.5 T of re-running every chunk.
+//   For K = 1, time chunks are also preferred to splitting rows into pieces under kMinRunBytes
+//   (few channels, long T): short strided pieces defeat the prefetchers (see run_scan).
+//   Composed A entries below the smallest normal number are flushed to 0 (flush_subnormal):
+//   a product of gates in (1/2, 1) otherwise sticks at the smallest subnormal, and every
+//   multiply by it is a microcode assist.
+// * Blocks of exactly 16, 32 or 64 float32 channels (K = 1) keep their state in registers
+//   across steps (fwd_run_narrow, compose_run_narrow); wider blocks go through `state`.
 // * Below kMinParallelWork elements one thread does everything: a parallel region costs tens
 //   of microseconds, and on a busy machine it waits for a descheduled thread (milliseconds).
 //
@@ -33,6 +40,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -46,6 +54,7 @@ namespace {
 constexpr int64_t kLineChannels = 16;        // channels of one 64-byte cache line (float32, K = 1)
 constexpr int64_t kMaxChannels = 1024;       // widest block: its state (≤ 1024·K² words) stays in L1/L2
 constexpr int64_t kMinChunk = 256;           // shortest time chunk worth a separate work item
+constexpr int64_t kMinRunBytes = 1024;       // narrowest piece of a row a K = 1 block streams (see run_scan)
 constexpr int64_t kMinParallelWork = 1 << 15;  // elements of A below which one thread runs the scan (~30 µs)
 
 #define NLSEQ_INLINE inline __attribute__((always_inline))
@@ -75,8 +84,20 @@ NLSEQ_INLINE void fwd_run(int64_t steps, int64_t stride, int64_t count, const S*
   }
 }
 
+// A product of contracting A_t over a chunk decays below the smallest normal number within a
+// few hundred steps; unflushed, it never reaches 0 (x·a rounds back to the smallest subnormal
+// for a > 1/2) and every multiply by it is a microcode assist, ~100 cycles: the chunked path ran
+// 5x slower on uniform(0.5, 1) gates. So composed A entries below the smallest normal number
+// become 0. The incoming state gb + gA·x then loses at most |x|·min_normal, which rounds away
+// against any gb that is not itself that small.
+template <typename acc>
+NLSEQ_INLINE acc flush_subnormal(acc m) {
+  return (m < std::numeric_limits<acc>::min() && m > -std::numeric_limits<acc>::min()) ? acc(0) : m;
+}
+
 // Composition of the steps into one map per channel (gA, gb) <- (A_t, b_t) ∘ (gA, gb), with
-// the arithmetic of scan::compose. `tr` reads A transposed (the backward's Aᵀ).
+// the arithmetic of scan::compose (A entries flushed, above). `tr` reads A transposed (the
+// backward's Aᵀ).
 template <int K, bool TR, typename S, typename acc>
 NLSEQ_INLINE void compose_run(int64_t steps, int64_t stride, int64_t count, const S* __restrict__ a,
                               const S* __restrict__ b, acc* __restrict__ gA, acc* __restrict__ gb) {
@@ -93,7 +114,7 @@ NLSEQ_INLINE void compose_run(int64_t steps, int64_t stride, int64_t count, cons
           v += am[i][j] * gb[n * K + j];
           acc m = acc(0);
           for (int l = 0; l < K; ++l) m += am[i][l] * gA[(n * K + l) * K + j];
-          rA[i][j] = m;
+          rA[i][j] = flush_subnormal(m);
         }
         rb[i] = v;
       }
@@ -139,19 +160,68 @@ NLSEQ_INLINE void bwd_run(int64_t steps, int64_t stride, int64_t count, const S*
   }
 }
 
+// fwd_run for K = 1 and a block of exactly W channels (a few vectors): the state stays in
+// registers from step to step instead of going through `state` (a store and a load on the
+// dependency chain of every step). Same arithmetic, same order, so the same bits.
+template <int W, typename acc>
+NLSEQ_INLINE void fwd_run_narrow(int64_t steps, int64_t stride, const float* __restrict__ a,
+                                 const float* __restrict__ b, float* __restrict__ h, acc* __restrict__ state) {
+  acc x[W];
+  for (int n = 0; n < W; ++n) x[n] = state[n];
+  for (int64_t s = 0; s < steps; ++s, a += stride, b += stride, h += stride) {
+    for (int n = 0; n < W; ++n) {
+      acc v = static_cast<acc>(b[n]);
+      v += static_cast<acc>(a[n]) * x[n];
+      x[n] = v;
+      h[n] = static_cast<float>(v);
+    }
+  }
+  for (int n = 0; n < W; ++n) state[n] = x[n];
+}
+
 // float32 K = 1 and K = 2, the cases that matter for speed, as plain functions so that GCC
 // compiles them for AVX2 and AVX-512 too (target_clones does not apply to templates).
 NLSEQ_CLONES void fwd_run_f1(int64_t steps, int64_t stride, int64_t count, const float* a, const float* b, float* h,
                              float* state) {
-  fwd_run<1, float, float>(steps, stride, count, a, b, h, state);
+  switch (count) {  // whole rows of few channels (the time-chunked split, run_scan)
+    case 16: return fwd_run_narrow<16, float>(steps, stride, a, b, h, state);
+    case 32: return fwd_run_narrow<32, float>(steps, stride, a, b, h, state);
+    case 64: return fwd_run_narrow<64, float>(steps, stride, a, b, h, state);
+    default: return fwd_run<1, float, float>(steps, stride, count, a, b, h, state);
+  }
 }
 NLSEQ_CLONES void fwd_run_f2(int64_t steps, int64_t stride, int64_t count, const float* a, const float* b, float* h,
                              float* state) {
   fwd_run<2, float, float>(steps, stride, count, a, b, h, state);
 }
+// compose_run for K = 1 and exactly W channels, the map kept in registers (as fwd_run_narrow).
+template <int W>
+NLSEQ_INLINE void compose_run_narrow(int64_t steps, int64_t stride, const float* __restrict__ a,
+                                     const float* __restrict__ b, float* __restrict__ gA, float* __restrict__ gb) {
+  float xa[W], xb[W];
+  for (int n = 0; n < W; ++n) xa[n] = gA[n], xb[n] = gb[n];
+  for (int64_t s = 0; s < steps; ++s, a += stride, b += stride) {
+    for (int n = 0; n < W; ++n) {
+      const float am = a[n];
+      float v = b[n];
+      v += am * xb[n];
+      float m = 0.0f;
+      m += am * xa[n];
+      xb[n] = v;
+      xa[n] = flush_subnormal(m);
+    }
+  }
+  for (int n = 0; n < W; ++n) gA[n] = xa[n], gb[n] = xb[n];
+}
+
 NLSEQ_CLONES void compose_run_f1(int64_t steps, int64_t stride, int64_t count, const float* a, const float* b,
                                  float* gA, float* gb) {
-  compose_run<1, false, float, float>(steps, stride, count, a, b, gA, gb);  // K = 1: Aᵀ = A
+  switch (count) {  // K = 1: Aᵀ = A
+    case 16: return compose_run_narrow<16>(steps, stride, a, b, gA, gb);
+    case 32: return compose_run_narrow<32>(steps, stride, a, b, gA, gb);
+    case 64: return compose_run_narrow<64>(steps, stride, a, b, gA, gb);
+    default: return compose_run<1, false, float, float>(steps, stride, count, a, b, gA, gb);
+  }
 }
 NLSEQ_CLONES void compose_run_f2(int64_t steps, int64_t stride, int64_t count, const float* a, const float* b,
                                  float* gA, float* gb) {
@@ -216,6 +286,7 @@ void bwd_mid_dispatch(int64_t steps, int64_t stride, int64_t count, const S* g, 
 // Forward problem: step t is (A_t, b_t); the output at t is the state itself.
 template <int K, typename scalar_t>
 struct ForwardProblem {
+  using scalar = scalar_t;
   using acc = acc_t<scalar_t>;
   const scalar_t* A;  // [B, T, N, K, K]
   const scalar_t* b;  // [B, T, N, K]
@@ -247,6 +318,7 @@ struct ForwardProblem {
 // in between go through one branch-free loop.
 template <int K, typename scalar_t>
 struct BackwardProblem {
+  using scalar = scalar_t;
   using acc = acc_t<scalar_t>;
   const scalar_t* A;            // [B, T, N, K, K]
   const scalar_t* h;            // [B, T, N, K] forward states
@@ -328,15 +400,49 @@ void parallel(int64_t n, int64_t threads, const F& fn) {
 
 // Runs the recurrence of `p` over every travel step from the per-channel initial states `init`
 // ([B, N, K] in acc, or nullptr for zeros), writing the final states into `fin` ([B, N, K]).
+// Time chunks for P threads per item: M = P(P-1) chunks of length L after chunk 0 (see
+// run_scan), or M = 0 when T is too short for chunks of kMinChunk steps.
+struct Chunks {
+  int64_t M = 0, L = 0;
+};
+inline Chunks time_chunks(int64_t T, int64_t P) {
+  if (P < 2) return {};
+  const int64_t m = P * (P - 1);
+  const int64_t l = (3 * T) / (2 * P + 3 * m);  // T = L0 + M L with L0 = 2PL/3
+  return l >= kMinChunk ? Chunks{m, l} : Chunks{};
+}
+
+// Channel block width when the rows of a batch are split into `parts` blocks (≥ one line each).
+inline int64_t block_width(int64_t N, int64_t parts, int K) {
+  int64_t width = (N + parts - 1) / parts;
+  width = (width + kLineChannels - 1) / kLineChannels * kLineChannels;
+  return std::min({width, std::max<int64_t>(kLineChannels, kMaxChannels / K), N});
+}
+
 template <int K, typename acc, typename Problem>
 void run_scan(const Problem& p, int64_t B, int64_t T, int64_t N, const acc* init, acc* fin) {
   const int64_t threads =
       B * T * N * K * K < kMinParallelWork ? 1 : std::max<int64_t>(1, at::get_num_threads());
   // Channel blocks: whole rows when batches alone feed the threads, else split (≥ one line).
   const int64_t per_batch = std::max<int64_t>(1, (threads + B - 1) / B);
-  int64_t width = (N + per_batch - 1) / per_batch;
-  width = (width + kLineChannels - 1) / kLineChannels * kLineChannels;
-  width = std::min({width, std::max<int64_t>(kLineChannels, kMaxChannels / K), N});
+  int64_t width = block_width(N, per_batch, K);
+  // Few channels (K = 1): a split that leaves each block less than kMinRunBytes of every
+  // stream per step makes each thread read and write short pieces of rows whose neighbours
+  // belong to the other threads, and the hardware prefetchers, which follow contiguous runs,
+  // fall behind (the 2-thread split of 64 float32 channels ran at 0.36x the copy peer; splits
+  // of 512 B pieces at under 0.5x, of 1 KiB at 0.7x, against 0.7-0.9x for chunked whole rows).
+  // Then blocks stay at least that wide (whole rows when N is smaller) and the threads left
+  // over cut time into chunks instead, when T is long enough for them. Only for K = 1: for
+  // K >= 2 composing a step costs K times the arithmetic of running it (matrix products), and
+  // at 1x65536x64 K = 2 the split into 32-channel blocks (512 B of A) was the faster one
+  // (13.9 ms against 19.6 ms for the chunks, forward).
+  using scalar = typename Problem::scalar;
+  const int64_t min_width = std::max<int64_t>(kLineChannels, kMinRunBytes / int64_t(sizeof(scalar)));
+  if (K == 1 && width < min_width && per_batch > 1) {
+    const int64_t wide = block_width(N, std::max<int64_t>(1, std::min(per_batch, N / min_width)), K);
+    const int64_t wide_items = B * ((N + wide - 1) / wide);
+    if (time_chunks(T, threads / wide_items).M > 0) width = wide;
+  }
   const int64_t nblk = (N + width - 1) / width;
   const int64_t items = B * nblk;
   auto block = [&](int64_t w, int64_t& bi, int64_t& n0, int64_t& n1) {
@@ -355,16 +461,8 @@ void run_scan(const Problem& p, int64_t B, int64_t T, int64_t N, const acc* init
   // P(P-1), length L) are composed by the other P-1 threads (P chunks each, 2 words per
   // element) and re-run by all P (P-1 each, 3 words). L0 = 2PL/3 balances phase 1.
   const int64_t P = threads / items;
-  int64_t M = 0, L = 0, L0 = T;
-  if (P >= 2) {
-    const int64_t m = P * (P - 1);
-    const int64_t l = (3 * T) / (2 * P + 3 * m);  // T = L0 + M L with L0 = 2PL/3
-    if (l >= kMinChunk) {
-      M = m;
-      L = l;
-      L0 = T - M * L;
-    }
-  }
+  const Chunks chunks = time_chunks(T, P);
+  const int64_t M = chunks.M, L = chunks.L, L0 = T - M * L;
   if (M == 0) {
     parallel(items, threads, [&](int64_t w0, int64_t w1) {
       std::vector<acc> state(width * K);
