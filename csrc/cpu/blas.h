@@ -77,8 +77,10 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t kk, const T* A, const 
     return;
   }
   const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor a = ta ? at::from_blob(const_cast<T*>(A), {kk, m}, opt).t() : at::from_blob(const_cast<T*>(A), {m, kk}, opt);
-  at::Tensor b = tb ? at::from_blob(const_cast<T*>(B), {n, kk}, opt).t() : at::from_blob(const_cast<T*>(B), {kk, n}, opt);
+  T* a_ptr = const_cast<T*>(A);
+  T* b_ptr = const_cast<T*>(B);
+  at::Tensor a = ta ? at::from_blob(a_ptr, {kk, m}, opt).t() : at::from_blob(a_ptr, {m, kk}, opt);
+  at::Tensor b = tb ? at::from_blob(b_ptr, {n, kk}, opt).t() : at::from_blob(b_ptr, {kk, n}, opt);
   at::Tensor c = at::from_blob(C, {m, n}, opt);
   if (beta == T(0))
     at::mm_out(c, a, b);

@@ -536,40 +536,44 @@ int64_t proj_blocks(int64_t M) {
   return std::max<int64_t>(std::min<int64_t>(M, threads), (M + kProjRows - 1) / kProjRows);
 }
 
+// Runs body(m0, m1) for every non-empty row block [m0, m1) of [0, M) (proj_blocks), each claimed
+// by whichever thread is free next.
+template <typename Body>
+void for_each_row_block(int64_t M, Body body) {
+  const int64_t nblk = proj_blocks(M);
+  parallel_items(nblk, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t m0 = M * c / nblk, m1 = M * (c + 1) / nblk;
+      if (m1 > m0) body(m0, m1);
+    }
+  });
+}
+
 template <typename T>
 void projection_fwd_blas(const T* x, const T* W, const T* b, T* U, int64_t M, int64_t heads, int64_t ih, int64_t G,
                          int64_t nh) {
   const int64_t N = heads * nh, I = heads * ih, ldu = G * N, ldw = G * nh;
-  const int64_t nblk = proj_blocks(M);
-  parallel_items(nblk, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t m0 = M * c / nblk, m1 = M * (c + 1) / nblk, rows = m1 - m0;
-      if (rows <= 0) continue;
-      T* u = U + m0 * ldu;
-      // each U row [G, N] starts as b (same layout); the GEMMs accumulate onto it (beta = 1)
-      for (int64_t m = 0; m < rows; ++m) std::memcpy(u + m * ldu, b, sizeof(T) * ldu);
-      for (int64_t h = 0; h < heads; ++h)
-        for (int64_t g = 0; g < G; ++g)
-          blas::gemm_ld<T>(false, false, rows, nh, ih, x + m0 * I + h * ih, I, W + h * ih * ldw + g * nh, ldw, T(1),
-                     u + g * N + h * nh, ldu);
-    }
+  for_each_row_block(M, [&](int64_t m0, int64_t m1) {
+    const int64_t rows = m1 - m0;
+    T* u = U + m0 * ldu;
+    // each U row [G, N] starts as b (same layout); the GEMMs accumulate onto it (beta = 1)
+    for (int64_t m = 0; m < rows; ++m) std::memcpy(u + m * ldu, b, sizeof(T) * ldu);
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t g = 0; g < G; ++g)
+        blas::gemm_ld<T>(false, false, rows, nh, ih, x + m0 * I + h * ih, I, W + h * ih * ldw + g * nh, ldw, T(1),
+                         u + g * N + h * nh, ldu);
   });
 }
 
 template <typename T>
 void projection_dx_blas(const T* W, const T* dU, T* dx, int64_t M, int64_t heads, int64_t ih, int64_t G, int64_t nh) {
   const int64_t N = heads * nh, I = heads * ih, ldu = G * N, ldw = G * nh;
-  const int64_t nblk = proj_blocks(M);
-  parallel_items(nblk, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t m0 = M * c / nblk, m1 = M * (c + 1) / nblk, rows = m1 - m0;
-      if (rows <= 0) continue;
-      // dx[m, h·ih + i] = Σ_g dU[m, g, h·nh + :] · W[h, i, g, :]: G GEMMs per head, the first overwrites
-      for (int64_t h = 0; h < heads; ++h)
-        for (int64_t g = 0; g < G; ++g)
-          blas::gemm_ld<T>(false, true, rows, ih, nh, dU + m0 * ldu + g * N + h * nh, ldu, W + h * ih * ldw + g * nh, ldw,
-                     g == 0 ? T(0) : T(1), dx + m0 * I + h * ih, I);
-    }
+  for_each_row_block(M, [&](int64_t m0, int64_t m1) {
+    // dx[m, h·ih + i] = Σ_g dU[m, g, h·nh + :] · W[h, i, g, :]: G GEMMs per head, the first overwrites
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t g = 0; g < G; ++g)
+        blas::gemm_ld<T>(false, true, m1 - m0, ih, nh, dU + m0 * ldu + g * N + h * nh, ldu, W + h * ih * ldw + g * nh,
+                         ldw, g == 0 ? T(0) : T(1), dx + m0 * I + h * ih, I);
   });
 }
 
@@ -588,8 +592,8 @@ void projection_dw_blas(const T* x, const T* dU, T* dW, int64_t M, int64_t heads
       // ran ~2x slower single-threaded than the chunks (the strided dU rows over a K of 16384).
       for (int64_t k0 = 0; k0 < M; k0 += kDwRows)
         blas::gemm_ld<T>(true, false, ih, j1 - j0, std::min(kDwRows, M - k0), x + k0 * I + h * ih, I,
-                   dU + k0 * ldu + g * N + h * nh + j0, ldu, k0 == 0 ? T(0) : T(1), dW + h * ih * ldw + g * nh + j0,
-                   ldw);
+                         dU + k0 * ldu + g * N + h * nh + j0, ldu, k0 == 0 ? T(0) : T(1),
+                         dW + h * ih * ldw + g * nh + j0, ldw);
     }
   });
 }
@@ -613,24 +617,19 @@ void pararnn_projection_fwd(const at::Tensor& x_in, const at::Tensor& W_in, cons
     });
     if (done) return;
   }
-  const int64_t nblk = proj_blocks(M);
-  parallel_items(nblk, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t m0 = M * c / nblk, m1 = M * (c + 1) / nblk;
-      if (m1 <= m0) continue;
-      const at::Tensor xr = x.slice(0, m0, m1);
-      const at::Tensor ur = U.slice(0, m0, m1);
-      // each U row [G, N] starts as b (contiguous, the same layout); the GEMMs accumulate onto it
-      // (addmm_ in place: torch's broadcast copy of the bias into a strided block is ~5x slower)
-      const size_t row_bytes = static_cast<size_t>(G * N) * b.element_size();
-      char* u_bytes = static_cast<char*>(ur.data_ptr());
-      for (int64_t m = 0; m < m1 - m0; ++m) std::memcpy(u_bytes + m * row_bytes, b.data_ptr(), row_bytes);
-      for (int64_t h = 0; h < heads; ++h) {
-        const at::Tensor xh = xr.slice(1, h * ih, (h + 1) * ih);
-        for (int64_t g = 0; g < G; ++g) {
-          at::Tensor out = ur.select(1, g).slice(1, h * nh, (h + 1) * nh);  // [rows, nh], row stride G·N
-          out.addmm_(xh, W.select(0, h).select(1, g));
-        }
+  for_each_row_block(M, [&](int64_t m0, int64_t m1) {
+    const at::Tensor xr = x.slice(0, m0, m1);
+    const at::Tensor ur = U.slice(0, m0, m1);
+    // each U row [G, N] starts as b (contiguous, the same layout); the GEMMs accumulate onto it
+    // (addmm_ in place: torch's broadcast copy of the bias into a strided block is ~5x slower)
+    const size_t row_bytes = static_cast<size_t>(G * N) * b.element_size();
+    char* u_bytes = static_cast<char*>(ur.data_ptr());
+    for (int64_t m = 0; m < m1 - m0; ++m) std::memcpy(u_bytes + m * row_bytes, b.data_ptr(), row_bytes);
+    for (int64_t h = 0; h < heads; ++h) {
+      const at::Tensor xh = xr.slice(1, h * ih, (h + 1) * ih);
+      for (int64_t g = 0; g < G; ++g) {
+        at::Tensor out = ur.select(1, g).slice(1, h * nh, (h + 1) * nh);  // [rows, nh], row stride G·N
+        out.addmm_(xh, W.select(0, h).select(1, g));
       }
     }
   });
@@ -667,22 +666,17 @@ void pararnn_projection_bwd(const at::Tensor& x_in, const at::Tensor& W_in, cons
   if (dx != nullptr) {
     // dx[m, h·ih + i] = Σ_g Σ_j dU[m, g, h·nh + j] W[h, i, g, j]: per row block and head, G GEMMs
     // accumulating into the block of dx (the first one overwrites it).
-    const int64_t nblk = proj_blocks(M);
-    parallel_items(nblk, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t m0 = M * c / nblk, m1 = M * (c + 1) / nblk;
-        if (m1 <= m0) continue;
-        const at::Tensor dur = dU.slice(0, m0, m1);
-        for (int64_t h = 0; h < heads; ++h) {
-          at::Tensor out = dx->slice(0, m0, m1).slice(1, h * ih, (h + 1) * ih);
-          for (int64_t g = 0; g < G; ++g) {
-            const at::Tensor a = dur.select(1, g).slice(1, h * nh, (h + 1) * nh);  // [rows, nh]
-            const at::Tensor wt = W.select(0, h).select(1, g).t();                // [nh, ih]
-            if (g == 0)
-              at::mm_out(out, a, wt);
-            else
-              out.addmm_(a, wt);
-          }
+    for_each_row_block(M, [&](int64_t m0, int64_t m1) {
+      const at::Tensor dur = dU.slice(0, m0, m1);
+      for (int64_t h = 0; h < heads; ++h) {
+        at::Tensor out = dx->slice(0, m0, m1).slice(1, h * ih, (h + 1) * ih);
+        for (int64_t g = 0; g < G; ++g) {
+          const at::Tensor a = dur.select(1, g).slice(1, h * nh, (h + 1) * nh);  // [rows, nh]
+          const at::Tensor wt = W.select(0, h).select(1, g).t();                // [nh, ih]
+          if (g == 0)
+            at::mm_out(out, a, wt);
+          else
+            out.addmm_(a, wt);
         }
       }
     });
