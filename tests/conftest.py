@@ -101,3 +101,13 @@ def _nan_poison(monkeypatch):
     monkeypatch.setattr(torch, "empty", _poisoned_empty)
     monkeypatch.setattr(torch, "empty_like", _poisoned_empty_like)
     yield
+
+
+@pytest.fixture
+def cpu_threads(request):
+    """Run the test with ``request.param`` intra-op threads (the cpp kernel picks its work split,
+    channel blocks or time chunks, from the thread count)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)

@@ -171,16 +171,6 @@ def test_gradcheck_float64(backend, K, reverse):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
-@pytest.fixture
-def cpu_threads(request):
-    """Run the test with ``request.param`` intra-op threads (the cpp kernel picks its work split,
-    channel blocks or time chunks, from the thread count)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("cpu_threads", [2], indirect=True)
 @pytest.mark.parametrize("backend", COMPILED_CPU)
 def test_gradcheck_long_chunked_cpp(backend, cpu_threads):
@@ -232,8 +222,13 @@ SPLIT_SHAPES = [
 )
 @pytest.mark.parametrize("backend", backend_params("cpp"))
 def test_cpp_work_splits(backend, cpu_threads, shape, reverse, with_h0):
+    check_float32_against_oracle(backend, shape, reverse=reverse, with_h0=with_h0, seed=3, grad_seed=4)
+
+
+def check_float32_against_oracle(backend, shape, *, reverse, with_h0, seed, grad_seed):
+    """One float32 scan (B, T, N, K) = shape, outputs and gradients, against the float64 oracle."""
     B, T, N, K = shape
-    A, b, h0 = make_inputs(B, T, N, K, with_h0=with_h0, dtype=torch.float32, device="cpu", seed=3)
+    A, b, h0 = make_inputs(B, T, N, K, with_h0=with_h0, dtype=torch.float32, device="cpu", seed=seed)
     A.requires_grad_(), b.requires_grad_()
     if h0 is not None:
         h0.requires_grad_()
@@ -243,7 +238,7 @@ def test_cpp_work_splits(backend, cpu_threads, shape, reverse, with_h0):
     assert_close_to_oracle(h_last, last_ref, **TOL[torch.float32], what="h_last")
     # h_last is the state the last step wrote, not a second computation of it
     assert torch.equal(h_last, h[:, 0] if reverse else h[:, -1])
-    g = torch.Generator().manual_seed(4)
+    g = torch.Generator().manual_seed(grad_seed)
     gh, gl = torch.randn(h.shape, generator=g), torch.randn(h_last.shape, generator=g)
     leaves = (A, b) if h0 is None else (A, b, h0)
     grads = torch.autograd.grad((h * gh).sum() + (h_last * gl).sum(), leaves)

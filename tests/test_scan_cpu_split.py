@@ -14,17 +14,9 @@ import torch
 
 import nlseq
 from _utils import assert_close_to_oracle, backend_params
-from test_scan import GRAD_TOL, TOL, _id, _oracle_grads_linear, make_inputs, oracle
+from test_scan import TOL, _id, check_float32_against_oracle, make_inputs, oracle
 
 CPP = backend_params("cpp")
-
-
-@pytest.fixture
-def cpu_threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
 
 
 def _float32_loop(A, b, reverse):
@@ -61,20 +53,7 @@ CASES = [
 )
 @pytest.mark.parametrize("backend", CPP)
 def test_splits_against_oracle(backend, cpu_threads, shape, reverse):
-    B, T, N, K = shape
-    A, b, h0 = make_inputs(B, T, N, K, with_h0=True, dtype=torch.float32, device="cpu", seed=11)
-    leaves = [x.requires_grad_() for x in (A, b, h0)]
-    h, h_last = nlseq.linear_recurrence(A, b, h0, reverse=reverse, backend=backend)
-    h_ref, last_ref = oracle(A, b, h0, reverse)
-    assert_close_to_oracle(h, h_ref, **TOL[torch.float32], what="h")
-    assert_close_to_oracle(h_last, last_ref, **TOL[torch.float32], what="h_last")
-    assert torch.equal(h_last, h[:, 0] if reverse else h[:, -1])
-    g = torch.Generator().manual_seed(12)
-    gh, gl = torch.randn(h.shape, generator=g), torch.randn(h_last.shape, generator=g)
-    grads = torch.autograd.grad((h * gh).sum() + (h_last * gl).sum(), leaves)
-    refs = _oracle_grads_linear(A, b, h0, reverse, gh, gl)
-    for name, got, want in zip(("dA", "db", "dh0"), grads, refs):
-        assert_close_to_oracle(got, want, **GRAD_TOL[torch.float32], what=name)
+    check_float32_against_oracle(backend, shape, reverse=reverse, with_h0=True, seed=11, grad_seed=12)
 
 
 # Sequential splits: one thread, or channel blocks (T too short for chunks). Widths 16/32/64 take
